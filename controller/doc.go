@@ -1,0 +1,2 @@
+// Package controller is the root of the controller module; its binaries live under cmd/.
+package controller

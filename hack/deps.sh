@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Ambit's tests need, when missing. Idempotent.
+# Without root it only reports what is missing (and fails under CI=true).
+set -euo pipefail
+# command -> Debian package
+declare -A need=(
+  [ip]=iproute2      # inspecting test namespaces by hand
+  [nft]=nftables     # the data plane's rules, inspected by tests
+  [git]=git
+)
+missing=()
+for cmd in "${!need[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ]; then
+  echo "deps: missing Debian packages: ${missing[*]} (install them as root)" >&2
+  [ "${CI:-}" = true ] && exit 1
+  exit 0
+fi
+echo "deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

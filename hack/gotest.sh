@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs one test tier over modules and prints a closing count.
+# usage: hack/gotest.sh TIER BUILD_TAGS MODULE...
+# The full -v log goes to bin/test-logs/TIER.log; the console shows results
+# and failures. Under CI=true a tier that ran no test fails.
+set -euo pipefail
+tier=$1 tags=$2
+shift 2
+root=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$root/bin/test-logs"
+log="$root/bin/test-logs/$tier.log"
+: > "$log"
+
+args=(-race -v)
+if [ -n "$tags" ]; then args+=(-tags "$tags" -count=1); fi
+[ -n "${GOTEST_TIMEOUT:-}" ] && args+=(-timeout "$GOTEST_TIMEOUT")
+
+status=0
+for m in "$@"; do
+  echo "== $tier: $m"
+  (cd "$root/$m" && go test "${args[@]}" ./...) 2>&1 | tee -a "$log" |
+    grep -vE '^[[:space:]]*(=== (RUN|PAUSE|CONT|NAME)|--- PASS|--- SKIP)|^(PASS|ok[[:space:]].*no test files)' || true
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+done
+
+passed=$(grep -cE '^[[:space:]]*--- PASS' "$log" || true)
+failed=$(grep -cE '^[[:space:]]*--- FAIL' "$log" || true)
+skipped=$(grep -cE '^[[:space:]]*--- SKIP' "$log" || true)
+if [ "$skipped" -gt 0 ]; then grep -E '^[[:space:]]*--- SKIP' -A1 "$log" | sed 's/^/  /'; fi
+echo "$tier: $passed passed, $failed failed, $skipped skipped"
+if [ "$status" -ne 0 ]; then exit 1; fi
+if [ "${CI:-}" = true ] && [ "$passed" -eq 0 ]; then
+  echo "$tier: no test ran (CI=true)" >&2; exit 1
+fi
