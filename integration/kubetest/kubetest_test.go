@@ -3,6 +3,7 @@
 package kubetest
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -165,6 +166,19 @@ func TestEnvtest(t *testing.T) {
 		badKind.Spec.TargetRefs = []securityv1alpha1.PolicyTargetReference{{Kind: "Pod", Name: "x"}}
 		if err := env.Client.Create(ctx, badKind); !apierrors.IsInvalid(err) {
 			t.Errorf("policy targeting a Pod: err = %v, want Invalid", err)
+		}
+
+		for i, ref := range []securityv1alpha1.PolicyTargetReference{
+			{Kind: "Service", Name: "reviews"},
+			{Group: "gateway.networking.k8s.io", Kind: "Gateway", Name: "waypoint"},
+		} {
+			p := good.DeepCopy()
+			p.ObjectMeta = metav1.ObjectMeta{Name: fmt.Sprintf("target-%d", i), Namespace: ns}
+			p.Spec.Selector = nil
+			p.Spec.TargetRefs = []securityv1alpha1.PolicyTargetReference{ref}
+			if err := env.Client.Create(ctx, p); err != nil {
+				t.Errorf("policy targeting %s %s: %v", ref.Kind, ref.Name, err)
+			}
 		}
 
 		badMode := &securityv1alpha1.PeerAuthentication{

@@ -19,7 +19,7 @@ const (
 // PolicyTargetReference names the object a policy applies to: a Gateway of
 // class ambit-waypoint (the policy is enforced by that waypoint for all its
 // traffic) or a Service (enforced by the Service's waypoint for that Service).
-// +kubebuilder:validation:XValidation:rule="(self.group == 'gateway.networking.k8s.io' && self.kind == 'Gateway') || (self.group == ” && self.kind == 'Service')",message="targetRefs must name a gateway.networking.k8s.io Gateway or a core Service"
+// +kubebuilder:validation:XValidation:rule="(self.group == 'gateway.networking.k8s.io' && self.kind == 'Gateway') || (size(self.group) == 0 && self.kind == 'Service')",message="targetRefs must name a gateway.networking.k8s.io Gateway or a core Service"
 type PolicyTargetReference struct {
 	// Group of the target: "gateway.networking.k8s.io" for a Gateway, "" for a Service.
 	// +optional
