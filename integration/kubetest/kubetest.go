@@ -19,6 +19,7 @@ import (
 	gwapiv1beta1 "sigs.k8s.io/gateway-api/apis/v1beta1"
 
 	securityv1alpha1 "github.com/ambit-mesh/ambit/apis/security/v1alpha1"
+	trafficv1alpha1 "github.com/ambit-mesh/ambit/apis/traffic/v1alpha1"
 	"github.com/ambit-mesh/ambit/integration/internal/tier"
 )
 
@@ -40,6 +41,7 @@ func NewScheme() (*runtime.Scheme, error) {
 	for _, add := range []func(*runtime.Scheme) error{
 		clientgoscheme.AddToScheme, apiextensionsv1.AddToScheme,
 		gwapiv1.Install, gwapiv1beta1.Install, securityv1alpha1.AddToScheme,
+		trafficv1alpha1.AddToScheme,
 	} {
 		if err := add(s); err != nil {
 			return nil, err

@@ -16,6 +16,7 @@ import (
 	gwapiv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	securityv1alpha1 "github.com/ambit-mesh/ambit/apis/security/v1alpha1"
+	trafficv1alpha1 "github.com/ambit-mesh/ambit/apis/traffic/v1alpha1"
 )
 
 // TestEnvtest starts one apiserver and runs its subtests against it.
@@ -28,6 +29,7 @@ func TestEnvtest(t *testing.T) {
 			"gateways.gateway.networking.k8s.io", "gatewayclasses.gateway.networking.k8s.io",
 			"referencegrants.gateway.networking.k8s.io",
 			"authorizationpolicies.security.ambit.dev", "peerauthentications.security.ambit.dev",
+			"backendpolicies.traffic.ambit.dev", "faultinjections.traffic.ambit.dev",
 		}
 		have := map[string]bool{}
 		for _, crd := range env.CRDs {
@@ -187,6 +189,58 @@ func TestEnvtest(t *testing.T) {
 		}
 		if err := env.Client.Create(ctx, badMode); !apierrors.IsInvalid(err) {
 			t.Errorf("PeerAuthentication mode SOMETIMES: err = %v, want Invalid", err)
+		}
+	})
+
+	t.Run("TrafficCRDValidation", func(t *testing.T) {
+		ctx := t.Context()
+		ns := env.Namespace(t, "traffic", nil)
+		bp := &trafficv1alpha1.BackendPolicy{
+			ObjectMeta: metav1.ObjectMeta{Name: "reviews", Namespace: ns},
+			Spec: trafficv1alpha1.BackendPolicySpec{
+				TargetRefs:       []trafficv1alpha1.ServiceReference{{Kind: "Service", Name: "reviews"}},
+				OutlierDetection: &trafficv1alpha1.OutlierDetection{},
+			},
+		}
+		if err := env.Client.Create(ctx, bp); err != nil {
+			t.Fatalf("create BackendPolicy: %v", err)
+		}
+		od := bp.Spec.OutlierDetection
+		if od.Consecutive5xxErrors != 5 || od.Interval != "10s" || od.BaseEjectionTime != "30s" || od.MaxEjectionPercent != 10 {
+			t.Errorf("outlier detection defaults not applied: %+v", *od)
+		}
+		badTarget := bp.DeepCopy()
+		badTarget.ObjectMeta = metav1.ObjectMeta{Name: "pod-target", Namespace: ns}
+		badTarget.Spec.TargetRefs[0].Kind = "Pod"
+		if err := env.Client.Create(ctx, badTarget); !apierrors.IsInvalid(err) {
+			t.Errorf("BackendPolicy targeting a Pod: err = %v, want Invalid", err)
+		}
+		badDuration := bp.DeepCopy()
+		badDuration.ObjectMeta = metav1.ObjectMeta{Name: "bad-duration", Namespace: ns}
+		badDuration.Spec.OutlierDetection.Interval = "ten seconds"
+		if err := env.Client.Create(ctx, badDuration); !apierrors.IsInvalid(err) {
+			t.Errorf("BackendPolicy with interval %q: err = %v, want Invalid", "ten seconds", err)
+		}
+
+		fi := &trafficv1alpha1.FaultInjection{
+			ObjectMeta: metav1.ObjectMeta{Name: "abort-10", Namespace: ns},
+			Spec: trafficv1alpha1.FaultInjectionSpec{
+				Abort: &trafficv1alpha1.FaultAbort{HTTPStatus: ptr.To(int32(503)), Percent: 10},
+			},
+		}
+		if err := env.Client.Create(ctx, fi); err != nil {
+			t.Fatalf("create FaultInjection: %v", err)
+		}
+		for name, spec := range map[string]trafficv1alpha1.FaultInjectionSpec{
+			"empty":        {},
+			"two-statuses": {Abort: &trafficv1alpha1.FaultAbort{HTTPStatus: ptr.To(int32(503)), GRPCStatus: ptr.To(int32(14)), Percent: 1}},
+			"no-status":    {Abort: &trafficv1alpha1.FaultAbort{Percent: 1}},
+			"percent-101":  {Delay: &trafficv1alpha1.FaultDelay{FixedDelay: "1s", Percent: 101}},
+		} {
+			bad := &trafficv1alpha1.FaultInjection{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: spec}
+			if err := env.Client.Create(ctx, bad); !apierrors.IsInvalid(err) {
+				t.Errorf("FaultInjection %s: err = %v, want Invalid", name, err)
+			}
 		}
 	})
 }
