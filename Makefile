@@ -16,7 +16,7 @@ CMDS := ztunnel/cmd/ztunnel ztunnel/cmd/ambit-cni waypoint/cmd/waypoint \
 
 .PHONY: help
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 .PHONY: deps
 deps: ## install the system packages tests need (Debian, as root)
