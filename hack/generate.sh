@@ -4,6 +4,8 @@
 #   - CRD YAML for those types into manifests/crds/        (controller-gen crd)
 #   - Gateway API CRDs, experimental channel, copied from the gateway-api
 #     module version pinned in integration/go.mod into manifests/gateway-api/
+#   - Go code for the protobuf contracts in apis/ (buf lint, then buf generate
+#     with the pinned local plugins protoc-gen-go and protoc-gen-go-grpc)
 # usage: hack/generate.sh DEV_TOOLS_DIR
 set -euo pipefail
 dev=$1
@@ -27,3 +29,9 @@ gwdir=$(cd integration && GOWORK=off GOFLAGS=-mod=mod go mod download -json sigs
 rm -rf manifests/gateway-api && mkdir -p manifests/gateway-api
 cp "$gwdir"/config/crd/experimental/*.yaml manifests/gateway-api/
 chmod 0644 manifests/gateway-api/*.yaml
+
+# Protobuf: buf is pure Go (no protoc); the plugins are the pinned ones in
+# $dev, found on PATH by buf.gen.yaml. Stale outputs are removed first so that
+# a deleted .proto leaves no generated file behind.
+find apis -name '*.pb.go' -delete
+(cd apis && PATH="$dev:$PATH" "$dev/buf" lint && PATH="$dev:$PATH" "$dev/buf" generate)
