@@ -153,6 +153,9 @@ func (a *Authority) Sign(csr *x509.CertificateRequest, id SPIFFEID, validity tim
 		return nil, fmt.Errorf("validity %v must be positive", validity)
 	}
 	now := a.now()
+	if !now.Before(a.Cert.NotAfter) {
+		return nil, fmt.Errorf("sign certificate for %s: CA certificate expired at %v", id, a.Cert.NotAfter)
+	}
 	notAfter := now.Add(validity)
 	if notAfter.After(a.Cert.NotAfter) {
 		notAfter = a.Cert.NotAfter
@@ -238,10 +241,16 @@ func EncodeCertsPEM(certs ...*x509.Certificate) []byte {
 func ParseCertsPEM(data []byte) ([]*x509.Certificate, error) {
 	var certs []*x509.Certificate
 	for {
+		// pem.Decode skips any text before a block; only white space may
+		// precede or separate the blocks here.
+		data = bytes.TrimLeft(data, " \t\r\n")
+		if !bytes.HasPrefix(data, []byte("-----BEGIN ")) {
+			break
+		}
 		var block *pem.Block
 		block, data = pem.Decode(data)
 		if block == nil {
-			break
+			return nil, errors.New("malformed PEM block")
 		}
 		if block.Type != "CERTIFICATE" {
 			return nil, fmt.Errorf("PEM block %q, want CERTIFICATE", block.Type)
