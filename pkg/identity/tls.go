@@ -22,7 +22,9 @@ type CertSource func() (*tls.Certificate, error)
 type RootsSource func() *x509.CertPool
 
 // StaticCert is a CertSource that always returns c.
-func StaticCert(c *tls.Certificate) CertSource { return func() (*tls.Certificate, error) { return c, nil } }
+func StaticCert(c *tls.Certificate) CertSource {
+	return func() (*tls.Certificate, error) { return c, nil }
+}
 
 // StaticRoots is a RootsSource that always returns p.
 func StaticRoots(p *x509.CertPool) RootsSource { return func() *x509.CertPool { return p } }
@@ -66,12 +68,14 @@ func ClientConfig(cert CertSource, roots RootsSource, want SPIFFEID) *tls.Config
 		NextProtos: []string{ALPNHBONE},
 		// Hostname verification does not apply to SPIFFE identities: the chain
 		// and the ID are verified below instead.
-		InsecureSkipVerify: true, //nolint:gosec // verified in VerifyPeerCertificate
+		InsecureSkipVerify: true, //nolint:gosec // verified in VerifyConnection
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			return cert()
 		},
-		VerifyPeerCertificate: func(rawCerts [][]byte, _ [][]*x509.Certificate) error {
-			got, err := VerifyPeerChain(rawCerts, roots(), x509.ExtKeyUsageServerAuth)
+		// VerifyConnection, unlike VerifyPeerCertificate, also runs when a
+		// session is resumed, so a resumed session is held to the same checks.
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			got, err := VerifyPeerChain(rawChain(cs), roots(), x509.ExtKeyUsageServerAuth)
 			if err != nil {
 				return err
 			}
@@ -86,7 +90,8 @@ func ClientConfig(cert CertSource, roots RootsSource, want SPIFFEID) *tls.Config
 // ServerConfig is the TLS 1.3 configuration of a side that accepts peers: it
 // presents cert, requires a client certificate that verifies against roots,
 // and hands the peer's SPIFFE ID to authorize (nil accepts every verified
-// peer); an error from authorize fails the handshake.
+// peer); an error from authorize fails the handshake. The checks run on every
+// handshake, resumed sessions included.
 func ServerConfig(cert CertSource, roots RootsSource, authorize func(peer SPIFFEID) error) *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
@@ -95,8 +100,11 @@ func ServerConfig(cert CertSource, roots RootsSource, authorize func(peer SPIFFE
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			return cert()
 		},
-		VerifyPeerCertificate: func(rawCerts [][]byte, _ [][]*x509.Certificate) error {
-			got, err := VerifyPeerChain(rawCerts, roots(), x509.ExtKeyUsageClientAuth)
+		// VerifyConnection, unlike VerifyPeerCertificate, also runs when a
+		// session is resumed: the peer's chain is checked against today's
+		// roots and authorize (today's policy) is asked again.
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			got, err := VerifyPeerChain(rawChain(cs), roots(), x509.ExtKeyUsageClientAuth)
 			if err != nil {
 				return err
 			}
@@ -114,4 +122,14 @@ func PeerID(cs tls.ConnectionState) (SPIFFEID, error) {
 		return SPIFFEID{}, fmt.Errorf("%w: no peer certificate", ErrInvalidCertificate)
 	}
 	return IDFromCert(cs.PeerCertificates[0])
+}
+
+// rawChain returns the DER certificates the peer presented (or, on a resumed
+// session, presented when the session was made), leaf first.
+func rawChain(cs tls.ConnectionState) [][]byte {
+	raw := make([][]byte, len(cs.PeerCertificates))
+	for i, c := range cs.PeerCertificates {
+		raw[i] = c.Raw
+	}
+	return raw
 }
