@@ -198,14 +198,22 @@ func (m *Manager) Add(ctx context.Context, id SPIFFEID) error {
 	if !ok {
 		e = &managedCert{id: id, gone: make(chan struct{})}
 		m.entries[id] = e
+	}
+	valid, inflight := e.validAt(m.now()), e.inflight
+	if !valid && inflight == nil {
+		e.inflight = make(chan struct{}) // this call fetches
+	}
+	m.mu.Unlock()
+	if !ok {
 		m.log.Info("identity added", "id", id.String())
 	}
-	if e.validAt(m.now()) {
-		m.mu.Unlock()
+	switch {
+	case valid:
 		return nil
-	}
-	if inflight := e.inflight; inflight != nil {
-		m.mu.Unlock()
+	case inflight == nil:
+		m.poke()
+		return m.refresh(ctx, e)
+	default:
 		select {
 		case <-inflight:
 		case <-ctx.Done():
@@ -219,12 +227,11 @@ func (m *Manager) Add(ctx context.Context, id SPIFFEID) error {
 		if m.entries[id] != e {
 			return fmt.Errorf("%w: %s was removed", ErrUnknownIdentity, id)
 		}
-		return e.lastErr
+		if e.lastErr != nil {
+			return e.lastErr
+		}
+		return fmt.Errorf("%w for %s: the fetch under way was cancelled", ErrNoCertificate, id)
 	}
-	e.inflight = make(chan struct{})
-	m.mu.Unlock()
-	m.poke()
-	return m.refresh(ctx, e)
 }
 
 // Remove stops tracking id: its certificate is no longer served or renewed,
@@ -368,6 +375,14 @@ func (m *Manager) refresh(ctx context.Context, e *managedCert) error {
 	cert, roots, err := m.fetch(ctx, e.id, start)
 	now := m.now()
 
+	msg, level, attrs, err := m.store(ctx, e, cert, roots, err, start, now)
+	m.log.Log(ctx, level, msg, attrs...)
+	return err
+}
+
+// store records the outcome of a fetch for e, ends e's inflight fetch, and
+// returns what to log (outside the lock).
+func (m *Manager) store(ctx context.Context, e *managedCert, cert *tls.Certificate, roots []*x509.Certificate, err error, start, now time.Time) (string, slog.Level, []any, error) {
 	m.mu.Lock()
 	defer func() {
 		close(e.inflight)
@@ -375,27 +390,27 @@ func (m *Manager) refresh(ctx context.Context, e *managedCert) error {
 		m.mu.Unlock()
 		m.poke()
 	}()
+	id := e.id.String()
 	if m.entries[e.id] != e {
-		return fmt.Errorf("%w: %s was removed", ErrUnknownIdentity, e.id)
+		return "certificate discarded for a removed identity", slog.LevelDebug, []any{"id", id},
+			fmt.Errorf("%w: %s was removed", ErrUnknownIdentity, e.id)
 	}
 	if err != nil {
 		if ctx.Err() != nil {
 			// Shutting down (or the caller of Add gave up): try again
 			// soon, without counting a failure against the CA.
 			e.next = now
-			m.log.Debug("certificate fetch cancelled", "id", e.id.String(), "err", err)
-			return err
+			return "certificate fetch cancelled", slog.LevelDebug, []any{"id", id, "err", err}, err
 		}
 		e.failures++
 		e.lastErr = err
 		delay := m.backoff(e.failures)
 		e.next = now.Add(delay)
-		attrs := []any{"id", e.id.String(), "err", err, "failures", e.failures, "retryIn", delay}
+		attrs := []any{"id", id, "err", err, "failures", e.failures, "retryIn", delay}
 		if e.cert != nil {
 			attrs = append(attrs, "currentNotAfter", e.cert.Leaf.NotAfter, "currentValid", now.Before(e.cert.Leaf.NotAfter))
 		}
-		m.log.Warn("certificate fetch failed", attrs...)
-		return err
+		return "certificate fetch failed", slog.LevelWarn, attrs, err
 	}
 
 	rotated := e.cert != nil
@@ -403,12 +418,10 @@ func (m *Manager) refresh(ctx context.Context, e *managedCert) error {
 	e.next = m.rotationTime(cert.Leaf, start, now)
 	close(m.changed)
 	m.changed = make(chan struct{})
-	if added := m.addRootsLocked(roots, now); added > 0 {
-		m.log.Info("trust bundle updated", "added", added, "roots", len(m.roots))
-	}
-	m.log.Info("certificate issued", "id", e.id.String(), "serial", cert.Leaf.SerialNumber.Text(16),
-		"notBefore", cert.Leaf.NotBefore, "notAfter", cert.Leaf.NotAfter, "nextRotation", e.next, "rotated", rotated)
-	return nil
+	added := m.addRootsLocked(roots, now)
+	return "certificate issued", slog.LevelInfo, []any{"id", id, "serial", cert.Leaf.SerialNumber.Text(16),
+		"notBefore", cert.Leaf.NotBefore, "notAfter", cert.Leaf.NotAfter, "nextRotation", e.next,
+		"rotated", rotated, "newRoots", added, "roots", len(m.roots)}, nil
 }
 
 // fetch makes a key and CSR for id, has them signed, and checks the result.

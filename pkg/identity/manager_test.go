@@ -488,6 +488,35 @@ func TestManagerRemoveDuringFetch(t *testing.T) {
 	})
 }
 
+// TestManagerAddJoinsCancelledFetch: an Add that waits on another caller's
+// fetch, which is then cancelled, reports no certificate rather than success.
+func TestManagerAddJoinsCancelledFetch(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := fetcherFunc(func(ctx context.Context, _ SPIFFEID, _ []byte, _ time.Duration) ([]*x509.Certificate, []*x509.Certificate, error) {
+			<-ctx.Done()
+			return nil, nil, ctx.Err()
+		})
+		m := newTestManager(t, f, ManagerOptions{})
+		ctx1, cancel1 := context.WithCancel(t.Context())
+		first := make(chan error, 1)
+		go func() { first <- m.Add(ctx1, testID) }()
+		synctest.Wait() // the first Add is fetching
+		second := make(chan error, 1)
+		go func() { second <- m.Add(t.Context(), testID) }()
+		synctest.Wait() // the second Add waits for it
+		cancel1()
+		if err := <-first; !errors.Is(err, context.Canceled) {
+			t.Errorf("first Add: %v", err)
+		}
+		if err := <-second; !errors.Is(err, ErrNoCertificate) {
+			t.Errorf("second Add: %v, want ErrNoCertificate", err)
+		}
+		if st := m.Snapshot().Identities[0]; st.Failures != 0 {
+			t.Errorf("a cancelled fetch counted as a failure: %+v", st)
+		}
+	})
+}
+
 func TestManagerConcurrentAdd(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		ca, err := NewRootAuthority("cluster.local", 30*24*time.Hour)
