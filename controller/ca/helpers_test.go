@@ -124,4 +124,6 @@ func pod(ns, name, sa, node string, phase corev1.PodPhase) corev1.Pod {
 // authnFunc is an Authenticator from a function.
 type authnFunc func(ctx context.Context, token string) (Caller, error)
 
-func (f authnFunc) Authenticate(ctx context.Context, token string) (Caller, error) { return f(ctx, token) }
+func (f authnFunc) Authenticate(ctx context.Context, token string) (Caller, error) {
+	return f(ctx, token)
+}
