@@ -1,0 +1,44 @@
+// Package hbone owns HBONE in Ambit: TCP tunnelled in HTTP/2 CONNECT streams
+// over mutual TLS 1.3 (ALPN "h2"), wire-compatible with Istio's ztunnel.
+//
+// It provides both ends of a tunnel and nothing above them:
+//
+//   - Server accepts HBONE connections on a listener the caller opens (so it
+//     can live inside a pod's network namespace, port 15008), validates each
+//     CONNECT request and hands it to a Handler as a *Stream, a net.Conn that
+//     knows the peer's SPIFFE ID, the requested destination (:authority) and
+//     the request headers. Forwarder is the Handler that dials the
+//     destination and copies bytes both ways.
+//   - Dialer opens tunnels: Dial returns a *Conn for one CONNECT stream over
+//     a pooled HTTP/2 connection, one pool per (source identity, destination
+//     identity, peer address).
+//
+// Policy (who may reach what), certificate management and traffic capture
+// belong to the callers; TLS configurations come from package identity.
+//
+// # Wire format
+//
+// A tunnel is one HTTP/2 stream. The request is exactly
+//
+//	:method = CONNECT
+//	:authority = <ip>:<port>   (IPv4, or bracketed IPv6; see ParseAuthority)
+//
+// with no :scheme, :path or :protocol (those make it an extended CONNECT or a
+// malformed request, RFC 9113 section 8.5, RFC 8441), plus optional headers
+// such as traceparent, baggage and forwarded. The server answers 200 to open
+// the tunnel; 400 for a malformed request (checked before any Handler runs);
+// and whatever the Handler chooses otherwise, by convention 401/403 for
+// policy and 503 when the destination is unreachable. After the 200, DATA
+// frames carry the bytes; END_STREAM in either direction is a TCP half-close
+// (CloseWrite), and RST_STREAM an abort.
+//
+// # Why the server is not x/net's http2.Server
+//
+// golang.org/x/net/http2.Server ends a response only when the handler
+// returns, and then also resets the request stream (RST_STREAM NO_ERROR), so
+// a server cannot half-close while the client keeps sending. HBONE needs
+// half-close in both directions, so Server implements the (small) CONNECT-only
+// subset of HTTP/2 directly on x/net's http2.Framer and hpack. Dialer uses
+// x/net's http2.Transport and ClientConn, which handle a response that ends
+// before the request does.
+package hbone

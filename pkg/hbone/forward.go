@@ -1,0 +1,122 @@
+package hbone
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+)
+
+// DefaultUpstreamDialTimeout bounds a Forwarder's dial unless configured.
+const DefaultUpstreamDialTimeout = 5 * time.Second
+
+// copyBufferSize is the buffer Join copies through: large enough that a
+// tunnel write fills a 256 KiB DATA frame.
+const copyBufferSize = 256 << 10
+
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}
+
+// Forwarder is a Handler that connects a Stream to its Authority over TCP:
+// it dials, answers 200 (or 503 if the dial fails) and copies bytes both
+// ways, propagating half-close, until both directions end. It applies no
+// policy; wrap ServeStream to Reject streams first.
+type Forwarder struct {
+	// DialContext dials the upstream ("tcp", Authority().String()). Nil
+	// means a net.Dialer with Timeout DialTimeout.
+	DialContext func(ctx context.Context, network, address string) (net.Conn, error)
+
+	// DialTimeout bounds the dial. Zero means DefaultUpstreamDialTimeout.
+	DialTimeout time.Duration
+
+	// Logger receives a debug event per failed dial. Nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// ServeStream implements a Server Handler.
+func (f *Forwarder) ServeStream(s *Stream) {
+	timeout := f.DialTimeout
+	if timeout <= 0 {
+		timeout = DefaultUpstreamDialTimeout
+	}
+	ctx, cancel := context.WithTimeout(s.Context(), timeout)
+	dial := f.DialContext
+	if dial == nil {
+		dial = (&net.Dialer{}).DialContext
+	}
+	up, err := dial(ctx, "tcp", s.Authority().String())
+	cancel()
+	if err != nil {
+		logger := f.Logger
+		if logger == nil {
+			logger = slog.Default()
+		}
+		logger.Debug("hbone: upstream dial failed", "authority", s.Authority().String(), "peer", s.Peer().String(), "error", err.Error())
+		_ = s.Reject(http.StatusServiceUnavailable, "upstream unreachable")
+		return
+	}
+	defer up.Close()
+	if err := s.Accept(); err != nil {
+		return
+	}
+	toUp, toDown := Join(up, s)
+	if toUp != nil || toDown != nil {
+		// The upstream TCP connection failed (or the tunnel did): tell the
+		// client with CONNECT_ERROR, as RFC 9113 section 8.5 asks.
+		_ = s.resetWith(http2.ErrCodeConnect, net.ErrClosed)
+	}
+}
+
+// halfCloser is a connection that can end its write direction alone.
+type halfCloser interface {
+	CloseWrite() error
+}
+
+// Join copies a to b and b to a until both directions end. When one source
+// reaches EOF, the other side's write direction is half-closed (CloseWrite,
+// or Close if it has none) and the opposite direction continues. If a copy
+// fails, both a and b are closed at once. Join returns the error of each
+// direction (nil for a clean EOF): aToB is about reading a or writing b.
+// It does not close a or b after a clean finish; callers do.
+func Join(a, b net.Conn) (aToB, bToA error) {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		bToA = copyHalf(a, b)
+		if bToA != nil {
+			a.Close()
+			b.Close()
+		}
+	}()
+	aToB = copyHalf(b, a)
+	if aToB != nil {
+		a.Close()
+		b.Close()
+	}
+	wg.Wait()
+	return aToB, bToA
+}
+
+// copyHalf copies src to dst, then half-closes dst.
+func copyHalf(dst, src net.Conn) error {
+	bp := copyBuffers.Get().(*[]byte)
+	// Hide ReadFrom/WriteTo so that io.CopyBuffer uses the large buffer.
+	_, err := io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *bp)
+	copyBuffers.Put(bp)
+	if err != nil {
+		if errors.Is(err, net.ErrClosed) {
+			return nil // closed by the other direction's failure
+		}
+		return err
+	}
+	if hc, ok := dst.(halfCloser); ok {
+		return hc.CloseWrite()
+	}
+	return dst.Close()
+}

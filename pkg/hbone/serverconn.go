@@ -1,0 +1,665 @@
+package hbone
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/ambit-mesh/ambit/pkg/identity"
+)
+
+// Window updates are sent once a quarter of a window has been consumed.
+const (
+	streamUpdateThreshold = serverStreamWindow / 4
+	connUpdateThreshold   = serverConnWindow / 4
+)
+
+var (
+	errConnClosed  = errors.New("hbone: connection closed")
+	errGoAwayDone  = errors.New("hbone: connection drained after GOAWAY")
+	errIdleTimeout = errors.New("hbone: connection idle")
+)
+
+// serverConn is the HTTP/2 server side of one HBONE connection. One
+// goroutine (serve) reads frames; stream goroutines write frames under wmu.
+// Lock order: Stream.wmu, then serverConn.wmu, then serverConn.mu.
+type serverConn struct {
+	srv        *Server
+	conn       net.Conn // a *tls.Conn, except in tests
+	peer       identity.SPIFFEID
+	ctx        context.Context
+	cancel     context.CancelFunc
+	maxStreams uint32
+
+	fr *http2.Framer // ReadFrame only in serve; Write* only under wmu
+
+	wmu      sync.Mutex
+	bw       *bufio.Writer
+	henc     *hpack.Encoder
+	hbuf     bytes.Buffer
+	dataHdr  [9]byte
+	writeErr error
+
+	mu            sync.Mutex
+	streams       map[uint32]*Stream // open in at least one direction
+	maxStreamID   uint32             // highest client stream ID seen
+	live          int                // streams counted against maxStreams
+	sendWindow    int64              // connection-level window of the peer
+	initialWindow int64              // peer's SETTINGS_INITIAL_WINDOW_SIZE
+	peerMaxFrame  int                // peer's SETTINGS_MAX_FRAME_SIZE
+	recvWindow    int64              // bytes the peer may still send
+	recvUnacked   int64              // bytes consumed, not yet returned
+	flowCh        chan struct{}      // closed when send windows grow
+	goingAway     bool
+	closed        bool
+	closeErr      error
+	idleTimer     *time.Timer
+}
+
+func newServerConn(ctx context.Context, s *Server, tc net.Conn, peer identity.SPIFFEID) *serverConn {
+	ctx, cancel := context.WithCancel(ctx)
+	sc := &serverConn{
+		srv:           s,
+		conn:          tc,
+		peer:          peer,
+		ctx:           ctx,
+		cancel:        cancel,
+		maxStreams:    s.maxStreams(),
+		bw:            bufio.NewWriterSize(tc, writeBufferSize),
+		streams:       make(map[uint32]*Stream),
+		sendWindow:    65535,
+		initialWindow: 65535,
+		peerMaxFrame:  16384,
+		recvWindow:    serverConnWindow,
+	}
+	sc.fr = http2.NewFramer(sc.bw, tc)
+	sc.fr.SetReuseFrames()
+	sc.fr.SetMaxReadFrameSize(serverMaxFrameSize)
+	sc.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	sc.fr.MaxHeaderListSize = maxHeaderListSize
+	sc.henc = hpack.NewEncoder(&sc.hbuf)
+	return sc
+}
+
+func (sc *serverConn) log() *slog.Logger { return sc.srv.logger() }
+
+// serve runs the read loop until the connection ends.
+func (sc *serverConn) serve() error {
+	stop := context.AfterFunc(sc.ctx, func() { sc.close(context.Cause(sc.ctx)) })
+	defer stop()
+	err := sc.readLoop()
+	sc.close(err)
+	if errors.Is(err, io.EOF) || errors.Is(err, errConnClosed) || errors.Is(err, ErrServerClosed) ||
+		errors.Is(err, errGoAwayDone) || errors.Is(err, errIdleTimeout) {
+		return nil
+	}
+	return err
+}
+
+func (sc *serverConn) readLoop() error {
+	err := sc.writeFrames(func(fr *http2.Framer) error {
+		if err := fr.WriteSettings(
+			http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: sc.maxStreams},
+			http2.Setting{ID: http2.SettingInitialWindowSize, Val: serverStreamWindow},
+			http2.Setting{ID: http2.SettingMaxFrameSize, Val: serverMaxFrameSize},
+			http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: maxHeaderListSize},
+			http2.Setting{ID: http2.SettingEnablePush, Val: 0},
+		); err != nil {
+			return err
+		}
+		return fr.WriteWindowUpdate(0, serverConnWindow-65535)
+	})
+	if err != nil {
+		return err
+	}
+	_ = sc.conn.SetReadDeadline(time.Now().Add(sc.srv.handshakeTimeout()))
+	var preface [len(http2.ClientPreface)]byte
+	if _, err := io.ReadFull(sc.conn, preface[:]); err != nil {
+		return fmt.Errorf("hbone: reading client preface: %w", err)
+	}
+	if string(preface[:]) != http2.ClientPreface {
+		return errors.New("hbone: bad client preface")
+	}
+	f, err := sc.fr.ReadFrame()
+	if err != nil {
+		return err
+	}
+	if sf, ok := f.(*http2.SettingsFrame); !ok || sf.IsAck() {
+		return sc.connError(http2.ErrCodeProtocol, "first frame is not SETTINGS")
+	}
+	_ = sc.conn.SetReadDeadline(time.Time{})
+	if err := sc.processFrame(f); err != nil {
+		return err
+	}
+	sc.armIdleTimer()
+	for {
+		f, err := sc.fr.ReadFrame()
+		if err != nil {
+			var se http2.StreamError
+			if errors.As(err, &se) {
+				if err := sc.processStreamError(se); err != nil {
+					return err
+				}
+				continue
+			}
+			var ce http2.ConnectionError
+			if errors.As(err, &ce) {
+				return sc.connError(http2.ErrCode(ce), "framing error")
+			}
+			if errors.Is(err, http2.ErrFrameTooLarge) {
+				return sc.connError(http2.ErrCodeFrameSize, "frame too large")
+			}
+			return err
+		}
+		if err := sc.processFrame(f); err != nil {
+			return err
+		}
+	}
+}
+
+// connError sends GOAWAY with code and returns an error that ends the
+// connection.
+func (sc *serverConn) connError(code http2.ErrCode, reason string) error {
+	sc.mu.Lock()
+	last := sc.maxStreamID
+	sc.goingAway = true
+	sc.mu.Unlock()
+	_ = sc.writeFrames(func(fr *http2.Framer) error { return fr.WriteGoAway(last, code, []byte(reason)) })
+	sc.log().Debug("hbone: connection error", "peer", sc.peer.String(), "code", code.String(), "reason", reason)
+	return fmt.Errorf("hbone: connection error %v: %s", code, reason)
+}
+
+func (sc *serverConn) processFrame(f http2.Frame) error {
+	switch f := f.(type) {
+	case *http2.DataFrame:
+		return sc.processData(f)
+	case *http2.MetaHeadersFrame:
+		return sc.processHeaders(f)
+	case *http2.SettingsFrame:
+		return sc.processSettings(f)
+	case *http2.WindowUpdateFrame:
+		return sc.processWindowUpdate(f)
+	case *http2.RSTStreamFrame:
+		return sc.processRSTStream(f)
+	case *http2.PingFrame:
+		if f.IsAck() {
+			return nil
+		}
+		return sc.writeFrames(func(fr *http2.Framer) error { return fr.WritePing(true, f.Data) })
+	case *http2.GoAwayFrame:
+		// The client will open no more streams; existing ones continue.
+		return nil
+	case *http2.PushPromiseFrame:
+		return sc.connError(http2.ErrCodeProtocol, "PUSH_PROMISE from client")
+	default:
+		// PRIORITY, PRIORITY_UPDATE and unknown frame types are ignored.
+		return nil
+	}
+}
+
+// processStreamError handles a frame the framer found malformed for one
+// stream. For HEADERS opening a new stream that is a malformed request: 400.
+func (sc *serverConn) processStreamError(se http2.StreamError) error {
+	sc.mu.Lock()
+	st := sc.streams[se.StreamID]
+	isNew := st == nil && se.StreamID%2 == 1 && se.StreamID > sc.maxStreamID
+	if isNew {
+		sc.maxStreamID = se.StreamID
+	}
+	sc.mu.Unlock()
+	if isNew {
+		return sc.writeBadRequest(se.StreamID, "malformed request headers")
+	}
+	if st != nil {
+		return sc.resetStream(st, se.Code, fmt.Errorf("hbone: stream error: %v", se))
+	}
+	return sc.writeFrames(func(fr *http2.Framer) error { return fr.WriteRSTStream(se.StreamID, se.Code) })
+}
+
+func (sc *serverConn) processSettings(f *http2.SettingsFrame) error {
+	if f.IsAck() {
+		return nil
+	}
+	err := f.ForeachSetting(func(s http2.Setting) error {
+		if err := s.Valid(); err != nil {
+			return err
+		}
+		switch s.ID {
+		case http2.SettingInitialWindowSize:
+			sc.mu.Lock()
+			delta := int64(s.Val) - sc.initialWindow
+			sc.initialWindow = int64(s.Val)
+			for _, st := range sc.streams {
+				st.sendWindow += delta
+				if st.sendWindow > math.MaxInt32 {
+					sc.mu.Unlock()
+					return http2.ConnectionError(http2.ErrCodeFlowControl)
+				}
+			}
+			sc.wakeWritersLocked()
+			sc.mu.Unlock()
+		case http2.SettingMaxFrameSize:
+			sc.mu.Lock()
+			sc.peerMaxFrame = int(s.Val)
+			sc.mu.Unlock()
+		case http2.SettingHeaderTableSize:
+			sc.wmu.Lock()
+			sc.henc.SetMaxDynamicTableSizeLimit(s.Val)
+			sc.wmu.Unlock()
+		}
+		return nil
+	})
+	if err != nil {
+		var ce http2.ConnectionError
+		if errors.As(err, &ce) {
+			return sc.connError(http2.ErrCode(ce), "invalid SETTINGS")
+		}
+		return sc.connError(http2.ErrCodeProtocol, "invalid SETTINGS")
+	}
+	return sc.writeFrames(func(fr *http2.Framer) error { return fr.WriteSettingsAck() })
+}
+
+func (sc *serverConn) processWindowUpdate(f *http2.WindowUpdateFrame) error {
+	sc.mu.Lock()
+	if f.StreamID == 0 {
+		sc.sendWindow += int64(f.Increment)
+		if sc.sendWindow > math.MaxInt32 {
+			sc.mu.Unlock()
+			return sc.connError(http2.ErrCodeFlowControl, "connection window overflow")
+		}
+		sc.wakeWritersLocked()
+		sc.mu.Unlock()
+		return nil
+	}
+	st := sc.streams[f.StreamID]
+	if st == nil {
+		idle := f.StreamID > sc.maxStreamID
+		sc.mu.Unlock()
+		if idle {
+			return sc.connError(http2.ErrCodeProtocol, "WINDOW_UPDATE on idle stream")
+		}
+		return nil
+	}
+	st.sendWindow += int64(f.Increment)
+	overflow := st.sendWindow > math.MaxInt32
+	sc.wakeWritersLocked()
+	sc.mu.Unlock()
+	if overflow {
+		return sc.resetStream(st, http2.ErrCodeFlowControl, errors.New("hbone: stream window overflow"))
+	}
+	return nil
+}
+
+func (sc *serverConn) processRSTStream(f *http2.RSTStreamFrame) error {
+	sc.mu.Lock()
+	st := sc.streams[f.StreamID]
+	idle := st == nil && f.StreamID > sc.maxStreamID
+	if st != nil {
+		sc.abortStreamLocked(st, &StreamResetError{Code: uint32(f.ErrCode), Remote: true})
+	}
+	sc.mu.Unlock()
+	if idle {
+		return sc.connError(http2.ErrCodeProtocol, "RST_STREAM on idle stream")
+	}
+	return sc.flushConnCredit(false)
+}
+
+func (sc *serverConn) processData(f *http2.DataFrame) error {
+	n := int64(f.Length)
+	data := f.Data()
+	sc.mu.Lock()
+	if n > sc.recvWindow {
+		sc.mu.Unlock()
+		return sc.connError(http2.ErrCodeFlowControl, "connection window exceeded")
+	}
+	sc.recvWindow -= n
+	st := sc.streams[f.StreamID]
+	if st == nil || st.remoteClosed || st.reset {
+		// A stream we closed or reset: give the bytes back to the connection.
+		sc.recvUnacked += n
+		idle := f.StreamID > sc.maxStreamID
+		halfClosed := st != nil && st.remoteClosed && !st.reset
+		sc.mu.Unlock()
+		if idle {
+			return sc.connError(http2.ErrCodeProtocol, "DATA on idle stream")
+		}
+		if halfClosed {
+			return sc.resetStream(st, http2.ErrCodeStreamClosed, errors.New("hbone: DATA after END_STREAM"))
+		}
+		return sc.flushConnCredit(false)
+	}
+	if n > st.recvWindow {
+		sc.recvUnacked += n
+		sc.mu.Unlock()
+		return sc.resetStream(st, http2.ErrCodeFlowControl, errors.New("hbone: stream window exceeded"))
+	}
+	st.recvWindow -= n
+	// Padding is consumed at once.
+	pad := n - int64(len(data))
+	st.recvUnacked += pad
+	sc.recvUnacked += pad
+	st.recv.Write(data)
+	if f.StreamEnded() {
+		st.remoteClosed = true
+		sc.maybeFinishLocked(st)
+	}
+	sc.mu.Unlock()
+	st.wakeReader()
+	return nil
+}
+
+func (sc *serverConn) processHeaders(f *http2.MetaHeadersFrame) error {
+	id := f.StreamID
+	if id%2 == 0 {
+		return sc.connError(http2.ErrCodeProtocol, "even stream ID from client")
+	}
+	sc.mu.Lock()
+	if st := sc.streams[id]; st != nil {
+		// Trailers: allowed only to end the stream; their fields are dropped.
+		if !f.StreamEnded() || st.remoteClosed {
+			sc.mu.Unlock()
+			return sc.resetStream(st, http2.ErrCodeProtocol, errors.New("hbone: unexpected HEADERS"))
+		}
+		st.remoteClosed = true
+		sc.maybeFinishLocked(st)
+		sc.mu.Unlock()
+		st.wakeReader()
+		return nil
+	}
+	if id <= sc.maxStreamID {
+		sc.mu.Unlock()
+		return sc.connError(http2.ErrCodeStreamClosed, "HEADERS on closed stream")
+	}
+	sc.maxStreamID = id
+	refuse := sc.goingAway || sc.closed || uint32(sc.live) >= sc.maxStreams
+	sc.mu.Unlock()
+	if refuse {
+		return sc.writeFrames(func(fr *http2.Framer) error { return fr.WriteRSTStream(id, http2.ErrCodeRefusedStream) })
+	}
+	authority, header, err := parseRequest(f)
+	if err != nil {
+		return sc.writeBadRequest(id, err.Error())
+	}
+	st := newStream(sc, id, authority, header)
+	sc.mu.Lock()
+	if sc.closed {
+		sc.mu.Unlock()
+		return errConnClosed
+	}
+	st.sendWindow = sc.initialWindow
+	st.remoteClosed = f.StreamEnded()
+	sc.streams[id] = st
+	sc.live++
+	if sc.idleTimer != nil {
+		sc.idleTimer.Stop()
+	}
+	sc.srv.handlersWG.Add(1)
+	sc.mu.Unlock()
+	go sc.runHandler(st)
+	return nil
+}
+
+func (sc *serverConn) runHandler(st *Stream) {
+	defer sc.srv.handlersWG.Done()
+	defer st.handlerReturned()
+	h := sc.srv.Handler
+	if h == nil {
+		h = (&Forwarder{}).ServeStream
+	}
+	h(st)
+}
+
+// parseRequest checks a HEADERS block against the HBONE request format.
+func parseRequest(f *http2.MetaHeadersFrame) (authorityAddr netip.AddrPort, header http.Header, err error) {
+	if f.Truncated {
+		return authorityAddr, nil, errors.New("request headers too large")
+	}
+	var method, authority string
+	var sawAuthority bool
+	header = make(http.Header, len(f.Fields))
+	for _, hf := range f.Fields {
+		switch hf.Name {
+		case ":method":
+			method = hf.Value
+		case ":authority":
+			authority, sawAuthority = hf.Value, true
+		case ":path", ":scheme":
+			return authorityAddr, nil, fmt.Errorf("%s in a CONNECT request", hf.Name)
+		case ":protocol":
+			return authorityAddr, nil, errors.New("extended CONNECT is not supported")
+		case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
+			return authorityAddr, nil, fmt.Errorf("connection-specific header %q", hf.Name)
+		case "te":
+			if hf.Value != "trailers" {
+				return authorityAddr, nil, errors.New(`te header other than "trailers"`)
+			}
+		default:
+			if !hf.IsPseudo() {
+				header.Add(hf.Name, hf.Value)
+			}
+		}
+	}
+	if method != http.MethodConnect {
+		return authorityAddr, nil, fmt.Errorf("method %q, want CONNECT", method)
+	}
+	if !sawAuthority {
+		return authorityAddr, nil, errors.New("no :authority")
+	}
+	ap, err := ParseAuthority(authority)
+	if err != nil {
+		return authorityAddr, nil, err
+	}
+	return ap, header, nil
+}
+
+// writeBadRequest answers a request that never became a Stream with 400.
+func (sc *serverConn) writeBadRequest(id uint32, reason string) error {
+	return sc.writeFrames(func(fr *http2.Framer) error {
+		if err := sc.writeResponseHeadersLocked(id, http.StatusBadRequest, false); err != nil {
+			return err
+		}
+		if err := fr.WriteData(id, true, []byte(truncate(reason, maxRejectBody)+"\n")); err != nil {
+			return err
+		}
+		return fr.WriteRSTStream(id, http2.ErrCodeNo)
+	})
+}
+
+// writeResponseHeadersLocked writes a response HEADERS frame; wmu is held.
+func (sc *serverConn) writeResponseHeadersLocked(id uint32, status int, endStream bool) error {
+	sc.hbuf.Reset()
+	_ = sc.henc.WriteField(hpack.HeaderField{Name: ":status", Value: strconv.Itoa(status)})
+	if status != http.StatusOK {
+		_ = sc.henc.WriteField(hpack.HeaderField{Name: "content-type", Value: "text/plain; charset=utf-8"})
+	}
+	return sc.fr.WriteHeaders(http2.HeadersFrameParam{
+		StreamID: id, BlockFragment: sc.hbuf.Bytes(), EndStream: endStream, EndHeaders: true,
+	})
+}
+
+// writeFrames runs fn with the write lock held, then flushes.
+func (sc *serverConn) writeFrames(fn func(*http2.Framer) error) error {
+	sc.wmu.Lock()
+	defer sc.wmu.Unlock()
+	return sc.writeLocked(fn)
+}
+
+func (sc *serverConn) writeLocked(fn func(*http2.Framer) error) error {
+	if sc.writeErr != nil {
+		return sc.writeErr
+	}
+	err := fn(sc.fr)
+	if err == nil {
+		err = sc.bw.Flush()
+	}
+	if err != nil {
+		sc.writeErr = fmt.Errorf("hbone: write: %w", err)
+		// A failed write leaves the stream of frames broken: end the conn.
+		go sc.close(sc.writeErr)
+		return sc.writeErr
+	}
+	return nil
+}
+
+// resetStream sends RST_STREAM for st and fails its pending operations.
+func (sc *serverConn) resetStream(st *Stream, code http2.ErrCode, cause error) error {
+	sc.wmu.Lock()
+	defer sc.wmu.Unlock()
+	sc.mu.Lock()
+	if st.reset {
+		sc.mu.Unlock()
+		return nil
+	}
+	if cause == nil {
+		cause = &StreamResetError{Code: uint32(code)}
+	}
+	sc.abortStreamLocked(st, cause)
+	sc.mu.Unlock()
+	return sc.writeLocked(func(fr *http2.Framer) error { return fr.WriteRSTStream(st.id, code) })
+}
+
+// abortStreamLocked marks st reset: reads and writes fail with err.
+func (sc *serverConn) abortStreamLocked(st *Stream, err error) {
+	if st.reset {
+		return
+	}
+	st.reset = true
+	st.err = err
+	// Unread bytes go back to the connection window.
+	sc.recvUnacked += int64(st.recv.Len()) + st.recvUnacked
+	st.recv = bytes.Buffer{}
+	close(st.abortCh)
+	sc.maybeFinishLocked(st)
+}
+
+// maybeFinishLocked removes a stream that is closed both ways, and uncounts
+// it once its handler has returned too.
+func (sc *serverConn) maybeFinishLocked(st *Stream) {
+	if !st.removed && (st.reset || st.remoteClosed && st.localClosed) {
+		st.removed = true
+		delete(sc.streams, st.id)
+		st.cancel()
+	}
+	if st.removed && st.handlerDone && !st.uncounted {
+		st.uncounted = true
+		sc.live--
+		if sc.live == 0 {
+			if sc.goingAway && !sc.closed {
+				go sc.close(errGoAwayDone)
+			} else {
+				sc.armIdleTimerLocked()
+			}
+		}
+	}
+}
+
+// flushConnCredit sends a connection WINDOW_UPDATE once enough has been
+// consumed (or whenever anything has, if force).
+func (sc *serverConn) flushConnCredit(force bool) error {
+	sc.mu.Lock()
+	n := sc.recvUnacked
+	if n == 0 || !force && n < connUpdateThreshold {
+		sc.mu.Unlock()
+		return nil
+	}
+	sc.recvUnacked = 0
+	sc.recvWindow += n
+	sc.mu.Unlock()
+	return sc.writeFrames(func(fr *http2.Framer) error { return fr.WriteWindowUpdate(0, uint32(n)) })
+}
+
+func (sc *serverConn) wakeWritersLocked() {
+	if sc.flowCh != nil {
+		close(sc.flowCh)
+		sc.flowCh = nil
+	}
+}
+
+func (sc *serverConn) armIdleTimer() {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	sc.armIdleTimerLocked()
+}
+
+func (sc *serverConn) armIdleTimerLocked() {
+	d := sc.srv.idleTimeout()
+	if d < 0 || sc.closed || sc.live > 0 {
+		return
+	}
+	if sc.idleTimer == nil {
+		sc.idleTimer = time.AfterFunc(d, sc.onIdle)
+		return
+	}
+	sc.idleTimer.Reset(d)
+}
+
+func (sc *serverConn) onIdle() {
+	sc.mu.Lock()
+	idle := sc.live == 0 && !sc.closed
+	sc.mu.Unlock()
+	if idle {
+		_ = sc.connError(http2.ErrCodeNo, "idle")
+		sc.close(errIdleTimeout)
+	}
+}
+
+// goAway starts a graceful close: GOAWAY now, close when no stream is left.
+func (sc *serverConn) goAway() {
+	sc.mu.Lock()
+	if sc.goingAway || sc.closed {
+		sc.mu.Unlock()
+		return
+	}
+	sc.goingAway = true
+	last, live := sc.maxStreamID, sc.live
+	sc.mu.Unlock()
+	_ = sc.writeFrames(func(fr *http2.Framer) error { return fr.WriteGoAway(last, http2.ErrCodeNo, nil) })
+	if live == 0 {
+		sc.close(errGoAwayDone)
+	}
+}
+
+// close ends the connection and aborts every stream with err.
+func (sc *serverConn) close(err error) {
+	if err == nil {
+		err = errConnClosed
+	}
+	sc.mu.Lock()
+	if sc.closed {
+		sc.mu.Unlock()
+		return
+	}
+	sc.closed = true
+	sc.closeErr = err
+	if sc.idleTimer != nil {
+		sc.idleTimer.Stop()
+	}
+	for _, st := range sc.streams {
+		sc.abortStreamLocked(st, fmt.Errorf("%w: %w", errConnClosed, err))
+	}
+	sc.wakeWritersLocked()
+	sc.mu.Unlock()
+	sc.cancel()
+	_ = sc.conn.Close()
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
