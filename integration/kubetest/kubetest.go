@@ -33,6 +33,13 @@ type Env struct {
 	Scheme *runtime.Scheme
 	// CRDs are the CustomResourceDefinitions that were installed.
 	CRDs []*apiextensionsv1.CustomResourceDefinition
+	// CertDir is the apiserver's certificate folder. It holds sa-signer.key,
+	// the PEM key the apiserver signs service-account tokens with (and
+	// sa-signer.crt, its certificate), for tests that must forge a token.
+	CertDir string
+	// ServiceAccountIssuer is the issuer ("iss") of the service-account
+	// tokens the apiserver signs.
+	ServiceAccountIssuer string
 }
 
 // NewScheme returns a scheme with the core Kubernetes, Gateway API and Ambit types.
@@ -133,7 +140,12 @@ func Start(t testing.TB) *Env {
 	if err != nil {
 		t.Fatalf("client: %v", err)
 	}
-	return &Env{Config: cfg, Client: c, Scheme: scheme, CRDs: env.CRDs}
+	apiserver := env.ControlPlane.APIServer
+	return &Env{
+		Config: cfg, Client: c, Scheme: scheme, CRDs: env.CRDs,
+		CertDir:              apiserver.CertDir,
+		ServiceAccountIssuer: apiserver.SecureServing.URL("https", "/").String(),
+	}
 }
 
 // Namespace creates a namespace with the given labels and returns its name.

@@ -2,6 +2,7 @@ package caclient
 
 import (
 	"context"
+	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -152,7 +153,7 @@ func (c *Client) Fetch(ctx context.Context, id identity.SPIFFEID, csrDER []byte,
 	if got != id {
 		return nil, nil, status.Errorf(codes.Internal, "CA response: leaf is for %s, asked for %s", got, id)
 	}
-	if pub, ok := chain[0].PublicKey.(interface{ Equal(any) bool }); !ok || !pub.Equal(csr.PublicKey) {
+	if pub, ok := chain[0].PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(csr.PublicKey) {
 		return nil, nil, status.Error(codes.Internal, "CA response: leaf does not carry the CSR's public key")
 	}
 	return chain, roots, nil
