@@ -3,9 +3,9 @@ package hbone
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"

@@ -4,7 +4,6 @@ package hbone
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -141,7 +140,7 @@ func (d *Dialer) dialConn(ctx context.Context, key poolKey) (*clientConn, error)
 	if err != nil {
 		return nil, fmt.Errorf("hbone: dial %s: %w", key.addr, err)
 	}
-	tc := tls.Client(raw, cfg)
+	tc := tlsClient(raw, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		if ctx.Err() != nil {

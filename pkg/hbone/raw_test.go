@@ -1,3 +1,5 @@
+//lint:file-ignore SA1019 a raw x/net client drives the server with requests the Dialer never sends.
+
 package hbone
 
 import (

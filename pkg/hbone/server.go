@@ -199,11 +199,18 @@ func (s *Server) serveHTTP2(ctx context.Context, c net.Conn, peer identity.SPIFF
 	return sc.serve()
 }
 
-func (s *Server) handshake(ctx context.Context, c net.Conn) (*tls.Conn, identity.SPIFFEID, error) {
-	tc, ok := c.(*tls.Conn)
-	if s.TLSConfig != nil && !ok {
-		tc = tls.Server(c, s.TLSConfig)
-	} else if !ok {
+func (s *Server) handshake(ctx context.Context, c net.Conn) (net.Conn, identity.SPIFFEID, error) {
+	type handshaker interface {
+		net.Conn
+		HandshakeContext(context.Context) error
+		ConnectionState() tls.ConnectionState
+	}
+	var tc handshaker
+	if already, ok := c.(*tls.Conn); ok {
+		tc = already
+	} else if s.TLSConfig != nil {
+		tc = tlsServer(c, s.TLSConfig)
+	} else {
 		return nil, identity.SPIFFEID{}, errors.New("hbone: no TLSConfig and the connection is not TLS")
 	}
 	hctx, cancel := context.WithTimeout(ctx, s.handshakeTimeout())

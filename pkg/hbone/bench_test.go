@@ -1,0 +1,212 @@
+package hbone
+
+import (
+	"context"
+	"encoding/binary"
+	"io"
+	"net"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+)
+
+// benchUpstream serves two modes, chosen by a 9-byte header: 'u' + size
+// reads until EOF and answers one byte; 'd' + size sends size bytes and
+// half-closes. Anything else is an echo.
+func benchUpstream(b *testing.B) netip.AddrPort {
+	return startUpstream(b, func(c *net.TCPConn) {
+		var hdr [9]byte
+		if _, err := io.ReadFull(c, hdr[:]); err != nil {
+			return
+		}
+		size := int64(binary.BigEndian.Uint64(hdr[1:]))
+		buf := make([]byte, copyBufferSize)
+		switch hdr[0] {
+		case 'u':
+			_, _ = io.CopyBuffer(struct{ io.Writer }{io.Discard}, struct{ io.Reader }{c}, buf)
+			_, _ = c.Write([]byte{1})
+		case 'd':
+			for size > 0 {
+				n, err := c.Write(buf[:min(int64(len(buf)), size)])
+				if err != nil {
+					return
+				}
+				size -= int64(n)
+			}
+			_ = c.CloseWrite()
+			_, _ = io.Copy(io.Discard, c)
+		default:
+			_, _ = c.Write(hdr[:])
+			echo(c)
+		}
+	})
+}
+
+type benchEnv struct {
+	up netip.AddrPort
+	ts *testServer
+	d  *Dialer
+}
+
+func newBenchEnv(b *testing.B) *benchEnv {
+	b.Helper()
+	up := benchUpstream(b)
+	ts := startServer(b, &Server{Logger: discardLogger})
+	return &benchEnv{up: up, ts: ts, d: newDialer(b, nil)}
+}
+
+func (e *benchEnv) dialDirect(b *testing.B) net.Conn {
+	c, err := net.Dial("tcp", e.up.String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	return c
+}
+
+func (e *benchEnv) dialTunnel(b *testing.B) net.Conn {
+	c, err := e.d.Dial(context.Background(), request(e.ts, e.up))
+	if err != nil {
+		b.Fatal(err)
+	}
+	return c
+}
+
+type closeWriter interface {
+	net.Conn
+	CloseWrite() error
+}
+
+// transfer moves total bytes over a fresh connection in the given
+// direction and returns the elapsed time, including the final
+// acknowledgement (upload) or EOF (download).
+func transfer(b *testing.B, c net.Conn, mode byte, total int64) time.Duration {
+	defer c.Close()
+	var hdr [9]byte
+	hdr[0] = mode
+	binary.BigEndian.PutUint64(hdr[1:], uint64(total))
+	buf := make([]byte, copyBufferSize)
+	start := time.Now()
+	if _, err := c.Write(hdr[:]); err != nil {
+		b.Fatal(err)
+	}
+	switch mode {
+	case 'u':
+		for left := total; left > 0; {
+			n, err := c.Write(buf[:min(int64(len(buf)), left)])
+			if err != nil {
+				b.Fatal(err)
+			}
+			left -= int64(n)
+		}
+		if err := c.(closeWriter).CloseWrite(); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, buf[:1]); err != nil {
+			b.Fatal(err)
+		}
+	case 'd':
+		n, err := io.CopyBuffer(struct{ io.Writer }{io.Discard}, struct{ io.Reader }{c}, buf)
+		if err != nil || n != total {
+			b.Fatalf("downloaded %d of %d bytes: %v", n, total, err)
+		}
+	}
+	return time.Since(start)
+}
+
+// BenchmarkBulkThroughput moves b.N * 256 KiB through one tunnelled stream
+// and, for comparison, directly over loopback TCP to the same upstream.
+func BenchmarkBulkThroughput(b *testing.B) {
+	for _, dir := range []struct {
+		name string
+		mode byte
+	}{{"upload", 'u'}, {"download", 'd'}} {
+		b.Run(dir.name, func(b *testing.B) {
+			e := newBenchEnv(b)
+			// Warm the pooled connection.
+			transfer(b, e.dialTunnel(b), dir.mode, 1<<20)
+			total := int64(b.N) * copyBufferSize
+			b.SetBytes(copyBufferSize)
+			b.ResetTimer()
+			direct := transfer(b, e.dialDirect(b), dir.mode, total)
+			tunnel := transfer(b, e.dialTunnel(b), dir.mode, total)
+			b.StopTimer()
+			mbs := func(d time.Duration) float64 { return float64(total) / 1e6 / d.Seconds() }
+			b.ReportMetric(mbs(direct), "direct-MB/s")
+			b.ReportMetric(mbs(tunnel), "tunnel-MB/s")
+			b.ReportMetric(mbs(tunnel)/mbs(direct), "ratio")
+		})
+	}
+}
+
+// BenchmarkRoundTrip1KiB sends 1 KiB and reads the 1 KiB echo, over a warm
+// tunnel and directly over TCP, and reports latency percentiles.
+func BenchmarkRoundTrip1KiB(b *testing.B) {
+	e := newBenchEnv(b)
+	msg := make([]byte, 1024)
+	measure := func(c net.Conn) []time.Duration {
+		defer c.Close()
+		if _, err := c.Write([]byte("e........")); err != nil { // echo mode
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, make([]byte, 9)); err != nil {
+			b.Fatal(err)
+		}
+		reply := make([]byte, len(msg))
+		for range 100 { // warm up
+			c.Write(msg)
+			io.ReadFull(c, reply)
+		}
+		ds := make([]time.Duration, b.N)
+		for i := range b.N {
+			start := time.Now()
+			if _, err := c.Write(msg); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := io.ReadFull(c, reply); err != nil {
+				b.Fatal(err)
+			}
+			ds[i] = time.Since(start)
+		}
+		slices.Sort(ds)
+		return ds
+	}
+	b.ResetTimer()
+	direct := measure(e.dialDirect(b))
+	tunnel := measure(e.dialTunnel(b))
+	b.StopTimer()
+	pct := func(ds []time.Duration, p float64) float64 {
+		return float64(ds[min(len(ds)-1, int(float64(len(ds))*p))].Nanoseconds()) / 1e3
+	}
+	b.ReportMetric(pct(direct, 0.50), "direct-p50-us")
+	b.ReportMetric(pct(direct, 0.99), "direct-p99-us")
+	b.ReportMetric(pct(tunnel, 0.50), "tunnel-p50-us")
+	b.ReportMetric(pct(tunnel, 0.99), "tunnel-p99-us")
+	b.ReportMetric(pct(tunnel, 0.50)-pct(direct, 0.50), "added-p50-us")
+	b.ReportMetric(pct(tunnel, 0.99)-pct(direct, 0.99), "added-p99-us")
+}
+
+// BenchmarkStreamOpen opens and closes one tunnel per op over a warm
+// connection. Allocations include the server side (same process).
+func BenchmarkStreamOpen(b *testing.B) {
+	ts := startServer(b, &Server{Logger: discardLogger, Handler: func(s *Stream) {
+		if s.Accept() == nil {
+			_, _ = io.Copy(io.Discard, s)
+		}
+	}})
+	d := newDialer(b, nil)
+	r := request(ts, netip.MustParseAddrPort("10.0.0.1:80"))
+	open := func() {
+		c, err := d.Dial(context.Background(), r)
+		if err != nil {
+			b.Fatal(err)
+		}
+		c.Close()
+	}
+	open()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		open()
+	}
+}
