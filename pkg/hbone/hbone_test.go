@@ -623,3 +623,25 @@ func TestStreamDeadline(t *testing.T) {
 		t.Errorf("Read = %v, want deadline exceeded", err)
 	}
 }
+
+func TestDialerClosesIdleConnections(t *testing.T) {
+	checkGoroutines(t)
+	up := startUpstream(t, echo)
+	ts := startServer(t, &Server{IdleTimeout: -1})
+	d := newDialer(t, nil)
+	d.IdleTimeout = 50 * time.Millisecond
+	c, err := d.Dial(context.Background(), request(ts, up))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.CloseWrite()
+	io.ReadAll(c)
+	c.Close()
+	waitFor(t, "the idle client connection to close", func() bool { return ts.ln.open.Load() == 0 })
+	waitFor(t, "the pool to forget it", func() bool {
+		d.pruneAll()
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		return len(d.all) == 0 && len(d.pools) == 0
+	})
+}
