@@ -1,0 +1,249 @@
+package xdsserver
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+
+	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
+	"github.com/ambit-mesh/ambit/controller/translate"
+)
+
+// Subset keys: which slice of a resource type a client receives.
+const (
+	subsetAll     = "all"
+	subsetZtunnel = "ztunnel"
+	subsetNone    = "none"
+	// a waypoint's subset is "waypoint:<namespace>/<gateway>"
+)
+
+// Server is an xDS delta ADS server of Ambit's resources. Create it with New,
+// attach it to a gRPC server with Register, and feed it with Publish.
+type Server struct {
+	log *slog.Logger
+	ads serverv3.Server
+
+	mu        sync.Mutex
+	caches    map[cacheKey]*cachev3.LinearCache
+	published map[cacheKey]map[string]proto.Message // what each cache holds
+	latest    *translate.Output
+	streams   int
+}
+
+type cacheKey struct{ typeURL, subset string }
+
+// New returns a server with nothing published: clients wait until Publish.
+// A nil logger means slog.Default().
+func New(logger *slog.Logger) *Server {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	s := &Server{
+		log:       logger,
+		caches:    map[cacheKey]*cachev3.LinearCache{},
+		published: map[cacheKey]map[string]proto.Message{},
+	}
+	cb := serverv3.CallbackFuncs{
+		DeltaStreamOpenFunc: func(context.Context, int64, string) error {
+			s.mu.Lock()
+			s.streams++
+			s.mu.Unlock()
+			return nil
+		},
+		DeltaStreamClosedFunc: func(id int64, node *corev3.Node) {
+			s.mu.Lock()
+			s.streams--
+			s.mu.Unlock()
+			s.log.Debug("xds stream closed", "stream", id, "node", node.GetId())
+		},
+		StreamDeltaRequestFunc: func(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
+			if d := req.GetErrorDetail(); d != nil {
+				s.log.Warn("xds client rejected configuration", "stream", id, "node", req.GetNode().GetId(),
+					"type", req.GetTypeUrl(), "nonce", req.GetResponseNonce(), "err", d.GetMessage())
+			}
+			return nil
+		},
+	}
+	s.ads = serverv3.NewServer(context.Background(), s, cb)
+	return s
+}
+
+// Register adds the aggregated discovery service to g.
+func (s *Server) Register(g *grpc.Server) {
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, s.ads)
+}
+
+// Streams returns the number of open xDS streams.
+func (s *Server) Streams() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.streams
+}
+
+// Publish makes out the configuration every client sees. Only resources that
+// differ from the previous Publish are sent. Safe for concurrent use; out must
+// not be modified afterwards.
+func (s *Server) Publish(out *translate.Output) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.latest = out
+	for key := range s.caches {
+		s.syncLocked(key)
+	}
+}
+
+// cacheFor returns the cache of a type and subset, creating and filling it
+// from the latest Output on first use.
+func (s *Server) cacheFor(key cacheKey) *cachev3.LinearCache {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.caches[key]
+	if !ok {
+		c = cachev3.NewLinearCache(key.typeURL)
+		s.caches[key] = c
+		s.published[key] = map[string]proto.Message{}
+		s.syncLocked(key)
+	}
+	return c
+}
+
+// syncLocked brings one cache to the latest Output, sending only changes.
+func (s *Server) syncLocked(key cacheKey) {
+	if s.latest == nil {
+		return
+	}
+	want := subset(s.latest, key)
+	have := s.published[key]
+	changed := map[string]types.Resource{}
+	var removed []string
+	for name, m := range want {
+		if old, ok := have[name]; !ok || !proto.Equal(old, m) {
+			changed[name] = m
+		}
+	}
+	for name := range have {
+		if _, ok := want[name]; !ok {
+			removed = append(removed, name)
+		}
+	}
+	if len(changed) == 0 && len(removed) == 0 {
+		return
+	}
+	if err := s.caches[key].UpdateResources(changed, removed); err != nil {
+		s.log.Error("update xds cache", "type", key.typeURL, "subset", key.subset, "err", err)
+		return
+	}
+	s.published[key] = want
+}
+
+// subset selects the resources of one cache from an Output.
+func subset(out *translate.Output, key cacheKey) map[string]proto.Message {
+	m := map[string]proto.Message{}
+	switch key.typeURL {
+	case configv1alpha1.TypeWorkload:
+		for _, w := range out.Workloads {
+			m[w.GetName()] = w
+		}
+	case configv1alpha1.TypeService:
+		for _, svc := range out.Services {
+			m[svc.GetName()] = svc
+		}
+	case configv1alpha1.TypeAuthorization:
+		for _, a := range out.Authorizations {
+			if authorizationFor(a, key.subset, out) {
+				m[a.GetName()] = a
+			}
+		}
+	case configv1alpha1.TypeWaypointConfig:
+		for _, w := range out.Waypoints {
+			if key.subset == "waypoint:"+w.GetName() {
+				m[w.GetName()] = w
+			}
+		}
+	}
+	return m
+}
+
+// authorizationFor says whether a policy belongs to a client's subset.
+func authorizationFor(a *configv1alpha1.Authorization, sub string, out *translate.Output) bool {
+	switch a.GetScope() {
+	case configv1alpha1.Authorization_SCOPE_WORKLOAD_SELECTOR, configv1alpha1.Authorization_SCOPE_NAMESPACE,
+		configv1alpha1.Authorization_SCOPE_GLOBAL:
+		return sub == subsetZtunnel
+	case configv1alpha1.Authorization_SCOPE_WAYPOINT:
+		for _, t := range a.GetTargets() {
+			if sub == "waypoint:"+t {
+				return true
+			}
+		}
+	case configv1alpha1.Authorization_SCOPE_SERVICE:
+		for _, svc := range out.Services {
+			if svc.GetWaypoint() == nil || sub != "waypoint:"+svc.GetWaypoint().GetGateway() {
+				continue
+			}
+			for _, t := range a.GetTargets() {
+				if t == svc.GetName() {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// subsetOf maps a client's node ID and a type to its subset.
+func subsetOf(nodeID, typeURL string) (string, error) {
+	kind, name, err := configv1alpha1.ParseNodeID(nodeID)
+	if err != nil {
+		return "", err
+	}
+	switch typeURL {
+	case configv1alpha1.TypeWorkload, configv1alpha1.TypeService:
+		return subsetAll, nil
+	case configv1alpha1.TypeAuthorization, configv1alpha1.TypeWaypointConfig:
+		if kind == configv1alpha1.NodeKindWaypoint {
+			return "waypoint:" + name, nil
+		}
+		if typeURL == configv1alpha1.TypeWaypointConfig {
+			return subsetNone, nil
+		}
+		return subsetZtunnel, nil
+	default:
+		return "", fmt.Errorf("unknown resource type %q", typeURL)
+	}
+}
+
+// CreateDeltaWatch implements cachev3.ConfigWatcher by delegating to the
+// cache of the client's subset.
+func (s *Server) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscription, ch chan cachev3.DeltaResponse) (func(), error) {
+	subsetKey, err := subsetOf(req.GetNode().GetId(), req.GetTypeUrl())
+	if err != nil {
+		s.log.Warn("refusing xds subscription", "node", req.GetNode().GetId(), "type", req.GetTypeUrl(), "err", err)
+		return nil, err
+	}
+	return s.cacheFor(cacheKey{req.GetTypeUrl(), subsetKey}).CreateDeltaWatch(req, sub, ch)
+}
+
+// CreateWatch implements cachev3.ConfigWatcher for state-of-the-world
+// clients, which get the same subsets.
+func (s *Server) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch chan cachev3.Response) (func(), error) {
+	subsetKey, err := subsetOf(req.GetNode().GetId(), req.GetTypeUrl())
+	if err != nil {
+		return nil, err
+	}
+	return s.cacheFor(cacheKey{req.GetTypeUrl(), subsetKey}).CreateWatch(req, sub, ch)
+}
+
+// Fetch implements cachev3.ConfigFetcher; REST polling is not supported.
+func (s *Server) Fetch(context.Context, *cachev3.Request) (cachev3.Response, error) {
+	return nil, fmt.Errorf("xds fetch is not supported; use delta ADS")
+}
