@@ -143,4 +143,3 @@ func TestDialCancellation(t *testing.T) {
 		}
 	})
 }
-

@@ -78,4 +78,3 @@ func (sc *serverConn) writeResponseHeadersLocked(id uint32, status int, endStrea
 		StreamID: id, BlockFragment: sc.hbuf.Bytes(), EndStream: endStream, EndHeaders: true,
 	})
 }
-
