@@ -1,7 +1,6 @@
 package hbone
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -14,7 +13,6 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 
 	"github.com/ambit-mesh/ambit/pkg/identity"
 )
@@ -42,14 +40,7 @@ type serverConn struct {
 	cancel     context.CancelFunc
 	maxStreams uint32
 
-	fr *http2.Framer // ReadFrame only in serve; Write* only under wmu
-
-	wmu      sync.Mutex
-	bw       *bufio.Writer
-	henc     *hpack.Encoder
-	hbuf     bytes.Buffer
-	dataHdr  [9]byte
-	writeErr error
+	frameWriter // fr.ReadFrame only in serve
 
 	mu            sync.Mutex
 	streams       map[uint32]*Stream // open in at least one direction
@@ -58,8 +49,7 @@ type serverConn struct {
 	sendWindow    int64              // connection-level window of the peer
 	initialWindow int64              // peer's SETTINGS_INITIAL_WINDOW_SIZE
 	peerMaxFrame  int                // peer's SETTINGS_MAX_FRAME_SIZE
-	recvWindow    int64              // bytes the peer may still send
-	recvUnacked   int64              // bytes consumed, not yet returned
+	inflow        inflow             // connection-level receive window
 	flowCh        chan struct{}      // closed when send windows grow
 	goingAway     bool
 	closed        bool
@@ -76,19 +66,13 @@ func newServerConn(ctx context.Context, s *Server, tc net.Conn, peer identity.SP
 		ctx:           ctx,
 		cancel:        cancel,
 		maxStreams:    s.maxStreams(),
-		bw:            bufio.NewWriterSize(tc, writeBufferSize),
 		streams:       make(map[uint32]*Stream),
 		sendWindow:    65535,
 		initialWindow: 65535,
 		peerMaxFrame:  16384,
-		recvWindow:    serverConnWindow,
+		inflow:        inflow{window: serverConnWindow},
 	}
-	sc.fr = http2.NewFramer(sc.bw, tc)
-	sc.fr.SetReuseFrames()
-	sc.fr.SetMaxReadFrameSize(serverMaxFrameSize)
-	sc.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	sc.fr.MaxHeaderListSize = maxHeaderListSize
-	sc.henc = hpack.NewEncoder(&sc.hbuf)
+	sc.frameWriter.init(tc, serverMaxFrameSize, sc.close)
 	return sc
 }
 
@@ -319,15 +303,14 @@ func (sc *serverConn) processData(f *http2.DataFrame) error {
 	n := int64(f.Length)
 	data := f.Data()
 	sc.mu.Lock()
-	if n > sc.recvWindow {
+	if !sc.inflow.take(n) {
 		sc.mu.Unlock()
 		return sc.connError(http2.ErrCodeFlowControl, "connection window exceeded")
 	}
-	sc.recvWindow -= n
 	st := sc.streams[f.StreamID]
 	if st == nil || st.remoteClosed || st.reset {
 		// A stream we closed or reset: give the bytes back to the connection.
-		sc.recvUnacked += n
+		sc.inflow.unacked += n
 		idle := f.StreamID > sc.maxStreamID
 		halfClosed := st != nil && st.remoteClosed && !st.reset
 		sc.mu.Unlock()
@@ -339,16 +322,15 @@ func (sc *serverConn) processData(f *http2.DataFrame) error {
 		}
 		return sc.flushConnCredit(false)
 	}
-	if n > st.recvWindow {
-		sc.recvUnacked += n
+	if !st.inflow.take(n) {
+		sc.inflow.unacked += n
 		sc.mu.Unlock()
 		return sc.resetStream(st, http2.ErrCodeFlowControl, errors.New("hbone: stream window exceeded"))
 	}
-	st.recvWindow -= n
 	// Padding is consumed at once.
 	pad := n - int64(len(data))
-	st.recvUnacked += pad
-	sc.recvUnacked += pad
+	st.inflow.unacked += pad
+	sc.inflow.unacked += pad
 	st.recv.Write(data)
 	if f.StreamEnded() {
 		st.remoteClosed = true
@@ -420,30 +402,6 @@ func (sc *serverConn) runHandler(st *Stream) {
 	h(st)
 }
 
-// writeFrames runs fn with the write lock held, then flushes.
-func (sc *serverConn) writeFrames(fn func(*http2.Framer) error) error {
-	sc.wmu.Lock()
-	defer sc.wmu.Unlock()
-	return sc.writeLocked(fn)
-}
-
-func (sc *serverConn) writeLocked(fn func(*http2.Framer) error) error {
-	if sc.writeErr != nil {
-		return sc.writeErr
-	}
-	err := fn(sc.fr)
-	if err == nil {
-		err = sc.bw.Flush()
-	}
-	if err != nil {
-		sc.writeErr = fmt.Errorf("hbone: write: %w", err)
-		// A failed write leaves the stream of frames broken: end the conn.
-		go sc.close(sc.writeErr)
-		return sc.writeErr
-	}
-	return nil
-}
-
 // resetStream sends RST_STREAM for st and fails its pending operations.
 func (sc *serverConn) resetStream(st *Stream, code http2.ErrCode, cause error) error {
 	sc.wmu.Lock()
@@ -469,7 +427,7 @@ func (sc *serverConn) abortStreamLocked(st *Stream, err error) {
 	st.reset = true
 	st.err = err
 	// Unread bytes go back to the connection window.
-	sc.recvUnacked += int64(st.recv.Len()) + st.recvUnacked
+	sc.inflow.unacked += int64(st.recv.Len()) + st.inflow.unacked
 	st.recv = bytes.Buffer{}
 	close(st.abortCh)
 	sc.maybeFinishLocked(st)
@@ -499,15 +457,16 @@ func (sc *serverConn) maybeFinishLocked(st *Stream) {
 // flushConnCredit sends a connection WINDOW_UPDATE once enough has been
 // consumed (or whenever anything has, if force).
 func (sc *serverConn) flushConnCredit(force bool) error {
+	threshold := int64(connUpdateThreshold)
+	if force {
+		threshold = 1
+	}
 	sc.mu.Lock()
-	n := sc.recvUnacked
-	if n == 0 || !force && n < connUpdateThreshold {
-		sc.mu.Unlock()
+	n := sc.inflow.consume(0, threshold)
+	sc.mu.Unlock()
+	if n == 0 {
 		return nil
 	}
-	sc.recvUnacked = 0
-	sc.recvWindow += n
-	sc.mu.Unlock()
 	return sc.writeFrames(func(fr *http2.Framer) error { return fr.WriteWindowUpdate(0, uint32(n)) })
 }
 

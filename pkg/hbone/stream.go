@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/netip"
@@ -64,8 +65,7 @@ type Stream struct {
 
 	// Guarded by sc.mu.
 	recv         bytes.Buffer
-	recvWindow   int64 // bytes the client may still send
-	recvUnacked  int64 // bytes read, not yet returned with WINDOW_UPDATE
+	inflow       inflow // the stream's receive window
 	sendWindow   int64
 	answered     int // 0, http.StatusOK or the rejection status
 	remoteClosed bool
@@ -84,7 +84,7 @@ func newStream(sc *serverConn, id uint32, authority netip.AddrPort, header http.
 		sc: sc, id: id, authority: authority, header: header, ctx: ctx, cancel: cancel,
 		readCh: make(chan struct{}, 1), abortCh: make(chan struct{}),
 		rd: makeDeadline(), wd: makeDeadline(),
-		recvWindow: serverStreamWindow,
+		inflow: inflow{window: serverStreamWindow},
 	}
 }
 
@@ -221,21 +221,15 @@ func (st *Stream) Read(p []byte) (int, error) {
 		}
 		if st.recv.Len() > 0 {
 			n, _ := st.recv.Read(p)
-			st.recvUnacked += int64(n)
-			sc.recvUnacked += int64(n)
-			var streamIncr int64
-			if st.recvUnacked >= streamUpdateThreshold && !st.remoteClosed {
-				streamIncr = st.recvUnacked
-				st.recvWindow += streamIncr
-				st.recvUnacked = 0
+			threshold := int64(streamUpdateThreshold)
+			if st.remoteClosed {
+				threshold = math.MaxInt64 // no more DATA will come
 			}
-			connDue := sc.recvUnacked >= connUpdateThreshold
+			streamIncr := st.inflow.consume(int64(n), threshold)
+			connIncr := sc.inflow.consume(int64(n), connUpdateThreshold)
 			sc.mu.Unlock()
-			if streamIncr > 0 {
-				_ = sc.writeFrames(func(fr *http2.Framer) error { return fr.WriteWindowUpdate(st.id, uint32(streamIncr)) })
-			}
-			if connDue {
-				_ = sc.flushConnCredit(false)
+			if streamIncr > 0 || connIncr > 0 {
+				_ = sc.writeFrames(func(fr *http2.Framer) error { return writeWindowUpdates(fr, st.id, streamIncr, connIncr) })
 			}
 			return n, nil
 		}
@@ -338,22 +332,7 @@ func (st *Stream) writeData(p []byte, endStream bool) error {
 		sc.maybeFinishLocked(st)
 	}
 	sc.mu.Unlock()
-	return sc.writeLocked(func(*http2.Framer) error {
-		h := sc.dataHdr[:]
-		n := len(p)
-		h[0], h[1], h[2] = byte(n>>16), byte(n>>8), byte(n)
-		h[3] = byte(http2.FrameData)
-		h[4] = 0
-		if endStream {
-			h[4] = byte(http2.FlagDataEndStream)
-		}
-		h[5], h[6], h[7], h[8] = byte(st.id>>24), byte(st.id>>16), byte(st.id>>8), byte(st.id)
-		if _, err := sc.bw.Write(h); err != nil {
-			return err
-		}
-		_, err := sc.bw.Write(p)
-		return err
-	})
+	return sc.writeLocked(func(*http2.Framer) error { return sc.writeDataLocked(st.id, endStream, p) })
 }
 
 // CloseWrite half-closes the tunnel towards the client (END_STREAM); the
