@@ -1,0 +1,79 @@
+package redirect
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+)
+
+// The ports ztunnel opens inside every enrolled pod. An application of an
+// enrolled pod cannot listen on them.
+const (
+	// OutboundPort receives the pod's outbound TCP, redirected by the rules.
+	OutboundPort uint16 = 15001
+	// InboundPort receives plaintext TCP sent to the pod, redirected by the
+	// rules.
+	InboundPort uint16 = 15006
+	// HBONEPort receives HBONE tunnels from other meshed workloads; it is not
+	// redirected.
+	HBONEPort uint16 = 15008
+)
+
+// Listen opens a TCP listener on port inside the namespace, bound to the
+// wildcard address: dual-stack [::] where the namespace has IPv6, else
+// 0.0.0.0. No special socket option is needed: REDIRECT rewrites the
+// destination to an address of the pod (loopback for outbound traffic, the
+// receiving interface's primary address for inbound), which the wildcard
+// covers. The listener may be used from any goroutine.
+func (n *Netns) Listen(ctx context.Context, port uint16) (net.Listener, error) {
+	var ln net.Listener
+	err := n.Do(ctx, func() error {
+		var lc net.ListenConfig
+		var err error
+		ln, err = lc.Listen(ctx, "tcp", net.JoinHostPort("", strconv.Itoa(int(port))))
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("redirect: listen on %d in %s: %w", port, n, err)
+	}
+	return ln, nil
+}
+
+// Listeners are the three capture listeners of one pod.
+type Listeners struct {
+	Outbound net.Listener // OutboundPort
+	Inbound  net.Listener // InboundPort
+	HBONE    net.Listener // HBONEPort
+}
+
+// ListenAll opens the outbound, inbound and HBONE listeners inside the
+// namespace. On error none is left open.
+func (n *Netns) ListenAll(ctx context.Context) (*Listeners, error) {
+	ls := &Listeners{}
+	var err error
+	if ls.Outbound, err = n.Listen(ctx, OutboundPort); err != nil {
+		return nil, err
+	}
+	if ls.Inbound, err = n.Listen(ctx, InboundPort); err != nil {
+		_ = ls.Close()
+		return nil, err
+	}
+	if ls.HBONE, err = n.Listen(ctx, HBONEPort); err != nil {
+		_ = ls.Close()
+		return nil, err
+	}
+	return ls, nil
+}
+
+// Close closes every listener that is open.
+func (l *Listeners) Close() error {
+	var errs []error
+	for _, ln := range []net.Listener{l.Outbound, l.Inbound, l.HBONE} {
+		if ln != nil {
+			errs = append(errs, ln.Close())
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,166 @@
+package redirect
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"github.com/google/nftables"
+)
+
+// Install installs (or replaces) the capture rules in the namespace, in one
+// netlink transaction: the table is created, deleted and created again with
+// its chains and rules, so the pod is never half-captured and a second
+// Install leaves exactly one copy of each rule. Other tables are not touched.
+func Install(ctx context.Context, ns *Netns, cfg Config) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	specs, err := buildRules(cfg)
+	if err != nil {
+		return err
+	}
+	conn, err := dial(ns)
+	if err != nil {
+		return err
+	}
+	defer closeConn(conn)
+	queueInstall(conn, specs)
+	if err := conn.Flush(); err != nil {
+		return fmt.Errorf("redirect: install nftables rules in %s: %w", ns, err)
+	}
+	slog.DebugContext(ctx, "redirection installed", "netns", ns.Path(), "rules", len(specs))
+	return nil
+}
+
+// queueInstall adds the replace transaction to conn's batch.
+func queueInstall(conn *nftables.Conn, specs []ruleSpec) {
+	t := table()
+	conn.AddTable(t)
+	conn.DelTable(t) // with the AddTable before: no error if it did not exist
+	conn.AddTable(t)
+	byName := map[string]*nftables.Chain{}
+	for _, c := range chains(t) {
+		byName[c.Name] = conn.AddChain(c)
+	}
+	for _, s := range specs {
+		conn.AddRule(&nftables.Rule{Table: t, Chain: byName[s.chain], Exprs: s.exprs, UserData: comment(s.comment)})
+	}
+}
+
+// Remove deletes the capture rules (the whole table) from the namespace. It
+// succeeds when they are not installed.
+func Remove(ctx context.Context, ns *Netns) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	conn, err := dial(ns)
+	if err != nil {
+		return err
+	}
+	defer closeConn(conn)
+	t := table()
+	conn.AddTable(t)
+	conn.DelTable(t)
+	if err := conn.Flush(); err != nil {
+		return fmt.Errorf("redirect: remove nftables rules in %s: %w", ns, err)
+	}
+	slog.DebugContext(ctx, "redirection removed", "netns", ns.Path())
+	return nil
+}
+
+// Ruleset is what Rules found installed, for the admin dump.
+type Ruleset struct {
+	// Table is "inet ambit".
+	Table string `json:"table"`
+	// Installed is false when the table does not exist.
+	Installed bool `json:"installed"`
+	// Chains of the table, in kernel order.
+	Chains []ChainInfo `json:"chains,omitempty"`
+}
+
+// ChainInfo describes one chain of the table.
+type ChainInfo struct {
+	Name     string     `json:"name"`
+	Type     string     `json:"type"`
+	Hook     string     `json:"hook"`
+	Priority int32      `json:"priority"`
+	Rules    []RuleInfo `json:"rules"`
+}
+
+// RuleInfo describes one installed rule.
+type RuleInfo struct {
+	Handle  uint64 `json:"handle"`
+	Comment string `json:"comment,omitempty"`
+	// Expr is the rule in nft-like syntax (for people, not for parsing).
+	Expr string `json:"expr"`
+	// Packets counts the connections that matched (nat chains see one packet
+	// per connection).
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
+}
+
+// Rules lists the capture rules installed in the namespace.
+func Rules(ctx context.Context, ns *Netns) (*Ruleset, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	conn, err := dial(ns)
+	if err != nil {
+		return nil, err
+	}
+	defer closeConn(conn)
+	rs := &Ruleset{Table: "inet " + TableName}
+	tables, err := conn.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return nil, fmt.Errorf("redirect: list tables in %s: %w", ns, err)
+	}
+	for _, t := range tables {
+		if t.Name == TableName {
+			rs.Installed = true
+		}
+	}
+	if !rs.Installed {
+		return rs, nil
+	}
+	cs, err := conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return nil, fmt.Errorf("redirect: list chains in %s: %w", ns, err)
+	}
+	for _, c := range cs {
+		if c.Table == nil || c.Table.Name != TableName {
+			continue
+		}
+		rules, err := conn.GetRules(c.Table, c)
+		if err != nil {
+			return nil, fmt.Errorf("redirect: list rules of %s in %s: %w", c.Name, ns, err)
+		}
+		ci := ChainInfo{Name: c.Name, Type: string(c.Type), Hook: hookName(c.Hooknum), Rules: []RuleInfo{}}
+		if c.Priority != nil {
+			ci.Priority = int32(*c.Priority)
+		}
+		for _, r := range rules {
+			ci.Rules = append(ci.Rules, describeRule(r))
+		}
+		rs.Chains = append(rs.Chains, ci)
+	}
+	return rs, nil
+}
+
+// dial opens a netlink connection bound to the namespace.
+func dial(ns *Netns) (*nftables.Conn, error) {
+	if ns == nil {
+		return nil, fmt.Errorf("redirect: nil netns")
+	}
+	conn, err := nftables.New(nftables.AsLasting(), nftables.WithNetNSFd(ns.Fd()))
+	if err != nil {
+		return nil, fmt.Errorf("redirect: nftables netlink in %s: %w", ns, err)
+	}
+	return conn, nil
+}
+
+func closeConn(conn *nftables.Conn) {
+	if err := conn.CloseLasting(); err != nil {
+		slog.Debug("close nftables netlink", "err", err)
+	}
+}

@@ -1,0 +1,243 @@
+package redirect
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"golang.org/x/sys/unix"
+)
+
+// TableName is the nftables table (family inet, so IPv4 and IPv6) that holds
+// every capture rule inside a pod. Ambit never touches another table.
+const TableName = "ambit"
+
+// Chains of the table.
+const (
+	// OutboundChain is a nat chain on the output hook.
+	OutboundChain = "outbound"
+	// InboundChain is a nat chain on the prerouting hook.
+	InboundChain = "inbound"
+)
+
+// Mark is ztunnel's socket mark (SO_MARK), compared under MarkMask: sockets
+// carrying it are never redirected. 0x539 (1337) is the value Istio's ambient
+// mode uses, so a node running both does not need two conventions.
+const (
+	Mark     uint32 = 0x539
+	MarkMask uint32 = 0xfff
+)
+
+// Link-local addresses a node may SNAT kubelet's probes to before they enter
+// the pod (Istio ambient's convention). They are always among the exempted
+// probe sources.
+var (
+	ProbeSNATv4 = netip.MustParsePrefix("169.254.7.127/32")
+	ProbeSNATv6 = netip.MustParsePrefix("fd16:9254:7127:1337:ffff:ffff:ffff:ffff/128")
+)
+
+// Config chooses the capture rules of one pod. The zero value is usable.
+type Config struct {
+	// ProbeSources are the sources whose inbound TCP is not captured: where
+	// kubelet's probes come from, as the pod sees them (the node's address on
+	// the pod network, usually the pod's default gateway). ProbeSNATv4 and
+	// ProbeSNATv6 are always added.
+	ProbeSources []netip.Prefix
+	// Mark and MarkMask select ztunnel's sockets; zero means Mark and
+	// MarkMask.
+	Mark, MarkMask uint32
+}
+
+func (c Config) mark() (mark, mask uint32) {
+	mark, mask = c.Mark, c.MarkMask
+	if mark == 0 {
+		mark = Mark
+	}
+	if mask == 0 {
+		mask = MarkMask
+	}
+	return mark, mask
+}
+
+// ruleSpec is one rule before it goes to the kernel.
+type ruleSpec struct {
+	chain   string
+	comment string
+	exprs   []expr.Any
+}
+
+// table is the Ambit table.
+func table() *nftables.Table {
+	return &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
+}
+
+// chains are the two base chains, at the usual destination-NAT priority.
+func chains(t *nftables.Table) []*nftables.Chain {
+	return []*nftables.Chain{
+		{Name: OutboundChain, Table: t, Type: nftables.ChainTypeNAT,
+			Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityNATDest},
+		{Name: InboundChain, Table: t, Type: nftables.ChainTypeNAT,
+			Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityNATDest},
+	}
+}
+
+// buildRules returns the rules of both chains, in order. Nat chains see only
+// the first packet of a connection; replies and later packets follow
+// conntrack.
+func buildRules(cfg Config) ([]ruleSpec, error) {
+	mark, mask := cfg.mark()
+	if mark&^mask != 0 {
+		return nil, fmt.Errorf("redirect: mark %#x has bits outside mask %#x", mark, mask)
+	}
+	probes := append([]netip.Prefix{ProbeSNATv4, ProbeSNATv6}, cfg.ProbeSources...)
+	seen := map[netip.Prefix]bool{}
+
+	out := []ruleSpec{
+		{OutboundChain, fmt.Sprintf("ztunnel's own sockets (mark %#x/%#x)", mark, mask),
+			concat(matchMark(mark, mask), accept())},
+		{OutboundChain, "traffic routed over loopback (to the pod itself)",
+			concat(matchIfname(expr.MetaKeyOIFNAME, "lo"), accept())},
+		{OutboundChain, "loopback destination 127.0.0.0/8",
+			concat(matchAddr(false, netip.MustParsePrefix("127.0.0.0/8")), accept())},
+		{OutboundChain, "loopback destination ::1",
+			concat(matchAddr(false, netip.MustParsePrefix("::1/128")), accept())},
+		{OutboundChain, fmt.Sprintf("outbound TCP to ztunnel :%d", OutboundPort),
+			concat(matchTCP(), redirectTo(OutboundPort))},
+	}
+	in := []ruleSpec{
+		{InboundChain, "arrived over loopback",
+			concat(matchIfname(expr.MetaKeyIIFNAME, "lo"), accept())},
+	}
+	for _, p := range probes {
+		if !p.IsValid() {
+			return nil, fmt.Errorf("redirect: invalid probe source prefix %v", p)
+		}
+		p = p.Masked()
+		if p.Addr().Zone() != "" || p.Addr().Is4In6() {
+			return nil, fmt.Errorf("redirect: probe source %v: zoned or IPv4-mapped prefixes are not supported", p)
+		}
+		if seen[p] {
+			continue
+		}
+		seen[p] = true
+		in = append(in, ruleSpec{InboundChain, "kubelet probes from " + p.String(),
+			concat(matchAddr(true, p), matchTCP(), accept())})
+	}
+	in = append(in,
+		ruleSpec{InboundChain, fmt.Sprintf("HBONE (tcp dport %d)", HBONEPort),
+			concat(matchTCP(), matchDport(HBONEPort), accept())},
+		ruleSpec{InboundChain, fmt.Sprintf("inbound TCP to ztunnel :%d", InboundPort),
+			concat(matchTCP(), redirectTo(InboundPort))},
+	)
+	return append(out, in...), nil
+}
+
+func concat(parts ...[]expr.Any) []expr.Any {
+	var all []expr.Any
+	for _, p := range parts {
+		all = append(all, p...)
+	}
+	return all
+}
+
+// accept counts the packet (one per connection in a nat chain) and ends this
+// chain's evaluation without NAT.
+func accept() []expr.Any {
+	return []expr.Any{&expr.Counter{}, &expr.Verdict{Kind: expr.VerdictAccept}}
+}
+
+func matchMark(mark, mask uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binary.NativeEndian.AppendUint32(nil, mask), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.NativeEndian.AppendUint32(nil, mark)},
+	}
+}
+
+// ifname pads an interface name to IFNAMSIZ, as the kernel compares it.
+func ifname(name string) []byte {
+	b := make([]byte, unix.IFNAMSIZ)
+	copy(b, name)
+	return b
+}
+
+func matchIfname(key expr.MetaKey, name string) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: key, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(name)},
+	}
+}
+
+func matchTCP() []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+	}
+}
+
+func matchDport(port uint16) []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, port)},
+	}
+}
+
+// Offsets of the addresses in the IPv4 and IPv6 headers.
+const (
+	ip4Saddr, ip4Daddr = 12, 16
+	ip6Saddr, ip6Daddr = 8, 24
+)
+
+// matchAddr matches the source (src) or destination address against p,
+// checking the packet's family first as an inet table must.
+func matchAddr(src bool, p netip.Prefix) []expr.Any {
+	a := p.Addr()
+	proto, off := byte(unix.NFPROTO_IPV6), uint32(ip6Daddr)
+	if src {
+		off = ip6Saddr
+	}
+	if a.Is4() {
+		proto, off = unix.NFPROTO_IPV4, ip4Daddr
+		if src {
+			off = ip4Saddr
+		}
+	}
+	n := uint32(a.BitLen() / 8)
+	es := []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n},
+	}
+	if p.Bits() < a.BitLen() {
+		es = append(es, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: n,
+			Mask: prefixMask(p.Bits(), int(n)), Xor: make([]byte, n)})
+	}
+	return append(es, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: a.AsSlice()})
+}
+
+// prefixMask is a network-order mask of bits ones in n bytes.
+func prefixMask(bits, n int) []byte {
+	m := make([]byte, n)
+	for i := 0; i < bits; i++ {
+		m[i/8] |= 0x80 >> (i % 8)
+	}
+	return m
+}
+
+// redirectTo rewrites the destination to the local address (loopback for
+// locally generated packets, the receiving interface's primary address
+// otherwise) and port.
+func redirectTo(port uint16) []expr.Any {
+	return []expr.Any{
+		&expr.Counter{},
+		&expr.Immediate{Register: 1, Data: binary.BigEndian.AppendUint16(nil, port)},
+		&expr.Redir{RegisterProtoMin: 1},
+	}
+}
+
+// comment encodes a rule comment the way nft does, so `nft list` shows it.
+func comment(s string) []byte { return userdata.AppendString(nil, userdata.TypeComment, s) }

@@ -1,0 +1,182 @@
+package redirect
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+func describeAll(specs []ruleSpec) map[string][]string {
+	got := map[string][]string{}
+	for _, s := range specs {
+		got[s.chain] = append(got[s.chain], describe(s.exprs))
+	}
+	return got
+}
+
+func TestBuildRulesDefault(t *testing.T) {
+	specs, err := buildRules(Config{ProbeSources: []netip.Prefix{netip.MustParsePrefix("10.250.1.1/32")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := describeAll(specs)
+	want := map[string][]string{
+		OutboundChain: {
+			"meta mark & 0xfff == 0x539 counter packets 0 bytes 0 accept",
+			`oifname == "lo" counter packets 0 bytes 0 accept`,
+			"meta nfproto == ipv4 ip daddr == 127.0.0.0/8 counter packets 0 bytes 0 accept",
+			"meta nfproto == ipv6 ip6 daddr == ::1/128 counter packets 0 bytes 0 accept",
+			"meta l4proto == tcp counter packets 0 bytes 0 redirect to :15001",
+		},
+		InboundChain: {
+			`iifname == "lo" counter packets 0 bytes 0 accept`,
+			"meta nfproto == ipv4 ip saddr == 169.254.7.127/32 meta l4proto == tcp counter packets 0 bytes 0 accept",
+			"meta nfproto == ipv6 ip6 saddr == fd16:9254:7127:1337:ffff:ffff:ffff:ffff/128 meta l4proto == tcp counter packets 0 bytes 0 accept",
+			"meta nfproto == ipv4 ip saddr == 10.250.1.1/32 meta l4proto == tcp counter packets 0 bytes 0 accept",
+			"meta l4proto == tcp tcp dport == 15008 counter packets 0 bytes 0 accept",
+			"meta l4proto == tcp counter packets 0 bytes 0 redirect to :15006",
+		},
+	}
+	for _, c := range []string{OutboundChain, InboundChain} {
+		if strings.Join(got[c], "\n") != strings.Join(want[c], "\n") {
+			t.Errorf("chain %s:\ngot:\n%s\nwant:\n%s", c, strings.Join(got[c], "\n"), strings.Join(want[c], "\n"))
+		}
+	}
+	for _, s := range specs {
+		if s.comment == "" {
+			t.Errorf("rule %q has no comment", describe(s.exprs))
+		}
+	}
+}
+
+func TestBuildRulesExpressions(t *testing.T) {
+	specs, err := buildRules(Config{Mark: 0x10, MarkMask: 0xff,
+		ProbeSources: []netip.Prefix{netip.MustParsePrefix("fd00:1::/64"), netip.MustParsePrefix("10.0.0.7/8")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The mark rule compares host-order bytes under the mask.
+	m := specs[0].exprs
+	if meta, ok := m[0].(*expr.Meta); !ok || meta.Key != expr.MetaKeyMARK {
+		t.Fatalf("first expression %#v, want meta mark", m[0])
+	}
+	bw := m[1].(*expr.Bitwise)
+	cmp := m[2].(*expr.Cmp)
+	if got := describe(m[:3]); got != "meta mark & 0xff == 0x10" {
+		t.Errorf("mark rule %q", got)
+	}
+	if len(bw.Mask) != 4 || len(bw.Xor) != 4 || len(cmp.Data) != 4 {
+		t.Errorf("mark widths: mask %d xor %d data %d", len(bw.Mask), len(bw.Xor), len(cmp.Data))
+	}
+	// The redirect loads the port big-endian into register 1.
+	last := specs[len(specs)-1].exprs
+	imm := last[len(last)-2].(*expr.Immediate)
+	redir := last[len(last)-1].(*expr.Redir)
+	if imm.Register != 1 || len(imm.Data) != 2 || imm.Data[0] != 15006>>8 || imm.Data[1] != 15006&0xff || redir.RegisterProtoMin != 1 {
+		t.Errorf("redirect expressions %#v %#v", imm, redir)
+	}
+	got := strings.Join(describeAll(specs)[InboundChain], "\n")
+	for _, w := range []string{"ip6 saddr == fd00:1::/64", "ip saddr == 10.0.0.0/8"} {
+		if !strings.Contains(got, w) {
+			t.Errorf("inbound chain lacks %q:\n%s", w, got)
+		}
+	}
+	// The IPv6 prefix is matched under a 64-bit mask.
+	for _, s := range specs {
+		if strings.Contains(s.comment, "fd00:1::/64") {
+			bw := s.exprs[3].(*expr.Bitwise)
+			if bw.Len != 16 || bw.Mask[7] != 0xff || bw.Mask[8] != 0 {
+				t.Errorf("IPv6 prefix mask %x", bw.Mask)
+			}
+		}
+	}
+}
+
+func TestBuildRulesDeduplicatesProbeSources(t *testing.T) {
+	specs, err := buildRules(Config{ProbeSources: []netip.Prefix{ProbeSNATv4, netip.MustParsePrefix("10.1.1.1/32"), netip.MustParsePrefix("10.1.1.1/32")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, s := range specs {
+		if strings.HasPrefix(s.comment, "kubelet probes") {
+			n++
+		}
+	}
+	if n != 3 { // SNATv4, SNATv6, 10.1.1.1
+		t.Errorf("%d probe rules, want 3", n)
+	}
+}
+
+func TestBuildRulesRejectsBadInput(t *testing.T) {
+	for name, cfg := range map[string]Config{
+		"invalid prefix":   {ProbeSources: []netip.Prefix{{}}},
+		"mapped":           {ProbeSources: []netip.Prefix{netip.MustParsePrefix("::ffff:10.0.0.1/128")}},
+		"mark not in mask": {Mark: 0x1000, MarkMask: 0xfff},
+	} {
+		if _, err := buildRules(cfg); err == nil {
+			t.Errorf("%s: no error", name)
+		}
+	}
+}
+
+// TestInstallBatch checks the netlink transaction without a kernel: the table
+// is added, deleted and added again before chains and rules, so one batch
+// replaces whatever was installed.
+func TestInstallBatch(t *testing.T) {
+	specs, err := buildRules(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var types []string
+	conn, err := nftables.New(nftables.WithTestDial(func(req []netlink.Message) ([]netlink.Message, error) {
+		for _, m := range req {
+			switch netlink.HeaderType(m.Header.Type) & 0xff {
+			case unix.NFT_MSG_NEWTABLE:
+				types = append(types, "newtable")
+			case unix.NFT_MSG_DELTABLE:
+				types = append(types, "deltable")
+			case unix.NFT_MSG_NEWCHAIN:
+				types = append(types, "newchain")
+			case unix.NFT_MSG_NEWRULE:
+				types = append(types, "newrule")
+			}
+		}
+		return req, nil
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	queueInstall(conn, specs)
+	if err := conn.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"newtable", "deltable", "newtable", "newchain", "newchain"}
+	for range specs {
+		want = append(want, "newrule")
+	}
+	if strings.Join(types, ",") != strings.Join(want, ",") {
+		t.Errorf("batch %v, want %v", types, want)
+	}
+}
+
+func TestDescribeUnknown(t *testing.T) {
+	got := describe([]expr.Any{&expr.Payload{Base: expr.PayloadBaseNetworkHeader, Offset: 1, Len: 1},
+		&expr.Cmp{Op: expr.CmpOpNeq, Data: []byte{7}}, &expr.Log{}, &expr.Verdict{Kind: expr.VerdictDrop}})
+	if got != "payload base1 @1,1 op1 0x07 *expr.Log drop" {
+		t.Errorf("describe = %q", got)
+	}
+}
+
+func TestCommentRoundTrip(t *testing.T) {
+	r := &nftables.Rule{UserData: comment("hello"), Exprs: []expr.Any{&expr.Counter{Packets: 3, Bytes: 180}}}
+	ri := describeRule(r)
+	if ri.Comment != "hello" || ri.Packets != 3 || ri.Bytes != 180 {
+		t.Errorf("describeRule = %+v", ri)
+	}
+}
