@@ -45,4 +45,3 @@ func checkNetns(path string) error {
 	}
 	return nil
 }
-

@@ -427,4 +427,3 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	return s.Serve(ctx, ln)
 }
-

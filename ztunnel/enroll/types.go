@@ -242,4 +242,3 @@ func (p Pod) Request() AddPodRequest {
 	}
 	return r
 }
-
