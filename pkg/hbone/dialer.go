@@ -1,5 +1,3 @@
-//lint:file-ignore SA1019 x/net's http2.Transport is deprecated in favour of net/http.Transport.NewClientConn (Go 1.26), which dials by itself; x/net's lets us pool our own TLS conns per identity. Revisit when x/net becomes a wrapper (Go 1.27).
-
 package hbone
 
 import (
@@ -7,16 +5,12 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"sync"
 	"time"
-
-	"golang.org/x/net/http2"
 
 	"github.com/ambit-mesh/ambit/pkg/identity"
 )
@@ -25,10 +19,10 @@ import (
 const (
 	// DefaultClientIdleTimeout closes a pooled connection without streams.
 	DefaultClientIdleTimeout = 90 * time.Second
-	// clientMaxFrameSize is the Transport's SETTINGS_MAX_FRAME_SIZE: the
+	// clientMaxFrameSize is the client's SETTINGS_MAX_FRAME_SIZE: the
 	// largest DATA frame the server may send us (see serverMaxFrameSize).
-	// The Transport's receive windows are its defaults: 4 MiB per stream
-	// and 1 GiB per connection.
+	// The receive windows are in clientconn.go: 4 MiB per stream and 1 GiB
+	// per connection.
 	clientMaxFrameSize = 256 << 10
 	// maxDialAttempts bounds retries of a CONNECT refused by a connection
 	// that turned out unusable (GOAWAY, closed, REFUSED_STREAM).
@@ -93,14 +87,14 @@ type Dialer struct {
 
 	// HealthCheckInterval, if positive, sends a PING on a connection that
 	// has received nothing for this long and closes it if no answer comes
-	// within 15s (x/net's ReadIdleTimeout). Zero disables health checks.
+	// within 15s. Zero disables health checks.
 	HealthCheckInterval time.Duration
 
 	// Logger receives connection-level debug events. Nil means slog.Default().
 	Logger *slog.Logger
 
 	initOnce sync.Once
-	t        *http2.Transport
+	idle     time.Duration // 0: never
 
 	mu     sync.Mutex
 	pools  map[poolKey]*pool
@@ -117,13 +111,7 @@ func (d *Dialer) init() {
 		} else if idle < 0 {
 			idle = 0
 		}
-		d.t = &http2.Transport{
-			MaxReadFrameSize:   clientMaxFrameSize,
-			MaxHeaderListSize:  maxHeaderListSize,
-			DisableCompression: true, // never ask for gzip on a tunnel
-			IdleConnTimeout:    idle,
-			ReadIdleTimeout:    max(d.HealthCheckInterval, 0),
-		}
+		d.idle = idle
 		d.pools = make(map[poolKey]*pool)
 		d.all = make(map[*clientConn]struct{})
 	})
@@ -149,6 +137,9 @@ func (d *Dialer) Dial(ctx context.Context, r Request) (*Conn, error) {
 	}
 	if !r.Address.IsValid() || r.Address.Port() == 0 {
 		return nil, fmt.Errorf("hbone: invalid peer address %v", r.Address)
+	}
+	if err := checkHeader(r.Header); err != nil {
+		return nil, err
 	}
 	d.init()
 	key := poolKey{src: r.Source, dst: r.Destination, addr: r.Address}
@@ -176,51 +167,31 @@ func (d *Dialer) Dial(ctx context.Context, r Request) (*Conn, error) {
 	return nil, err
 }
 
-// roundTrip sends the CONNECT on cc, whose stream slot is reserved.
+// roundTrip sends the CONNECT on cc, whose stream slot is reserved, and
+// waits for the answer.
 func (d *Dialer) roundTrip(ctx context.Context, cc *clientConn, r Request) (c *Conn, retry bool, err error) {
-	authority := r.Authority.String()
-	header := make(http.Header, len(r.Header)+1)
-	for k, v := range r.Header {
-		header[k] = v
+	c = newConn(cc, r)
+	if err := cc.openStream(c, r.Authority.String(), r.Header); err != nil {
+		_, closing := cc.state()
+		return nil, closing, err
 	}
-	header["User-Agent"] = nil // no default user-agent on the wire
-	pr, pw := io.Pipe()
-	body := &requestBody{pr: pr, done: make(chan struct{})}
-	streamCtx, cancel := context.WithCancel(context.Background())
-	req := (&http.Request{
-		Method:        http.MethodConnect,
-		URL:           &url.URL{Host: authority},
-		Host:          authority,
-		Proto:         "HTTP/2.0",
-		ProtoMajor:    2,
-		Header:        header,
-		Body:          body,
-		ContentLength: -1,
-	}).WithContext(streamCtx)
-	stop := context.AfterFunc(ctx, cancel)
-	resp, err := cc.cc.RoundTrip(req)
-	if !stop() {
-		// ctx ended during the round trip: the stream is being cancelled.
-		if err == nil {
-			resp.Body.Close()
-		}
-		pw.CloseWithError(net.ErrClosed)
-		cancel()
-		return nil, false, context.Cause(ctx)
+	if err := c.waitResponse(ctx); err != nil {
+		return nil, false, err
 	}
-	if err != nil {
-		pw.CloseWithError(err)
-		cancel()
-		return nil, retryable(err, cc), err
+	cc.mu.Lock()
+	status, err, retry := c.status, c.err, c.retry
+	cc.mu.Unlock()
+	if status == 0 {
+		// Reset before answering: refused, GOAWAY or a broken connection.
+		_, closing := cc.state()
+		return nil, retry || closing, err
 	}
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, maxStatusBody))
-		resp.Body.Close()
-		pw.CloseWithError(net.ErrClosed)
-		cancel()
-		return nil, false, &StatusError{Code: resp.StatusCode, Body: trimBody(b)}
+	if status != http.StatusOK {
+		b := c.readStatusBody(ctx)
+		c.abort(&StatusError{Code: status})
+		return nil, false, &StatusError{Code: status, Body: trimBody(b)}
 	}
-	return newConn(cc, r, resp, pw, body, cancel), false, nil
+	return c, false, nil
 }
 
 func trimBody(b []byte) string {
@@ -230,49 +201,19 @@ func trimBody(b []byte) string {
 	return string(b)
 }
 
-// retryable reports whether a failed CONNECT never reached a handler and
-// may be sent again on another connection.
-func retryable(err error, cc *clientConn) bool {
-	var se http2.StreamError
-	if errors.As(err, &se) && se.Code == http2.ErrCodeRefusedStream {
-		return true
-	}
-	var ge http2.GoAwayError
-	if errors.As(err, &ge) {
-		return true
-	}
-	st := cc.cc.State()
-	return st.Closed || st.Closing
-}
-
-// requestBody is the upstream direction: the Transport reads what Conn.Write
-// puts in the pipe and calls Close once it has sent END_STREAM or given up.
-type requestBody struct {
-	pr   *io.PipeReader
-	once sync.Once
-	done chan struct{}
-}
-
-func (b *requestBody) Read(p []byte) (int, error) { return b.pr.Read(p) }
-
-func (b *requestBody) Close() error {
-	b.once.Do(func() { close(b.done) })
-	return b.pr.Close()
-}
-
 // CloseIdleConnections closes pooled connections that carry no stream.
 func (d *Dialer) CloseIdleConnections() {
 	d.init()
 	d.mu.Lock()
 	var idle []*clientConn
 	for cc := range d.all {
-		if st := cc.cc.State(); st.StreamsActive == 0 && st.StreamsReserved == 0 && st.StreamsPending == 0 {
+		if cc.isIdle() {
 			idle = append(idle, cc)
 		}
 	}
 	d.mu.Unlock()
 	for _, cc := range idle {
-		cc.cc.Close()
+		cc.close(errIdleTimeout)
 	}
 	d.pruneAll()
 }
@@ -294,7 +235,7 @@ func (d *Dialer) Close() error {
 	}
 	d.mu.Unlock()
 	for _, cc := range conns {
-		cc.cc.Close()
+		cc.close(ErrDialerClosed)
 	}
 	return nil
 }

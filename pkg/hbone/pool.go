@@ -1,5 +1,3 @@
-//lint:file-ignore SA1019 x/net's ClientConn is deprecated in favour of net/http's (Go 1.26); see dialer.go.
-
 package hbone
 
 import (
@@ -10,8 +8,6 @@ import (
 	"net/netip"
 	"slices"
 	"time"
-
-	"golang.org/x/net/http2"
 
 	"github.com/ambit-mesh/ambit/pkg/identity"
 )
@@ -35,13 +31,6 @@ type dialCall struct {
 	err  error
 }
 
-// clientConn is one pooled HTTP/2 connection.
-type clientConn struct {
-	cc    *http2.ClientConn
-	local net.Addr
-	peer  identity.SPIFFEID
-}
-
 // getConn returns a connection with a stream slot reserved for the caller,
 // dialling a new one when every pooled connection is saturated.
 func (d *Dialer) getConn(ctx context.Context, key poolKey) (*clientConn, error) {
@@ -58,7 +47,7 @@ func (d *Dialer) getConn(ctx context.Context, key poolKey) (*clientConn, error) 
 		}
 		p.prune(d)
 		for _, cc := range p.conns {
-			if cc.cc.ReserveNewRequest() {
+			if cc.reserve() {
 				d.mu.Unlock()
 				return cc, nil
 			}
@@ -91,13 +80,13 @@ func (d *Dialer) getConn(ctx context.Context, key poolKey) (*clientConn, error) 
 		}
 		if d.closed {
 			d.mu.Unlock()
-			cc.cc.Close()
+			cc.close(ErrDialerClosed)
 			return nil, ErrDialerClosed
 		}
 		p.conns = append(p.conns, cc)
 		d.all[cc] = struct{}{}
 		d.armSweepLocked()
-		reserved := cc.cc.ReserveNewRequest()
+		reserved := cc.reserve()
 		d.mu.Unlock()
 		if reserved {
 			return cc, nil
@@ -110,14 +99,14 @@ func isContextErr(err error) bool {
 }
 
 // prune drops connections that can take no new stream. Draining ones stay in
-// Dialer.all until closed: x/net closes them when their last stream ends.
+// Dialer.all until closed: they close when their last stream ends.
 func (p *pool) prune(d *Dialer) {
 	p.conns = slices.DeleteFunc(p.conns, func(cc *clientConn) bool {
-		st := cc.cc.State()
-		if st.Closed {
+		closed, closing := cc.state()
+		if closed {
 			delete(d.all, cc)
 		}
-		return st.Closed || st.Closing
+		return closing
 	})
 }
 
@@ -163,16 +152,15 @@ func (d *Dialer) dialConn(ctx context.Context, key poolKey) (*clientConn, error)
 		tc.Close()
 		return nil, fmt.Errorf("%w: %s is %s, want %s", identity.ErrPeerIdentity, key.addr, peer, key.dst)
 	}
-	h2c, err := d.t.NewClientConn(tc)
+	cc, err := newClientConn(tc, raw.LocalAddr(), peer, d.idle, d.HealthCheckInterval, d.logger())
 	if err != nil {
-		tc.Close()
 		return nil, fmt.Errorf("hbone: HTTP/2 with %s: %w", key.addr, err)
 	}
-	return &clientConn{cc: h2c, local: raw.LocalAddr(), peer: peer}, nil
+	return cc, nil
 }
 
-// armSweepLocked schedules a sweep that forgets closed connections (x/net
-// closes idle ones itself after IdleTimeout).
+// armSweepLocked schedules a sweep that forgets closed connections (they
+// close themselves after IdleTimeout).
 func (d *Dialer) armSweepLocked() {
 	if d.sweep != nil || d.closed {
 		return
@@ -203,7 +191,7 @@ func (d *Dialer) pruneAll() {
 		}
 	}
 	for cc := range d.all {
-		if cc.cc.State().Closed {
+		if closed, _ := cc.state(); closed {
 			delete(d.all, cc)
 		}
 	}
