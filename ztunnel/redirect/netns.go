@@ -10,8 +10,8 @@ import (
 )
 
 // Netns is an open handle on a network namespace, typically a pod's. Holding
-// it keeps the namespace alive. Its methods are safe for concurrent use; Close
-// it when done.
+// it keeps the namespace alive. Its methods are safe for concurrent use,
+// except Close, which must come after every other use.
 type Netns struct {
 	path   string
 	handle netns.NsHandle
