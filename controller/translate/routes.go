@@ -1,0 +1,340 @@
+package translate
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	gwapiv1 "sigs.k8s.io/gateway-api/apis/v1"
+)
+
+type routeKind string
+
+const (
+	kindHTTPRoute routeKind = "HTTPRoute"
+	kindGRPCRoute routeKind = "GRPCRoute"
+)
+
+// compiledRoute is an HTTPRoute or GRPCRoute compiled independently of its
+// parents.
+type compiledRoute struct {
+	kind routeKind
+	obj  metav1.Object
+	// id is "<kind>/<namespace>/<name>".
+	id    string
+	rules []*RouteRule
+	// refErrs are unresolved references of the kept rules.
+	refErrs []error
+	// dropped are the errors of invalid rules, which are left out.
+	dropped []error
+	total   int
+}
+
+// attachment is a route attached to some ports of a Service.
+type attachment struct {
+	route *compiledRoute
+	ports map[int32]bool
+}
+
+// attachedRoute is what serviceRoutes sees of an attachment.
+type attachedRoute struct {
+	kind  routeKind
+	id    string
+	rules []*RouteRule
+}
+
+// backendSpec is a backendRef of either route kind.
+type backendSpec struct {
+	ref     gwapiv1.BackendRef
+	filters []gwapiv1.HTTPRouteFilter
+}
+
+// routes compiles every route and writes its parent statuses.
+func (b *builder) routes() {
+	b.attachments = map[types.NamespacedName][]attachment{}
+	for _, r := range b.ix.httpRoutes {
+		cr := b.newRoute(kindHTTPRoute, r)
+		for i := range r.Spec.Rules {
+			rule := &r.Spec.Rules[i]
+			var backends []backendSpec
+			for _, br := range rule.BackendRefs {
+				backends = append(backends, backendSpec{ref: br.BackendRef, filters: br.Filters})
+			}
+			var matches []matchResult
+			for j := range rule.Matches {
+				m, p, err := compileMatchHTTP(&rule.Matches[j])
+				matches = append(matches, matchResult{m, p, err})
+			}
+			if len(matches) == 0 {
+				m, p, err := compileMatchHTTP(nil)
+				matches = append(matches, matchResult{m, p, err})
+			}
+			b.compileRule(cr, i, matches, rule.Filters, backends, rule.Timeouts, rule.Retry)
+		}
+		b.status.HTTPRoutes[keyOf(r)] = b.attach(cr, r.Spec.ParentRefs)
+	}
+	for _, r := range b.ix.grpcRoutes {
+		cr := b.newRoute(kindGRPCRoute, r)
+		for i := range r.Spec.Rules {
+			rule := &r.Spec.Rules[i]
+			var backends []backendSpec
+			for _, br := range rule.BackendRefs {
+				backends = append(backends, backendSpec{ref: br.BackendRef, filters: grpcFilters(br.Filters)})
+			}
+			var matches []matchResult
+			for j := range rule.Matches {
+				m, p, err := compileMatchGRPC(&rule.Matches[j])
+				matches = append(matches, matchResult{m, p, err})
+			}
+			if len(matches) == 0 {
+				m, p, err := compileMatchGRPC(nil)
+				matches = append(matches, matchResult{m, p, err})
+			}
+			b.compileRule(cr, i, matches, grpcFilters(rule.Filters), backends, nil, nil)
+		}
+		b.status.GRPCRoutes[keyOf(r)] = b.attach(cr, r.Spec.ParentRefs)
+	}
+	for k, v := range b.status.HTTPRoutes {
+		if len(v) == 0 {
+			delete(b.status.HTTPRoutes, k)
+		}
+	}
+	for k, v := range b.status.GRPCRoutes {
+		if len(v) == 0 {
+			delete(b.status.GRPCRoutes, k)
+		}
+	}
+}
+
+func (b *builder) newRoute(kind routeKind, obj metav1.Object) *compiledRoute {
+	return &compiledRoute{kind: kind, obj: obj, id: fmt.Sprintf("%s/%s/%s", kind, obj.GetNamespace(), obj.GetName())}
+}
+
+// grpcFilters are GRPCRoute filters as HTTPRoute filters (same fields).
+func grpcFilters(in []gwapiv1.GRPCRouteFilter) []gwapiv1.HTTPRouteFilter {
+	var out []gwapiv1.HTTPRouteFilter
+	for _, f := range in {
+		out = append(out, gwapiv1.HTTPRouteFilter{
+			Type:                   gwapiv1.HTTPRouteFilterType(f.Type),
+			RequestHeaderModifier:  f.RequestHeaderModifier,
+			ResponseHeaderModifier: f.ResponseHeaderModifier,
+			RequestMirror:          f.RequestMirror,
+			ExtensionRef:           f.ExtensionRef,
+		})
+	}
+	return out
+}
+
+type matchResult struct {
+	match Match
+	prec  Precedence
+	err   error
+}
+
+// compileRule compiles rule i of a route, one RouteRule per match, or
+// records why it is dropped.
+func (b *builder) compileRule(cr *compiledRoute, i int, matches []matchResult, filters []gwapiv1.HTTPRouteFilter,
+	backends []backendSpec, timeouts *gwapiv1.HTTPRouteTimeouts, retry *gwapiv1.HTTPRouteRetry) {
+	cr.total++
+	var refErrs []error
+	c := ruleContext{kind: cr.kind, ns: cr.obj.GetNamespace(), refErrs: &refErrs}
+	rule, err := b.ruleTemplate(c, filters, backends, timeouts, retry)
+	var expanded []*RouteRule
+	for j, m := range matches {
+		if err != nil {
+			break
+		}
+		if m.err != nil {
+			err = m.err
+			break
+		}
+		r := *rule
+		r.Route = fmt.Sprintf("%s/%d", cr.id, i)
+		r.Match = m.match
+		r.Precedence = m.prec
+		r.Precedence.Created = cr.obj.GetCreationTimestamp().Time
+		r.Precedence.Route = cr.obj.GetNamespace() + "/" + cr.obj.GetName()
+		r.Precedence.Rule, r.Precedence.Match = i, j
+		err = r.Validate()
+		expanded = append(expanded, &r)
+	}
+	if err != nil {
+		cr.dropped = append(cr.dropped, fmt.Errorf("rule %d: %w", i, err))
+		return
+	}
+	cr.rules = append(cr.rules, expanded...)
+	cr.refErrs = append(cr.refErrs, refErrs...)
+}
+
+// ruleTemplate compiles what the matches of a rule share.
+func (b *builder) ruleTemplate(c ruleContext, filters []gwapiv1.HTTPRouteFilter, backends []backendSpec,
+	timeouts *gwapiv1.HTTPRouteTimeouts, retry *gwapiv1.HTTPRouteRetry) (*RouteRule, error) {
+	fs, extErr, err := b.compileFilters(c, filters)
+	if err != nil {
+		return nil, err
+	}
+	rule := &RouteRule{Filters: fs}
+	redirect := false
+	for _, f := range fs {
+		redirect = redirect || f.Redirect != nil
+	}
+	valid, weight := 0, int32(0)
+	for i := range backends {
+		be, err := b.compileBackend(c, &backends[i].ref, backends[i].filters)
+		if err != nil {
+			return nil, err
+		}
+		if !be.Invalid {
+			valid++
+		}
+		weight += be.Weight
+		rule.Backends = append(rule.Backends, be)
+	}
+	switch {
+	case extErr != nil:
+		c.refErr(extErr)
+		rule.InvalidBackends, rule.Backends = true, nil
+	case redirect:
+	case valid == 0 || weight == 0:
+		rule.InvalidBackends, rule.Backends = true, nil
+	}
+	if timeouts != nil {
+		if rule.RequestTimeout, err = timeout(timeouts.Request); err != nil {
+			return nil, fmt.Errorf("timeouts.request: %w", err)
+		}
+		if rule.BackendRequestTimeout, err = timeout(timeouts.BackendRequest); err != nil {
+			return nil, fmt.Errorf("timeouts.backendRequest: %w", err)
+		}
+	}
+	if retry != nil {
+		r := &Retry{}
+		for _, code := range retry.Codes {
+			r.Codes = append(r.Codes, int32(code))
+		}
+		if retry.Attempts != nil {
+			if *retry.Attempts < 0 {
+				return nil, fmt.Errorf("%w: retry.attempts %d", ErrUnsupportedValue, *retry.Attempts)
+			}
+			r.Attempts = int32(*retry.Attempts)
+		}
+		if retry.Backoff != nil {
+			if r.Backoff, err = optDuration(string(*retry.Backoff)); err != nil {
+				return nil, fmt.Errorf("retry.backoff: %w", err)
+			}
+		}
+		rule.Retry = r
+	}
+	return rule, nil
+}
+
+// timeout parses a route timeout; unset and zero ("0s" disables the
+// timeout) give nil.
+func timeout(d *gwapiv1.Duration) (*time.Duration, error) {
+	if d == nil {
+		return nil, nil
+	}
+	v, err := optDuration(string(*d))
+	if err != nil || v == nil || *v == 0 {
+		return nil, err
+	}
+	return v, nil
+}
+
+// attach attaches a compiled route to its Service parents and returns the
+// RouteParentStatus of every parentRef Ambit owns: Services (GAMMA) and
+// ambit-waypoint Gateways (whose mesh listener accepts no routes).
+func (b *builder) attach(cr *compiledRoute, parents []gwapiv1.ParentReference) []gwapiv1.RouteParentStatus {
+	var out []gwapiv1.RouteParentStatus
+	gen := cr.obj.GetGeneration()
+	resolved := condition(string(gwapiv1.RouteConditionResolvedRefs), true, string(gwapiv1.RouteReasonResolvedRefs), "All references resolved", gen)
+	if len(cr.refErrs) > 0 {
+		resolved = condition(string(gwapiv1.RouteConditionResolvedRefs), false, reasonOf(cr.refErrs[0]), joinErrs(cr.refErrs), gen)
+	}
+	for _, pr := range parents {
+		group, kind := string(derefOr(pr.Group, gwapiv1.GroupName)), string(derefOr(pr.Kind, "Gateway"))
+		k := types.NamespacedName{Namespace: string(derefOr(pr.Namespace, gwapiv1.Namespace(cr.obj.GetNamespace()))), Name: string(pr.Name)}
+		st := gwapiv1.RouteParentStatus{ParentRef: pr, ControllerName: ControllerName}
+		reject := func(reason gwapiv1.RouteConditionReason, msg string) {
+			st.Conditions = append(st.Conditions, condition(string(gwapiv1.RouteConditionAccepted), false, string(reason), msg, gen), resolved)
+		}
+		switch {
+		case group == gwapiv1.GroupName && kind == "Gateway":
+			gw := b.ix.gatewaysByKey[k]
+			if gw == nil || !b.ours(gw) {
+				continue
+			}
+			reject(gwapiv1.RouteReasonNotAllowedByListeners, "the HBONE listener of a waypoint accepts no routes: attach routes to a Service (GAMMA)")
+		case group == "" && kind == "Service":
+			svc := b.ix.servicesByKey[k]
+			ports := map[int32]bool{}
+			if svc != nil {
+				for _, p := range svc.Spec.Ports {
+					if (pr.Port == nil || *pr.Port == p.Port) && (pr.SectionName == nil || string(*pr.SectionName) == p.Name) {
+						ports[p.Port] = true
+					}
+				}
+			}
+			switch {
+			case svc == nil:
+				reject(gwapiv1.RouteReasonNoMatchingParent, fmt.Sprintf("parent Service %s not found", k))
+			case !meshService(svc):
+				reject(gwapiv1.RouteReasonNoMatchingParent, fmt.Sprintf("parent Service %s has no cluster IP (headless or ExternalName)", k))
+			case k.Namespace != cr.obj.GetNamespace():
+				reject(gwapiv1.RouteReasonUnsupportedValue, fmt.Sprintf("consumer routes (a parent Service in another namespace, %s) are not supported yet", k.Namespace))
+			case len(ports) == 0:
+				reject(gwapiv1.RouteReasonNoMatchingParent, fmt.Sprintf("parent Service %s has no port matching the parentRef's port/sectionName", k))
+			case len(cr.rules) == 0 && len(cr.dropped) > 0:
+				reject(gwapiv1.RouteConditionReason(reasonOf(cr.dropped[0])), "no valid rule: "+joinErrs(cr.dropped))
+			default:
+				st.Conditions = append(st.Conditions, condition(string(gwapiv1.RouteConditionAccepted), true, string(gwapiv1.RouteReasonAccepted), "Route was valid", gen), resolved)
+				if len(cr.dropped) > 0 {
+					st.Conditions = append(st.Conditions, condition(string(gwapiv1.RouteConditionPartiallyInvalid), true,
+						string(gwapiv1.RouteReasonUnsupportedValue), "Dropped Rule(s): "+joinErrs(cr.dropped), gen))
+				}
+				b.attachments[k] = append(b.attachments[k], attachment{route: cr, ports: ports})
+			}
+			if _, _, werr := b.waypointFor(k.Namespace, labelOf(svc, LabelUseWaypoint)); werr != nil {
+				st.Conditions = append(st.Conditions, condition(ConditionResolvedWaypoints, false, ReasonNoWaypoint,
+					"the rules apply only at a waypoint: "+werr.Error(), gen))
+			} else {
+				st.Conditions = append(st.Conditions, condition(ConditionResolvedWaypoints, true, ReasonResolvedWaypoints, "The parent Service has a waypoint", gen))
+			}
+		default:
+			continue
+		}
+		out = append(out, st)
+	}
+	return out
+}
+
+// attachedRules are the routes attached to a Service port, each once.
+func (b *builder) attachedRules(svc types.NamespacedName, port int32) []attachedRoute {
+	var out []attachedRoute
+	seen := map[string]bool{}
+	for _, a := range b.attachments[svc] {
+		if !a.ports[port] || seen[a.route.id] || len(a.route.rules) == 0 {
+			continue
+		}
+		seen[a.route.id] = true
+		out = append(out, attachedRoute{kind: a.route.kind, id: a.route.id, rules: a.route.rules})
+	}
+	return out
+}
+
+func labelOf(svc *corev1.Service, label string) string {
+	if svc == nil {
+		return ""
+	}
+	return svc.Labels[label]
+}
+
+func joinErrs(errs []error) string {
+	var s []string
+	for _, e := range errs {
+		s = append(s, e.Error())
+	}
+	return strings.Join(s, "; ")
+}

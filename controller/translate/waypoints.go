@@ -1,0 +1,262 @@
+package translate
+
+import (
+	"fmt"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	gwapiv1 "sigs.k8s.io/gateway-api/apis/v1"
+
+	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
+)
+
+// LabelGatewayName is the Gateway API label the deployer puts on a
+// waypoint's Deployment, Pods and Service. Pods and Services carrying it are
+// the waypoint itself and never get a waypoint.
+const LabelGatewayName = "gateway.networking.k8s.io/gateway-name"
+
+// waypointState is a valid waypoint Gateway during translation.
+type waypointState struct {
+	gw       *gwapiv1.Gateway
+	identity string
+	// ref is nil until the waypoint's Service has a cluster IP: a waypoint
+	// without an address is not ready, and nothing is sent to it.
+	ref *WaypointRef
+	// routes are the routes ("<kind>/<ns>/<name>") contributing rules.
+	routes map[string]bool
+}
+
+// gatewayClasses accepts ambit-waypoint; another class with Ambit's
+// controllerName is refused (Ambit serves only ambit-waypoint).
+func (b *builder) gatewayClasses() {
+	for _, gc := range b.ix.gatewayClasses {
+		if gc.Spec.ControllerName != ControllerName {
+			continue
+		}
+		c := condition(string(gwapiv1.GatewayClassConditionStatusAccepted), true,
+			string(gwapiv1.GatewayClassReasonAccepted), "Ambit serves this class as waypoints", gc.Generation)
+		if gc.Name != WaypointClassName {
+			c = condition(string(gwapiv1.GatewayClassConditionStatusAccepted), false,
+				string(gwapiv1.GatewayClassReasonUnsupported),
+				fmt.Sprintf("Ambit serves only the GatewayClass %q", WaypointClassName), gc.Generation)
+		}
+		b.status.GatewayClasses[gc.Name] = []metav1.Condition{c}
+	}
+}
+
+// ours reports whether Ambit owns Gateways of the class ambit-waypoint: yes,
+// unless a GatewayClass of that name names another controller. (A missing
+// GatewayClass object is tolerated so that local mode works without one.)
+func (b *builder) ours(gw *gwapiv1.Gateway) bool {
+	if gw.Spec.GatewayClassName != WaypointClassName {
+		return false
+	}
+	for _, gc := range b.ix.gatewayClasses {
+		if gc.Name == WaypointClassName {
+			return gc.Spec.ControllerName == ControllerName
+		}
+	}
+	return true
+}
+
+// validateGateway checks a waypoint Gateway's shape.
+func validateGateway(gw *gwapiv1.Gateway) error {
+	if len(gw.Spec.Addresses) > 0 {
+		return ErrUnsupportedAddress
+	}
+	if len(gw.Spec.Listeners) != 1 || listenerError(&gw.Spec.Listeners[0]) != nil {
+		return ErrInvalidListener
+	}
+	return nil
+}
+
+// listenerError says what is wrong with a waypoint listener, with the
+// listener condition reason.
+func listenerError(l *gwapiv1.Listener) error {
+	switch {
+	case l.Protocol != WaypointListenerProtocol:
+		return fmt.Errorf("%w: protocol %q, want %s", ErrInvalidListener, l.Protocol, WaypointListenerProtocol)
+	case l.Port != WaypointListenerPort:
+		return fmt.Errorf("%w: port %d, want %d", ErrInvalidListener, l.Port, WaypointListenerPort)
+	case l.Name != "mesh":
+		return fmt.Errorf("%w: name %q, want mesh", ErrInvalidListener, l.Name)
+	case l.Hostname != nil || l.TLS != nil || l.AllowedRoutes != nil:
+		return fmt.Errorf("%w: hostname, tls and allowedRoutes are not supported", ErrInvalidListener)
+	}
+	return nil
+}
+
+// gateways finds the valid waypoints and whether each is ready (its Service,
+// named after the Gateway, has a cluster IP).
+func (b *builder) gateways() {
+	for _, gw := range b.ix.gateways {
+		if !b.ours(gw) || validateGateway(gw) != nil {
+			continue
+		}
+		k := keyOf(gw)
+		ws := &waypointState{gw: gw, identity: b.spiffeID(gw.Namespace, gw.Name), routes: map[string]bool{}}
+		if svc := b.ix.servicesByKey[k]; svc != nil {
+			if ips := clusterIPs(svc); len(ips) > 0 {
+				ws.ref = &WaypointRef{Gateway: k, Address: ips[0], Identity: ws.identity}
+			}
+		}
+		b.waypoints[k] = ws
+	}
+}
+
+// waypointFor resolves the ambit.dev/use-waypoint label of a Service (or
+// "" to use only the namespace's). It returns the Gateway the label names
+// and the ready waypoint, or an error saying why there is none.
+func (b *builder) waypointFor(ns, serviceLabel string) (types.NamespacedName, *WaypointRef, error) {
+	name := serviceLabel
+	if name == "" {
+		name = b.ix.nsLabel(ns, LabelUseWaypoint)
+	}
+	if name == "" {
+		return types.NamespacedName{}, nil, fmt.Errorf("no %s label on the Service or its Namespace", LabelUseWaypoint)
+	}
+	k := types.NamespacedName{Namespace: ns, Name: name}
+	ws := b.waypoints[k]
+	switch {
+	case ws == nil && b.ix.gatewaysByKey[k] == nil:
+		return k, nil, fmt.Errorf("waypoint Gateway %s not found", k)
+	case ws == nil:
+		return k, nil, fmt.Errorf("Gateway %s is not a valid %s Gateway", k, WaypointClassName)
+	case ws.ref == nil:
+		return k, nil, fmt.Errorf("waypoint %s has no Service address yet", k)
+	}
+	return k, ws.ref, nil
+}
+
+// gatewayStatus writes the status of every waypoint-class Gateway.
+func (b *builder) gatewayStatus() {
+	for _, gw := range b.ix.gateways {
+		if !b.ours(gw) {
+			continue
+		}
+		gen := gw.Generation
+		st := gwapiv1.GatewayStatus{}
+		err := validateGateway(gw)
+		ws := b.waypoints[keyOf(gw)]
+		supported := []gwapiv1.RouteGroupKind{}
+		switch {
+		case err != nil:
+			reason := gwapiv1.GatewayReasonListenersNotValid
+			if err == ErrUnsupportedAddress {
+				reason = gwapiv1.GatewayReasonUnsupportedAddress
+			}
+			st.Conditions = []metav1.Condition{
+				condition(string(gwapiv1.GatewayConditionAccepted), false, string(reason), err.Error(), gen),
+				condition(string(gwapiv1.GatewayConditionProgrammed), false, string(gwapiv1.GatewayReasonInvalid), "the Gateway is not accepted", gen),
+			}
+		case ws.ref == nil:
+			st.Conditions = []metav1.Condition{
+				condition(string(gwapiv1.GatewayConditionAccepted), true, string(gwapiv1.GatewayReasonAccepted), "Accepted as a waypoint", gen),
+				condition(string(gwapiv1.GatewayConditionProgrammed), false, string(gwapiv1.GatewayReasonPending),
+					fmt.Sprintf("waiting for the waypoint Service %s/%s to have a cluster IP", gw.Namespace, gw.Name), gen),
+			}
+		default:
+			st.Conditions = []metav1.Condition{
+				condition(string(gwapiv1.GatewayConditionAccepted), true, string(gwapiv1.GatewayReasonAccepted), "Accepted as a waypoint", gen),
+				condition(string(gwapiv1.GatewayConditionProgrammed), true, string(gwapiv1.GatewayReasonProgrammed), "Programmed", gen),
+			}
+			ipType := gwapiv1.IPAddressType
+			for _, ip := range clusterIPs(b.ix.servicesByKey[keyOf(gw)]) {
+				st.Addresses = append(st.Addresses, gwapiv1.GatewayStatusAddress{Type: &ipType, Value: ip})
+			}
+		}
+		for i := range gw.Spec.Listeners {
+			l := &gw.Spec.Listeners[i]
+			ls := gwapiv1.ListenerStatus{Name: l.Name, SupportedKinds: supported}
+			lerr := listenerError(l)
+			if lerr == nil && err != nil {
+				lerr = err
+			}
+			switch {
+			case lerr != nil:
+				reason := gwapiv1.ListenerReasonUnsupportedValue
+				if l.Protocol != WaypointListenerProtocol {
+					reason = gwapiv1.ListenerReasonUnsupportedProtocol
+				} else if l.Port != WaypointListenerPort {
+					reason = gwapiv1.ListenerReasonPortUnavailable
+				}
+				ls.Conditions = []metav1.Condition{
+					condition(string(gwapiv1.ListenerConditionAccepted), false, string(reason), lerr.Error(), gen),
+					condition(string(gwapiv1.ListenerConditionProgrammed), false, string(gwapiv1.ListenerReasonInvalid), "the listener is not accepted", gen),
+					condition(string(gwapiv1.ListenerConditionResolvedRefs), true, string(gwapiv1.ListenerReasonResolvedRefs), "ResolvedRefs", gen),
+				}
+			default:
+				ls.AttachedRoutes = int32(len(ws.routes))
+				prog := condition(string(gwapiv1.ListenerConditionProgrammed), true, string(gwapiv1.ListenerReasonProgrammed), "Programmed", gen)
+				if ws.ref == nil {
+					prog = condition(string(gwapiv1.ListenerConditionProgrammed), false, string(gwapiv1.ListenerReasonPending), "waiting for the waypoint Service", gen)
+				}
+				ls.Conditions = []metav1.Condition{
+					condition(string(gwapiv1.ListenerConditionAccepted), true, string(gwapiv1.ListenerReasonAccepted), "Accepted", gen),
+					prog,
+					condition(string(gwapiv1.ListenerConditionResolvedRefs), true, string(gwapiv1.ListenerReasonResolvedRefs), "ResolvedRefs", gen),
+				}
+			}
+			st.Listeners = append(st.Listeners, ls)
+		}
+		b.status.Gateways[keyOf(gw)] = st
+	}
+}
+
+// waypointsIR builds one Waypoint per valid waypoint Gateway, with a
+// ServiceRoutes per port of every Service whose label selects it (whether or
+// not the waypoint is ready yet, so that it starts with its configuration).
+func (b *builder) waypointsIR() {
+	byGateway := map[types.NamespacedName]*Waypoint{}
+	for _, k := range sortedKeys(b.waypoints) {
+		w := &Waypoint{Key: k, Identity: b.waypoints[k].identity}
+		byGateway[k] = w
+		b.mesh.Waypoints = append(b.mesh.Waypoints, w)
+	}
+	for _, svc := range b.ix.services {
+		if !meshService(svc) || svc.Labels[LabelGatewayName] != "" {
+			continue
+		}
+		gk, _, _ := b.waypointFor(svc.Namespace, svc.Labels[LabelUseWaypoint])
+		w := byGateway[gk]
+		if w == nil {
+			continue
+		}
+		for _, p := range svc.Spec.Ports {
+			w.Services = append(w.Services, b.serviceRoutes(svc, p, b.waypoints[gk]))
+		}
+	}
+}
+
+// serviceRoutes compiles the rules of one Service port.
+func (b *builder) serviceRoutes(svc *corev1.Service, p corev1.ServicePort, ws *waypointState) *ServiceRoutes {
+	sr := &ServiceRoutes{Service: keyOf(svc), Port: p.Port}
+	attached := b.attachedRules(keyOf(svc), p.Port)
+	var http, grpc []*RouteRule
+	for _, r := range attached {
+		if r.kind == kindGRPCRoute {
+			grpc = append(grpc, r.rules...)
+		} else {
+			http = append(http, r.rules...)
+		}
+	}
+	sr.Protocol = portProtocol(p, len(http) > 0, len(grpc) > 0)
+	switch sr.Protocol {
+	case configv1alpha1.ServiceRoutes_PROTOCOL_GRPC:
+		sr.Rules = grpc
+		if len(grpc) == 0 {
+			sr.Rules = http
+		}
+	case configv1alpha1.ServiceRoutes_PROTOCOL_HTTP:
+		sr.Rules = http
+	}
+	for _, r := range attached {
+		if len(sr.Rules) > 0 && slices.Contains(sr.Rules, r.rules[0]) {
+			ws.routes[r.id] = true
+		}
+	}
+	sortRules(sr.Rules)
+	return sr
+}

@@ -1,0 +1,171 @@
+package translate
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
+	securityv1alpha1 "github.com/ambit-mesh/ambit/apis/security/v1alpha1"
+)
+
+// peerAuthPolicy is an accepted PeerAuthentication.
+type peerAuthPolicy struct {
+	obj *securityv1alpha1.PeerAuthentication
+	// selector is nil for a namespace-wide (or, in the system namespace,
+	// mesh-wide) policy.
+	selector labels.Selector
+	mode     securityv1alpha1.MTLSMode
+}
+
+// peerAuthentications validates PeerAuthentications; the accepted ones are
+// kept oldest first, which is the order conflicts are settled in.
+func (b *builder) peerAuthentications() {
+	for _, pa := range b.ix.peerAuth {
+		p := &peerAuthPolicy{obj: pa, mode: securityv1alpha1.MTLSUnset}
+		var err error
+		if pa.Spec.MTLS != nil && pa.Spec.MTLS.Mode != "" {
+			p.mode = pa.Spec.MTLS.Mode
+		}
+		switch p.mode {
+		case securityv1alpha1.MTLSStrict, securityv1alpha1.MTLSPermissive, securityv1alpha1.MTLSUnset:
+		default:
+			err = fmt.Errorf("%w: mtls.mode %q is not STRICT, PERMISSIVE or UNSET", ErrInvalidPolicy, p.mode)
+		}
+		if err == nil && !emptySelector(pa.Spec.Selector) {
+			p.selector, err = metav1.LabelSelectorAsSelector(pa.Spec.Selector)
+			if err != nil {
+				err = fmt.Errorf("%w: selector: %v", ErrInvalidPolicy, err)
+			}
+		}
+		b.status.Policies[PolicyKey{Kind: "PeerAuthentication", NamespacedName: keyOf(pa)}] = accepted(err, "", pa.Generation)
+		if err == nil {
+			b.peerAuth = append(b.peerAuth, p)
+		}
+	}
+	slices.SortStableFunc(b.peerAuth, func(x, y *peerAuthPolicy) int { return olderFirst(x.obj, y.obj) })
+}
+
+func emptySelector(s *metav1.LabelSelector) bool {
+	return s == nil || (len(s.MatchLabels) == 0 && len(s.MatchExpressions) == 0)
+}
+
+// mtlsMode resolves a pod's mode: the oldest workload policy selecting it,
+// then the oldest namespace-wide policy, then the oldest mesh-wide one; a
+// policy whose mode is UNSET defers to the next level; PERMISSIVE by default.
+func (b *builder) mtlsMode(pod *corev1.Pod) configv1alpha1.MTLSMode {
+	level := func(match func(p *peerAuthPolicy) bool) securityv1alpha1.MTLSMode {
+		for _, p := range b.peerAuth {
+			if match(p) {
+				return p.mode
+			}
+		}
+		return securityv1alpha1.MTLSUnset
+	}
+	podLabels := labels.Set(pod.Labels)
+	modes := []securityv1alpha1.MTLSMode{
+		level(func(p *peerAuthPolicy) bool {
+			return p.obj.Namespace == pod.Namespace && p.selector != nil && p.selector.Matches(podLabels)
+		}),
+		level(func(p *peerAuthPolicy) bool { return p.obj.Namespace == pod.Namespace && p.selector == nil }),
+		level(func(p *peerAuthPolicy) bool { return p.obj.Namespace == b.opts.SystemNamespace && p.selector == nil }),
+	}
+	for _, m := range modes {
+		switch m {
+		case securityv1alpha1.MTLSStrict:
+			return configv1alpha1.MTLSMode_MTLS_MODE_STRICT
+		case securityv1alpha1.MTLSPermissive:
+			return configv1alpha1.MTLSMode_MTLS_MODE_PERMISSIVE
+		}
+	}
+	return configv1alpha1.MTLSMode_MTLS_MODE_PERMISSIVE
+}
+
+// workloadsIR builds a Workload per running Pod with an IP.
+func (b *builder) workloadsIR() {
+	for _, pod := range b.ix.pods {
+		if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		var addrs []string
+		for _, ip := range pod.Status.PodIPs {
+			if ip.IP != "" {
+				addrs = append(addrs, ip.IP)
+			}
+		}
+		if len(addrs) == 0 && pod.Status.PodIP != "" {
+			addrs = []string{pod.Status.PodIP}
+		}
+		if len(addrs) == 0 {
+			continue
+		}
+		sa := cmp.Or(pod.Spec.ServiceAccountName, "default")
+		w := &Workload{
+			Key:            keyOf(pod),
+			UID:            string(pod.UID),
+			ServiceAccount: sa,
+			Identity:       b.spiffeID(pod.Namespace, sa),
+			TrustDomain:    b.opts.TrustDomain,
+			Node:           pod.Spec.NodeName,
+			Addresses:      addrs,
+			Enrolled: b.ix.nsLabel(pod.Namespace, LabelDataplaneMode) == DataplaneModeAmbient &&
+				pod.Labels[LabelDataplaneMode] != DataplaneModeNone && !pod.Spec.HostNetwork,
+			MTLS:         b.mtlsMode(pod),
+			WorkloadName: workloadName(pod),
+		}
+		for _, c := range pod.Status.Conditions {
+			if c.Type == corev1.PodReady {
+				w.Ready = c.Status == corev1.ConditionTrue
+			}
+		}
+		w.CanonicalName = cmp.Or(pod.Labels["app.kubernetes.io/name"], pod.Labels["app"], w.WorkloadName)
+		w.CanonicalRevision = cmp.Or(pod.Labels["app.kubernetes.io/version"], pod.Labels["version"], "latest")
+		// Only the namespace label gives a pod a waypoint (the Service
+		// label applies to traffic addressed to the Service); a waypoint's
+		// own pods never get one.
+		if pod.Labels[LabelGatewayName] == "" && b.ix.nsLabel(pod.Namespace, LabelUseWaypoint) != "" {
+			_, w.Waypoint, _ = b.waypointFor(pod.Namespace, "")
+		}
+		for _, a := range b.mesh.Authorizations {
+			if a.Scope == configv1alpha1.Authorization_SCOPE_WORKLOAD_SELECTOR && a.Key.Namespace == pod.Namespace &&
+				b.authzSelectors[a.Key].Matches(labels.Set(pod.Labels)) {
+				w.Authorizations = append(w.Authorizations, a.Key.String())
+			}
+		}
+		b.mesh.Workloads = append(b.mesh.Workloads, w)
+	}
+}
+
+// workloadName is the name of the pod's controller: a ReplicaSet's
+// Deployment (the ReplicaSet name without its pod-template-hash suffix), any
+// other owner's name, or the pod's own name.
+func workloadName(pod *corev1.Pod) string {
+	var owner *metav1.OwnerReference
+	for i := range pod.OwnerReferences {
+		if ref := &pod.OwnerReferences[i]; owner == nil || (ref.Controller != nil && *ref.Controller) {
+			owner = ref
+			if ref.Controller != nil && *ref.Controller {
+				break
+			}
+		}
+	}
+	if owner == nil || owner.Name == "" {
+		return pod.Name
+	}
+	if owner.Kind == "ReplicaSet" {
+		if hash := pod.Labels["pod-template-hash"]; hash != "" {
+			if name, ok := strings.CutSuffix(owner.Name, "-"+hash); ok && name != "" {
+				return name
+			}
+		}
+		if i := strings.LastIndexByte(owner.Name, '-'); i > 0 {
+			return owner.Name[:i]
+		}
+	}
+	return owner.Name
+}
