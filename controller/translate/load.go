@@ -68,16 +68,17 @@ func (in *Input) Add(data []byte) error {
 
 func (in *Input) addDocument(dec runtime.Decoder, raw []byte) error {
 	var head struct {
-		APIVersion string            `json:"apiVersion"`
-		Kind       string            `json:"kind"`
+		APIVersion string               `json:"apiVersion"`
+		Kind       string               `json:"kind"`
 		Items      []stdjson.RawMessage `json:"items"`
 	}
 	if err := yaml.Unmarshal(raw, &head); err != nil {
 		return err
 	}
 	if head.APIVersion == "" && head.Kind == "" {
-		if len(bytes.TrimSpace(raw)) == 0 || bytes.Equal(bytes.TrimSpace(raw), []byte("null")) {
-			return nil // empty document
+		var m map[string]any
+		if err := yaml.Unmarshal(raw, &m); err == nil && len(m) == 0 {
+			return nil // empty document (or only comments)
 		}
 		return errors.New("object without apiVersion and kind")
 	}
@@ -138,4 +139,3 @@ func (in *Input) addDocument(dec runtime.Decoder, raw []byte) error {
 	}
 	return nil
 }
-

@@ -296,7 +296,10 @@ func (b *builder) attach(cr *compiledRoute, parents []gwapiv1.ParentReference) [
 				}
 				b.attachments[k] = append(b.attachments[k], attachment{route: cr, ports: ports})
 			}
-			if _, _, werr := b.waypointFor(k.Namespace, labelOf(svc, LabelUseWaypoint)); werr != nil {
+			if !meshService(svc) {
+				st.Conditions = append(st.Conditions, condition(ConditionResolvedWaypoints, false,
+					string(gwapiv1.RouteReasonNoMatchingParent), "parent not found", gen))
+			} else if _, _, werr := b.waypointFor(k.Namespace, labelOf(svc, LabelUseWaypoint)); werr != nil {
 				st.Conditions = append(st.Conditions, condition(ConditionResolvedWaypoints, false, ReasonNoWaypoint,
 					"the rules apply only at a waypoint: "+werr.Error(), gen))
 			} else {

@@ -47,6 +47,9 @@ func (b *builder) servicesIR() {
 			VIPs:     slices.Clone(clusterIPs(svc)),
 		}
 		for _, p := range svc.Spec.Ports {
+			if !validPort(p.Port) {
+				continue
+			}
 			sp := ServicePort{Name: p.Name, Port: p.Port, AppProtocol: derefOr(p.AppProtocol, "")}
 			switch {
 			case p.TargetPort.StrVal != "":
@@ -165,3 +168,5 @@ func sortedKeys[V any](m map[types.NamespacedName]V) []types.NamespacedName {
 	})
 	return keys
 }
+
+func validPort(p int32) bool { return p >= 1 && p <= 65535 }

@@ -123,7 +123,7 @@ func (b *builder) waypointFor(ns, serviceLabel string) (types.NamespacedName, *W
 	case ws == nil && b.ix.gatewaysByKey[k] == nil:
 		return k, nil, fmt.Errorf("waypoint Gateway %s not found", k)
 	case ws == nil:
-		return k, nil, fmt.Errorf("Gateway %s is not a valid %s Gateway", k, WaypointClassName)
+		return k, nil, fmt.Errorf("the Gateway %s is not a valid %s Gateway", k, WaypointClassName)
 	case ws.ref == nil:
 		return k, nil, fmt.Errorf("waypoint %s has no Service address yet", k)
 	}
@@ -225,6 +225,9 @@ func (b *builder) waypointsIR() {
 			continue
 		}
 		for _, p := range svc.Spec.Ports {
+			if !validPort(p.Port) {
+				continue
+			}
 			w.Services = append(w.Services, b.serviceRoutes(svc, p, b.waypoints[gk]))
 		}
 	}
