@@ -1913,7 +1913,10 @@ func (x *Fault) GetAbortPercent() float64 {
 // WeightedBackend is one backendRef.
 type WeightedBackend struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// service is the backend Service ("<namespace>/<name>").
+	// service is the backend Service ("<namespace>/<name>"). Empty marks a
+	// backendRef that did not resolve (missing, not permitted, wrong kind):
+	// the waypoint answers 500 for its share of the weight, as Gateway API
+	// requires.
 	Service string    `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
 	Port    uint32    `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
 	Weight  uint32    `protobuf:"varint,3,opt,name=weight,proto3" json:"weight,omitempty"`
