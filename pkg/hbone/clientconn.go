@@ -1,7 +1,6 @@
 package hbone
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -235,7 +234,9 @@ func (cc *clientConn) readLoop() {
 	var err error
 	for {
 		var f http2.Frame
-		f, err = cc.fr.ReadFrame()
+		var fh http2.FrameHeader
+		var isData bool
+		f, fh, isData, err = readFrameOrData(cc.fr)
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {
@@ -252,7 +253,12 @@ func (cc *clientConn) readLoop() {
 			break
 		}
 		cc.frames.Add(1)
-		if err = cc.processFrame(f); err != nil {
+		if isData {
+			err = cc.processData(fh, nil)
+		} else {
+			err = cc.processFrame(f)
+		}
+		if err != nil {
 			break
 		}
 	}
@@ -270,7 +276,7 @@ func (cc *clientConn) connError(code http2.ErrCode, reason string) error {
 func (cc *clientConn) processFrame(f http2.Frame) error {
 	switch f := f.(type) {
 	case *http2.DataFrame:
-		return cc.processData(f)
+		return cc.processData(f.FrameHeader, f)
 	case *http2.MetaHeadersFrame:
 		return cc.processHeaders(f)
 	case *http2.SettingsFrame:
@@ -305,21 +311,28 @@ func (cc *clientConn) processStreamError(se http2.StreamError) {
 	_ = cc.writeFrames(func(fr *http2.Framer) error { return fr.WriteRSTStream(se.StreamID, se.Code) })
 }
 
-func (cc *clientConn) processData(f *http2.DataFrame) error {
-	n := int64(f.Length)
-	data := f.Data()
+// processData handles a DATA frame: f is the frame read by the framer, or
+// nil when its payload is still to be read from the conn (unpadded DATA,
+// read straight into the stream's buffer).
+func (cc *clientConn) processData(fh http2.FrameHeader, f *http2.DataFrame) error {
+	n := int64(fh.Length)
 	cc.mu.Lock()
 	if !cc.inflow.take(n) {
 		cc.mu.Unlock()
 		return cc.connError(http2.ErrCodeFlowControl, "connection window exceeded")
 	}
-	c := cc.streams[f.StreamID]
+	c := cc.streams[fh.StreamID]
 	if c == nil || c.remoteClosed || c.status == 0 || !c.inflow.take(n) {
 		// A stream we reset, or a misbehaving one: the bytes go back to the
 		// connection window.
 		incr := cc.inflow.consume(n, clientConnUpdateThreshold)
-		idle := c == nil && f.StreamID >= cc.nextID
+		idle := c == nil && fh.StreamID >= cc.nextID
 		cc.mu.Unlock()
+		if f == nil {
+			if err := discard(cc.conn, n); err != nil {
+				return err
+			}
+		}
 		switch {
 		case idle:
 			return cc.connError(http2.ErrCodeProtocol, "DATA on idle stream")
@@ -335,12 +348,33 @@ func (cc *clientConn) processData(f *http2.DataFrame) error {
 		}
 		return nil
 	}
-	// Padding is consumed at once.
-	pad := n - int64(len(data))
-	c.inflow.unacked += pad
-	cc.inflow.unacked += pad
-	c.recv.Write(data)
-	if f.StreamEnded() {
+	if f != nil {
+		data := f.Data()
+		// Padding is consumed at once.
+		pad := n - int64(len(data))
+		c.inflow.unacked += pad
+		cc.inflow.unacked += pad
+		if len(data) > 0 {
+			copy(c.recv.reserve(len(data)), data)
+			c.recv.commit(len(data))
+		}
+	} else if n > 0 {
+		dst := c.recv.reserve(int(n))
+		cc.mu.Unlock()
+		_, err := io.ReadFull(cc.conn, dst)
+		cc.mu.Lock()
+		if err != nil || c.localAbort {
+			c.recv.abandon()
+			if c.localAbort {
+				c.recv.free()
+				cc.inflow.unacked += n
+			}
+			cc.mu.Unlock()
+			return err
+		}
+		c.recv.commit(int(n))
+	}
+	if fh.Flags.Has(http2.FlagDataEndStream) {
 		c.remoteClosed = true
 		cc.maybeFinishLocked(c)
 	}
@@ -386,7 +420,7 @@ func (cc *clientConn) processHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	header := make(http.Header, len(f.Fields))
 	for _, hf := range f.RegularFields() {
-		header.Add(http.CanonicalHeaderKey(hf.Name), hf.Value)
+		header.Add(hf.Name, hf.Value)
 	}
 	c.status, c.header = status, header
 	if f.StreamEnded() {
@@ -532,7 +566,7 @@ func (cc *clientConn) abortStreamLocked(c *Conn, err error, local bool) {
 		// Unread bytes go back to the connection window.
 		cc.inflow.unacked += int64(c.recv.Len()) + c.inflow.unacked
 		c.inflow.unacked = 0
-		c.recv = bytes.Buffer{}
+		c.recv.free()
 	}
 	if c.reset {
 		return

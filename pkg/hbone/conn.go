@@ -1,7 +1,6 @@
 package hbone
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"math"
@@ -36,7 +35,7 @@ type Conn struct {
 
 	// Guarded by cc.mu.
 	status       int // of the final response; 0 before it
-	recv         bytes.Buffer
+	recv         recvBuffer
 	inflow       inflow // the stream's receive window
 	sendWindow   int64
 	remoteClosed bool
@@ -90,7 +89,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 	for {
 		cc.mu.Lock()
 		if c.recv.Len() > 0 {
-			n, _ := c.recv.Read(p)
+			n := c.recv.Read(p)
 			threshold := int64(clientStreamUpdateThreshold)
 			if c.remoteClosed || c.reset {
 				threshold = math.MaxInt64 // no more DATA will come
@@ -310,7 +309,7 @@ func (c *Conn) readStatusBody(ctx context.Context) []byte {
 	for len(buf) < cap(buf) {
 		cc.mu.Lock()
 		if c.recv.Len() > 0 {
-			n, _ := c.recv.Read(buf[len(buf):cap(buf)])
+			n := c.recv.Read(buf[len(buf):cap(buf)])
 			c.inflow.unacked += int64(n) // returned to the connection by the abort
 			buf = buf[:len(buf)+n]
 			cc.mu.Unlock()

@@ -1,7 +1,6 @@
 package hbone
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -128,7 +127,7 @@ func (sc *serverConn) readLoop() error {
 	}
 	sc.armIdleTimer()
 	for {
-		f, err := sc.fr.ReadFrame()
+		f, fh, isData, err := readFrameOrData(sc.fr)
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {
@@ -146,7 +145,12 @@ func (sc *serverConn) readLoop() error {
 			}
 			return err
 		}
-		if err := sc.processFrame(f); err != nil {
+		if isData {
+			err = sc.processData(fh, nil)
+		} else {
+			err = sc.processFrame(f)
+		}
+		if err != nil {
 			return err
 		}
 	}
@@ -167,7 +171,7 @@ func (sc *serverConn) connError(code http2.ErrCode, reason string) error {
 func (sc *serverConn) processFrame(f http2.Frame) error {
 	switch f := f.(type) {
 	case *http2.DataFrame:
-		return sc.processData(f)
+		return sc.processData(f.FrameHeader, f)
 	case *http2.MetaHeadersFrame:
 		return sc.processHeaders(f)
 	case *http2.SettingsFrame:
@@ -299,40 +303,72 @@ func (sc *serverConn) processRSTStream(f *http2.RSTStreamFrame) error {
 	return sc.flushConnCredit(false)
 }
 
-func (sc *serverConn) processData(f *http2.DataFrame) error {
-	n := int64(f.Length)
-	data := f.Data()
+// processData handles a DATA frame: f is the frame read by the framer, or
+// nil when its payload is still to be read from the conn (unpadded DATA,
+// read straight into the stream's buffer).
+func (sc *serverConn) processData(fh http2.FrameHeader, f *http2.DataFrame) error {
+	n := int64(fh.Length)
 	sc.mu.Lock()
 	if !sc.inflow.take(n) {
 		sc.mu.Unlock()
 		return sc.connError(http2.ErrCodeFlowControl, "connection window exceeded")
 	}
-	st := sc.streams[f.StreamID]
-	if st == nil || st.remoteClosed || st.reset {
-		// A stream we closed or reset: give the bytes back to the connection.
+	st := sc.streams[fh.StreamID]
+	if st == nil || st.remoteClosed || st.reset || !st.inflow.take(n) {
+		// A stream we closed or reset, or one that overran its window: give
+		// the bytes back to the connection.
 		sc.inflow.unacked += n
-		idle := f.StreamID > sc.maxStreamID
+		idle := fh.StreamID > sc.maxStreamID
 		halfClosed := st != nil && st.remoteClosed && !st.reset
+		overrun := st != nil && !st.remoteClosed && !st.reset
 		sc.mu.Unlock()
-		if idle {
-			return sc.connError(http2.ErrCodeProtocol, "DATA on idle stream")
+		if f == nil {
+			if err := discard(sc.conn, n); err != nil {
+				return err
+			}
 		}
-		if halfClosed {
+		switch {
+		case idle:
+			return sc.connError(http2.ErrCodeProtocol, "DATA on idle stream")
+		case halfClosed:
 			return sc.resetStream(st, http2.ErrCodeStreamClosed, errors.New("hbone: DATA after END_STREAM"))
+		case overrun:
+			if err := sc.resetStream(st, http2.ErrCodeFlowControl, errors.New("hbone: stream window exceeded")); err != nil {
+				return err
+			}
 		}
 		return sc.flushConnCredit(false)
 	}
-	if !st.inflow.take(n) {
-		sc.inflow.unacked += n
+	if f != nil {
+		data := f.Data()
+		// Padding is consumed at once.
+		pad := n - int64(len(data))
+		st.inflow.unacked += pad
+		sc.inflow.unacked += pad
+		if len(data) > 0 {
+			copy(st.recv.reserve(len(data)), data)
+			st.recv.commit(len(data))
+		}
+	} else if n > 0 {
+		dst := st.recv.reserve(int(n))
 		sc.mu.Unlock()
-		return sc.resetStream(st, http2.ErrCodeFlowControl, errors.New("hbone: stream window exceeded"))
+		_, err := io.ReadFull(sc.conn, dst)
+		sc.mu.Lock()
+		if err != nil || st.reset {
+			st.recv.abandon()
+			if st.reset {
+				st.recv.free()
+				sc.inflow.unacked += n
+			}
+			sc.mu.Unlock()
+			if err != nil {
+				return err
+			}
+			return sc.flushConnCredit(false)
+		}
+		st.recv.commit(int(n))
 	}
-	// Padding is consumed at once.
-	pad := n - int64(len(data))
-	st.inflow.unacked += pad
-	sc.inflow.unacked += pad
-	st.recv.Write(data)
-	if f.StreamEnded() {
+	if fh.Flags.Has(http2.FlagDataEndStream) {
 		st.remoteClosed = true
 		sc.maybeFinishLocked(st)
 	}
@@ -428,7 +464,8 @@ func (sc *serverConn) abortStreamLocked(st *Stream, err error) {
 	st.err = err
 	// Unread bytes go back to the connection window.
 	sc.inflow.unacked += int64(st.recv.Len()) + st.inflow.unacked
-	st.recv = bytes.Buffer{}
+	st.inflow.unacked = 0
+	st.recv.free()
 	close(st.abortCh)
 	sc.maybeFinishLocked(st)
 }

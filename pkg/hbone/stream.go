@@ -1,7 +1,6 @@
 package hbone
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -64,7 +63,7 @@ type Stream struct {
 	rd, wd  deadline
 
 	// Guarded by sc.mu.
-	recv         bytes.Buffer
+	recv         recvBuffer
 	inflow       inflow // the stream's receive window
 	sendWindow   int64
 	answered     int // 0, http.StatusOK or the rejection status
@@ -220,7 +219,7 @@ func (st *Stream) Read(p []byte) (int, error) {
 			return 0, err
 		}
 		if st.recv.Len() > 0 {
-			n, _ := st.recv.Read(p)
+			n := st.recv.Read(p)
 			threshold := int64(streamUpdateThreshold)
 			if st.remoteClosed {
 				threshold = math.MaxInt64 // no more DATA will come
