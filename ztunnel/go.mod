@@ -4,6 +4,7 @@ go 1.26.0
 
 require (
 	github.com/ambit-mesh/ambit/pkg v0.0.0
+	github.com/containernetworking/cni v1.3.0
 	github.com/google/nftables v0.3.0
 	github.com/mdlayher/netlink v1.7.3-0.20250113171957-fbb4dce95f42
 	github.com/vishvananda/netlink v1.3.1
@@ -12,7 +13,6 @@ require (
 )
 
 require (
-	github.com/containernetworking/cni v1.3.0 // indirect
 	github.com/google/go-cmp v0.6.0 // indirect
 	github.com/mdlayher/socket v0.5.0 // indirect
 	golang.org/x/net v0.55.0 // indirect
