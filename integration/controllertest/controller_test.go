@@ -34,6 +34,7 @@ func TestController(t *testing.T) {
 	c := env.Client
 	ctx := t.Context()
 	must(t, c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: systemNS}}))
+	installRBAC(t, env)
 	must(t, c.Create(ctx, &gwapiv1.GatewayClass{
 		ObjectMeta: metav1.ObjectMeta{Name: translate.WaypointClassName},
 		Spec:       gwapiv1.GatewayClassSpec{ControllerName: translate.ControllerName},

@@ -87,6 +87,7 @@ func startController(t *testing.T, env *kubetest.Env, name string) *instance {
 	log := testLog(t).With("replica", name)
 	in := &instance{name: name}
 	cfg := rest.CopyConfig(env.Config)
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: controllerUser}
 	cfg.WrapTransport = func(rt http.RoundTripper) http.RoundTripper { return countingTransport{rt, &in.writes} }
 
 	xs := xdsserver.New(log.With("component", "xds"))
