@@ -1,8 +1,108 @@
-// Command ztunnel is the per-node L4 tunnel: it captures enrolled pods' TCP and carries it in HBONE.
+// Command ztunnel is the per-node L4 tunnel: it captures enrolled pods' TCP
+// and carries it in HBONE. See package daemon for what it does and
+// docs/reference/ztunnel.md for its flags, ports and metrics.
 package main
 
-import "github.com/ambit-mesh/ambit/pkg/version"
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/ambit-mesh/ambit/pkg/caclient"
+	"github.com/ambit-mesh/ambit/pkg/identity"
+	"github.com/ambit-mesh/ambit/ztunnel/daemon"
+	"github.com/ambit-mesh/ambit/ztunnel/enroll"
+)
 
 func main() {
-	version.Placeholder("ztunnel", "is the per-node L4 tunnel: it captures enrolled pods' TCP and carries it in HBONE")
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "ztunnel:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	fs := flag.NewFlagSet("ztunnel", flag.ContinueOnError)
+	node := fs.String("node-name", os.Getenv("NODE_NAME"), "Kubernetes node this ztunnel serves (default $NODE_NAME)")
+	xdsAddr := fs.String("xds-address", "ambit-controller.ambit-system.svc:15010", "controller xDS server (insecure gRPC)")
+	xdsState := fs.String("xds-state-file", "/var/run/ambit/xds-state.pb", "last good configuration, read at start")
+	caAddr := fs.String("ca-address", "ambit-controller.ambit-system.svc:15012", "mesh CA (gRPC over TLS)")
+	caRoot := fs.String("ca-root-file", "/var/run/ambit/ca/root-cert.pem", "PEM bundle that verifies the CA's serving certificate")
+	caToken := fs.String("ca-token-file", caclient.DefaultTokenFile, "service-account token presented to the CA")
+	caName := fs.String("ca-server-name", caclient.DefaultServerName, "name the CA's serving certificate carries")
+	localCA := fs.String("local-ca-trust-domain", "", "development only: sign certificates with an in-process CA of this trust domain instead of the mesh CA")
+	socket := fs.String("enroll-socket", enroll.DefaultSocketPath, "enrolment API unix socket")
+	podState := fs.String("enroll-state-file", enroll.DefaultStateFile, "persisted set of reported pods")
+	sysNS := fs.String("system-namespace", daemon.DefaultSystemNamespace, "namespace of mesh-wide policies")
+	admin := fs.String("admin-address", daemon.DefaultAdminAddr, "admin listener (config dump); empty disables")
+	metricsAddr := fs.String("metrics-address", daemon.DefaultMetricsAddr, "Prometheus listener; empty disables")
+	ready := fs.String("ready-address", daemon.DefaultReadyAddr, "readiness listener; empty disables")
+	validity := fs.Duration("cert-validity", identity.DefaultCertLifetime, "workload certificate lifetime asked of the CA")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		return err
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("-log-level: %w", err)
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	slog.SetDefault(log)
+	if *node == "" {
+		return errors.New("-node-name (or $NODE_NAME) is required")
+	}
+
+	var fetcher identity.Fetcher
+	if *localCA != "" {
+		ca, err := identity.NewRootAuthority(*localCA, 365*24*time.Hour)
+		if err != nil {
+			return err
+		}
+		fetcher = identity.AuthorityFetcher{Authority: ca}
+	} else {
+		roots, err := caclient.RootsFromFile(*caRoot)
+		if err != nil {
+			return fmt.Errorf("CA roots: %w", err)
+		}
+		cc, err := caclient.New(caclient.Config{Address: *caAddr, ServerName: *caName, Roots: roots, TokenFile: *caToken})
+		if err != nil {
+			return err
+		}
+		defer cc.Close()
+		fetcher = cc
+	}
+	conn, err := grpc.NewClient(*xdsAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return fmt.Errorf("xds client: %w", err)
+	}
+	defer conn.Close()
+
+	d, err := daemon.New(daemon.Config{
+		NodeName:        *node,
+		SystemNamespace: *sysNS,
+		XDSConn:         conn,
+		XDSStateFile:    *xdsState,
+		Fetcher:         fetcher,
+		Certificates:    identity.ManagerOptions{Validity: *validity},
+		Enroll:          enroll.Options{SocketPath: *socket, StateFile: *podState},
+		AdminAddr:       *admin,
+		MetricsAddr:     *metricsAddr,
+		ReadyAddr:       *ready,
+		Logger:          log,
+	})
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return d.Run(ctx)
 }

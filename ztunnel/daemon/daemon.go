@@ -1,0 +1,298 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"google.golang.org/grpc"
+
+	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
+	"github.com/ambit-mesh/ambit/pkg/identity"
+	"github.com/ambit-mesh/ambit/pkg/xds"
+	"github.com/ambit-mesh/ambit/ztunnel/config"
+	"github.com/ambit-mesh/ambit/ztunnel/enroll"
+	"github.com/ambit-mesh/ambit/ztunnel/metrics"
+	"github.com/ambit-mesh/ambit/ztunnel/proxy"
+)
+
+// Defaults of Config.
+const (
+	DefaultSystemNamespace = "ambit-system"
+	DefaultResyncWait      = 10 * time.Second
+	DefaultAdminAddr       = "127.0.0.1:15000"
+	DefaultMetricsAddr     = ":15020"
+	DefaultReadyAddr       = ":15021"
+	// retryInterval is how often pods whose capture failed are retried.
+	retryInterval = 5 * time.Second
+)
+
+// Config configures a Daemon.
+type Config struct {
+	// NodeName is the Kubernetes node this ztunnel serves. Required.
+	NodeName string
+	// SystemNamespace holds mesh-wide policies; empty means DefaultSystemNamespace.
+	SystemNamespace string
+	// XDSConn reaches the controller's xDS server. Required.
+	XDSConn grpc.ClientConnInterface
+	// XDSStateFile persists the last good configuration; empty disables.
+	XDSStateFile string
+	// XDSMinBackoff and XDSMaxBackoff tune reconnection (zero: pkg/xds defaults).
+	XDSMinBackoff, XDSMaxBackoff time.Duration
+	// Fetcher obtains certificates: a caclient.Client in a cluster, an
+	// identity.AuthorityFetcher locally and in tests. Required.
+	Fetcher identity.Fetcher
+	// Certificates tunes the certificate manager (Logger is set by the daemon).
+	Certificates identity.ManagerOptions
+	// Enroll configures the enrolment server; its Hooks and Logger are set
+	// by the daemon.
+	Enroll enroll.Options
+	// ResyncWait bounds the wait for configuration before Resync; zero means
+	// DefaultResyncWait.
+	ResyncWait time.Duration
+	// AdminAddr, MetricsAddr and ReadyAddr are the HTTP listeners (admin
+	// config dump, Prometheus metrics, readiness); empty disables one.
+	AdminAddr, MetricsAddr, ReadyAddr string
+	// DialTimeout bounds upstream dials; zero means proxy.DefaultDialTimeout.
+	DialTimeout time.Duration
+	// Logger; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Daemon is one ztunnel. Create it with New and run it with Run.
+type Daemon struct {
+	cfg     Config
+	log     *slog.Logger
+	store   *config.Store
+	xds     *xds.Client
+	certs   *identity.Manager
+	metrics *metrics.Metrics
+	enroll  *enroll.Server
+	env     *proxy.Env
+
+	resynced chan struct{}
+
+	mu       sync.Mutex // serialises enrolment decisions
+	pods     map[string]*podState
+	idRefs   map[identity.SPIFFEID]int
+	runCtx   context.Context
+	stopping bool
+
+	httpMu    sync.Mutex
+	httpAddrs map[string]net.Addr
+}
+
+// New validates cfg and builds a daemon; nothing runs until Run.
+func New(cfg Config) (*Daemon, error) {
+	if cfg.NodeName == "" {
+		return nil, errors.New("daemon: NodeName is required")
+	}
+	if cfg.Fetcher == nil {
+		return nil, errors.New("daemon: Fetcher is required")
+	}
+	if cfg.SystemNamespace == "" {
+		cfg.SystemNamespace = DefaultSystemNamespace
+	}
+	if cfg.ResyncWait <= 0 {
+		cfg.ResyncWait = DefaultResyncWait
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	d := &Daemon{cfg: cfg, log: log, metrics: metrics.New(), resynced: make(chan struct{}),
+		pods: map[string]*podState{}, idRefs: map[identity.SPIFFEID]int{}, httpAddrs: map[string]net.Addr{}}
+	d.store = config.NewStore(log.With("component", "config"))
+	xc, err := xds.New(xds.Config{
+		Conn:       cfg.XDSConn,
+		Node:       &corev3.Node{Id: configv1alpha1.ZtunnelNodeID(cfg.NodeName)},
+		Types:      d.store.Types(),
+		StateFile:  cfg.XDSStateFile,
+		MinBackoff: cfg.XDSMinBackoff,
+		MaxBackoff: cfg.XDSMaxBackoff,
+		Logger:     log.With("component", "xds"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	d.xds = xc
+	mo := cfg.Certificates
+	mo.Logger = log.With("component", "certs")
+	d.certs, err = identity.NewManager(cfg.Fetcher, mo)
+	if err != nil {
+		return nil, err
+	}
+	eo := cfg.Enroll
+	eo.Hooks = enroll.HookFuncs{Add: d.onAdd, Remove: d.onRemove}
+	eo.Logger = log.With("component", "enroll")
+	d.enroll, err = enroll.NewServer(eo)
+	if err != nil {
+		return nil, err
+	}
+	d.env = &proxy.Env{Config: d.store.Snapshot, Certs: d.certs, Metrics: d.metrics,
+		SystemNamespace: cfg.SystemNamespace, DialTimeout: cfg.DialTimeout, Logger: log.With("component", "proxy")}
+	return d, nil
+}
+
+// Store is the configuration store.
+func (d *Daemon) Store() *config.Store { return d.store }
+
+// Metrics are the daemon's metrics.
+func (d *Daemon) Metrics() *metrics.Metrics { return d.metrics }
+
+// Certs is the certificate manager.
+func (d *Daemon) Certs() *identity.Manager { return d.certs }
+
+// Enroll is the enrolment server.
+func (d *Daemon) Enroll() *enroll.Server { return d.enroll }
+
+// XDS is the xDS client.
+func (d *Daemon) XDS() *xds.Client { return d.xds }
+
+// HTTPAddr returns the bound address of an HTTP listener ("admin",
+// "metrics", "ready") once Run has opened it.
+func (d *Daemon) HTTPAddr(name string) net.Addr {
+	d.httpMu.Lock()
+	defer d.httpMu.Unlock()
+	return d.httpAddrs[name]
+}
+
+// Run serves until ctx ends, then stops serving every pod (leaving their
+// capture rules in place) and returns nil, or an error if a listener could
+// not be opened.
+func (d *Daemon) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	d.mu.Lock()
+	d.runCtx = ctx
+	d.mu.Unlock()
+
+	var servers []*http.Server
+	for _, s := range []struct{ name, addr string }{{"admin", d.cfg.AdminAddr}, {"metrics", d.cfg.MetricsAddr}, {"ready", d.cfg.ReadyAddr}} {
+		if s.addr == "" {
+			continue
+		}
+		ln, err := net.Listen("tcp", s.addr)
+		if err != nil {
+			for _, srv := range servers {
+				_ = srv.Close()
+			}
+			return fmt.Errorf("%s listener: %w", s.name, err)
+		}
+		d.httpMu.Lock()
+		d.httpAddrs[s.name] = ln.Addr()
+		d.httpMu.Unlock()
+		srv := &http.Server{Handler: d.httpHandler(s.name), ReadHeaderTimeout: 10 * time.Second}
+		servers = append(servers, srv)
+		go func() { _ = srv.Serve(ln) }()
+	}
+	enrollLn, err := d.enroll.Listen()
+	if err != nil {
+		for _, srv := range servers {
+			_ = srv.Close()
+		}
+		return fmt.Errorf("enrolment socket: %w", err)
+	}
+
+	var wg sync.WaitGroup
+	run := func(f func()) {
+		wg.Add(1)
+		go func() { defer wg.Done(); f() }()
+	}
+	run(func() {
+		if err := d.certs.Run(ctx); err != nil {
+			d.log.Error("certificate manager stopped", "err", err)
+		}
+	})
+	run(func() { _ = d.xds.Run(ctx) })
+	run(func() {
+		if err := d.enroll.Serve(ctx, enrollLn); err != nil && ctx.Err() == nil {
+			d.log.Error("enrolment server stopped", "err", err)
+		}
+	})
+	run(func() { d.loop(ctx) })
+	d.log.Info("ztunnel started", "node", d.cfg.NodeName)
+
+	<-ctx.Done()
+	for _, srv := range servers {
+		_ = srv.Close()
+	}
+	wg.Wait()
+	d.stopAll()
+	d.log.Info("ztunnel stopped", "node", d.cfg.NodeName)
+	return nil
+}
+
+// loop waits for the configuration, resyncs the enrolled pods, then
+// re-evaluates them on every configuration change.
+func (d *Daemon) loop(ctx context.Context) {
+	select {
+	case <-d.xds.Ready():
+	case <-time.After(d.cfg.ResyncWait):
+		d.log.Warn("no configuration yet; resyncing pods anyway", "waited", d.cfg.ResyncWait)
+	case <-ctx.Done():
+		return
+	}
+	if err := d.enroll.Resync(ctx); err != nil {
+		d.log.Error("resync of enrolled pods failed", "err", err)
+	}
+	close(d.resynced)
+	d.reconcileAll(ctx)
+	tick := time.NewTicker(retryInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.store.Changed():
+			d.reconcileAll(ctx)
+		case <-tick.C:
+			if d.hasFailures() {
+				d.reconcileAll(ctx)
+			}
+		}
+	}
+}
+
+// Ready returns nil once the configuration has been applied (from the
+// controller or disk), the persisted pods were resynced, and every captured
+// pod has a valid certificate; otherwise the reason.
+func (d *Daemon) Ready() error {
+	select {
+	case <-d.xds.Ready():
+	default:
+		return errors.New("configuration not received yet")
+	}
+	select {
+	case <-d.resynced:
+	default:
+		return errors.New("enrolled pods not resynced yet")
+	}
+	valid := map[string]bool{}
+	for _, c := range d.certs.Snapshot().Identities {
+		valid[c.ID] = c.Valid
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, ps := range d.pods {
+		if ps.proxy != nil && !valid[ps.id.String()] {
+			return fmt.Errorf("no valid certificate for %s (pod %s)", ps.id, ps.pod.Key())
+		}
+	}
+	return nil
+}
+
+func prefixes(as []netip.Addr) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(as))
+	for _, a := range as {
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out
+}

@@ -1,0 +1,167 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"sort"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ambit-mesh/ambit/pkg/identity"
+	"github.com/ambit-mesh/ambit/pkg/xds"
+	"github.com/ambit-mesh/ambit/ztunnel/enroll"
+	"github.com/ambit-mesh/ambit/ztunnel/redirect"
+)
+
+// httpHandler returns the handler of one HTTP listener.
+func (d *Daemon) httpHandler(name string) http.Handler {
+	mux := http.NewServeMux()
+	switch name {
+	case "metrics":
+		prom := promhttp.HandlerFor(d.metrics.Registry, promhttp.HandlerOpts{})
+		mux.Handle("GET /metrics", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			d.UpdateHealthMetrics()
+			prom.ServeHTTP(w, r)
+		}))
+	case "ready":
+		mux.HandleFunc("GET /healthz/ready", d.serveReady)
+	case "admin":
+		mux.HandleFunc("GET /config_dump", d.serveConfigDump)
+		mux.HandleFunc("GET /healthz/ready", d.serveReady)
+	}
+	return mux
+}
+
+func (d *Daemon) serveReady(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if err := d.Ready(); err != nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte(err.Error() + "\n"))
+		return
+	}
+	_, _ = w.Write([]byte("ready\n"))
+}
+
+// UpdateHealthMetrics refreshes the gauges read from other components (xDS
+// state, certificates); it runs before each scrape.
+func (d *Daemon) UpdateHealthMetrics() {
+	st := d.xds.Status()
+	d.metrics.XDSConnected.Set(b2f(st.Connected))
+	d.metrics.ConfigFromDisk.Set(b2f(st.FromDisk))
+	valid, invalid := 0, 0
+	for _, c := range d.certs.Snapshot().Identities {
+		if c.Valid {
+			valid++
+		} else {
+			invalid++
+		}
+	}
+	d.metrics.Certificates.WithLabelValues("valid").Set(float64(valid))
+	d.metrics.Certificates.WithLabelValues("invalid").Set(float64(invalid))
+	d.mu.Lock()
+	d.updateGauges()
+	d.mu.Unlock()
+}
+
+// updateGauges sets the pod gauges; called with d.mu held.
+func (d *Daemon) updateGauges() {
+	n := 0
+	for _, ps := range d.pods {
+		if ps.proxy != nil {
+			n++
+		}
+	}
+	d.metrics.EnrolledPods.Set(float64(n))
+	d.metrics.ReportedPods.Set(float64(len(d.pods)))
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// ConfigDump is the admin /config_dump document.
+type ConfigDump struct {
+	Node           string                     `json:"node"`
+	Ready          string                     `json:"ready"`
+	XDS            xds.Status                 `json:"xds"`
+	Workloads      map[string]json.RawMessage `json:"workloads"`
+	Services       map[string]json.RawMessage `json:"services"`
+	Authorizations map[string]json.RawMessage `json:"authorizations"`
+	Pods           []PodDump                  `json:"pods"`
+	Certificates   identity.ManagerSnapshot   `json:"certificates"`
+	Generation     uint64                     `json:"configGeneration"`
+}
+
+// PodDump is one reported pod in the dump.
+type PodDump struct {
+	Pod      enroll.Pod        `json:"pod"`
+	Captured bool              `json:"captured"`
+	Identity string            `json:"identity,omitempty"`
+	Error    string            `json:"error,omitempty"`
+	Rules    *redirect.Ruleset `json:"rules,omitempty"`
+}
+
+// Dump builds the admin config dump (no private keys).
+func (d *Daemon) Dump(ctx context.Context) ConfigDump {
+	snap := d.store.Snapshot()
+	out := ConfigDump{
+		Node:           d.cfg.NodeName,
+		Ready:          "ready",
+		XDS:            d.xds.Status(),
+		Workloads:      map[string]json.RawMessage{},
+		Services:       map[string]json.RawMessage{},
+		Authorizations: map[string]json.RawMessage{},
+		Certificates:   d.certs.Snapshot(),
+		Generation:     snap.Generation,
+	}
+	if err := d.Ready(); err != nil {
+		out.Ready = err.Error()
+	}
+	for n, w := range snap.Workloads {
+		out.Workloads[n] = protoJSON(w.Proto)
+	}
+	for n, s := range snap.Services {
+		out.Services[n] = protoJSON(s.Proto)
+	}
+	for n, a := range snap.Authorizations {
+		out.Authorizations[n] = protoJSON(a)
+	}
+	d.mu.Lock()
+	for _, ps := range d.pods {
+		pd := PodDump{Pod: ps.pod, Captured: ps.proxy != nil, Error: ps.lastErr}
+		if ps.proxy != nil {
+			pd.Identity = ps.id.String()
+			rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			if rs, err := redirect.Rules(rctx, ps.ns); err == nil {
+				pd.Rules = rs
+			}
+			cancel()
+		}
+		out.Pods = append(out.Pods, pd)
+	}
+	d.mu.Unlock()
+	sort.Slice(out.Pods, func(i, j int) bool { return out.Pods[i].Pod.Key() < out.Pods[j].Pod.Key() })
+	return out
+}
+
+func (d *Daemon) serveConfigDump(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(d.Dump(r.Context()))
+}
+
+func protoJSON(m proto.Message) json.RawMessage {
+	b, err := protojson.Marshal(m)
+	if err != nil {
+		return json.RawMessage(`null`)
+	}
+	return b
+}

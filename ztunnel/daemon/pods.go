@@ -1,0 +1,245 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/ambit-mesh/ambit/pkg/identity"
+	"github.com/ambit-mesh/ambit/ztunnel/config"
+	"github.com/ambit-mesh/ambit/ztunnel/enroll"
+	"github.com/ambit-mesh/ambit/ztunnel/proxy"
+	"github.com/ambit-mesh/ambit/ztunnel/redirect"
+)
+
+// reconcileTimeout bounds the capture or release of one pod outside a hook.
+const reconcileTimeout = 30 * time.Second
+
+// podState is one reported pod.
+type podState struct {
+	pod enroll.Pod
+	// While captured: the open namespace, the proxy and the identity.
+	ns    *redirect.Netns
+	proxy *proxy.Pod
+	id    identity.SPIFFEID
+	// released is true once the rules were removed because the
+	// configuration says the pod is not enrolled.
+	released bool
+	// lastErr is the last capture or release failure ("" after success).
+	lastErr string
+}
+
+func (ps *podState) workloadName() string { return ps.pod.Namespace + "/" + ps.pod.Name }
+
+// onAdd is the enrolment OnAdd hook: remember the pod and capture it if the
+// configuration says so. A failed capture fails the AddPod.
+func (d *Daemon) onAdd(ctx context.Context, pod enroll.Pod) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.stopping {
+		return errors.New("ztunnel is stopping")
+	}
+	ps := d.pods[pod.UID]
+	if ps == nil || !ps.pod.Equal(pod) {
+		if ps != nil {
+			d.release(ctx, ps, true)
+		}
+		ps = &podState{pod: pod}
+		d.pods[pod.UID] = ps
+	}
+	if err := d.reconcile(ctx, ps, d.store.Snapshot()); err != nil {
+		delete(d.pods, pod.UID)
+		return err
+	}
+	d.updateGauges()
+	return nil
+}
+
+// onRemove is the enrolment OnRemove hook: release the pod and forget it.
+func (d *Daemon) onRemove(ctx context.Context, pod enroll.Pod) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ps := d.pods[pod.UID]
+	if ps == nil {
+		return nil
+	}
+	delete(d.pods, pod.UID)
+	err := d.release(ctx, ps, true)
+	d.updateGauges()
+	return err
+}
+
+// reconcileAll re-evaluates every reported pod against the configuration.
+func (d *Daemon) reconcileAll(ctx context.Context) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.stopping {
+		return
+	}
+	snap := d.store.Snapshot()
+	for _, ps := range d.pods {
+		pctx, cancel := context.WithTimeout(ctx, reconcileTimeout)
+		err := d.reconcile(pctx, ps, snap)
+		cancel()
+		if err != nil {
+			d.log.Error("pod enrolment failed", "pod", ps.pod.Key(), "err", err)
+		}
+	}
+	d.updateGauges()
+}
+
+func (d *Daemon) hasFailures() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, ps := range d.pods {
+		if ps.lastErr != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// reconcile captures or releases one pod as snap says. Called with d.mu held.
+func (d *Daemon) reconcile(ctx context.Context, ps *podState, snap *config.Snapshot) error {
+	w := snap.Workload(ps.workloadName())
+	if w == nil {
+		// Not known (yet): leave it as it is.
+		return nil
+	}
+	want := w.Enrolled() && w.HasIdentity()
+	var err error
+	switch {
+	case want && ps.proxy != nil && ps.id == w.Identity:
+		return nil
+	case want && ps.proxy != nil:
+		d.log.Info("pod identity changed; capturing again", "pod", ps.pod.Key(), "old", ps.id.String(), "new", w.Identity.String())
+		d.release(ctx, ps, false)
+		err = d.capture(ctx, ps, w)
+	case want:
+		err = d.capture(ctx, ps, w)
+	case ps.proxy != nil || !ps.released:
+		err = d.release(ctx, ps, true)
+		if err == nil {
+			ps.released = true
+			d.log.Info("pod not enrolled in the configuration; traffic not captured", "pod", ps.pod.Key())
+		}
+	}
+	ps.lastErr = ""
+	if err != nil {
+		ps.lastErr = err.Error()
+	}
+	return err
+}
+
+// capture starts serving a pod: certificate, listeners, rules, proxy.
+func (d *Daemon) capture(ctx context.Context, ps *podState, w *config.Workload) (err error) {
+	pod := ps.pod
+	if err := d.certs.Add(ctx, w.Identity); err != nil {
+		// Add keeps tracking it and retries; drop it unless another pod uses it.
+		if d.idRefs[w.Identity] == 0 {
+			d.certs.Remove(w.Identity)
+		}
+		return fmt.Errorf("certificate for %s: %w", w.Identity, err)
+	}
+	d.idRefs[w.Identity]++
+	defer func() {
+		if err != nil {
+			d.unref(w.Identity)
+		}
+	}()
+	ns, err := redirect.OpenNetns(pod.NetnsPath)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			_ = ns.Close()
+		}
+	}()
+	rcfg := redirect.Config{ProbeSources: prefixes(pod.NodeIPs)}
+	if len(pod.NodeIPs) == 0 {
+		if rcfg, err = redirect.DefaultConfig(ctx, ns); err != nil {
+			return fmt.Errorf("probe sources: %w", err)
+		}
+	}
+	ls, err := ns.ListenAll(ctx)
+	if err != nil {
+		return fmt.Errorf("listeners: %w", err)
+	}
+	if err = redirect.Install(ctx, ns, rcfg); err != nil {
+		_ = ls.Close()
+		return fmt.Errorf("capture rules: %w", err)
+	}
+	ips := slices.Clone(pod.PodIPs)
+	for _, a := range w.Addresses {
+		if !slices.Contains(ips, a) {
+			ips = append(ips, a)
+		}
+	}
+	ps.ns, ps.id, ps.released = ns, w.Identity, false
+	ps.proxy = proxy.StartPod(d.env, proxy.PodConfig{Name: w.Name, IPs: ips, Identity: w.Identity, Netns: ns, Listeners: ls})
+	d.log.Info("pod captured", "pod", pod.Key(), "identity", w.Identity.String(), "ips", fmtAddrs(ips))
+	return nil
+}
+
+// release stops serving a pod; with removeRules it also deletes the capture
+// rules (first, so that no new connection goes to a closing listener). A pod
+// that is not captured only gets its rules removed.
+func (d *Daemon) release(ctx context.Context, ps *podState, removeRules bool) error {
+	var err error
+	if removeRules {
+		if ps.ns != nil {
+			err = redirect.Remove(ctx, ps.ns)
+		} else if ns, oerr := redirect.OpenNetns(ps.pod.NetnsPath); oerr == nil {
+			err = redirect.Remove(ctx, ns)
+			_ = ns.Close()
+		} else if !errors.Is(oerr, fs.ErrNotExist) {
+			err = oerr
+		}
+		if err != nil {
+			err = fmt.Errorf("remove capture rules: %w", err)
+		}
+	}
+	if ps.proxy != nil {
+		_ = ps.proxy.Close()
+		_ = ps.ns.Close()
+		d.unref(ps.id)
+		d.log.Info("pod released", "pod", ps.pod.Key(), "rulesRemoved", removeRules)
+	}
+	ps.proxy, ps.ns, ps.id = nil, nil, identity.SPIFFEID{}
+	return err
+}
+
+func (d *Daemon) unref(id identity.SPIFFEID) {
+	d.idRefs[id]--
+	if d.idRefs[id] <= 0 {
+		delete(d.idRefs, id)
+		d.certs.Remove(id)
+	}
+}
+
+// stopAll stops serving every pod at shutdown, leaving the rules in place.
+func (d *Daemon) stopAll() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.stopping = true
+	for _, ps := range d.pods {
+		if ps.proxy != nil {
+			_ = ps.proxy.Close()
+			_ = ps.ns.Close()
+			ps.proxy, ps.ns = nil, nil
+		}
+	}
+}
+
+func fmtAddrs(as []netip.Addr) []string {
+	out := make([]string, len(as))
+	for i, a := range as {
+		out[i] = a.String()
+	}
+	return out
+}

@@ -1,0 +1,193 @@
+// Package policy evaluates L4 AuthorizationPolicies for connections ztunnel
+// accepts on behalf of a workload (inbound HBONE and inbound plaintext).
+//
+// Which policies apply to a workload: those of scope WORKLOAD_SELECTOR that
+// the Workload lists in authorization_policies, those of scope NAMESPACE in
+// the workload's namespace, and those of scope GLOBAL (the system namespace).
+// Policies of waypoint scopes are never applied by ztunnel.
+//
+// The decision, as Istio defines it: a connection matching any applicable
+// DENY policy is denied (deny wins); otherwise, if any ALLOW policy applies to
+// the workload, the connection must match one of them; if none applies, it is
+// allowed.
+//
+// A policy matches when any of its rules matches (no rules: matches nothing).
+// A rule matches when one of its `from` and one of its `to` entries match
+// (an empty list matches anything). Within a `from` entry every set field
+// must match: principals are whole SPIFFE URIs, "*" matches any authenticated
+// peer, and a leading or trailing "*" matches a suffix or prefix; namespaces
+// are those of the peer's identity, with the same wildcards. A plaintext
+// connection has no principal and no namespace: it matches no principals or
+// namespaces list and every not_principals or not_namespaces list.
+package policy
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
+	"github.com/ambit-mesh/ambit/pkg/identity"
+	"github.com/ambit-mesh/ambit/ztunnel/config"
+)
+
+// Conn describes a connection to authorize.
+type Conn struct {
+	// Peer is the verified SPIFFE ID of the source; the zero value means
+	// plaintext (no identity).
+	Peer identity.SPIFFEID
+	// DstPort is the destination port the source asked for.
+	DstPort uint16
+}
+
+// Decision is the outcome of Evaluate.
+type Decision struct {
+	Allow bool
+	// Policy names the deciding policy ("<ns>/<name>"): the matching DENY,
+	// or the matching ALLOW; empty when no policy decided.
+	Policy string
+	// Reason is a short text for logs and the 403 body.
+	Reason string
+}
+
+// Applicable returns the policies that apply to w, sorted by name.
+func Applicable(snap *config.Snapshot, w *config.Workload, systemNamespace string) []*configv1alpha1.Authorization {
+	var out []*configv1alpha1.Authorization
+	listed := map[string]bool{}
+	for _, n := range w.Proto.GetAuthorizationPolicies() {
+		listed[n] = true
+	}
+	for name, a := range snap.Authorizations {
+		ns := a.GetNamespace()
+		if ns == "" {
+			ns, _, _ = strings.Cut(name, "/")
+		}
+		switch a.GetScope() {
+		case configv1alpha1.Authorization_SCOPE_WORKLOAD_SELECTOR:
+			if !listed[name] || ns != w.Namespace {
+				continue
+			}
+		case configv1alpha1.Authorization_SCOPE_NAMESPACE:
+			if ns != w.Namespace {
+				continue
+			}
+		case configv1alpha1.Authorization_SCOPE_GLOBAL:
+			if ns != systemNamespace {
+				continue
+			}
+		default:
+			continue
+		}
+		out = append(out, a)
+	}
+	slices.SortFunc(out, func(a, b *configv1alpha1.Authorization) int { return strings.Compare(a.GetName(), b.GetName()) })
+	return out
+}
+
+// Evaluate decides whether c may reach a workload to which policies apply.
+func Evaluate(policies []*configv1alpha1.Authorization, c Conn) Decision {
+	var allows []*configv1alpha1.Authorization
+	for _, a := range policies {
+		switch a.GetAction() {
+		case configv1alpha1.Authorization_ACTION_DENY:
+			if matches(a, c) {
+				return Decision{Policy: a.GetName(), Reason: fmt.Sprintf("denied by policy %s", a.GetName())}
+			}
+		case configv1alpha1.Authorization_ACTION_ALLOW:
+			allows = append(allows, a)
+		}
+	}
+	if len(allows) == 0 {
+		return Decision{Allow: true, Reason: "no policy applies"}
+	}
+	for _, a := range allows {
+		if matches(a, c) {
+			return Decision{Allow: true, Policy: a.GetName(), Reason: fmt.Sprintf("allowed by policy %s", a.GetName())}
+		}
+	}
+	return Decision{Reason: fmt.Sprintf("no ALLOW policy matched (%d apply)", len(allows))}
+}
+
+func matches(a *configv1alpha1.Authorization, c Conn) bool {
+	for _, r := range a.GetRules() {
+		if ruleMatches(r, c) {
+			return true
+		}
+	}
+	return false
+}
+
+func ruleMatches(r *configv1alpha1.AuthorizationRule, c Conn) bool {
+	fromOK := len(r.GetFrom()) == 0
+	for _, f := range r.GetFrom() {
+		if sourceMatches(f, c) {
+			fromOK = true
+			break
+		}
+	}
+	if !fromOK {
+		return false
+	}
+	if len(r.GetTo()) == 0 {
+		return true
+	}
+	for _, op := range r.GetTo() {
+		if operationMatches(op, c) {
+			return true
+		}
+	}
+	return false
+}
+
+func sourceMatches(f *configv1alpha1.AuthorizationRule_Source, c Conn) bool {
+	authenticated := c.Peer != identity.SPIFFEID{}
+	principal, namespace := "", ""
+	if authenticated {
+		principal, namespace = c.Peer.String(), c.Peer.Namespace
+	}
+	if len(f.GetPrincipals()) > 0 && !(authenticated && anyMatch(f.GetPrincipals(), principal)) {
+		return false
+	}
+	if authenticated && anyMatch(f.GetNotPrincipals(), principal) {
+		return false
+	}
+	if len(f.GetNamespaces()) > 0 && !(authenticated && anyMatch(f.GetNamespaces(), namespace)) {
+		return false
+	}
+	if authenticated && anyMatch(f.GetNotNamespaces(), namespace) {
+		return false
+	}
+	return true
+}
+
+func operationMatches(op *configv1alpha1.AuthorizationRule_Operation, c Conn) bool {
+	port := uint32(c.DstPort)
+	if len(op.GetPorts()) > 0 && !slices.Contains(op.GetPorts(), port) {
+		return false
+	}
+	return !slices.Contains(op.GetNotPorts(), port)
+}
+
+func anyMatch(patterns []string, v string) bool {
+	for _, p := range patterns {
+		if Match(p, v) {
+			return true
+		}
+	}
+	return false
+}
+
+// Match reports whether value matches pattern: "*" matches anything
+// non-empty, "prefix*" a prefix, "*suffix" a suffix, otherwise exact.
+func Match(pattern, value string) bool {
+	switch {
+	case pattern == "*":
+		return value != ""
+	case strings.HasSuffix(pattern, "*"):
+		return strings.HasPrefix(value, strings.TrimSuffix(pattern, "*"))
+	case strings.HasPrefix(pattern, "*"):
+		return strings.HasSuffix(value, strings.TrimPrefix(pattern, "*"))
+	default:
+		return pattern == value
+	}
+}

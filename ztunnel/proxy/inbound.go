@@ -1,0 +1,170 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"net"
+
+	"github.com/ambit-mesh/ambit/pkg/hbone"
+	"github.com/ambit-mesh/ambit/pkg/identity"
+	"github.com/ambit-mesh/ambit/ztunnel/config"
+	"github.com/ambit-mesh/ambit/ztunnel/metrics"
+	"github.com/ambit-mesh/ambit/ztunnel/policy"
+	"github.com/ambit-mesh/ambit/ztunnel/redirect"
+)
+
+// Inbound denial reasons (the reason label of ztunnel_connections_denied_total).
+const (
+	DenyAuthority = "authority"
+	DenyWaypoint  = "waypoint"
+	DenyPolicy    = "policy"
+	DenyStrict    = "strict"
+)
+
+// InboundCheck is the authorization of an inbound connection to workload
+// dst (nil when the configuration does not know it) from peer (zero for
+// plaintext) on port: it returns the HTTP status to answer (0 to allow),
+// the reason label, and a short text.
+func InboundCheck(snap *config.Snapshot, dst *config.Workload, peer identity.SPIFFEID, port uint16, systemNamespace string) (code int, reason, text string) {
+	if dst == nil {
+		return 0, "", "unknown workload: no policy"
+	}
+	plaintext := peer == identity.SPIFFEID{}
+	if plaintext && dst.Strict() {
+		return 403, DenyStrict, "plaintext refused: mTLS mode is STRICT"
+	}
+	if dst.Waypoint != nil && peer != dst.Waypoint.Identity {
+		return 403, DenyWaypoint, fmt.Sprintf("only the waypoint %s (%s) may reach this workload", dst.Waypoint.Gateway, dst.Waypoint.Identity)
+	}
+	d := policy.Evaluate(policy.Applicable(snap, dst, systemNamespace), policy.Conn{Peer: peer, DstPort: port})
+	if !d.Allow {
+		return 403, DenyPolicy, d.Reason
+	}
+	return 0, "", d.Reason
+}
+
+// serveHBONE serves one tunnel to this pod.
+func (p *Pod) serveHBONE(st *hbone.Stream) {
+	auth := st.Authority()
+	peer := st.Peer()
+	snap := p.env.Config()
+	dst := snap.Workload(p.cfg.Name)
+	src := sourceOf(snap, st, peer)
+	labels := metrics.Labels{
+		Reporter:           metrics.ReporterDestination,
+		Source:             src,
+		Destination:        metrics.PeerOf(dst),
+		DestinationService: metrics.Unknown,
+		Security:           metrics.SecurityMutualTLS,
+	}
+	log := p.log.With("peer", peer.String(), "authority", auth)
+	if !p.hasIP(auth.Addr()) {
+		p.deny(labels, DenyAuthority)
+		log.Info("hbone tunnel refused", "reason", DenyAuthority)
+		_ = st.Reject(400, "authority is not an address of this pod")
+		return
+	}
+	if code, reason, text := InboundCheck(snap, dst, peer, auth.Port(), p.systemNamespace()); code != 0 {
+		p.deny(labels, reason)
+		log.Info("hbone tunnel refused", "reason", reason, "detail", text)
+		_ = st.Reject(code, text)
+		return
+	}
+	ctx, cancel := context.WithTimeout(st.Context(), p.timeout)
+	app, err := p.dialer.DialContext(ctx, "tcp", auth.String())
+	cancel()
+	if err != nil {
+		labels.ResponseFlags = metrics.FlagUpstreamFailure
+		p.env.Metrics.Failed(labels)
+		log.Info("hbone tunnel: application unreachable", "err", err)
+		_ = st.Reject(503, "destination unreachable")
+		return
+	}
+	if err := st.Accept(); err != nil {
+		_ = app.Close()
+		return
+	}
+	log.Debug("hbone tunnel accepted")
+	mc := p.env.Metrics.Open(labels)
+	defer mc.Close()
+	join(mc.Wrap(st, true), app)
+}
+
+// servePlaintext serves one plaintext connection sent to this pod.
+func (p *Pod) servePlaintext(c *net.TCPConn) {
+	dst, err := redirect.OriginalDst(c)
+	if err != nil {
+		p.log.Warn("inbound connection without original destination", "err", err)
+		reset(c)
+		return
+	}
+	snap := p.env.Config()
+	w := snap.Workload(p.cfg.Name)
+	srcIP := remoteIP(c)
+	labels := metrics.Labels{
+		Reporter:           metrics.ReporterDestination,
+		Source:             metrics.PeerOf(snap.WorkloadByIP(srcIP)),
+		Destination:        metrics.PeerOf(w),
+		DestinationService: metrics.Unknown,
+		Security:           metrics.SecurityNone,
+	}
+	// A plaintext source has no verified identity, whatever its address says.
+	labels.Source.Principal = metrics.Unknown
+	if code, reason, text := InboundCheck(snap, w, identity.SPIFFEID{}, dst.Port(), p.systemNamespace()); code != 0 {
+		p.deny(labels, reason)
+		p.log.Info("plaintext connection refused", "src", srcIP, "dst", dst, "reason", reason, "detail", text)
+		reset(c)
+		return
+	}
+	ctx, cancel := context.WithTimeout(p.ctx, p.timeout)
+	app, err := p.dialer.DialContext(ctx, "tcp", dst.String())
+	cancel()
+	if err != nil {
+		labels.ResponseFlags = metrics.FlagUpstreamFailure
+		p.env.Metrics.Failed(labels)
+		reset(c)
+		return
+	}
+	if !p.track(app) {
+		_ = app.Close()
+		reset(c)
+		return
+	}
+	defer p.untrack(app)
+	mc := p.env.Metrics.Open(labels)
+	defer mc.Close()
+	join(mc.Wrap(c, true), app)
+}
+
+func (p *Pod) deny(labels metrics.Labels, reason string) {
+	labels.ResponseFlags = metrics.FlagDenied
+	p.env.Metrics.Failed(labels)
+	p.env.Metrics.PolicyDenials.WithLabelValues("inbound", reason).Inc()
+}
+
+// sourceOf describes a tunnel's source for metrics: the workload at the
+// forwarded address if its identity is the peer's, else what the baggage
+// says, with the verified peer identity as principal.
+func sourceOf(snap *config.Snapshot, st *hbone.Stream, peer identity.SPIFFEID) metrics.Peer {
+	if ip, ok := ForwardedFor(st.Header()); ok {
+		if w := snap.WorkloadByIP(ip); w != nil && w.Identity == peer {
+			return metrics.PeerOf(w)
+		}
+	}
+	src := metrics.PeerOf(nil)
+	b := BaggageValues(st.Header())
+	if v := b[BaggageWorkload]; v != "" {
+		src.Workload = v
+	} else if v := b[BaggagePod]; v != "" {
+		src.Workload = v
+	}
+	if v := b[BaggageService]; v != "" {
+		src.CanonicalService = v
+	}
+	if v := b[BaggageServiceRevision]; v != "" {
+		src.CanonicalRevision = v
+	}
+	src.Namespace = peer.Namespace
+	src.Principal = peer.String()
+	return src
+}

@@ -1,0 +1,242 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ambit-mesh/ambit/pkg/hbone"
+	"github.com/ambit-mesh/ambit/pkg/identity"
+	"github.com/ambit-mesh/ambit/ztunnel/config"
+	"github.com/ambit-mesh/ambit/ztunnel/metrics"
+	"github.com/ambit-mesh/ambit/ztunnel/redirect"
+)
+
+// DefaultDialTimeout bounds an upstream dial (TCP, or TCP+TLS+CONNECT for a
+// tunnel) unless Env.DialTimeout says otherwise.
+const DefaultDialTimeout = 10 * time.Second
+
+// Env is what every pod's proxy shares.
+type Env struct {
+	// Config returns the current configuration snapshot. Required.
+	Config func() *config.Snapshot
+	// Certs holds the pods' certificates and the trust bundle. Required.
+	Certs *identity.Manager
+	// Metrics receives connection metrics. Required.
+	Metrics *metrics.Metrics
+	// SystemNamespace holds GLOBAL policies ("ambit-system" when empty).
+	SystemNamespace string
+	// DialTimeout bounds upstream dials; zero means DefaultDialTimeout.
+	DialTimeout time.Duration
+	// Logger; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// PodConfig says which pod a Pod serves.
+type PodConfig struct {
+	// Name is the pod's Workload name, "<namespace>/<pod>".
+	Name string
+	// IPs are the pod's addresses (the only valid HBONE authorities).
+	IPs []netip.Addr
+	// Identity is the pod's SPIFFE ID: its certificate for inbound HBONE
+	// and the source of its outbound tunnels.
+	Identity identity.SPIFFEID
+	// Netns is the pod's namespace, where upstream sockets are created.
+	Netns *redirect.Netns
+	// Listeners are the capture listeners opened in Netns; Pod serves them
+	// and closes them on Close.
+	Listeners *redirect.Listeners
+}
+
+// Pod serves one enrolled pod's listeners. Create it with StartPod.
+type Pod struct {
+	env    *Env
+	cfg    PodConfig
+	log    *slog.Logger
+	dialer *redirect.Dialer
+	tunnel *hbone.Dialer
+	server *hbone.Server
+	rr     atomic.Uint64
+	// timeout bounds upstream dials.
+	timeout time.Duration
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+	closed bool
+}
+
+// StartPod starts serving cfg.Listeners.
+func StartPod(env *Env, cfg PodConfig) *Pod {
+	log := env.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	timeout := env.DialTimeout
+	if timeout <= 0 {
+		timeout = DefaultDialTimeout
+	}
+	log = log.With("pod", cfg.Name)
+	p := &Pod{env: env, cfg: cfg, log: log, conns: map[net.Conn]struct{}{}}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	p.dialer = &redirect.Dialer{Netns: cfg.Netns, Timeout: timeout}
+	p.timeout = timeout
+	p.tunnel = &hbone.Dialer{
+		TLSConfig: func(src, dst identity.SPIFFEID) (*tls.Config, error) {
+			return identity.ClientConfig(env.Certs.Cert(src), env.Certs.Roots(), dst), nil
+		},
+		DialContext: p.dialer.DialContext,
+		Logger:      log,
+	}
+	p.server = &hbone.Server{
+		TLSConfig: identity.ServerConfig(env.Certs.Cert(cfg.Identity), env.Certs.Roots(), nil),
+		Handler:   p.serveHBONE,
+		Logger:    log,
+	}
+	p.wg.Add(3)
+	go func() {
+		defer p.wg.Done()
+		if err := p.server.Serve(cfg.Listeners.HBONE); err != nil && !errors.Is(err, hbone.ErrServerClosed) && p.ctx.Err() == nil {
+			log.Error("hbone listener failed", "err", err)
+		}
+	}()
+	go func() { defer p.wg.Done(); p.acceptLoop(cfg.Listeners.Outbound, "outbound", p.serveOutbound) }()
+	go func() { defer p.wg.Done(); p.acceptLoop(cfg.Listeners.Inbound, "inbound", p.servePlaintext) }()
+	return p
+}
+
+// Name is the pod's Workload name.
+func (p *Pod) Name() string { return p.cfg.Name }
+
+// Identity is the pod's SPIFFE ID.
+func (p *Pod) Identity() identity.SPIFFEID { return p.cfg.Identity }
+
+// Close stops serving: it closes the listeners, aborts the connections being
+// proxied, and waits for the accept loops.
+func (p *Pod) Close() error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	conns := p.conns
+	p.conns = nil
+	p.mu.Unlock()
+	p.cancel()
+	err := p.cfg.Listeners.Close()
+	_ = p.server.Close()
+	_ = p.tunnel.Close()
+	for c := range conns {
+		_ = c.Close()
+	}
+	p.wg.Wait()
+	return err
+}
+
+func (p *Pod) acceptLoop(ln net.Listener, what string, serve func(*net.TCPConn)) {
+	var delay time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if p.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Temporary failure (e.g. EMFILE): back off and go on.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			p.log.Warn("accept failed", "listener", what, "err", err, "retry", delay)
+			select {
+			case <-time.After(delay):
+				continue
+			case <-p.ctx.Done():
+				return
+			}
+		}
+		delay = 0
+		tc, ok := c.(*net.TCPConn)
+		if !ok {
+			_ = c.Close()
+			continue
+		}
+		if !p.track(tc) {
+			_ = tc.Close()
+			return
+		}
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			defer p.untrack(tc)
+			serve(tc)
+		}()
+	}
+}
+
+// track registers a connection to abort on Close; false when closed.
+func (p *Pod) track(c net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return false
+	}
+	p.conns[c] = struct{}{}
+	return true
+}
+
+func (p *Pod) untrack(c net.Conn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conns != nil {
+		delete(p.conns, c)
+	}
+}
+
+func (p *Pod) systemNamespace() string {
+	if p.env.SystemNamespace != "" {
+		return p.env.SystemNamespace
+	}
+	return "ambit-system"
+}
+
+// pick is the round-robin endpoint picker.
+func (p *Pod) pick(n int) int { return int(p.rr.Add(1) % uint64(n)) }
+
+// hasIP reports whether a is one of the pod's addresses.
+func (p *Pod) hasIP(a netip.Addr) bool {
+	a = a.Unmap()
+	for _, x := range p.cfg.IPs {
+		if x.Unmap() == a {
+			return true
+		}
+	}
+	return false
+}
+
+// reset closes c with an RST, so the application sees a refused
+// connection rather than an orderly end.
+func reset(c *net.TCPConn) {
+	_ = c.SetLinger(0)
+	_ = c.Close()
+}
+
+func remoteIP(c net.Conn) netip.Addr {
+	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return ta.AddrPort().Addr().Unmap()
+	}
+	return netip.Addr{}
+}
+
+// join copies both ways and closes both connections.
+func join(a, b net.Conn) {
+	_, _ = hbone.Join(a, b)
+	_ = a.Close()
+	_ = b.Close()
+}
