@@ -82,10 +82,25 @@ func listenerError(l *gwapiv1.Listener) error {
 		return fmt.Errorf("%w: port %d, want %d", ErrInvalidListener, l.Port, WaypointListenerPort)
 	case l.Name != "mesh":
 		return fmt.Errorf("%w: name %q, want mesh", ErrInvalidListener, l.Name)
-	case l.Hostname != nil || l.TLS != nil || l.AllowedRoutes != nil:
-		return fmt.Errorf("%w: hostname, tls and allowedRoutes are not supported", ErrInvalidListener)
+	case l.Hostname != nil || l.TLS != nil:
+		return fmt.Errorf("%w: hostname and tls are not supported", ErrInvalidListener)
+	case !defaultAllowedRoutes(l.AllowedRoutes):
+		return fmt.Errorf("%w: allowedRoutes other than the default (namespaces from Same, no kinds) are not supported", ErrInvalidListener)
 	}
 	return nil
+}
+
+// defaultAllowedRoutes accepts what the Gateway CRD defaults allowedRoutes
+// to ({namespaces: {from: Same}}), and its absence.
+func defaultAllowedRoutes(ar *gwapiv1.AllowedRoutes) bool {
+	if ar == nil {
+		return true
+	}
+	if len(ar.Kinds) > 0 {
+		return false
+	}
+	ns := ar.Namespaces
+	return ns == nil || (ns.Selector == nil && (ns.From == nil || *ns.From == gwapiv1.NamespacesFromSame))
 }
 
 // gateways finds the valid waypoints and whether each is ready (its Service,
