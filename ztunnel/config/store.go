@@ -69,7 +69,9 @@ func Build(ws []*Workload, ss []*Service, as []*configv1alpha1.Authorization) *S
 }
 
 // ParseWorkload validates a Workload resource, as the handler does.
-func ParseWorkload(w *configv1alpha1.Workload) (*Workload, error) { return parseWorkload(w.GetName(), w) }
+func ParseWorkload(w *configv1alpha1.Workload) (*Workload, error) {
+	return parseWorkload(w.GetName(), w)
+}
 
 // ParseService validates a Service resource, as the handler does.
 func ParseService(s *configv1alpha1.Service) (*Service, error) { return parseService(s.GetName(), s) }

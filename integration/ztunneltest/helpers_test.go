@@ -1,0 +1,264 @@
+//go:build netns
+
+package ztunneltest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
+	"github.com/ambit-mesh/ambit/controller/xdsserver"
+	"github.com/ambit-mesh/ambit/integration/netlab"
+	"github.com/ambit-mesh/ambit/pkg/identity"
+	"github.com/ambit-mesh/ambit/ztunnel/daemon"
+	"github.com/ambit-mesh/ambit/ztunnel/enroll"
+)
+
+const (
+	trustDomain = "cluster.local"
+	ns          = "shop"
+	echoPort    = 8080
+)
+
+func spiffe(sa string) string {
+	return identity.SPIFFEID{TrustDomain: trustDomain, Namespace: ns, ServiceAccount: sa}.String()
+}
+
+// xdsControl is an in-process controller xDS server.
+type xdsControl struct {
+	srv  *xdsserver.Server
+	g    *grpc.Server
+	addr string
+}
+
+func startXDS(t *testing.T) *xdsControl {
+	t.Helper()
+	s := xdsserver.New(nil)
+	g := grpc.NewServer()
+	s.Register(g)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = g.Serve(ln) }()
+	t.Cleanup(g.Stop)
+	return &xdsControl{srv: s, g: g, addr: ln.Addr().String()}
+}
+
+// ztunnel is one in-process ztunnel daemon.
+type ztunnel struct {
+	d      *daemon.Daemon
+	client *enroll.Client
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// ztunnelFiles are the on-disk state of one node's ztunnel, kept across restarts.
+type ztunnelFiles struct {
+	dir string
+}
+
+func (f ztunnelFiles) socket() string { return filepath.Join(f.dir, "ztunnel.sock") }
+
+func startZtunnel(t *testing.T, node string, xdsAddr string, files ztunnelFiles, ca *identity.Authority) *ztunnel {
+	t.Helper()
+	conn, err := grpc.NewClient(xdsAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	d, err := daemon.New(daemon.Config{
+		NodeName:      node,
+		XDSConn:       conn,
+		XDSStateFile:  filepath.Join(files.dir, "xds.pb"),
+		XDSMinBackoff: 20 * time.Millisecond,
+		XDSMaxBackoff: 200 * time.Millisecond,
+		Fetcher:       identity.AuthorityFetcher{Authority: ca},
+		Enroll:        enroll.Options{SocketPath: files.socket(), StateFile: filepath.Join(files.dir, "pods.json")},
+		ResyncWait:    3 * time.Second,
+		MetricsAddr:   "127.0.0.1:0",
+		AdminAddr:     "127.0.0.1:0",
+		DialTimeout:   3 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	z := &ztunnel{d: d, client: enroll.NewClient(files.socket()), cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(z.done)
+		if err := d.Run(ctx); err != nil {
+			t.Errorf("ztunnel %s: %v", node, err)
+		}
+	}()
+	t.Cleanup(z.stop)
+	return z
+}
+
+func (z *ztunnel) stop() {
+	z.cancel()
+	<-z.done
+}
+
+// enrol reports a lab pod to its ztunnel.
+func (z *ztunnel) enrol(t *testing.T, p *netlab.Pod) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Second)
+	defer cancel()
+	var err error
+	for ctx.Err() == nil {
+		_, err = z.client.AddPod(ctx, enroll.AddPodRequest{UID: "uid-" + p.Name, Namespace: ns, Name: p.Name,
+			NetnsPath: p.NetnsPath(), PodIPs: []string{p.IP.String()}})
+		if !errors.Is(err, enroll.ErrUnavailable) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("enrol %s: %v", p.Name, err)
+	}
+}
+
+// captured reports whether the ztunnel serves the pod's listeners.
+func (z *ztunnel) captured(name string) bool {
+	for _, p := range z.d.Dump(context.Background()).Pods {
+		if p.Pod.Name == name {
+			return p.Captured
+		}
+	}
+	return false
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// workload builds a Workload resource for a lab pod.
+func workload(p *netlab.Pod, node string, enrolled bool) *configv1alpha1.Workload {
+	return &configv1alpha1.Workload{
+		Name: ns + "/" + p.Name, Uid: "uid-" + p.Name, Namespace: ns, ServiceAccount: p.Name,
+		Identity: spiffe(p.Name), Node: node, Addresses: []string{p.IP.String()},
+		Enrolled: enrolled, Ready: true, MtlsMode: configv1alpha1.MTLSMode_MTLS_MODE_PERMISSIVE,
+		CanonicalName: p.Name, CanonicalRevision: "v1", WorkloadName: p.Name + "-deploy", TrustDomain: trustDomain,
+	}
+}
+
+// serveEcho runs an echo server on port inside a pod until the test ends.
+func serveEcho(t *testing.T, p *netlab.Pod, port int) {
+	t.Helper()
+	var ln net.Listener
+	if err := p.Do(func() (err error) { ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port)); return err }); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+				_, _ = io.Copy(c, c)
+				_ = c.(*net.TCPConn).CloseWrite()
+			}()
+		}
+	}()
+}
+
+// echo connects from inside a pod to dst, sends a message, half-closes and
+// expects the same bytes back followed by EOF.
+func echo(p *netlab.Pod, dst netip.AddrPort) error {
+	var c net.Conn
+	err := p.Do(func() (err error) {
+		c, err = net.DialTimeout("tcp", dst.String(), 3*time.Second)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("dial %s from %s: %w", dst, p.Name, err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	msg := bytes.Repeat([]byte("hello from "+p.Name+" "), 1000)
+	if _, err := c.Write(msg); err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+		return fmt.Errorf("close write: %w", err)
+	}
+	got, err := io.ReadAll(c)
+	if err != nil {
+		return fmt.Errorf("read: %w (after %d bytes)", err, len(got))
+	}
+	if !bytes.Equal(got, msg) {
+		return fmt.Errorf("echo from %s returned %d bytes, want %d", dst, len(got), len(msg))
+	}
+	return nil
+}
+
+// metricValue sums a metric's samples whose labels include every pair in want.
+func metricValue(t *testing.T, z *ztunnel, name string, want map[string]string) float64 {
+	t.Helper()
+	mfs, err := z.d.Metrics().Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	sample:
+		for _, m := range mf.GetMetric() {
+			have := map[string]string{}
+			for _, l := range m.GetLabel() {
+				have[l.GetName()] = l.GetValue()
+			}
+			for k, v := range want {
+				if have[k] != v {
+					continue sample
+				}
+			}
+			switch {
+			case m.GetCounter() != nil:
+				sum += m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				sum += m.GetGauge().GetValue()
+			}
+		}
+	}
+	return sum
+}
+
+func contains(s string, subs ...string) bool {
+	for _, sub := range subs {
+		if !strings.Contains(s, sub) {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,258 @@
+//go:build netns
+
+package ztunneltest
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/netip"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
+	"github.com/ambit-mesh/ambit/controller/translate"
+	"github.com/ambit-mesh/ambit/integration/internal/tier"
+	"github.com/ambit-mesh/ambit/integration/netlab"
+	"github.com/ambit-mesh/ambit/pkg/identity"
+)
+
+var vip = netip.MustParseAddr("10.250.255.10")
+
+// mesh is the hand-built configuration the test publishes and edits.
+type mesh struct {
+	x         *xdsControl
+	workloads map[string]*configv1alpha1.Workload
+	service   *configv1alpha1.Service
+	authz     []*configv1alpha1.Authorization
+}
+
+func (m *mesh) publish() {
+	out := &translate.Output{Services: []*configv1alpha1.Service{m.service}}
+	for _, n := range []string{"a", "b", "c", "u"} {
+		out.Workloads = append(out.Workloads, proto.Clone(m.workloads[n]).(*configv1alpha1.Workload))
+	}
+	// An always-present global policy that matches nothing keeps every
+	// resource type non-empty.
+	out.Authorizations = append([]*configv1alpha1.Authorization{{
+		Name: "ambit-system/noop", Namespace: "ambit-system",
+		Scope: configv1alpha1.Authorization_SCOPE_GLOBAL, Action: configv1alpha1.Authorization_ACTION_DENY,
+	}}, m.authz...)
+	m.x.srv.Publish(out)
+}
+
+// TestZtunnelEndToEnd drives two ztunnels through the whole L4 data path.
+func TestZtunnelEndToEnd(t *testing.T) {
+	tier.RequireRoot(t)
+	lab := netlab.New(t)
+	n0, err := lab.AddNode("node0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n1, err := lab.AddNode("node1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pods := map[string]*netlab.Pod{}
+	for name, n := range map[string]*netlab.Node{"a": n0, "c": n0, "u": n0, "b": n1} {
+		p, err := n.AddPod(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pods[name] = p
+	}
+	a, b, c, u := pods["a"], pods["b"], pods["c"], pods["u"]
+	serveEcho(t, b, echoPort)
+	bAddr := netip.AddrPortFrom(b.IP, echoPort)
+	vipAddr := netip.AddrPortFrom(vip, 80)
+
+	ca, err := identity.NewRootAuthority(trustDomain, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := startXDS(t)
+	m := &mesh{x: x, workloads: map[string]*configv1alpha1.Workload{
+		"a": workload(a, "node0", true),
+		"c": workload(c, "node0", true),
+		"u": workload(u, "node0", false),
+		"b": workload(b, "node1", true),
+	}}
+	m.service = &configv1alpha1.Service{
+		Name: ns + "/echo", Namespace: ns, Hostname: "echo.shop.svc.cluster.local", Vips: []string{vip.String()},
+		Ports: []*configv1alpha1.ServicePort{{Name: "tcp", Port: 80, TargetPort: echoPort}},
+		Endpoints: []*configv1alpha1.Endpoint{
+			{Workload: ns + "/b", Address: b.IP.String(), TargetPorts: map[uint32]uint32{80: echoPort}, Ready: true},
+			// An unready endpoint that does not exist: never picked.
+			{Workload: ns + "/gone", Address: "10.250.2.200", Ready: false},
+		},
+	}
+	m.publish()
+
+	files0, files1 := ztunnelFiles{dir: t.TempDir()}, ztunnelFiles{dir: t.TempDir()}
+	z0 := startZtunnel(t, "node0", x.addr, files0, ca)
+	z1 := startZtunnel(t, "node1", x.addr, files1, ca)
+	for _, p := range []*netlab.Pod{a, c, u} {
+		z0.enrol(t, p)
+	}
+	z1.enrol(t, b)
+	eventually(t, "pods captured", func() bool {
+		return z0.captured("a") && z0.captured("c") && z1.captured("b") && !z0.captured("u")
+	})
+	eventually(t, "ztunnels ready", func() bool { return z0.d.Ready() == nil && z1.d.Ready() == nil })
+
+	aID, bID := spiffe("a"), spiffe("b")
+	t.Run("pod to pod over HBONE", func(t *testing.T) {
+		if err := echo(a, bAddr); err != nil {
+			t.Fatal(err)
+		}
+		// The server side saw a tunnel whose verified peer is pod a.
+		if v := metricValue(t, z1, "istio_tcp_connections_opened_total", map[string]string{
+			"reporter": "destination", "source_principal": aID, "destination_principal": bID,
+			"source_workload": "a-deploy", "destination_workload": "b-deploy", "destination_workload_namespace": ns,
+			"connection_security_policy": "mutual_tls", "response_flags": "-", "request_protocol": "tcp",
+		}); v < 1 {
+			t.Errorf("destination ztunnel counted %v HBONE connections from a", v)
+		}
+		if v := metricValue(t, z0, "istio_tcp_received_bytes_total", map[string]string{
+			"reporter": "source", "source_principal": aID, "destination_principal": bID, "connection_security_policy": "mutual_tls",
+		}); v < 1000 {
+			t.Errorf("source ztunnel counted %v received bytes", v)
+		}
+	})
+
+	t.Run("service VIP", func(t *testing.T) {
+		for range 3 {
+			if err := echo(a, vipAddr); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Counted once ztunnel has seen both directions end.
+		eventually(t, "3 closed connections to the service", func() bool {
+			return metricValue(t, z0, "istio_tcp_connections_closed_total", map[string]string{
+				"reporter": "source", "destination_service": "echo.shop.svc.cluster.local", "destination_workload": "b-deploy",
+				"connection_security_policy": "mutual_tls",
+			}) >= 3
+		})
+	})
+
+	t.Run("plaintext from an unenrolled pod under PERMISSIVE", func(t *testing.T) {
+		if err := echo(u, bAddr); err != nil {
+			t.Fatal(err)
+		}
+		if v := metricValue(t, z1, "istio_tcp_connections_opened_total", map[string]string{
+			"reporter": "destination", "connection_security_policy": "none", "source_workload": "u-deploy",
+		}); v < 1 {
+			t.Errorf("destination ztunnel counted %v plaintext connections", v)
+		}
+	})
+
+	t.Run("authorization policy", func(t *testing.T) {
+		m.authz = []*configv1alpha1.Authorization{{
+			Name: ns + "/deny-a", Namespace: ns, Scope: configv1alpha1.Authorization_SCOPE_WORKLOAD_SELECTOR,
+			Action: configv1alpha1.Authorization_ACTION_DENY,
+			Rules:  []*configv1alpha1.AuthorizationRule{{From: []*configv1alpha1.AuthorizationRule_Source{{Principals: []string{aID}}}}},
+		}}
+		m.workloads["b"].AuthorizationPolicies = []string{ns + "/deny-a"}
+		m.publish()
+		eventually(t, "policy applied", func() bool { return echo(a, bAddr) != nil })
+		if err := echo(a, vipAddr); err == nil {
+			t.Error("a reached b through the service despite the DENY policy")
+		}
+		if err := echo(c, bAddr); err != nil {
+			t.Errorf("c was denied: %v", err)
+		}
+		if v := metricValue(t, z1, "ztunnel_connections_denied_total", map[string]string{"reason": "policy"}); v < 1 {
+			t.Errorf("denials counted: %v", v)
+		}
+		m.authz = nil
+		m.workloads["b"].AuthorizationPolicies = nil
+		m.publish()
+		eventually(t, "policy removed", func() bool { return echo(a, bAddr) == nil })
+	})
+
+	t.Run("STRICT refuses plaintext", func(t *testing.T) {
+		m.workloads["b"].MtlsMode = configv1alpha1.MTLSMode_MTLS_MODE_STRICT
+		m.publish()
+		eventually(t, "STRICT applied", func() bool { return echo(u, bAddr) != nil })
+		if err := echo(a, bAddr); err != nil {
+			t.Errorf("HBONE refused under STRICT: %v", err)
+		}
+		if v := metricValue(t, z1, "ztunnel_connections_denied_total", map[string]string{"reason": "strict"}); v < 1 {
+			t.Errorf("strict refusals counted: %v", v)
+		}
+		m.workloads["b"].MtlsMode = configv1alpha1.MTLSMode_MTLS_MODE_PERMISSIVE
+		m.publish()
+		eventually(t, "PERMISSIVE applied", func() bool { return echo(u, bAddr) == nil })
+	})
+
+	t.Run("unenrolling a pod stops capture without restart", func(t *testing.T) {
+		m.workloads["a"].Enrolled = false
+		m.publish()
+		eventually(t, "a released", func() bool { return !z0.captured("a") })
+		before := metricValue(t, z1, "istio_tcp_connections_opened_total", map[string]string{
+			"reporter": "destination", "connection_security_policy": "none", "source_workload": "a-deploy"})
+		if err := echo(a, bAddr); err != nil {
+			t.Fatal(err)
+		}
+		after := metricValue(t, z1, "istio_tcp_connections_opened_total", map[string]string{
+			"reporter": "destination", "connection_security_policy": "none", "source_workload": "a-deploy"})
+		if after != before+1 {
+			t.Errorf("a's connection should arrive as plaintext: %v -> %v", before, after)
+		}
+		m.workloads["a"].Enrolled = true
+		m.publish()
+		eventually(t, "a captured again", func() bool { return z0.captured("a") })
+		if err := echo(a, bAddr); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("metrics and admin over HTTP", func(t *testing.T) {
+		body := httpGet(t, "http://"+z1.d.HTTPAddr("metrics").String()+"/metrics")
+		if !contains(body, "istio_tcp_connections_opened_total{", `source_principal="`+aID+`"`, "ztunnel_enrolled_pods 1", "ztunnel_xds_connected 1") {
+			t.Errorf("metrics page lacks expected series:\n%s", body)
+		}
+		dump := httpGet(t, "http://"+z1.d.HTTPAddr("admin").String()+"/config_dump")
+		if !contains(dump, `"shop/b"`, `"echo.shop.svc.cluster.local"`, `"captured": true`, `"table": "inet ambit"`, bID) || contains(dump, "PRIVATE KEY") {
+			t.Errorf("config dump:\n%s", dump)
+		}
+	})
+
+	t.Run("restart resyncs pods and starts from persisted config", func(t *testing.T) {
+		z1.stop()
+		x.g.Stop()
+		// While ztunnel is away the rules stay: b is not reachable around the mesh.
+		if err := echo(u, bAddr); err == nil {
+			t.Error("plaintext reached b while its ztunnel was down")
+		}
+		z1b := startZtunnel(t, "node1", x.addr, files1, ca)
+		eventually(t, "b captured after restart", func() bool { return z1b.captured("b") && z1b.d.Ready() == nil })
+		if st := z1b.d.XDS().Status(); !st.FromDisk || st.Connected {
+			t.Errorf("xds status after restart without controller: %+v", st)
+		}
+		eventually(t, "a reaches b again", func() bool { return echo(a, bAddr) == nil })
+		if err := echo(c, vipAddr); err != nil {
+			t.Error(err)
+		}
+		if v := metricValue(t, z1b, "istio_tcp_connections_opened_total", map[string]string{
+			"reporter": "destination", "source_principal": spiffe("c"), "connection_security_policy": "mutual_tls"}); v < 1 {
+			t.Errorf("restarted ztunnel counted %v tunnels from c", v)
+		}
+	})
+}
+
+func httpGet(t *testing.T, url string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
