@@ -23,7 +23,7 @@ import (
 
 // reply is what a test server answers on every connection.
 type reply struct {
-	Server string         // the server's name
+	Server  string         // the server's name
 	OrigDst netip.AddrPort // OriginalDst of the accepted connection (invalid if it failed)
 	Remote  netip.AddrPort // the peer the server saw
 	Local   netip.AddrPort // the accepted socket's local address
