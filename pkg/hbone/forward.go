@@ -105,6 +105,12 @@ func Join(a, b net.Conn) (aToB, bToA error) {
 
 // copyHalf copies src to dst, then half-closes dst.
 func copyHalf(dst, src net.Conn) error {
+	if st, ok := src.(*Stream); ok {
+		if w := sinkFor(dst); w != nil {
+			st.setSink(w)
+			defer st.setSink(nil)
+		}
+	}
 	bp := copyBuffers.Get().(*[]byte)
 	// Hide ReadFrom/WriteTo so that io.CopyBuffer uses the large buffer.
 	_, err := io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *bp)

@@ -118,6 +118,28 @@ func (b *recvBuffer) Read(p []byte) int {
 	return n
 }
 
+// skip drops the first n unread bytes.
+func (b *recvBuffer) skip(n int) {
+	for n > 0 && b.n > 0 {
+		c := &b.chunks[0]
+		k := min(n, c.w-c.r)
+		c.r += k
+		b.n -= k
+		n -= k
+		if c.r == c.w {
+			if len(b.chunks) == 1 && b.pending {
+				break
+			}
+			putChunk(*c)
+			b.chunks[0] = chunk{}
+			b.chunks = b.chunks[1:]
+		}
+	}
+	if len(b.chunks) == 0 {
+		b.chunks = b.chunks[:0]
+	}
+}
+
 // free drops the unread bytes and releases the chunks, except one being
 // filled (abandon or commit, then free again, releases it).
 func (b *recvBuffer) free() {

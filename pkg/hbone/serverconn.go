@@ -351,8 +351,19 @@ func (sc *serverConn) processData(fh http2.FrameHeader, f *http2.DataFrame) erro
 		}
 	} else if n > 0 {
 		dst := st.recv.reserve(int(n))
+		// The stream's reader waits for data to copy to its sink: write
+		// the payload there directly, sparing the hand-off to the reader.
+		// The reserved chunk stays ours until commit or abandon.
+		sink := st.sink
+		if !st.sinkWaiting || st.recv.Len() > 0 {
+			sink = nil
+		}
 		sc.mu.Unlock()
 		_, err := io.ReadFull(sc.conn, dst)
+		written := 0
+		if err == nil && sink != nil {
+			written = sink.tryWrite(dst)
+		}
 		sc.mu.Lock()
 		if err != nil || st.reset {
 			st.recv.abandon()
@@ -367,6 +378,26 @@ func (sc *serverConn) processData(fh http2.FrameHeader, f *http2.DataFrame) erro
 			return sc.flushConnCredit(false)
 		}
 		st.recv.commit(int(n))
+		if written > 0 {
+			st.recv.skip(written)
+			streamIncr := st.inflow.consume(int64(written), streamUpdateThreshold)
+			connIncr := sc.inflow.consume(int64(written), connUpdateThreshold)
+			if written == int(n) && !fh.Flags.Has(http2.FlagDataEndStream) {
+				// Nothing for the reader to do.
+				sc.mu.Unlock()
+				if streamIncr > 0 || connIncr > 0 {
+					return sc.writeFrames(func(fr *http2.Framer) error { return writeWindowUpdates(fr, st.id, streamIncr, connIncr) })
+				}
+				return nil
+			}
+			if streamIncr > 0 || connIncr > 0 {
+				sc.mu.Unlock()
+				if err := sc.writeFrames(func(fr *http2.Framer) error { return writeWindowUpdates(fr, st.id, streamIncr, connIncr) }); err != nil {
+					return err
+				}
+				sc.mu.Lock()
+			}
+		}
 	}
 	if fh.Flags.Has(http2.FlagDataEndStream) {
 		st.remoteClosed = true

@@ -75,6 +75,11 @@ type Stream struct {
 	handlerDone  bool
 	uncounted    bool // no longer counted in sc.live
 	closeCalled  bool
+	// sink is where the stream's reader copies the bytes it reads (set by
+	// Join): while that reader waits in Read with nothing buffered
+	// (sinkWaiting), the read loop writes new DATA to sink itself.
+	sink        *rawWriter
+	sinkWaiting bool
 }
 
 func newStream(sc *serverConn, id uint32, authority netip.AddrPort, header http.Header) *Stream {
@@ -236,14 +241,34 @@ func (st *Stream) Read(p []byte) (int, error) {
 			sc.mu.Unlock()
 			return 0, io.EOF
 		}
+		st.sinkWaiting = st.sink != nil
 		sc.mu.Unlock()
+		var err error
 		select {
 		case <-st.readCh:
 		case <-st.abortCh:
 		case <-st.rd.wait():
-			return 0, os.ErrDeadlineExceeded
+			err = os.ErrDeadlineExceeded
+		}
+		if st.sink != nil {
+			sc.mu.Lock()
+			st.sinkWaiting = false
+			sc.mu.Unlock()
+		}
+		if err != nil {
+			return 0, err
 		}
 	}
+}
+
+// setSink declares that the bytes Read returns are written to w, and that
+// nothing else writes to w meanwhile; nil ends that.
+func (st *Stream) setSink(w *rawWriter) {
+	st.rmu.Lock()
+	defer st.rmu.Unlock()
+	st.sc.mu.Lock()
+	st.sink = w
+	st.sc.mu.Unlock()
 }
 
 func (st *Stream) wakeReader() {
