@@ -189,7 +189,9 @@ func (m *Metrics) Open(l Labels) *Conn {
 // Failed counts a connection that was opened and closed at once (refused or
 // failed), with l.ResponseFlags saying why.
 func (m *Metrics) Failed(l Labels) {
-	m.Open(l).Close()
+	vs := l.values()
+	m.opened.WithLabelValues(vs...).Inc()
+	m.closed.WithLabelValues(vs...).Inc()
 }
 
 // Close counts the connection closed.

@@ -1,0 +1,214 @@
+package proxy
+
+import (
+	"net/http"
+	"net/netip"
+	"testing"
+
+	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
+	"github.com/ambit-mesh/ambit/pkg/identity"
+	"github.com/ambit-mesh/ambit/ztunnel/config"
+)
+
+func sid(sa string) string { return "spiffe://cluster.local/ns/shop/sa/" + sa }
+
+func mustWorkload(t *testing.T, w *configv1alpha1.Workload) *config.Workload {
+	t.Helper()
+	pw, err := config.ParseWorkload(w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pw
+}
+
+func mustService(t *testing.T, s *configv1alpha1.Service) *config.Service {
+	t.Helper()
+	ps, err := config.ParseService(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ps
+}
+
+func testSnapshot(t *testing.T) *config.Snapshot {
+	wp := &configv1alpha1.WaypointRef{Gateway: "shop/wp", Address: "10.96.0.100", Identity: sid("wp")}
+	ws := []*config.Workload{
+		mustWorkload(t, &configv1alpha1.Workload{Name: "shop/web-1", Addresses: []string{"10.0.0.1"}, Identity: sid("web"), Enrolled: true}),
+		mustWorkload(t, &configv1alpha1.Workload{Name: "shop/web-2", Addresses: []string{"10.0.0.2"}, Identity: sid("web"), Enrolled: true}),
+		mustWorkload(t, &configv1alpha1.Workload{Name: "shop/legacy-1", Addresses: []string{"10.0.0.3"}, Identity: sid("legacy")}),
+		mustWorkload(t, &configv1alpha1.Workload{Name: "shop/behind-1", Addresses: []string{"10.0.0.4"}, Identity: sid("behind"), Enrolled: true, Waypoint: wp}),
+	}
+	ss := []*config.Service{
+		mustService(t, &configv1alpha1.Service{Name: "shop/web", Vips: []string{"10.96.0.1"},
+			Ports: []*configv1alpha1.ServicePort{{Port: 80, TargetPort: 8080}},
+			Endpoints: []*configv1alpha1.Endpoint{
+				{Workload: "shop/web-1", Address: "10.0.0.1", Ready: false},
+				{Workload: "shop/web-2", Address: "10.0.0.2", Ready: true},
+			}}),
+		mustService(t, &configv1alpha1.Service{Name: "shop/legacy", Vips: []string{"10.96.0.2"},
+			Ports:     []*configv1alpha1.ServicePort{{Port: 80, TargetPort: 9090}},
+			Endpoints: []*configv1alpha1.Endpoint{{Workload: "shop/legacy-1", Address: "10.0.0.3", Ready: true}}}),
+		mustService(t, &configv1alpha1.Service{Name: "shop/routed", Vips: []string{"10.96.0.3"}, Waypoint: wp,
+			Ports:     []*configv1alpha1.ServicePort{{Port: 80}},
+			Endpoints: []*configv1alpha1.Endpoint{{Workload: "shop/web-1", Address: "10.0.0.1", Ready: true}}}),
+		mustService(t, &configv1alpha1.Service{Name: "shop/down", Vips: []string{"10.96.0.4"},
+			Ports:     []*configv1alpha1.ServicePort{{Port: 80}},
+			Endpoints: []*configv1alpha1.Endpoint{{Workload: "shop/web-1", Address: "10.0.0.1", Ready: false}}}),
+		mustService(t, &configv1alpha1.Service{Name: "shop/behind", Vips: []string{"10.96.0.5"},
+			Ports:     []*configv1alpha1.ServicePort{{Port: 80, TargetPort: 8000}},
+			Endpoints: []*configv1alpha1.Endpoint{{Workload: "shop/behind-1", Address: "10.0.0.4", Ready: true}}}),
+	}
+	return config.Build(ws, ss, nil)
+}
+
+func TestDecide(t *testing.T) {
+	snap := testSnapshot(t)
+	ap := netip.MustParseAddrPort
+	tests := []struct {
+		name      string
+		dst       string
+		kind      Kind
+		address   string
+		authority string
+		identity  string
+		service   string
+		workload  string
+	}{
+		{"service to enrolled endpoint, unready skipped", "10.96.0.1:80", HBONE, "10.0.0.2:15008", "10.0.0.2:8080", sid("web"), "shop/web", "shop/web-2"},
+		{"service to unenrolled endpoint", "10.96.0.2:80", Plain, "10.0.0.3:9090", "", "", "shop/legacy", "shop/legacy-1"},
+		{"service with waypoint", "10.96.0.3:80", Waypoint, "10.96.0.100:15008", "10.96.0.3:80", sid("wp"), "shop/routed", ""},
+		{"service without ready endpoint", "10.96.0.4:80", NoEndpoint, "10.96.0.4:80", "", "", "shop/down", ""},
+		{"service endpoint behind a workload waypoint", "10.96.0.5:80", Waypoint, "10.96.0.100:15008", "10.0.0.4:8000", sid("wp"), "shop/behind", "shop/behind-1"},
+		{"VIP on unknown port passes through", "10.96.0.1:81", Passthrough, "10.96.0.1:81", "", "", "", ""},
+		{"enrolled pod", "10.0.0.1:8080", HBONE, "10.0.0.1:15008", "10.0.0.1:8080", sid("web"), "", "shop/web-1"},
+		{"unenrolled pod", "10.0.0.3:22", Plain, "10.0.0.3:22", "", "", "", "shop/legacy-1"},
+		{"pod behind waypoint", "10.0.0.4:8000", Waypoint, "10.96.0.100:15008", "10.0.0.4:8000", sid("wp"), "", "shop/behind-1"},
+		{"outside the mesh", "192.0.2.1:443", Passthrough, "192.0.2.1:443", "", "", "", ""},
+		{"IPv4-mapped destination", "[::ffff:10.0.0.1]:8080", HBONE, "10.0.0.1:15008", "10.0.0.1:8080", sid("web"), "", "shop/web-1"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := Decide(snap, ap(tc.dst), func(n int) int { return 0 })
+			if r.Kind != tc.kind || r.Address.String() != tc.address {
+				t.Fatalf("Decide(%s) = %v to %v, want %v to %v", tc.dst, r.Kind, r.Address, tc.kind, tc.address)
+			}
+			if tc.authority != "" && r.Authority.String() != tc.authority {
+				t.Errorf("authority %v, want %v", r.Authority, tc.authority)
+			}
+			if tc.identity != "" && r.Identity.String() != tc.identity {
+				t.Errorf("identity %v, want %v", r.Identity, tc.identity)
+			}
+			if tc.identity == "" && r.Identity != (identity.SPIFFEID{}) {
+				t.Errorf("unexpected identity %v", r.Identity)
+			}
+			if got := nameOf(r.Service); got != tc.service {
+				t.Errorf("service %q, want %q", got, tc.service)
+			}
+			if got := wname(r.Workload); got != tc.workload {
+				t.Errorf("workload %q, want %q", got, tc.workload)
+			}
+		})
+	}
+}
+
+func nameOf(s *config.Service) string {
+	if s == nil {
+		return ""
+	}
+	return s.Name
+}
+
+func wname(w *config.Workload) string {
+	if w == nil {
+		return ""
+	}
+	return w.Name
+}
+
+func TestEndpointSelection(t *testing.T) {
+	svc := mustService(t, &configv1alpha1.Service{Name: "shop/s", Vips: []string{"10.96.1.1"},
+		Ports: []*configv1alpha1.ServicePort{{Port: 80}},
+		Endpoints: []*configv1alpha1.Endpoint{
+			{Address: "10.0.1.1", Ready: true}, {Address: "10.0.1.2", Ready: false},
+			{Address: "10.0.1.3", Ready: true}, {Address: "10.0.1.4", Ready: false},
+		}})
+	ready := ReadyEndpoints(svc)
+	if len(ready) != 2 || ready[0].Address.String() != "10.0.1.1" || ready[1].Address.String() != "10.0.1.3" {
+		t.Fatalf("ReadyEndpoints = %+v", ready)
+	}
+	snap := config.Build(nil, []*config.Service{svc}, nil)
+	p := &Pod{}
+	seen := map[string]int{}
+	for range 10 {
+		r := Decide(snap, netip.MustParseAddrPort("10.96.1.1:80"), p.pick)
+		seen[r.Address.Addr().String()]++
+	}
+	if seen["10.0.1.1"] != 5 || seen["10.0.1.3"] != 5 || len(seen) != 2 {
+		t.Errorf("round robin spread %v", seen)
+	}
+	// A picker out of range falls back to the first.
+	if r := Decide(snap, netip.MustParseAddrPort("10.96.1.1:80"), func(int) int { return 7 }); r.Address.Addr().String() != "10.0.1.1" {
+		t.Errorf("bad picker gave %v", r.Address)
+	}
+}
+
+func TestInboundCheck(t *testing.T) {
+	wp := &configv1alpha1.WaypointRef{Gateway: "shop/wp", Address: "10.96.0.100", Identity: sid("wp")}
+	plainOK := mustWorkload(t, &configv1alpha1.Workload{Name: "shop/a", Identity: sid("a"), Enrolled: true})
+	strict := mustWorkload(t, &configv1alpha1.Workload{Name: "shop/s", Identity: sid("s"), Enrolled: true, MtlsMode: configv1alpha1.MTLSMode_MTLS_MODE_STRICT})
+	behind := mustWorkload(t, &configv1alpha1.Workload{Name: "shop/b", Identity: sid("b"), Enrolled: true, Waypoint: wp})
+	web, _ := identity.ParseSPIFFEID(sid("web"))
+	wpID, _ := identity.ParseSPIFFEID(sid("wp"))
+	snap := config.Build([]*config.Workload{plainOK, strict, behind}, nil, nil)
+	for _, tc := range []struct {
+		name   string
+		w      *config.Workload
+		peer   identity.SPIFFEID
+		code   int
+		reason string
+	}{
+		{"permissive plaintext", plainOK, identity.SPIFFEID{}, 0, ""},
+		{"strict plaintext", strict, identity.SPIFFEID{}, 403, DenyStrict},
+		{"strict mTLS", strict, web, 0, ""},
+		{"behind waypoint, direct", behind, web, 403, DenyWaypoint},
+		{"behind waypoint, from it", behind, wpID, 0, ""},
+		{"unknown workload", nil, web, 0, ""},
+	} {
+		code, reason, _ := InboundCheck(snap, tc.w, tc.peer, 80, "ambit-system")
+		if code != tc.code || reason != tc.reason {
+			t.Errorf("%s: InboundCheck = %d %q, want %d %q", tc.name, code, reason, tc.code, tc.reason)
+		}
+	}
+}
+
+func TestTunnelHeaders(t *testing.T) {
+	w := mustWorkload(t, &configv1alpha1.Workload{Name: "shop/web-1", Identity: sid("web"),
+		WorkloadName: "web", CanonicalName: "web-app", CanonicalRevision: "v2"})
+	h := tunnelHeader(w, netip.MustParseAddr("10.0.0.1"))
+	if got := h.Get("Forwarded"); got != "for=10.0.0.1" {
+		t.Errorf("forwarded %q", got)
+	}
+	b := BaggageValues(h)
+	want := map[string]string{BaggageNamespace: "shop", BaggagePod: "web-1", BaggageWorkload: "web", BaggageService: "web-app", BaggageServiceRevision: "v2"}
+	for k, v := range want {
+		if b[k] != v {
+			t.Errorf("baggage %s = %q, want %q (header %q)", k, b[k], v, h.Get("Baggage"))
+		}
+	}
+	h6 := tunnelHeader(nil, netip.MustParseAddr("fd00::1"))
+	if got := h6.Get("Forwarded"); got != `for="[fd00::1]"` {
+		t.Errorf("forwarded v6 %q", got)
+	}
+	for _, tc := range []struct {
+		v    string
+		want string
+	}{
+		{`for=10.0.0.1`, "10.0.0.1"}, {`for="[fd00::1]";proto=https`, "fd00::1"}, {`proto=http;For=10.1.1.1, for=10.2.2.2`, "10.1.1.1"},
+		{`for=unknown`, ""}, {``, ""},
+	} {
+		a, ok := ForwardedFor(http.Header{"Forwarded": {tc.v}})
+		if (tc.want == "" && ok) || (tc.want != "" && a.String() != tc.want) {
+			t.Errorf("ForwardedFor(%q) = %v %v, want %q", tc.v, a, ok, tc.want)
+		}
+	}
+}
