@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	cav1alpha1 "github.com/ambit-mesh/ambit/apis/ca/v1alpha1"
+	"github.com/ambit-mesh/ambit/controller/metrics"
 	"github.com/ambit-mesh/ambit/pkg/identity"
 )
 
@@ -140,7 +141,10 @@ func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
 // authenticates the caller, checks the request, authorizes the identity and
 // signs.
 func (s *Server) CreateCertificate(ctx context.Context, req *cav1alpha1.CreateCertificateRequest) (*cav1alpha1.CreateCertificateResponse, error) {
+	start := time.Now()
 	resp, caller, id, err := s.createCertificate(ctx, req)
+	metrics.CARequestSeconds.Observe(time.Since(start).Seconds())
+	metrics.CARequests.WithLabelValues(status.Code(err).String()).Inc()
 	if err != nil {
 		st := status.Convert(err)
 		level := slog.LevelInfo
@@ -171,7 +175,9 @@ func (s *Server) createCertificate(ctx context.Context, req *cav1alpha1.CreateCe
 	if err := s.authz.Authorize(ctx, caller, id); err != nil {
 		return nil, caller, id, asStatus(err, codes.PermissionDenied)
 	}
+	signStart := time.Now()
 	chain, err := s.authority.Sign(csr, id, validity)
+	metrics.CASignSeconds.Observe(time.Since(signStart).Seconds())
 	if err != nil {
 		if errors.Is(err, identity.ErrInvalidCSR) {
 			return nil, caller, id, status.Error(codes.InvalidArgument, err.Error())

@@ -10,9 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"sigs.k8s.io/controller-runtime/pkg/metrics"
-
+	"github.com/ambit-mesh/ambit/controller/metrics"
 	"github.com/ambit-mesh/ambit/controller/translate"
 )
 
@@ -29,21 +27,12 @@ type Publisher interface {
 // previous Output stays published.
 var ErrTranslatePanic = errors.New("translation panicked")
 
+// Metrics (controller/metrics): ambit_controller_translations_total and
+// ambit_controller_translate_duration_seconds.
 var (
-	translations = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "ambit_controller_translations_total",
-		Help: "Translations of the watched objects into data-plane configuration, by result (ok or panic).",
-	}, []string{"result"})
-	translateSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
-		Name:    "ambit_controller_translate_duration_seconds",
-		Help:    "Duration of one translation.",
-		Buckets: prometheus.ExponentialBuckets(0.0005, 4, 9),
-	})
+	translations     = metrics.Translations
+	translateSeconds = metrics.TranslateSeconds
 )
-
-func init() {
-	metrics.Registry.MustRegister(translations, translateSeconds)
-}
 
 // Pipeline translates and publishes. Create it with New; Run is safe for
 // concurrent use, though callers normally run it from one goroutine.
@@ -78,11 +67,11 @@ func (p *Pipeline) Run(ctx context.Context, in translate.Input) (*translate.Outp
 	out, err := p.safeTranslate(ctx, in)
 	translateSeconds.Observe(time.Since(start).Seconds())
 	if err != nil {
-		translations.WithLabelValues("panic").Inc()
+		translations.WithLabelValues(metrics.ResultPanic).Inc()
 		p.panics.Add(1)
 		return nil, err
 	}
-	translations.WithLabelValues("ok").Inc()
+	translations.WithLabelValues(metrics.ResultOK).Inc()
 	p.last.Store(out)
 	p.pub.Publish(out)
 	return out, nil

@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -15,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
+	"github.com/ambit-mesh/ambit/controller/metrics"
 	"github.com/ambit-mesh/ambit/controller/translate"
 )
 
@@ -36,7 +39,29 @@ type Server struct {
 	caches    map[cacheKey]*cachev3.LinearCache
 	published map[cacheKey]map[string]proto.Message // what each cache holds
 	latest    *translate.Output
-	streams   int
+	// publishedAt is when the latest Publish call started.
+	publishedAt time.Time
+	streams     int
+
+	// mmu guards the metrics state below; lock order: mu, then mmu.
+	mmu sync.Mutex
+	// changedAt is when the Publish that last changed a cache started.
+	changedAt map[cacheKey]time.Time
+	// byStream is the metrics state of each open stream.
+	byStream map[int64]*streamState
+}
+
+// streamState is what the metrics need to know about one stream.
+type streamState struct {
+	// kind is the node kind ("" until a request names the node).
+	kind string
+	// nodeID is the node's ID, from its first request.
+	nodeID string
+	// responded records the types that have had a response.
+	responded map[string]bool
+	// pending maps the nonce of a push caused by a Publish to the time that
+	// Publish started, until the client ACKs or NACKs it.
+	pending map[string]time.Time
 }
 
 type cacheKey struct{ typeURL, subset string }
@@ -51,27 +76,41 @@ func New(logger *slog.Logger) *Server {
 		log:       logger,
 		caches:    map[cacheKey]*cachev3.LinearCache{},
 		published: map[cacheKey]map[string]proto.Message{},
+		changedAt: map[cacheKey]time.Time{},
+		byStream:  map[int64]*streamState{},
 	}
 	cb := serverv3.CallbackFuncs{
-		DeltaStreamOpenFunc: func(context.Context, int64, string) error {
+		DeltaStreamOpenFunc: func(_ context.Context, id int64, _ string) error {
 			s.mu.Lock()
 			s.streams++
 			s.mu.Unlock()
+			s.mmu.Lock()
+			s.byStream[id] = &streamState{responded: map[string]bool{}, pending: map[string]time.Time{}}
+			s.mmu.Unlock()
 			return nil
 		},
 		DeltaStreamClosedFunc: func(id int64, node *corev3.Node) {
 			s.mu.Lock()
 			s.streams--
 			s.mu.Unlock()
+			s.mmu.Lock()
+			if st := s.byStream[id]; st != nil && st.kind != "" {
+				metrics.XDSConnections.WithLabelValues(st.kind).Dec()
+			}
+			delete(s.byStream, id)
+			s.mmu.Unlock()
 			s.log.Debug("xds stream closed", "stream", id, "node", node.GetId())
 		},
 		StreamDeltaRequestFunc: func(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
-			if d := req.GetErrorDetail(); d != nil {
+			d := req.GetErrorDetail()
+			if d != nil {
 				s.log.Warn("xds client rejected configuration", "stream", id, "node", req.GetNode().GetId(),
 					"type", req.GetTypeUrl(), "nonce", req.GetResponseNonce(), "err", d.GetMessage())
 			}
+			s.onRequest(id, req, d != nil)
 			return nil
 		},
+		StreamDeltaResponseFunc: s.onResponse,
 	}
 	s.ads = serverv3.NewServer(context.Background(), s, cb)
 	return s
@@ -93,12 +132,15 @@ func (s *Server) Streams() int {
 // differ from the previous Publish are sent. Safe for concurrent use; out must
 // not be modified afterwards.
 func (s *Server) Publish(out *translate.Output) {
+	start := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.latest = out
+	s.publishedAt = start
 	for key := range s.caches {
 		s.syncLocked(key)
 	}
+	metrics.XDSPublishSeconds.Observe(time.Since(start).Seconds())
 }
 
 // cacheFor returns the cache of a type and subset, creating and filling it
@@ -143,6 +185,73 @@ func (s *Server) syncLocked(key cacheKey) {
 		return
 	}
 	s.published[key] = want
+	s.mmu.Lock()
+	s.changedAt[key] = s.publishedAt
+	s.mmu.Unlock()
+}
+
+// onRequest records a stream's node kind (from its first request) and the
+// ACK or NACK of a push.
+func (s *Server) onRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest, nack bool) {
+	s.mmu.Lock()
+	defer s.mmu.Unlock()
+	st := s.byStream[id]
+	if st == nil {
+		return
+	}
+	if st.kind == "" && req.GetNode().GetId() != "" {
+		st.nodeID = req.GetNode().GetId()
+		kind, _, err := configv1alpha1.ParseNodeID(st.nodeID)
+		if err != nil {
+			kind = metrics.NodeKindInvalid
+		}
+		st.kind = kind
+		metrics.XDSConnections.WithLabelValues(kind).Inc()
+	}
+	nonce := req.GetResponseNonce()
+	if nonce == "" {
+		return
+	}
+	if nack {
+		metrics.XDSNacks.WithLabelValues(typeName(req.GetTypeUrl())).Inc()
+	} else if at, ok := st.pending[nonce]; ok {
+		metrics.XDSPushAckSeconds.Observe(time.Since(at).Seconds())
+	}
+	delete(st.pending, nonce)
+}
+
+// onResponse counts a push and, when it follows a Publish (not the first
+// response of its type on the stream), remembers when that Publish started
+// so the ACK can be timed.
+func (s *Server) onResponse(id int64, req *discoveryv3.DeltaDiscoveryRequest, resp *discoveryv3.DeltaDiscoveryResponse) {
+	typeURL := resp.GetTypeUrl()
+	metrics.XDSPushes.WithLabelValues(typeName(typeURL)).Inc()
+	s.mmu.Lock()
+	defer s.mmu.Unlock()
+	st := s.byStream[id]
+	if st == nil {
+		return
+	}
+	if !st.responded[typeURL] {
+		st.responded[typeURL] = true
+		return
+	}
+	nodeID := st.nodeID
+	if nodeID == "" {
+		nodeID = req.GetNode().GetId()
+	}
+	sub, err := subsetOf(nodeID, typeURL)
+	if err != nil {
+		return
+	}
+	if at, ok := s.changedAt[cacheKey{typeURL, sub}]; ok {
+		st.pending[resp.GetNonce()] = at
+	}
+}
+
+// typeName is the short name of a type URL ("Workload").
+func typeName(typeURL string) string {
+	return typeURL[strings.LastIndexByte(typeURL, '.')+1:]
 }
 
 // subset selects the resources of one cache from an Output.
