@@ -30,6 +30,7 @@ const (
 	DefaultAdminAddr       = "127.0.0.1:15000"
 	DefaultMetricsAddr     = ":15020"
 	DefaultReadyAddr       = ":15021"
+	DefaultSOCKS5Addr      = "127.0.0.1:15080"
 	// retryInterval is how often pods whose capture failed are retried.
 	retryInterval = 5 * time.Second
 )
@@ -60,6 +61,12 @@ type Config struct {
 	// AdminAddr, MetricsAddr and ReadyAddr are the HTTP listeners (admin
 	// config dump, Prometheus metrics, readiness); empty disables one.
 	AdminAddr, MetricsAddr, ReadyAddr string
+	// SOCKS5Addr is the explicit-mode SOCKS5 listener (e.g.
+	// "127.0.0.1:15080"); it serves only when SOCKS5Workload is set too.
+	SOCKS5Addr string
+	// SOCKS5Workload is the Workload ("<namespace>/<pod>") whose identity
+	// SOCKS5 clients act as.
+	SOCKS5Workload string
 	// DialTimeout bounds upstream dials; zero means proxy.DefaultDialTimeout.
 	DialTimeout time.Duration
 	// Logger; nil means slog.Default().
@@ -156,8 +163,8 @@ func (d *Daemon) Enroll() *enroll.Server { return d.enroll }
 // XDS is the xDS client.
 func (d *Daemon) XDS() *xds.Client { return d.xds }
 
-// HTTPAddr returns the bound address of an HTTP listener ("admin",
-// "metrics", "ready") once Run has opened it.
+// HTTPAddr returns the bound address of a listener ("admin", "metrics",
+// "ready", "socks5") once Run has opened it.
 func (d *Daemon) HTTPAddr(name string) net.Addr {
 	d.httpMu.Lock()
 	defer d.httpMu.Unlock()
@@ -193,10 +200,27 @@ func (d *Daemon) Run(ctx context.Context) error {
 		servers = append(servers, srv)
 		go func() { _ = srv.Serve(ln) }()
 	}
-	enrollLn, err := d.enroll.Listen()
-	if err != nil {
+	closeServers := func() {
 		for _, srv := range servers {
 			_ = srv.Close()
+		}
+	}
+	var socksLn net.Listener
+	if d.cfg.SOCKS5Addr != "" && d.cfg.SOCKS5Workload != "" {
+		var err error
+		if socksLn, err = net.Listen("tcp", d.cfg.SOCKS5Addr); err != nil {
+			closeServers()
+			return fmt.Errorf("socks5 listener: %w", err)
+		}
+		d.httpMu.Lock()
+		d.httpAddrs["socks5"] = socksLn.Addr()
+		d.httpMu.Unlock()
+	}
+	enrollLn, err := d.enroll.Listen()
+	if err != nil {
+		closeServers()
+		if socksLn != nil {
+			_ = socksLn.Close()
 		}
 		return fmt.Errorf("enrolment socket: %w", err)
 	}
@@ -218,12 +242,18 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 	})
 	run(func() { d.loop(ctx) })
+	if socksLn != nil {
+		s := proxy.NewSOCKS5(d.env, d.cfg.SOCKS5Workload, nil)
+		run(func() {
+			if err := s.Serve(ctx, socksLn); err != nil {
+				d.log.Error("socks5 listener failed", "err", err)
+			}
+		})
+	}
 	d.log.Info("ztunnel started", "node", d.cfg.NodeName)
 
 	<-ctx.Done()
-	for _, srv := range servers {
-		_ = srv.Close()
-	}
+	closeServers()
 	wg.Wait()
 	d.stopAll()
 	d.log.Info("ztunnel stopped", "node", d.cfg.NodeName)

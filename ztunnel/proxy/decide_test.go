@@ -137,10 +137,10 @@ func TestEndpointSelection(t *testing.T) {
 		t.Fatalf("ReadyEndpoints = %+v", ready)
 	}
 	snap := config.Build(nil, []*config.Service{svc}, nil)
-	p := &Pod{}
+	o := &Outbound{}
 	seen := map[string]int{}
 	for range 10 {
-		r := Decide(snap, netip.MustParseAddrPort("10.96.1.1:80"), p.pick)
+		r := Decide(snap, netip.MustParseAddrPort("10.96.1.1:80"), o.pick)
 		seen[r.Address.Addr().String()]++
 	}
 	if seen["10.0.1.1"] != 5 || seen["10.0.1.3"] != 5 || len(seen) != 2 {

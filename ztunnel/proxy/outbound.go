@@ -2,28 +2,74 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"log/slog"
 	"net"
+	"net/netip"
+	"sync/atomic"
+	"time"
 
 	"github.com/ambit-mesh/ambit/pkg/hbone"
+	"github.com/ambit-mesh/ambit/pkg/identity"
 	"github.com/ambit-mesh/ambit/ztunnel/metrics"
 	"github.com/ambit-mesh/ambit/ztunnel/redirect"
 )
 
-// serveOutbound forwards one connection the application made.
-func (p *Pod) serveOutbound(c *net.TCPConn) {
-	dst, err := redirect.OriginalDst(c)
-	if err != nil {
-		p.log.Warn("outbound connection without original destination", "err", err)
-		p.env.Metrics.OutboundErrors.WithLabelValues("no_original_dst").Inc()
-		reset(c)
-		return
-	}
-	snap := p.env.Config()
-	src := snap.Workload(p.cfg.Name)
-	route := Decide(snap, dst, p.pick)
-	srcIP := remoteIP(c)
+// Outbound forwards connections on behalf of one source workload: it routes
+// each destination with Decide and opens the upstream, a tunnel or a TCP
+// connection, through its dial function.
+type Outbound struct {
+	env     *Env
+	source  string
+	log     *slog.Logger
+	timeout time.Duration
+	dial    func(ctx context.Context, network, address string) (net.Conn, error)
+	tunnel  *hbone.Dialer
+	rr      atomic.Uint64
+	// ensureCert, if set, is called before a tunnel is opened for src.
+	ensureCert func(ctx context.Context, src identity.SPIFFEID) error
+}
 
+// NewOutbound returns an Outbound for the workload named source
+// ("<namespace>/<pod>") that opens every upstream socket with dial (nil
+// means a plain net.Dialer).
+func NewOutbound(env *Env, source string, dial func(ctx context.Context, network, address string) (net.Conn, error)) *Outbound {
+	log := env.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	if dial == nil {
+		dial = (&net.Dialer{}).DialContext
+	}
+	timeout := env.DialTimeout
+	if timeout <= 0 {
+		timeout = DefaultDialTimeout
+	}
+	o := &Outbound{env: env, source: source, log: log, timeout: timeout, dial: dial}
+	o.tunnel = &hbone.Dialer{
+		TLSConfig: func(src, dst identity.SPIFFEID) (*tls.Config, error) {
+			return identity.ClientConfig(env.Certs.Cert(src), env.Certs.Roots(), dst), nil
+		},
+		DialContext: dial,
+		Logger:      log,
+	}
+	return o
+}
+
+// Close closes the pooled tunnel connections.
+func (o *Outbound) Close() error { return o.tunnel.Close() }
+
+// pick is the round-robin endpoint picker.
+func (o *Outbound) pick(n int) int { return int(o.rr.Add(1) % uint64(n)) }
+
+// Open routes dst and opens the upstream for a connection whose
+// application source address is srcIP. It returns the upstream and the
+// metric labels of the connection; on failure it has counted the failure.
+func (o *Outbound) Open(ctx context.Context, dst netip.AddrPort, srcIP netip.Addr) (net.Conn, metrics.Labels, error) {
+	snap := o.env.Config()
+	src := snap.Workload(o.source)
+	route := Decide(snap, dst, o.pick)
 	labels := metrics.Labels{
 		Reporter:           metrics.ReporterSource,
 		Source:             metrics.PeerOf(src),
@@ -41,21 +87,26 @@ func (p *Pod) serveOutbound(c *net.TCPConn) {
 		labels.Security = metrics.SecurityMutualTLS
 		labels.Destination.Principal = route.Identity.String()
 	}
-	log := p.log.With("src", srcIP, "dst", dst, "route", route.Kind.String())
-
-	ctx, cancel := context.WithTimeout(p.ctx, p.timeout)
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
 	var upstream net.Conn
+	var err error
 	switch route.Kind {
 	case NoEndpoint:
 		err = errors.New("service has no ready endpoint")
 	case Passthrough, Plain:
-		upstream, err = p.dialer.DialContext(ctx, "tcp", route.Address.String())
+		upstream, err = o.dial(ctx, "tcp", route.Address.String())
 	case HBONE, Waypoint:
 		if src == nil || !src.HasIdentity() {
-			err = errors.New("source pod has no identity in the configuration")
+			err = errors.New("source workload has no identity in the configuration")
 			break
 		}
-		upstream, err = p.tunnel.Dial(ctx, hbone.Request{
+		if o.ensureCert != nil {
+			if err = o.ensureCert(ctx, src.Identity); err != nil {
+				break
+			}
+		}
+		upstream, err = o.tunnel.Dial(ctx, hbone.Request{
 			Source:      src.Identity,
 			Destination: route.Identity,
 			Address:     route.Address,
@@ -63,7 +114,6 @@ func (p *Pod) serveOutbound(c *net.TCPConn) {
 			Header:      tunnelHeader(src, srcIP),
 		})
 	}
-	cancel()
 	if err != nil {
 		labels.ResponseFlags = metrics.FlagUpstreamFailure
 		reason := "connect"
@@ -76,20 +126,36 @@ func (p *Pod) serveOutbound(c *net.TCPConn) {
 			labels.ResponseFlags = metrics.FlagDenied
 			reason = "denied"
 		}
-		p.env.Metrics.Failed(labels)
-		p.env.Metrics.OutboundErrors.WithLabelValues(reason).Inc()
-		log.Info("outbound connection failed", "upstream", route.Address, "err", err)
-		reset(c)
-		return
+		o.env.Metrics.Failed(labels)
+		o.env.Metrics.OutboundErrors.WithLabelValues(reason).Inc()
+		o.log.Info("outbound connection failed", "src", srcIP, "dst", dst, "route", route.Kind.String(), "upstream", route.Address, "err", err)
+		return nil, labels, err
 	}
-	if !p.track(upstream) {
-		_ = upstream.Close()
-		reset(c)
-		return
-	}
-	defer p.untrack(upstream)
-	log.Debug("outbound connection", "upstream", route.Address)
-	mc := p.env.Metrics.Open(labels)
+	o.log.Debug("outbound connection", "src", srcIP, "dst", dst, "route", route.Kind.String(), "upstream", route.Address)
+	return upstream, labels, nil
+}
+
+// Join copies between the client connection and the upstream Open
+// returned until both directions end, counting the bytes, then closes both.
+func (o *Outbound) Join(client, upstream net.Conn, labels metrics.Labels) {
+	mc := o.env.Metrics.Open(labels)
 	defer mc.Close()
-	join(mc.Wrap(c, true), upstream)
+	join(mc.Wrap(client, true), upstream)
+}
+
+// serveOutbound forwards one connection the pod's application made.
+func (p *Pod) serveOutbound(c *net.TCPConn) {
+	dst, err := redirect.OriginalDst(c)
+	if err != nil {
+		p.log.Warn("outbound connection without original destination", "err", err)
+		p.env.Metrics.OutboundErrors.WithLabelValues("no_original_dst").Inc()
+		reset(c)
+		return
+	}
+	up, labels, err := p.out.Open(p.ctx, dst, remoteIP(c))
+	if err != nil {
+		reset(c)
+		return
+	}
+	p.out.Join(c, up, labels)
 }

@@ -2,13 +2,11 @@ package proxy
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/ambit-mesh/ambit/pkg/hbone"
@@ -60,9 +58,8 @@ type Pod struct {
 	cfg    PodConfig
 	log    *slog.Logger
 	dialer *redirect.Dialer
-	tunnel *hbone.Dialer
+	out    *Outbound
 	server *hbone.Server
-	rr     atomic.Uint64
 	// timeout bounds upstream dials.
 	timeout time.Duration
 
@@ -90,13 +87,9 @@ func StartPod(env *Env, cfg PodConfig) *Pod {
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.dialer = &redirect.Dialer{Netns: cfg.Netns, Timeout: timeout}
 	p.timeout = timeout
-	p.tunnel = &hbone.Dialer{
-		TLSConfig: func(src, dst identity.SPIFFEID) (*tls.Config, error) {
-			return identity.ClientConfig(env.Certs.Cert(src), env.Certs.Roots(), dst), nil
-		},
-		DialContext: p.dialer.DialContext,
-		Logger:      log,
-	}
+	penv := *env
+	penv.Logger = log
+	p.out = NewOutbound(&penv, cfg.Name, p.dialer.DialContext)
 	p.server = &hbone.Server{
 		TLSConfig: identity.ServerConfig(env.Certs.Cert(cfg.Identity), env.Certs.Roots(), nil),
 		Handler:   p.serveHBONE,
@@ -135,7 +128,7 @@ func (p *Pod) Close() error {
 	p.cancel()
 	err := p.cfg.Listeners.Close()
 	_ = p.server.Close()
-	_ = p.tunnel.Close()
+	_ = p.out.Close()
 	for c := range conns {
 		_ = c.Close()
 	}
@@ -205,9 +198,6 @@ func (p *Pod) systemNamespace() string {
 	}
 	return "ambit-system"
 }
-
-// pick is the round-robin endpoint picker.
-func (p *Pod) pick(n int) int { return int(p.rr.Add(1) % uint64(n)) }
 
 // hasIP reports whether a is one of the pod's addresses.
 func (p *Pod) hasIP(a netip.Addr) bool {

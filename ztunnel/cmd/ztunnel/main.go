@@ -46,6 +46,8 @@ func run() error {
 	admin := fs.String("admin-address", daemon.DefaultAdminAddr, "admin listener (config dump); empty disables")
 	metricsAddr := fs.String("metrics-address", daemon.DefaultMetricsAddr, "Prometheus listener; empty disables")
 	ready := fs.String("ready-address", daemon.DefaultReadyAddr, "readiness listener; empty disables")
+	socksAddr := fs.String("socks5-address", daemon.DefaultSOCKS5Addr, "explicit-mode SOCKS5 listener, used with -socks5-workload")
+	socksWorkload := fs.String("socks5-workload", "", "workload (<namespace>/<pod>) whose identity SOCKS5 clients use; empty disables SOCKS5")
 	validity := fs.Duration("cert-validity", identity.DefaultCertLifetime, "workload certificate lifetime asked of the CA")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -97,6 +99,8 @@ func run() error {
 		AdminAddr:       *admin,
 		MetricsAddr:     *metricsAddr,
 		ReadyAddr:       *ready,
+		SOCKS5Addr:      *socksAddr,
+		SOCKS5Workload:  *socksWorkload,
 		Logger:          log,
 	})
 	if err != nil {
