@@ -4,6 +4,7 @@ package ztunneltest
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"net/netip"
@@ -16,6 +17,7 @@ import (
 	"github.com/ambit-mesh/ambit/controller/translate"
 	"github.com/ambit-mesh/ambit/integration/internal/tier"
 	"github.com/ambit-mesh/ambit/integration/netlab"
+	"github.com/ambit-mesh/ambit/pkg/hbone"
 	"github.com/ambit-mesh/ambit/pkg/identity"
 )
 
@@ -26,12 +28,13 @@ type mesh struct {
 	x         *xdsControl
 	workloads map[string]*configv1alpha1.Workload
 	service   *configv1alpha1.Service
+	extra     []*configv1alpha1.Service
 	authz     []*configv1alpha1.Authorization
 }
 
 func (m *mesh) publish() {
-	out := &translate.Output{Services: []*configv1alpha1.Service{m.service}}
-	for _, n := range []string{"a", "b", "c", "u"} {
+	out := &translate.Output{Services: append([]*configv1alpha1.Service{proto.Clone(m.service).(*configv1alpha1.Service)}, m.extra...)}
+	for _, n := range []string{"a", "b", "c", "u", "wp"} {
 		out.Workloads = append(out.Workloads, proto.Clone(m.workloads[n]).(*configv1alpha1.Workload))
 	}
 	// An always-present global policy that matches nothing keeps every
@@ -56,14 +59,14 @@ func TestZtunnelEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	pods := map[string]*netlab.Pod{}
-	for name, n := range map[string]*netlab.Node{"a": n0, "c": n0, "u": n0, "b": n1} {
+	for name, n := range map[string]*netlab.Node{"a": n0, "c": n0, "u": n0, "b": n1, "wp": n1} {
 		p, err := n.AddPod(name)
 		if err != nil {
 			t.Fatal(err)
 		}
 		pods[name] = p
 	}
-	a, b, c, u := pods["a"], pods["b"], pods["c"], pods["u"]
+	a, b, c, u, wp := pods["a"], pods["b"], pods["c"], pods["u"], pods["wp"]
 	serveEcho(t, b, echoPort)
 	bAddr := netip.AddrPortFrom(b.IP, echoPort)
 	vipAddr := netip.AddrPortFrom(vip, 80)
@@ -78,6 +81,7 @@ func TestZtunnelEndToEnd(t *testing.T) {
 		"c": workload(c, "node0", true),
 		"u": workload(u, "node0", false),
 		"b": workload(b, "node1", true),
+		"wp": workload(wp, "node1", false),
 	}}
 	m.service = &configv1alpha1.Service{
 		Name: ns + "/echo", Namespace: ns, Hostname: "echo.shop.svc.cluster.local", Vips: []string{vip.String()},
@@ -207,6 +211,49 @@ func TestZtunnelEndToEnd(t *testing.T) {
 		if err := echo(a, bAddr); err != nil {
 			t.Fatal(err)
 		}
+	})
+
+	t.Run("waypoint", func(t *testing.T) {
+		wpID, _ := identity.ParseSPIFFEID(spiffe("wp"))
+		bSID, _ := identity.ParseSPIFFEID(bID)
+		aSID, _ := identity.ParseSPIFFEID(aID)
+		fw := startFakeWaypoint(t, wp, ca, wpID, func(auth netip.AddrPort) (netip.AddrPort, identity.SPIFFEID) {
+			if auth == vipAddr {
+				return bAddr, bSID
+			}
+			return auth, bSID
+		})
+		ref := &configv1alpha1.WaypointRef{Gateway: ns + "/wp", Address: "10.250.255.20", Identity: wpID.String()}
+		m.extra = []*configv1alpha1.Service{{Name: ns + "/wp", Namespace: ns, Vips: []string{"10.250.255.20"},
+			Ports:     []*configv1alpha1.ServicePort{{Name: "mesh", Port: 15008, TargetPort: 15008}},
+			Endpoints: []*configv1alpha1.Endpoint{{Workload: ns + "/wp", Address: wp.IP.String(), Ready: true}}}}
+		m.service.Waypoint = ref
+		m.workloads["b"].Waypoint = ref
+		m.publish()
+		eventually(t, "service traffic through the waypoint", func() bool {
+			return echo(a, vipAddr) == nil && fw.saw(vipAddr.String()+" "+aID)
+		})
+		if err := echo(a, bAddr); err != nil {
+			t.Errorf("pod traffic through the waypoint: %v", err)
+		}
+		if !fw.saw(bAddr.String() + " " + aID) {
+			t.Error("the waypoint did not carry a's connection to b's address")
+		}
+		// b now accepts tunnels only from its waypoint.
+		if v := metricValue(t, z1, "istio_tcp_connections_opened_total", map[string]string{
+			"reporter": "destination", "source_principal": wpID.String(), "connection_security_policy": "mutual_tls"}); v < 2 {
+			t.Errorf("b counted %v tunnels from the waypoint", v)
+		}
+		err := dialHBONEFrom(t, u, ca, aSID, bSID, bAddr)
+		var se *hbone.StatusError
+		if !errors.As(err, &se) || se.Code != 403 {
+			t.Errorf("a tunnel that bypasses the waypoint: %v, want 403", err)
+		}
+		m.extra = nil
+		m.service.Waypoint = nil
+		m.workloads["b"].Waypoint = nil
+		m.publish()
+		eventually(t, "waypoint removed", func() bool { return dialHBONEFrom(t, u, ca, aSID, bSID, bAddr) == nil })
 	})
 
 	t.Run("metrics and admin over HTTP", func(t *testing.T) {

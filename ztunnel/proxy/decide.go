@@ -71,13 +71,15 @@ type Picker func(n int) int
 //	                  -> plain TCP to ip:port
 //	anything else     -> passthrough
 //
-// A VIP:port without a ready endpoint gives NoEndpoint. pick is called only
+// "The waypoint" is one of the ready endpoints of the waypoint's Service
+// when the configuration has it (see waypointAddress). A VIP:port without a
+// ready endpoint gives NoEndpoint. pick is called only
 // to choose among several ready endpoints.
 func Decide(snap *config.Snapshot, dst netip.AddrPort, pick Picker) Route {
 	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
 	if svc, port, ok := snap.ServiceByVIP(dst); ok {
 		if wp := svc.Waypoint; wp != nil {
-			return Route{Kind: Waypoint, Address: netip.AddrPortFrom(wp.Address, hbone.Port),
+			return Route{Kind: Waypoint, Address: waypointAddress(snap, wp, pick),
 				Authority: dst, Identity: wp.Identity, Service: svc}
 		}
 		eps := ReadyEndpoints(svc)
@@ -96,30 +98,53 @@ func Decide(snap *config.Snapshot, dst netip.AddrPort, pick Picker) Route {
 		if w == nil || !w.HasAddress(ep.Address) {
 			w = snap.WorkloadByIP(ep.Address)
 		}
-		r := toWorkload(w, netip.AddrPortFrom(ep.Address, ep.TargetPort(port)))
+		r := toWorkload(snap, w, netip.AddrPortFrom(ep.Address, ep.TargetPort(port)), pick)
 		r.Service = svc
 		return r
 	}
 	if w := snap.WorkloadByIP(dst.Addr()); w != nil {
-		return toWorkload(w, dst)
+		return toWorkload(snap, w, dst, pick)
 	}
 	return Route{Kind: Passthrough, Address: dst}
 }
 
 // toWorkload routes to a workload (nil: unknown, plain TCP) at dst.
-func toWorkload(w *config.Workload, dst netip.AddrPort) Route {
+func toWorkload(snap *config.Snapshot, w *config.Workload, dst netip.AddrPort, pick Picker) Route {
 	switch {
 	case w == nil:
 		return Route{Kind: Plain, Address: dst}
 	case !w.Enrolled() || !w.HasIdentity():
 		return Route{Kind: Plain, Address: dst, Workload: w}
 	case w.Waypoint != nil:
-		return Route{Kind: Waypoint, Address: netip.AddrPortFrom(w.Waypoint.Address, hbone.Port),
+		return Route{Kind: Waypoint, Address: waypointAddress(snap, w.Waypoint, pick),
 			Authority: dst, Identity: w.Waypoint.Identity, Workload: w}
 	default:
 		return Route{Kind: HBONE, Address: netip.AddrPortFrom(dst.Addr(), hbone.Port),
 			Authority: dst, Identity: w.Identity, Workload: w}
 	}
+}
+
+// waypointAddress is where HBONE to a waypoint goes. The waypoint's address
+// is its Service's VIP: when the configuration knows that Service, ztunnel
+// picks one of its ready endpoints itself (the VIP needs no kube-proxy);
+// otherwise it dials VIP:15008 and relies on the node's service routing.
+func waypointAddress(snap *config.Snapshot, wp *config.Waypoint, pick Picker) netip.AddrPort {
+	vip := netip.AddrPortFrom(wp.Address, hbone.Port)
+	svc, port, ok := snap.ServiceByVIP(vip)
+	if !ok {
+		return vip
+	}
+	eps := ReadyEndpoints(svc)
+	if len(eps) == 0 {
+		return vip
+	}
+	i := 0
+	if len(eps) > 1 && pick != nil {
+		if i = pick(len(eps)); i < 0 || i >= len(eps) {
+			i = 0
+		}
+	}
+	return netip.AddrPortFrom(eps[i].Address, eps[i].TargetPort(port))
 }
 
 // ReadyEndpoints returns the service's ready endpoints, in order.

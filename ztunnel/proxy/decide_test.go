@@ -37,6 +37,8 @@ func testSnapshot(t *testing.T) *config.Snapshot {
 		mustWorkload(t, &configv1alpha1.Workload{Name: "shop/web-2", Addresses: []string{"10.0.0.2"}, Identity: sid("web"), Enrolled: true}),
 		mustWorkload(t, &configv1alpha1.Workload{Name: "shop/legacy-1", Addresses: []string{"10.0.0.3"}, Identity: sid("legacy")}),
 		mustWorkload(t, &configv1alpha1.Workload{Name: "shop/behind-1", Addresses: []string{"10.0.0.4"}, Identity: sid("behind"), Enrolled: true, Waypoint: wp}),
+		mustWorkload(t, &configv1alpha1.Workload{Name: "shop/behind-2", Addresses: []string{"10.0.0.5"}, Identity: sid("behind"), Enrolled: true,
+			Waypoint: &configv1alpha1.WaypointRef{Gateway: "shop/wp", Address: "10.96.0.200", Identity: sid("wp")}}),
 	}
 	ss := []*config.Service{
 		mustService(t, &configv1alpha1.Service{Name: "shop/web", Vips: []string{"10.96.0.1"},
@@ -54,6 +56,8 @@ func testSnapshot(t *testing.T) *config.Snapshot {
 		mustService(t, &configv1alpha1.Service{Name: "shop/down", Vips: []string{"10.96.0.4"},
 			Ports:     []*configv1alpha1.ServicePort{{Port: 80}},
 			Endpoints: []*configv1alpha1.Endpoint{{Workload: "shop/web-1", Address: "10.0.0.1", Ready: false}}}),
+		mustService(t, &configv1alpha1.Service{Name: "shop/wp", Vips: []string{"10.96.0.200"}, Ports: []*configv1alpha1.ServicePort{{Port: 15008}},
+			Endpoints: []*configv1alpha1.Endpoint{{Workload: "shop/wp-1", Address: "10.0.0.200", Ready: true}}}),
 		mustService(t, &configv1alpha1.Service{Name: "shop/behind", Vips: []string{"10.96.0.5"},
 			Ports:     []*configv1alpha1.ServicePort{{Port: 80, TargetPort: 8000}},
 			Endpoints: []*configv1alpha1.Endpoint{{Workload: "shop/behind-1", Address: "10.0.0.4", Ready: true}}}),
@@ -83,6 +87,7 @@ func TestDecide(t *testing.T) {
 		{"enrolled pod", "10.0.0.1:8080", HBONE, "10.0.0.1:15008", "10.0.0.1:8080", sid("web"), "", "shop/web-1"},
 		{"unenrolled pod", "10.0.0.3:22", Plain, "10.0.0.3:22", "", "", "", "shop/legacy-1"},
 		{"pod behind waypoint", "10.0.0.4:8000", Waypoint, "10.96.0.100:15008", "10.0.0.4:8000", sid("wp"), "", "shop/behind-1"},
+		{"waypoint service resolved to its endpoint", "10.0.0.5:80", Waypoint, "10.0.0.200:15008", "10.0.0.5:80", sid("wp"), "", "shop/behind-2"},
 		{"outside the mesh", "192.0.2.1:443", Passthrough, "192.0.2.1:443", "", "", "", ""},
 		{"IPv4-mapped destination", "[::ffff:10.0.0.1]:8080", HBONE, "10.0.0.1:15008", "10.0.0.1:8080", sid("web"), "", "shop/web-1"},
 	}

@@ -1,0 +1,115 @@
+//go:build netns
+
+package ztunneltest
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+
+	"github.com/ambit-mesh/ambit/integration/netlab"
+	"github.com/ambit-mesh/ambit/pkg/hbone"
+	"github.com/ambit-mesh/ambit/pkg/identity"
+	"github.com/ambit-mesh/ambit/ztunnel/redirect"
+)
+
+// fakeWaypoint is a minimal L4 waypoint in a lab pod: it accepts HBONE on
+// 15008 with its own identity and forwards each tunnel over HBONE, as
+// itself, to the destination pod's ztunnel. Authorities that are a
+// service VIP are mapped with the resolve function.
+type fakeWaypoint struct {
+	mu   sync.Mutex
+	seen []string // "<authority> <peer>"
+}
+
+func startFakeWaypoint(t *testing.T, p *netlab.Pod, ca *identity.Authority, self identity.SPIFFEID,
+	resolve func(netip.AddrPort) (netip.AddrPort, identity.SPIFFEID)) *fakeWaypoint {
+	t.Helper()
+	mgr, err := identity.NewManager(identity.AuthorityFetcher{Authority: ca}, identity.ManagerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mgr.Add(t.Context(), self); err != nil {
+		t.Fatal(err)
+	}
+	ns, err := redirect.OpenNetns(p.NetnsPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	ln, err := ns.Listen(t.Context(), hbone.Port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dialer := &hbone.Dialer{
+		TLSConfig: func(src, dst identity.SPIFFEID) (*tls.Config, error) {
+			return identity.ClientConfig(mgr.Cert(src), mgr.Roots(), dst), nil
+		},
+		DialContext: ns.Dialer().DialContext,
+	}
+	fw := &fakeWaypoint{}
+	srv := &hbone.Server{TLSConfig: identity.ServerConfig(mgr.Cert(self), mgr.Roots(), nil), Handler: func(st *hbone.Stream) {
+		fw.mu.Lock()
+		fw.seen = append(fw.seen, st.Authority().String()+" "+st.Peer().String())
+		fw.mu.Unlock()
+		target, id := resolve(st.Authority())
+		up, err := dialer.Dial(st.Context(), hbone.Request{Source: self, Destination: id,
+			Address: netip.AddrPortFrom(target.Addr(), hbone.Port), Authority: target, Header: st.Header().Clone()})
+		if err != nil {
+			_ = st.Reject(503, err.Error())
+			return
+		}
+		if err := st.Accept(); err != nil {
+			up.Close()
+			return
+		}
+		_, _ = hbone.Join(st, up)
+		up.Close()
+	}}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Close(); dialer.Close() })
+	return fw
+}
+
+func (fw *fakeWaypoint) saw(entry string) bool {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	for _, s := range fw.seen {
+		if s == entry {
+			return true
+		}
+	}
+	return false
+}
+
+// dialHBONEFrom opens a tunnel from inside a lab pod with a certificate for
+// src, returning the Dial error.
+func dialHBONEFrom(t *testing.T, p *netlab.Pod, ca *identity.Authority, src, dst identity.SPIFFEID, authority netip.AddrPort) error {
+	t.Helper()
+	mgr, err := identity.NewManager(identity.AuthorityFetcher{Authority: ca}, identity.ManagerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mgr.Add(t.Context(), src); err != nil {
+		t.Fatal(err)
+	}
+	d := &hbone.Dialer{
+		TLSConfig: func(s, d identity.SPIFFEID) (*tls.Config, error) {
+			return identity.ClientConfig(mgr.Cert(s), mgr.Roots(), d), nil
+		},
+		DialContext: func(ctx context.Context, network, addr string) (c net.Conn, err error) {
+			err = p.Do(func() error { c, err = (&net.Dialer{}).DialContext(ctx, network, addr); return err })
+			return c, err
+		},
+	}
+	defer d.Close()
+	c, err := d.Dial(t.Context(), hbone.Request{Source: src, Destination: dst,
+		Address: netip.AddrPortFrom(authority.Addr(), hbone.Port), Authority: authority})
+	if err == nil {
+		c.Close()
+	}
+	return err
+}
