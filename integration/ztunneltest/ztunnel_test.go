@@ -77,10 +77,10 @@ func TestZtunnelEndToEnd(t *testing.T) {
 	}
 	x := startXDS(t)
 	m := &mesh{x: x, workloads: map[string]*configv1alpha1.Workload{
-		"a": workload(a, "node0", true),
-		"c": workload(c, "node0", true),
-		"u": workload(u, "node0", false),
-		"b": workload(b, "node1", true),
+		"a":  workload(a, "node0", true),
+		"c":  workload(c, "node0", true),
+		"u":  workload(u, "node0", false),
+		"b":  workload(b, "node1", true),
 		"wp": workload(wp, "node1", false),
 	}}
 	m.service = &configv1alpha1.Service{
