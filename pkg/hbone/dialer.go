@@ -144,9 +144,10 @@ func (d *Dialer) Dial(ctx context.Context, r Request) (*Conn, error) {
 	d.init()
 	key := poolKey{src: r.Source, dst: r.Destination, addr: r.Address}
 	var err error
+	var avoid *clientConn // the connection that refused the last attempt
 	for range maxDialAttempts {
 		var cc *clientConn
-		cc, err = d.getConn(ctx, key)
+		cc, err = d.getConn(ctx, key, avoid)
 		if err != nil {
 			return nil, err
 		}
@@ -159,6 +160,7 @@ func (d *Dialer) Dial(ctx context.Context, r Request) (*Conn, error) {
 		if !retry || ctx.Err() != nil {
 			break
 		}
+		avoid = cc
 		d.logger().Debug("hbone: retrying CONNECT on another connection", "address", r.Address.String(), "error", err.Error())
 	}
 	if ctx.Err() != nil {

@@ -31,9 +31,11 @@ type dialCall struct {
 	err  error
 }
 
-// getConn returns a connection with a stream slot reserved for the caller,
-// dialling a new one when every pooled connection is saturated.
-func (d *Dialer) getConn(ctx context.Context, key poolKey) (*clientConn, error) {
+// getConn returns a connection other than avoid with a stream slot reserved
+// for the caller, dialling a new one when every pooled connection is
+// saturated. (A server may refuse a stream on a connection the client
+// thinks has room: it counts a stream until its handler returns.)
+func (d *Dialer) getConn(ctx context.Context, key poolKey, avoid *clientConn) (*clientConn, error) {
 	for {
 		d.mu.Lock()
 		if d.closed {
@@ -47,7 +49,7 @@ func (d *Dialer) getConn(ctx context.Context, key poolKey) (*clientConn, error) 
 		}
 		p.prune(d)
 		for _, cc := range p.conns {
-			if cc.reserve() {
+			if cc != avoid && cc.reserve() {
 				d.mu.Unlock()
 				return cc, nil
 			}
