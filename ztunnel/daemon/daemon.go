@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -85,6 +86,7 @@ type Daemon struct {
 	env     *proxy.Env
 
 	resynced chan struct{}
+	captured atomic.Pointer[[]capturedPod]
 
 	mu       sync.Mutex // serialises enrolment decisions
 	pods     map[string]*podState
@@ -95,6 +97,9 @@ type Daemon struct {
 	httpMu    sync.Mutex
 	httpAddrs map[string]net.Addr
 }
+
+// capturedPod is what readiness needs to know of a captured pod.
+type capturedPod struct{ key, id string }
 
 // New validates cfg and builds a daemon; nothing runs until Run.
 func New(cfg Config) (*Daemon, error) {
@@ -309,11 +314,11 @@ func (d *Daemon) Ready() error {
 	for _, c := range d.certs.Snapshot().Identities {
 		valid[c.ID] = c.Valid
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for _, ps := range d.pods {
-		if ps.proxy != nil && !valid[ps.id.String()] {
-			return fmt.Errorf("no valid certificate for %s (pod %s)", ps.id, ps.pod.Key())
+	if cp := d.captured.Load(); cp != nil {
+		for _, p := range *cp {
+			if !valid[p.id] {
+				return fmt.Errorf("no valid certificate for %s (pod %s)", p.id, p.key)
+			}
 		}
 	}
 	return nil

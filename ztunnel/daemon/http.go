@@ -62,20 +62,20 @@ func (d *Daemon) UpdateHealthMetrics() {
 	}
 	d.metrics.Certificates.WithLabelValues("valid").Set(float64(valid))
 	d.metrics.Certificates.WithLabelValues("invalid").Set(float64(invalid))
-	d.mu.Lock()
-	d.updateGauges()
-	d.mu.Unlock()
 }
 
-// updateGauges sets the pod gauges; called with d.mu held.
+// updateGauges sets the pod gauges and the captured pods that readiness
+// checks (so neither a scrape nor a probe waits for d.mu); called with d.mu
+// held after every change.
 func (d *Daemon) updateGauges() {
-	n := 0
+	var captured []capturedPod
 	for _, ps := range d.pods {
 		if ps.proxy != nil {
-			n++
+			captured = append(captured, capturedPod{key: ps.pod.Key(), id: ps.id.String()})
 		}
 	}
-	d.metrics.EnrolledPods.Set(float64(n))
+	d.captured.Store(&captured)
+	d.metrics.EnrolledPods.Set(float64(len(captured)))
 	d.metrics.ReportedPods.Set(float64(len(d.pods)))
 }
 
