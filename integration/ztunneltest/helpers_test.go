@@ -91,6 +91,7 @@ func startZtunnel(t *testing.T, node string, xdsAddr string, files ztunnelFiles,
 		ResyncWait:    3 * time.Second,
 		MetricsAddr:   "127.0.0.1:0",
 		AdminAddr:     "127.0.0.1:0",
+		ReadyAddr:     "127.0.0.1:0",
 		DialTimeout:   3 * time.Second,
 	})
 	if err != nil {

@@ -19,6 +19,7 @@ import (
 	"github.com/ambit-mesh/ambit/integration/netlab"
 	"github.com/ambit-mesh/ambit/pkg/hbone"
 	"github.com/ambit-mesh/ambit/pkg/identity"
+	"github.com/ambit-mesh/ambit/ztunnel/redirect"
 )
 
 var vip = netip.MustParseAddr("10.250.255.10")
@@ -170,8 +171,23 @@ func TestZtunnelEndToEnd(t *testing.T) {
 		if v := metricValue(t, z1, "ztunnel_connections_denied_total", map[string]string{"reason": "policy"}); v < 1 {
 			t.Errorf("denials counted: %v", v)
 		}
-		m.authz = nil
+		// A namespace-wide ALLOW for c only: once an ALLOW applies, what it
+		// does not match is denied.
+		m.authz = []*configv1alpha1.Authorization{{
+			Name: ns + "/allow-c", Namespace: ns, Scope: configv1alpha1.Authorization_SCOPE_NAMESPACE,
+			Action: configv1alpha1.Authorization_ACTION_ALLOW,
+			Rules: []*configv1alpha1.AuthorizationRule{{
+				From: []*configv1alpha1.AuthorizationRule_Source{{Principals: []string{"*/sa/c"}}},
+				To:   []*configv1alpha1.AuthorizationRule_Operation{{Ports: []uint32{echoPort}}},
+			}},
+		}}
 		m.workloads["b"].AuthorizationPolicies = nil
+		m.publish()
+		eventually(t, "ALLOW applied", func() bool { return echo(a, bAddr) != nil && echo(c, bAddr) == nil })
+		if err := echo(u, bAddr); err == nil {
+			t.Error("plaintext (no principal) matched an ALLOW on principals")
+		}
+		m.authz = nil
 		m.publish()
 		eventually(t, "policy removed", func() bool { return echo(a, bAddr) == nil })
 	})
@@ -261,9 +277,37 @@ func TestZtunnelEndToEnd(t *testing.T) {
 		if !contains(body, "istio_tcp_connections_opened_total{", `source_principal="`+aID+`"`, "ztunnel_enrolled_pods 1", "ztunnel_xds_connected 1") {
 			t.Errorf("metrics page lacks expected series:\n%s", body)
 		}
+		if ready := httpGet(t, "http://"+z1.d.HTTPAddr("ready").String()+"/healthz/ready"); ready != "ready\n" {
+			t.Errorf("readiness: %q", ready)
+		}
 		dump := httpGet(t, "http://"+z1.d.HTTPAddr("admin").String()+"/config_dump")
 		if !contains(dump, `"shop/b"`, `"echo.shop.svc.cluster.local"`, `"captured": true`, `"table": "inet ambit"`, bID) || contains(dump, "PRIVATE KEY") {
 			t.Errorf("config dump:\n%s", dump)
+		}
+	})
+
+	t.Run("removing a pod uncaptures it", func(t *testing.T) {
+		if _, err := z0.client.RemovePod(t.Context(), "uid-c", ""); err != nil {
+			t.Fatal(err)
+		}
+		cns, err := redirect.OpenNetns(c.NetnsPath())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cns.Close()
+		if rules, err := redirect.Rules(t.Context(), cns); err != nil || rules.Installed {
+			t.Errorf("rules after removal: %+v, %v", rules, err)
+		}
+		if err := echo(c, bAddr); err != nil {
+			t.Fatal(err)
+		}
+		if v := metricValue(t, z1, "istio_tcp_connections_opened_total", map[string]string{
+			"reporter": "destination", "connection_security_policy": "none", "source_workload": "c-deploy"}); v != 1 {
+			t.Errorf("c's plaintext connections counted: %v", v)
+		}
+		z0.enrol(t, c)
+		if !z0.captured("c") {
+			t.Error("c not captured again")
 		}
 	})
 
