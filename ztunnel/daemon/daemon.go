@@ -143,7 +143,7 @@ func New(cfg Config) (*Daemon, error) {
 	}
 	eo := cfg.Enroll
 	eo.Hooks = enroll.HookFuncs{Add: d.onAdd, Remove: d.onRemove}
-	eo.Logger = log.With("component", "enroll")
+	eo.Logger = log // the enrolment server adds its own component attribute
 	d.enroll, err = enroll.NewServer(eo)
 	if err != nil {
 		return nil, err

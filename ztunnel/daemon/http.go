@@ -90,13 +90,28 @@ func b2f(b bool) float64 {
 type ConfigDump struct {
 	Node           string                     `json:"node"`
 	Ready          string                     `json:"ready"`
-	XDS            xds.Status                 `json:"xds"`
+	XDS            XDSDump                    `json:"xds"`
 	Workloads      map[string]json.RawMessage `json:"workloads"`
 	Services       map[string]json.RawMessage `json:"services"`
 	Authorizations map[string]json.RawMessage `json:"authorizations"`
 	Pods           []PodDump                  `json:"pods"`
 	Certificates   identity.ManagerSnapshot   `json:"certificates"`
 	Generation     uint64                     `json:"configGeneration"`
+}
+
+// XDSDump is the xDS client's status in the dump.
+type XDSDump struct {
+	Connected bool           `json:"connected"`
+	FromDisk  bool           `json:"fromDisk"`
+	LastError string         `json:"lastError,omitempty"`
+	Resources map[string]int `json:"resources"`
+	Acks      int            `json:"acks"`
+	Nacks     int            `json:"nacks"`
+}
+
+func xdsDump(st xds.Status) XDSDump {
+	return XDSDump{Connected: st.Connected, FromDisk: st.FromDisk, LastError: st.LastError,
+		Resources: st.Resources, Acks: st.Acks, Nacks: st.Nacks}
 }
 
 // PodDump is one reported pod in the dump.
@@ -114,7 +129,7 @@ func (d *Daemon) Dump(ctx context.Context) ConfigDump {
 	out := ConfigDump{
 		Node:           d.cfg.NodeName,
 		Ready:          "ready",
-		XDS:            d.xds.Status(),
+		XDS:            xdsDump(d.xds.Status()),
 		Workloads:      map[string]json.RawMessage{},
 		Services:       map[string]json.RawMessage{},
 		Authorizations: map[string]json.RawMessage{},
