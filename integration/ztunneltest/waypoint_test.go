@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/tls"
 	"net"
+	"net/http"
 	"net/netip"
 	"sync"
 	"testing"
@@ -21,8 +22,19 @@ import (
 // itself, to the destination pod's ztunnel. Authorities that are a
 // service VIP are mapped with the resolve function.
 type fakeWaypoint struct {
-	mu   sync.Mutex
-	seen []string // "<authority> <peer>"
+	mu      sync.Mutex
+	seen    []string // "<authority> <peer>"
+	headers []http.Header
+}
+
+// lastHeader returns the request headers of the last tunnel.
+func (fw *fakeWaypoint) lastHeader() http.Header {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	if len(fw.headers) == 0 {
+		return nil
+	}
+	return fw.headers[len(fw.headers)-1]
 }
 
 func startFakeWaypoint(t *testing.T, p *netlab.Pod, ca *identity.Authority, self identity.SPIFFEID,
@@ -54,6 +66,7 @@ func startFakeWaypoint(t *testing.T, p *netlab.Pod, ca *identity.Authority, self
 	srv := &hbone.Server{TLSConfig: identity.ServerConfig(mgr.Cert(self), mgr.Roots(), nil), Handler: func(st *hbone.Stream) {
 		fw.mu.Lock()
 		fw.seen = append(fw.seen, st.Authority().String()+" "+st.Peer().String())
+		fw.headers = append(fw.headers, st.Header().Clone())
 		fw.mu.Unlock()
 		target, id := resolve(st.Authority())
 		up, err := dialer.Dial(st.Context(), hbone.Request{Source: self, Destination: id,

@@ -255,6 +255,13 @@ func TestZtunnelEndToEnd(t *testing.T) {
 		if !fw.saw(bAddr.String() + " " + aID) {
 			t.Error("the waypoint did not carry a's connection to b's address")
 		}
+		h := fw.lastHeader()
+		if got := h.Get("Forwarded"); got != "for="+a.IP.String() {
+			t.Errorf("forwarded header %q", got)
+		}
+		if got := h.Get("Baggage"); !contains(got, "k8s.namespace.name=shop", "k8s.pod.name=a", "k8s.workload.name=a-deploy", "service.name=a") {
+			t.Errorf("baggage header %q", got)
+		}
 		// b now accepts tunnels only from its waypoint.
 		if v := metricValue(t, z1, "istio_tcp_connections_opened_total", map[string]string{
 			"reporter": "destination", "source_principal": wpID.String(), "connection_security_policy": "mutual_tls"}); v < 2 {
@@ -270,6 +277,47 @@ func TestZtunnelEndToEnd(t *testing.T) {
 		m.workloads["b"].Waypoint = nil
 		m.publish()
 		eventually(t, "waypoint removed", func() bool { return dialHBONEFrom(t, u, ca, aSID, bSID, bAddr) == nil })
+	})
+
+	t.Run("identity change recaptures the pod", func(t *testing.T) {
+		m.workloads["b"].ServiceAccount = "b2"
+		m.workloads["b"].Identity = spiffe("b2")
+		m.publish()
+		eventually(t, "b serves as b2", func() bool {
+			return echo(a, bAddr) == nil && metricValue(t, z1, "istio_tcp_connections_opened_total", map[string]string{
+				"reporter": "destination", "destination_principal": spiffe("b2"), "source_principal": aID}) >= 1
+		})
+		m.workloads["b"].ServiceAccount = "b"
+		m.workloads["b"].Identity = bID
+		m.publish()
+		eventually(t, "b serves as b again", func() bool {
+			for _, c := range z1.d.Certs().Snapshot().Identities {
+				if c.ID == spiffe("b2") {
+					return false
+				}
+			}
+			return echo(a, bAddr) == nil
+		})
+	})
+
+	t.Run("malformed configuration is rejected and the last good one kept", func(t *testing.T) {
+		nacks := z0.d.XDS().Status().Nacks
+		bad := proto.Clone(m.workloads["c"]).(*configv1alpha1.Workload)
+		bad.Addresses = []string{"not-an-ip"}
+		good := m.workloads["c"]
+		m.workloads["c"] = bad
+		m.publish()
+		eventually(t, "NACK", func() bool { return z0.d.XDS().Status().Nacks > nacks })
+		if err := echo(c, bAddr); err != nil {
+			t.Errorf("traffic with the last good configuration: %v", err)
+		}
+		if w := z0.d.Store().Snapshot().Workload(ns + "/c"); w == nil || len(w.Addresses) != 1 || w.Addresses[0] != c.IP {
+			t.Errorf("workload c after the NACK: %+v", w)
+		}
+		acks := z0.d.XDS().Status().Acks
+		m.workloads["c"] = good
+		m.publish()
+		eventually(t, "good config accepted again", func() bool { return z0.d.XDS().Status().Acks > acks })
 	})
 
 	t.Run("metrics and admin over HTTP", func(t *testing.T) {
