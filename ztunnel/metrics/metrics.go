@@ -219,6 +219,7 @@ type countingConn struct {
 	onRead, onWrite func(int)
 }
 
+// Read reads and counts.
 func (c *countingConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if n > 0 {
@@ -227,6 +228,7 @@ func (c *countingConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Write writes and counts.
 func (c *countingConn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
 	if n > 0 {

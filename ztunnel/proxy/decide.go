@@ -26,6 +26,7 @@ const (
 	NoEndpoint
 )
 
+// String names the kind for logs.
 func (k Kind) String() string {
 	switch k {
 	case Passthrough:
