@@ -2,6 +2,8 @@ package translate
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -37,6 +39,9 @@ type compiledRoute struct {
 type attachment struct {
 	route *compiledRoute
 	ports map[int32]bool
+	// parent is the index of the parentRef's RouteParentStatus in the
+	// route's status.
+	parent int
 }
 
 // attachedRoute is what serviceRoutes sees of an attachment.
@@ -97,6 +102,7 @@ func (b *builder) routes() {
 		}
 		b.status.GRPCRoutes[keyOf(r)] = b.attach(cr, r.Spec.ParentRefs)
 	}
+	b.kindConflicts()
 	for k, v := range b.status.HTTPRoutes {
 		if len(v) == 0 {
 			delete(b.status.HTTPRoutes, k)
@@ -211,12 +217,17 @@ func (b *builder) ruleTemplate(c ruleContext, filters []gwapiv1.HTTPRouteFilter,
 	}
 	if retry != nil {
 		r := &Retry{}
+		// The CRD's bounds (codes 400-599, attempts >= 1), for objects that
+		// did not pass the API server (local mode).
 		for _, code := range retry.Codes {
+			if code < 400 || code > 599 {
+				return nil, fmt.Errorf("%w: retry code %d is not within 400-599", ErrUnsupportedValue, code)
+			}
 			r.Codes = append(r.Codes, int32(code))
 		}
 		if retry.Attempts != nil {
-			if *retry.Attempts < 0 {
-				return nil, fmt.Errorf("%w: retry.attempts %d", ErrUnsupportedValue, *retry.Attempts)
+			if *retry.Attempts < 1 {
+				return nil, fmt.Errorf("%w: retry.attempts %d is less than 1", ErrUnsupportedValue, *retry.Attempts)
 			}
 			r.Attempts = int32(*retry.Attempts)
 		}
@@ -294,7 +305,7 @@ func (b *builder) attach(cr *compiledRoute, parents []gwapiv1.ParentReference) [
 					st.Conditions = append(st.Conditions, condition(string(gwapiv1.RouteConditionPartiallyInvalid), true,
 						string(gwapiv1.RouteReasonUnsupportedValue), "Dropped Rule(s): "+joinErrs(cr.dropped), gen))
 				}
-				b.attachments[k] = append(b.attachments[k], attachment{route: cr, ports: ports})
+				b.attachments[k] = append(b.attachments[k], attachment{route: cr, ports: ports, parent: len(out)})
 			}
 			if !meshService(svc) {
 				st.Conditions = append(st.Conditions, condition(ConditionResolvedWaypoints, false,
@@ -311,6 +322,60 @@ func (b *builder) attach(cr *compiledRoute, parents []gwapiv1.ParentReference) [
 		out = append(out, st)
 	}
 	return out
+}
+
+// kindConflicts settles HTTPRoutes and GRPCRoutes attached to one Service
+// port. Gateway API (GRPCRoute spec.hostnames) accepts exactly one of the two
+// kinds on a listener: the oldest route's, then the first by
+// "<namespace>/<name>"; in GAMMA a Service port plays the listener. Routes
+// of the other kind lose the port; a route that loses every port of a
+// parentRef is Accepted=False (Conflicted) for it.
+func (b *builder) kindConflicts() {
+	for _, svc := range sortedKeys(b.attachments) {
+		atts := b.attachments[svc]
+		winner := map[int32]*compiledRoute{}
+		for _, a := range atts {
+			for p := range a.ports {
+				if w := winner[p]; w == nil || olderFirst(a.route.obj, w.obj) < 0 {
+					winner[p] = a.route
+				}
+			}
+		}
+		kept := atts[:0]
+		for _, a := range atts {
+			var lostTo *compiledRoute
+			for _, p := range slices.Sorted(maps.Keys(a.ports)) {
+				if w := winner[p]; w.kind != a.route.kind {
+					delete(a.ports, p)
+					lostTo = w
+				}
+			}
+			if len(a.ports) > 0 {
+				kept = append(kept, a)
+				continue
+			}
+			statuses := b.status.HTTPRoutes[keyOf(a.route.obj)]
+			if a.route.kind == kindGRPCRoute {
+				statuses = b.status.GRPCRoutes[keyOf(a.route.obj)]
+			}
+			st := &statuses[a.parent]
+			gen := a.route.obj.GetGeneration()
+			conds := st.Conditions[:0]
+			for _, c := range st.Conditions {
+				switch c.Type {
+				case string(gwapiv1.RouteConditionAccepted):
+					c = condition(c.Type, false, ReasonConflicted, fmt.Sprintf(
+						"the older %s %s/%s is attached to the same port of Service %s; HTTPRoutes and GRPCRoutes cannot share a port",
+						lostTo.kind, lostTo.obj.GetNamespace(), lostTo.obj.GetName(), svc), gen)
+				case string(gwapiv1.RouteConditionPartiallyInvalid):
+					continue
+				}
+				conds = append(conds, c)
+			}
+			st.Conditions = conds
+		}
+		b.attachments[svc] = kept
+	}
 }
 
 // attachedRules are the routes attached to a Service port, each once.

@@ -268,7 +268,11 @@ func (b *builder) serviceRoutes(svc *corev1.Service, p corev1.ServicePort, ws *w
 			sr.Rules = http
 		}
 	case configv1alpha1.ServiceRoutes_PROTOCOL_HTTP:
+		// GRPCRoute rules are path matches an HTTP port serves as well.
 		sr.Rules = http
+		if len(http) == 0 {
+			sr.Rules = grpc
+		}
 	}
 	for _, r := range attached {
 		if len(sr.Rules) > 0 && slices.Contains(sr.Rules, r.rules[0]) {
