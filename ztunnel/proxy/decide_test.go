@@ -178,6 +178,7 @@ func TestInboundCheck(t *testing.T) {
 		{"behind waypoint, direct", behind, web, 403, DenyWaypoint},
 		{"behind waypoint, from it", behind, wpID, 0, ""},
 		{"unknown workload", nil, web, 0, ""},
+		{"unknown workload, plaintext", nil, identity.SPIFFEID{}, 403, DenyStrict},
 	} {
 		code, reason, _ := InboundCheck(snap, tc.w, tc.peer, 80, "ambit-system")
 		if code != tc.code || reason != tc.reason {

@@ -24,12 +24,18 @@ const (
 // InboundCheck is the authorization of an inbound connection to workload
 // dst (nil when the configuration does not know it) from peer (zero for
 // plaintext) on port: it returns the HTTP status to answer (0 to allow),
-// the reason label, and a short text.
+// the reason label, and a short text. Plaintext to an unknown workload is
+// refused (its mTLS mode is unknown); a tunnel to one is allowed.
 func InboundCheck(snap *config.Snapshot, dst *config.Workload, peer identity.SPIFFEID, port uint16, systemNamespace string) (code int, reason, text string) {
+	plaintext := peer == identity.SPIFFEID{}
 	if dst == nil {
+		// The configuration no longer knows the pod (it is going away):
+		// fail closed for plaintext, whose mTLS mode cannot be known.
+		if plaintext {
+			return 403, DenyStrict, "plaintext refused: workload unknown to the configuration"
+		}
 		return 0, "", "unknown workload: no policy"
 	}
-	plaintext := peer == identity.SPIFFEID{}
 	if plaintext && dst.Strict() {
 		return 403, DenyStrict, "plaintext refused: mTLS mode is STRICT"
 	}
