@@ -101,21 +101,21 @@ func (b *recvBuffer) Read(p []byte) int {
 		n += k
 		p = p[k:]
 		if c.r == c.w {
-			if len(b.chunks) == 1 {
-				if b.pending {
-					break // being filled: keep it
-				}
-				putChunk(*c)
-				b.chunks[0] = chunk{}
-				b.chunks = b.chunks[:0]
-				break
+			if len(b.chunks) == 1 && b.pending {
+				break // being filled: keep it
 			}
-			putChunk(*c)
-			b.chunks[0] = chunk{}
-			b.chunks = b.chunks[1:]
+			b.popHead()
 		}
 	}
 	return n
+}
+
+// popHead releases the first chunk, keeping the list's capacity.
+func (b *recvBuffer) popHead() {
+	putChunk(b.chunks[0])
+	k := copy(b.chunks, b.chunks[1:])
+	b.chunks[k] = chunk{}
+	b.chunks = b.chunks[:k]
 }
 
 // skip drops the first n unread bytes.
@@ -130,13 +130,8 @@ func (b *recvBuffer) skip(n int) {
 			if len(b.chunks) == 1 && b.pending {
 				break
 			}
-			putChunk(*c)
-			b.chunks[0] = chunk{}
-			b.chunks = b.chunks[1:]
+			b.popHead()
 		}
-	}
-	if len(b.chunks) == 0 {
-		b.chunks = b.chunks[:0]
 	}
 }
 
@@ -148,18 +143,13 @@ func (b *recvBuffer) free() {
 		keep = 1
 	}
 	for len(b.chunks) > keep {
-		putChunk(b.chunks[0])
-		b.chunks[0] = chunk{}
-		b.chunks = b.chunks[1:]
+		b.popHead()
 	}
 	if keep == 1 {
 		t := &b.chunks[0]
 		t.r = t.w
 	}
 	b.n = 0
-	if len(b.chunks) == 0 {
-		b.chunks = nil
-	}
 }
 
 // readFrameOrData reads the next frame, except the payload of an unpadded
