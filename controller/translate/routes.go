@@ -308,8 +308,12 @@ func (b *builder) attach(cr *compiledRoute, parents []gwapiv1.ParentReference) [
 				b.attachments[k] = append(b.attachments[k], attachment{route: cr, ports: ports, parent: len(out)})
 			}
 			if !meshService(svc) {
+				msg := "parent not found"
+				if svc != nil {
+					msg = "the parent Service has no cluster IP"
+				}
 				st.Conditions = append(st.Conditions, condition(ConditionResolvedWaypoints, false,
-					string(gwapiv1.RouteReasonNoMatchingParent), "parent not found", gen))
+					string(gwapiv1.RouteReasonNoMatchingParent), msg, gen))
 			} else if _, _, werr := b.waypointFor(k.Namespace, labelOf(svc, LabelUseWaypoint)); werr != nil {
 				st.Conditions = append(st.Conditions, condition(ConditionResolvedWaypoints, false, ReasonNoWaypoint,
 					"the rules apply only at a waypoint: "+werr.Error(), gen))
