@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"testing"
@@ -285,6 +286,20 @@ func TestZtunnelEndToEnd(t *testing.T) {
 	})
 
 	t.Run("identity change recaptures the pod", func(t *testing.T) {
+		// A connection open across the change drains: it keeps working.
+		var long net.Conn
+		if err := a.Do(func() (err error) { long, err = net.DialTimeout("tcp", bAddr.String(), 3*time.Second); return err }); err != nil {
+			t.Fatal(err)
+		}
+		defer long.Close()
+		_ = long.SetDeadline(time.Now().Add(10 * time.Second))
+		buf := make([]byte, 5)
+		if _, err := long.Write([]byte("first")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(long, buf); err != nil || string(buf) != "first" {
+			t.Fatalf("long-lived connection: %q %v", buf, err)
+		}
 		m.workloads["b"].ServiceAccount = "b2"
 		m.workloads["b"].Identity = spiffe("b2")
 		m.publish()
@@ -292,6 +307,15 @@ func TestZtunnelEndToEnd(t *testing.T) {
 			return echo(a, bAddr) == nil && metricValue(t, z1, "istio_tcp_connections_opened_total", map[string]string{
 				"reporter": "destination", "destination_principal": spiffe("b2"), "source_principal": aID}) >= 1
 		})
+		if _, err := long.Write([]byte("after")); err != nil {
+			t.Fatalf("write after the change: %v", err)
+		}
+		if err := long.(*net.TCPConn).CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		if rest, err := io.ReadAll(long); err != nil || string(rest) != "after" {
+			t.Errorf("connection across the identity change: %q %v", rest, err)
+		}
 		m.workloads["b"].ServiceAccount = "b"
 		m.workloads["b"].Identity = bID
 		m.publish()

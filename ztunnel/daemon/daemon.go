@@ -32,6 +32,7 @@ const (
 	DefaultMetricsAddr     = ":15020"
 	DefaultReadyAddr       = ":15021"
 	DefaultSOCKS5Addr      = "127.0.0.1:15080"
+	DefaultDrainTimeout    = 30 * time.Second
 	// retryInterval is how often pods whose capture failed are retried.
 	retryInterval = 5 * time.Second
 )
@@ -68,6 +69,11 @@ type Config struct {
 	// SOCKS5Workload is the Workload ("<namespace>/<pod>") whose identity
 	// SOCKS5 clients act as.
 	SOCKS5Workload string
+	// DrainTimeout bounds how long the connections of a pod whose identity
+	// changed may go on with the old one; zero means DefaultDrainTimeout.
+	// The connections of a pod that leaves the mesh, and all connections at
+	// shutdown, are closed at once.
+	DrainTimeout time.Duration
 	// DialTimeout bounds upstream dials; zero means proxy.DefaultDialTimeout.
 	DialTimeout time.Duration
 	// Logger; nil means slog.Default().
@@ -91,6 +97,8 @@ type Daemon struct {
 	mu       sync.Mutex // serialises enrolment decisions
 	pods     map[string]*podState
 	idRefs   map[identity.SPIFFEID]int
+	draining map[*proxy.Pod]struct{}
+	drainWG  sync.WaitGroup
 	runCtx   context.Context
 	stopping bool
 
@@ -112,6 +120,9 @@ func New(cfg Config) (*Daemon, error) {
 	if cfg.SystemNamespace == "" {
 		cfg.SystemNamespace = DefaultSystemNamespace
 	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = DefaultDrainTimeout
+	}
 	if cfg.ResyncWait <= 0 {
 		cfg.ResyncWait = DefaultResyncWait
 	}
@@ -120,7 +131,7 @@ func New(cfg Config) (*Daemon, error) {
 		log = slog.Default()
 	}
 	d := &Daemon{cfg: cfg, log: log, metrics: metrics.New(), resynced: make(chan struct{}),
-		pods: map[string]*podState{}, idRefs: map[identity.SPIFFEID]int{}, httpAddrs: map[string]net.Addr{}}
+		pods: map[string]*podState{}, idRefs: map[identity.SPIFFEID]int{}, draining: map[*proxy.Pod]struct{}{}, httpAddrs: map[string]net.Addr{}}
 	d.store = config.NewStore(log.With("component", "config"))
 	xc, err := xds.New(xds.Config{
 		Conn:       cfg.XDSConn,
@@ -261,6 +272,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	closeServers()
 	wg.Wait()
 	d.stopAll()
+	d.drainWG.Wait()
 	d.log.Info("ztunnel stopped", "node", d.cfg.NodeName)
 	return nil
 }

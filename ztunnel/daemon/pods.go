@@ -46,7 +46,7 @@ func (d *Daemon) onAdd(ctx context.Context, pod enroll.Pod) error {
 	ps := d.pods[pod.UID]
 	if ps == nil || !ps.pod.Equal(pod) {
 		if ps != nil {
-			d.release(ctx, ps, true)
+			_ = d.release(ctx, ps, true, false)
 		}
 		ps = &podState{pod: pod}
 		d.pods[pod.UID] = ps
@@ -68,7 +68,7 @@ func (d *Daemon) onRemove(ctx context.Context, pod enroll.Pod) error {
 		return nil
 	}
 	delete(d.pods, pod.UID)
-	err := d.release(ctx, ps, true)
+	err := d.release(ctx, ps, true, false)
 	d.updateGauges()
 	return err
 }
@@ -117,12 +117,14 @@ func (d *Daemon) reconcile(ctx context.Context, ps *podState, snap *config.Snaps
 		return nil
 	case want && ps.proxy != nil:
 		d.log.Info("pod identity changed; capturing again", "pod", ps.pod.Key(), "old", ps.id.String(), "new", w.Identity.String())
-		d.release(ctx, ps, false)
+		_ = d.release(ctx, ps, false, true)
 		err = d.capture(ctx, ps, w)
 	case want:
 		err = d.capture(ctx, ps, w)
 	case ps.proxy != nil || !ps.released:
-		err = d.release(ctx, ps, true)
+		// No drain: removing the nat rules ends the redirection of the
+		// pod's established connections too, so they cannot go on.
+		err = d.release(ctx, ps, true, false)
 		if err == nil {
 			ps.released = true
 			d.log.Info("pod not enrolled in the configuration; traffic not captured", "pod", ps.pod.Key())
@@ -187,9 +189,13 @@ func (d *Daemon) capture(ctx context.Context, ps *podState, w *config.Workload) 
 }
 
 // release stops serving a pod; with removeRules it also deletes the capture
-// rules (first, so that no new connection goes to a closing listener). A pod
-// that is not captured only gets its rules removed.
-func (d *Daemon) release(ctx context.Context, ps *podState, removeRules bool) error {
+// rules (first, so that no new connection goes to a closing listener). With
+// drain (only sensible while the rules stay: deleting the nat table stops
+// the translation of established redirected connections too), the
+// connections being proxied may finish (up to Config.DrainTimeout) in the
+// background; otherwise they are closed now.
+// A pod that is not captured only gets its rules removed.
+func (d *Daemon) release(ctx context.Context, ps *podState, removeRules, drain bool) error {
 	var err error
 	if removeRules {
 		if ps.ns != nil {
@@ -205,10 +211,25 @@ func (d *Daemon) release(ctx context.Context, ps *podState, removeRules bool) er
 		}
 	}
 	if ps.proxy != nil {
-		_ = ps.proxy.Close()
-		_ = ps.ns.Close()
+		p, ns := ps.proxy, ps.ns
+		if drain {
+			done := p.Drain(d.cfg.DrainTimeout)
+			d.draining[p] = struct{}{}
+			d.drainWG.Add(1)
+			go func() {
+				defer d.drainWG.Done()
+				<-done
+				_ = ns.Close()
+				d.mu.Lock()
+				delete(d.draining, p)
+				d.mu.Unlock()
+			}()
+		} else {
+			_ = p.Close()
+			_ = ns.Close()
+		}
 		d.unref(ps.id)
-		d.log.Info("pod released", "pod", ps.pod.Key(), "rulesRemoved", removeRules)
+		d.log.Info("pod released", "pod", ps.pod.Key(), "rulesRemoved", removeRules, "drain", drain)
 	}
 	ps.proxy, ps.ns, ps.id = nil, nil, identity.SPIFFEID{}
 	return err
@@ -227,6 +248,9 @@ func (d *Daemon) stopAll() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.stopping = true
+	for p := range d.draining {
+		_ = p.Close()
+	}
 	for _, ps := range d.pods {
 		if ps.proxy != nil {
 			_ = ps.proxy.Close()

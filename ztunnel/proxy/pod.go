@@ -98,7 +98,8 @@ func StartPod(env *Env, cfg PodConfig) *Pod {
 	p.wg.Add(3)
 	go func() {
 		defer p.wg.Done()
-		if err := p.server.Serve(cfg.Listeners.HBONE); err != nil && !errors.Is(err, hbone.ErrServerClosed) && p.ctx.Err() == nil {
+		err := p.server.Serve(cfg.Listeners.HBONE)
+		if err != nil && !errors.Is(err, hbone.ErrServerClosed) && !errors.Is(err, net.ErrClosed) && p.ctx.Err() == nil {
 			log.Error("hbone listener failed", "err", err)
 		}
 	}()
@@ -134,6 +135,49 @@ func (p *Pod) Close() error {
 	}
 	p.wg.Wait()
 	return err
+}
+
+// Drain stops accepting at once (listeners closed, so the ports are free
+// for a new Pod) and returns; in the background it sends GOAWAY on HBONE
+// connections, lets the connections being proxied finish for up to timeout,
+// then closes whatever is left, as Close does. The returned channel is
+// closed when that is done.
+func (p *Pod) Drain(timeout time.Duration) <-chan struct{} {
+	done := make(chan struct{})
+	p.mu.Lock()
+	closed := p.closed
+	p.mu.Unlock()
+	if closed {
+		close(done)
+		return done
+	}
+	_ = p.cfg.Listeners.Close()
+	go func() {
+		defer close(done)
+		ctx, cancel := context.WithTimeout(p.ctx, timeout)
+		defer cancel()
+		_ = p.server.Shutdown(ctx)
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for p.active() > 0 && ctx.Err() == nil {
+			select {
+			case <-ctx.Done():
+			case <-tick.C:
+			}
+		}
+		if n := p.active(); n > 0 {
+			p.log.Info("drain ended; closing connections", "open", n)
+		}
+		_ = p.Close()
+	}()
+	return done
+}
+
+// active counts the connections being proxied (not HBONE streams).
+func (p *Pod) active() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.conns)
 }
 
 func (p *Pod) acceptLoop(ln net.Listener, what string, serve func(*net.TCPConn)) {
