@@ -22,6 +22,11 @@ const (
 	connUpdateThreshold   = serverConnWindow / 4
 )
 
+// maxDirectWrite bounds the DATA frames the read loop writes to a sink
+// itself: larger ones go through the stream's copier, so that writing them
+// out overlaps with reading the next frames.
+const maxDirectWrite = 16 << 10
+
 var (
 	errConnClosed  = errors.New("hbone: connection closed")
 	errGoAwayDone  = errors.New("hbone: connection drained after GOAWAY")
@@ -355,7 +360,7 @@ func (sc *serverConn) processData(fh http2.FrameHeader, f *http2.DataFrame) erro
 		// the payload there directly, sparing the hand-off to the reader.
 		// The reserved chunk stays ours until commit or abandon.
 		sink := st.sink
-		if !st.sinkWaiting || st.recv.Len() > 0 {
+		if !st.sinkWaiting || st.recv.Len() > 0 || n > maxDirectWrite {
 			sink = nil
 		}
 		sc.mu.Unlock()
