@@ -56,8 +56,8 @@
 // and 256 KiB frames; the client accepts 256 KiB frames with a 4 MiB stream
 // and 1 GiB connection window; Join copies through 256 KiB buffers, and when
 // a Forwarder's copier waits for the client's bytes, the server's read loop
-// writes them to the upstream socket itself (one non-blocking attempt),
-// sparing a goroutine hand-off per DATA frame. Under both sides' TLS, the
+// writes a small DATA frame to the upstream socket itself (one non-blocking
+// attempt), sparing a goroutine hand-off on a request/response path. Under both sides' TLS, the
 // records of one Write leave in one write system call of up to 128 KiB
 // instead of one per 16 KiB record (tlsconn.go). See the constants in
 // server.go, dialer.go and clientconn.go, and bench_test.go for the
