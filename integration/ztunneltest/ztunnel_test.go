@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -407,6 +409,20 @@ func TestZtunnelEndToEnd(t *testing.T) {
 			"reporter": "destination", "source_principal": spiffe("c"), "connection_security_policy": "mutual_tls"}); v < 1 {
 			t.Errorf("restarted ztunnel counted %v tunnels from c", v)
 		}
+
+		// Stopped ztunnels leave no goroutine of the data path behind.
+		if leftovers() == "" {
+			t.Fatal("the leak check sees no ztunnel goroutine while ztunnels run")
+		}
+		z0.stop()
+		z1b.stop()
+		deadline := time.Now().Add(5 * time.Second)
+		for left := leftovers(); left != ""; left = leftovers() {
+			if time.Now().After(deadline) {
+				t.Fatalf("goroutines left after stopping the ztunnels:\n%s", left)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
 	})
 }
 
@@ -422,4 +438,18 @@ func httpGet(t *testing.T, url string) string {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
+}
+
+// leftovers returns the stacks of goroutines still running ztunnel or
+// HBONE code, or "".
+func leftovers() string {
+	buf := make([]byte, 1<<22)
+	buf = buf[:runtime.Stack(buf, true)]
+	var out []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "ambit/ztunnel/") || strings.Contains(g, "ambit/pkg/hbone.") {
+			out = append(out, g)
+		}
+	}
+	return strings.Join(out, "\n\n")
 }
