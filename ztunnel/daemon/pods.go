@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"net/netip"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/ambit-mesh/ambit/pkg/identity"
@@ -38,6 +39,11 @@ func (ps *podState) workloadName() string { return ps.pod.Namespace + "/" + ps.p
 // onAdd is the enrolment OnAdd hook: remember the pod and capture it if the
 // configuration says so. A failed capture fails the AddPod.
 func (d *Daemon) onAdd(ctx context.Context, pod enroll.Pod) error {
+	snap := d.store.Snapshot()
+	if w := snap.Workload(pod.Namespace + "/" + pod.Name); w != nil && w.Enrolled() && w.HasIdentity() {
+		done := d.prefetch(ctx, []identity.SPIFFEID{w.Identity})
+		defer done()
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.stopping {
@@ -75,12 +81,27 @@ func (d *Daemon) onRemove(ctx context.Context, pod enroll.Pod) error {
 
 // reconcileAll re-evaluates every reported pod against the configuration.
 func (d *Daemon) reconcileAll(ctx context.Context) {
+	snap := d.store.Snapshot()
+	// Certificates of pods about to be captured are fetched before taking
+	// the lock, so that a slow CA does not hold up enrolment of other pods.
+	var ids []identity.SPIFFEID
+	d.mu.Lock()
+	for _, ps := range d.pods {
+		if w := snap.Workload(ps.workloadName()); w != nil && w.Enrolled() && w.HasIdentity() && (ps.proxy == nil || ps.id != w.Identity) {
+			ids = append(ids, w.Identity)
+		}
+	}
+	d.mu.Unlock()
+	pctx, cancel := context.WithTimeout(ctx, reconcileTimeout)
+	done := d.prefetch(pctx, ids)
+	cancel()
+	defer done()
+
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.stopping {
 		return
 	}
-	snap := d.store.Snapshot()
 	for _, ps := range d.pods {
 		pctx, cancel := context.WithTimeout(ctx, reconcileTimeout)
 		err := d.reconcile(pctx, ps, snap)
@@ -233,6 +254,31 @@ func (d *Daemon) release(ctx context.Context, ps *podState, removeRules, drain b
 	}
 	ps.proxy, ps.ns, ps.id = nil, nil, identity.SPIFFEID{}
 	return err
+}
+
+// prefetch obtains certificates for ids concurrently, without d.mu. The
+// returned function (call it once the captures are done, without d.mu)
+// drops those that no captured pod ended up using. Failures are left for
+// capture to report.
+func (d *Daemon) prefetch(ctx context.Context, ids []identity.SPIFFEID) (done func()) {
+	var wg sync.WaitGroup
+	for _, id := range ids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = d.certs.Add(ctx, id)
+		}()
+	}
+	wg.Wait()
+	return func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		for _, id := range ids {
+			if d.idRefs[id] == 0 {
+				d.certs.Remove(id)
+			}
+		}
+	}
 }
 
 func (d *Daemon) unref(id identity.SPIFFEID) {
