@@ -406,6 +406,22 @@ func testXDS(t *testing.T, env *kubetest.Env, a *instance) {
 	eventually(t, "unenrolment to reach the ztunnel", enrolled(false))
 	setLabel(translate.DataplaneModeAmbient)
 	eventually(t, "re-enrolment to reach the ztunnel", enrolled(true))
+
+	// Deletions propagate: the Pod's Workload and the Service disappear.
+	must(t, c.Delete(ctx, pod, client.GracePeriodSeconds(0)))
+	must(t, c.Delete(ctx, service(ns, "web", 80)))
+	eventually(t, "the deleted pod's Workload to go", func() error {
+		if w, err := xc.workload(ns, "web-0"); err == nil {
+			return fmt.Errorf("still there: %v", w)
+		}
+		return nil
+	})
+	eventually(t, "the deleted Service to go", func() error {
+		if s, err := xc.service(ns, "web"); err == nil {
+			return fmt.Errorf("still there: %v", s)
+		}
+		return nil
+	})
 }
 
 // (e) Deleting a Gateway, or moving it to another class, removes its
