@@ -99,8 +99,8 @@ func (fw *fakeWaypoint) saw(entry string) bool {
 }
 
 // dialHBONEFrom opens a tunnel from inside a lab pod with a certificate for
-// src, returning the Dial error.
-func dialHBONEFrom(t *testing.T, p *netlab.Pod, ca *identity.Authority, src, dst identity.SPIFFEID, authority netip.AddrPort) error {
+// src to the HBONE server at server:15008, returning the Dial error.
+func dialHBONEFrom(t *testing.T, p *netlab.Pod, ca *identity.Authority, src, dst identity.SPIFFEID, server netip.Addr, authority netip.AddrPort) error {
 	t.Helper()
 	mgr, err := identity.NewManager(identity.AuthorityFetcher{Authority: ca}, identity.ManagerOptions{})
 	if err != nil {
@@ -120,7 +120,7 @@ func dialHBONEFrom(t *testing.T, p *netlab.Pod, ca *identity.Authority, src, dst
 	}
 	defer d.Close()
 	c, err := d.Dial(t.Context(), hbone.Request{Source: src, Destination: dst,
-		Address: netip.AddrPortFrom(authority.Addr(), hbone.Port), Authority: authority})
+		Address: netip.AddrPortFrom(server, hbone.Port), Authority: authority})
 	if err == nil {
 		c.Close()
 	}

@@ -156,6 +156,40 @@ func TestZtunnelEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("edge cases", func(t *testing.T) {
+		aSID, _ := identity.ParseSPIFFEID(aID)
+		bSID, _ := identity.ParseSPIFFEID(bID)
+		// A tunnel whose authority is not the pod's address: 400, no relay.
+		var se *hbone.StatusError
+		if err := dialHBONEFrom(t, u, ca, aSID, bSID, b.IP, netip.AddrPortFrom(c.IP, echoPort)); !errors.As(err, &se) || se.Code != 400 {
+			t.Errorf("foreign authority: %v, want 400", err)
+		}
+		// A closed port behind the tunnel: 503.
+		if err := dialHBONEFrom(t, u, ca, aSID, bSID, b.IP, netip.AddrPortFrom(b.IP, 9999)); !errors.As(err, &se) || se.Code != 503 {
+			t.Errorf("closed port: %v, want 503", err)
+		}
+		// An unenrolled destination is reached in plain TCP.
+		serveEcho(t, u, echoPort)
+		if err := echo(a, netip.AddrPortFrom(u.IP, echoPort)); err != nil {
+			t.Fatal(err)
+		}
+		if v := metricValue(t, z0, "istio_tcp_connections_opened_total", map[string]string{
+			"reporter": "source", "source_workload": "a-deploy", "destination_workload": "u-deploy", "connection_security_policy": "none"}); v != 1 {
+			t.Errorf("plain connections to u counted: %v", v)
+		}
+		// A service without a ready endpoint refuses the connection.
+		m.extra = []*configv1alpha1.Service{{Name: ns + "/down", Namespace: ns, Vips: []string{"10.250.255.30"},
+			Ports:     []*configv1alpha1.ServicePort{{Port: 80, TargetPort: echoPort}},
+			Endpoints: []*configv1alpha1.Endpoint{{Workload: ns + "/b", Address: b.IP.String(), Ready: false}}}}
+		m.publish()
+		eventually(t, "service without endpoint refused", func() bool {
+			return echo(a, netip.MustParseAddrPort("10.250.255.30:80")) != nil &&
+				metricValue(t, z0, "ztunnel_outbound_errors_total", map[string]string{"reason": "no_endpoint"}) >= 1
+		})
+		m.extra = nil
+		m.publish()
+	})
+
 	t.Run("authorization policy", func(t *testing.T) {
 		m.authz = []*configv1alpha1.Authorization{{
 			Name: ns + "/deny-a", Namespace: ns, Scope: configv1alpha1.Authorization_SCOPE_WORKLOAD_SELECTOR,
@@ -274,7 +308,7 @@ func TestZtunnelEndToEnd(t *testing.T) {
 			"reporter": "destination", "source_principal": wpID.String(), "connection_security_policy": "mutual_tls"}); v < 2 {
 			t.Errorf("b counted %v tunnels from the waypoint", v)
 		}
-		err := dialHBONEFrom(t, u, ca, aSID, bSID, bAddr)
+		err := dialHBONEFrom(t, u, ca, aSID, bSID, b.IP, bAddr)
 		var se *hbone.StatusError
 		if !errors.As(err, &se) || se.Code != 403 {
 			t.Errorf("a tunnel that bypasses the waypoint: %v, want 403", err)
@@ -283,7 +317,7 @@ func TestZtunnelEndToEnd(t *testing.T) {
 		m.service.Waypoint = nil
 		m.workloads["b"].Waypoint = nil
 		m.publish()
-		eventually(t, "waypoint removed", func() bool { return dialHBONEFrom(t, u, ca, aSID, bSID, bAddr) == nil })
+		eventually(t, "waypoint removed", func() bool { return dialHBONEFrom(t, u, ca, aSID, bSID, b.IP, bAddr) == nil })
 	})
 
 	t.Run("identity change recaptures the pod", func(t *testing.T) {
