@@ -75,16 +75,17 @@ type resource struct {
 // Status is the client's connection state, for readiness and the admin dump.
 type Status struct {
 	// Connected is true while a stream is open and has received a response.
-	Connected bool
+	Connected bool `json:"connected"`
 	// FromDisk is true if the state in use was loaded from StateFile and not
 	// yet replaced by the controller.
-	FromDisk bool
+	FromDisk bool `json:"fromDisk"`
 	// LastError is the last stream or handler error, if any.
-	LastError string
+	LastError string `json:"lastError,omitempty"`
 	// Resources counts accepted resources by type URL.
-	Resources map[string]int
+	Resources map[string]int `json:"resources"`
 	// Acks and Nacks count the responses accepted and rejected.
-	Acks, Nacks int
+	Acks  int `json:"acks"`
+	Nacks int `json:"nacks"`
 }
 
 // New validates cfg and returns a client.
@@ -236,6 +237,9 @@ func (c *Client) stream(ctx context.Context) (bool, error) {
 		ack := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResponseNonce: resp.GetNonce()}
 		if err := c.apply(resp); err != nil {
 			c.log.Error("rejected xds update", "type", resp.GetTypeUrl(), "nonce", resp.GetNonce(), "err", err)
+			c.mu.Lock()
+			c.status.LastError = fmt.Sprintf("rejected %s: %v", resp.GetTypeUrl(), err)
+			c.mu.Unlock()
 			ack.ErrorDetail = &status.Status{Code: int32(codes.InvalidArgument), Message: err.Error()}
 		}
 		if err := s.SendMsg(ack); err != nil {

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -227,8 +228,8 @@ func TestNackKeepsLastGoodState(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "fixed update", func() bool { return equalMaps(rs.snapshot(), map[string]string{"a": "ok", "b": "good"}) })
-	if st := c.Status(); st.Nacks != 1 {
-		t.Errorf("status nacks = %d, want 1", st.Nacks)
+	if st := c.Status(); st.Nacks != 1 || !strings.Contains(st.LastError, "resource b is bad") {
+		t.Errorf("status = %+v, want 1 NACK and the handler's error", st)
 	}
 }
 
