@@ -57,7 +57,7 @@
 // and 1 GiB connection window; Join copies through 256 KiB buffers, and when
 // a Forwarder's copier waits for the client's bytes, the server's read loop
 // writes a small DATA frame to the upstream socket itself (one non-blocking
-// attempt), sparing a goroutine hand-off on a request/response path. Under both sides' TLS, the
+// attempt), so that the request does not wait for a goroutine switch. Under both sides' TLS, the
 // records of one Write leave in one write system call of up to 128 KiB
 // instead of one per 16 KiB record (tlsconn.go). See the constants in
 // server.go, dialer.go and clientconn.go, and bench_test.go for the
