@@ -1,0 +1,127 @@
+//go:build netns
+
+package meshtest
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/ambit-mesh/ambit/controller/ca"
+	"github.com/ambit-mesh/ambit/pkg/identity"
+)
+
+// meshCA is the controller's CA code (controller/ca) serving TLS gRPC on
+// loopback. Local mode has no CA, so the test runs it: ztunnels reach it
+// with their ordinary -ca-* flags, a root file and a token file each.
+type meshCA struct {
+	addr     string
+	rootFile string
+	tokens   map[string]string // node -> token file
+}
+
+// tokenAuth stands for TokenReview: each node's ztunnel has a token bound
+// to a ztunnel pod on that node.
+type tokenAuth map[string]string // token -> node
+
+func (a tokenAuth) Authenticate(_ context.Context, token string) (ca.Caller, error) {
+	node, ok := a[token]
+	if !ok {
+		return ca.Caller{}, status.Error(codes.Unauthenticated, "unknown token")
+	}
+	return ca.Caller{
+		Username: "system:serviceaccount:ambit-system:ztunnel", Namespace: "ambit-system", ServiceAccount: "ztunnel",
+		NodeName: node, PodName: "ztunnel-" + node, PodUID: "uid-ztunnel-" + node,
+	}, nil
+}
+
+// podList answers the CA's pod look-ups from the pods the YAML describes.
+type podList []corev1.Pod
+
+func (l podList) Get(_ context.Context, namespace, name string) (*corev1.Pod, error) {
+	for i := range l {
+		if l[i].Namespace == namespace && l[i].Name == name {
+			return &l[i], nil
+		}
+	}
+	return nil, apierrors.NewNotFound(schema.GroupResource{Resource: "pods"}, name)
+}
+
+func (l podList) OnNode(_ context.Context, namespace, node string) ([]corev1.Pod, error) {
+	var out []corev1.Pod
+	for _, p := range l {
+		if p.Namespace == namespace && p.Spec.NodeName == node {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+func startCA(t *testing.T, dir string, pods []podSpec, nodes []string) *meshCA {
+	t.Helper()
+	authority, err := identity.NewRootAuthority(trustDomain, 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list podList
+	for _, p := range pods {
+		list = append(list, corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: p.name, Namespace: p.ns, UID: types.UID(p.uid())},
+			Spec:       corev1.PodSpec{NodeName: p.node, ServiceAccountName: p.sa},
+			Status:     corev1.PodStatus{Phase: corev1.PodRunning},
+		})
+	}
+	m := &meshCA{rootFile: filepath.Join(dir, "root-cert.pem"), tokens: map[string]string{}}
+	auth := tokenAuth{}
+	for _, n := range nodes {
+		token := "token-of-ztunnel-on-" + n
+		auth[token] = n
+		m.tokens[n] = filepath.Join(dir, "token-"+n)
+		if err := os.WriteFile(m.tokens[n], []byte(token), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(m.rootFile, identity.EncodeCertsPEM(authority.Cert), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	srv, err := ca.NewWithAuthority(authority, auth, list, ca.Config{TrustDomain: trustDomain}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.addr = ln.Addr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := srv.Serve(ctx, ln); err != nil {
+			t.Errorf("CA: %v", err)
+		}
+	})
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	return m
+}
+
+// testWriter sends log lines to the test log (while the test runs).
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(p))
+	return len(p), nil
+}

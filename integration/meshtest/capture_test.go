@@ -1,0 +1,146 @@
+//go:build netns
+
+package meshtest
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/ambit-mesh/ambit/integration/netlab"
+)
+
+// capture records every frame of one interface inside a lab node's network
+// namespace with an AF_PACKET socket (what tcpdump uses), so the capture
+// sees exactly what crosses the wire between the nodes.
+type capture struct {
+	fd     int
+	stop   atomic.Bool
+	done   chan struct{}
+	mu     sync.Mutex
+	frames [][]byte
+	bytes  int
+	err    error
+}
+
+const (
+	ethPAll       = 0x0003
+	maxCaptureLen = 256 << 20
+)
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// startCapture opens the socket inside the node's namespace, bound to ifname.
+func startCapture(n *netlab.Node, ifname string) (*capture, error) {
+	c := &capture{fd: -1, done: make(chan struct{})}
+	err := n.Do(func() error {
+		ifi, err := net.InterfaceByName(ifname)
+		if err != nil {
+			return err
+		}
+		fd, err := syscall.Socket(syscall.AF_PACKET, syscall.SOCK_RAW|syscall.SOCK_CLOEXEC, int(htons(ethPAll)))
+		if err != nil {
+			return fmt.Errorf("AF_PACKET socket: %w", err)
+		}
+		c.fd = fd
+		if err := syscall.Bind(fd, &syscall.SockaddrLinklayer{Protocol: htons(ethPAll), Ifindex: ifi.Index}); err != nil {
+			return fmt.Errorf("bind AF_PACKET socket to %s: %w", ifname, err)
+		}
+		tv := syscall.NsecToTimeval((50 * time.Millisecond).Nanoseconds())
+		if err := syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv); err != nil {
+			return err
+		}
+		return syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_RCVBUF, 16<<20)
+	})
+	if err != nil {
+		if c.fd >= 0 {
+			syscall.Close(c.fd)
+		}
+		return nil, err
+	}
+	go c.loop()
+	return c, nil
+}
+
+func (c *capture) loop() {
+	defer close(c.done)
+	buf := make([]byte, 1<<17) // GSO frames can exceed the MTU
+	for !c.stop.Load() {
+		n, _, err := syscall.Recvfrom(c.fd, buf, 0)
+		if err != nil {
+			if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EINTR) {
+				continue
+			}
+			c.mu.Lock()
+			c.err = err
+			c.mu.Unlock()
+			return
+		}
+		c.mu.Lock()
+		if c.bytes+n <= maxCaptureLen {
+			c.frames = append(c.frames, append([]byte(nil), buf[:n]...))
+			c.bytes += n
+		}
+		c.mu.Unlock()
+	}
+}
+
+// Close stops the capture and returns the frames seen.
+func (c *capture) Close() ([][]byte, error) {
+	if c.stop.CompareAndSwap(false, true) {
+		<-c.done
+		syscall.Close(c.fd)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.frames, c.err
+}
+
+// segment is a decoded IPv4 TCP segment.
+type segment struct {
+	src, dst netip.AddrPort
+	payload  []byte
+}
+
+// tcpSegments decodes Ethernet/IPv4/TCP frames and skips everything else.
+func tcpSegments(frames [][]byte) []segment {
+	var out []segment
+	for _, f := range frames {
+		if len(f) < 14 || binary.BigEndian.Uint16(f[12:14]) != 0x0800 {
+			continue
+		}
+		ip := f[14:]
+		if len(ip) < 20 || ip[0]>>4 != 4 || ip[9] != syscall.IPPROTO_TCP {
+			continue
+		}
+		ihl := int(ip[0]&0x0f) * 4
+		total := int(binary.BigEndian.Uint16(ip[2:4]))
+		if total == 0 || total > len(ip) { // 0: a GSO frame whose length the stack leaves unset
+			total = len(ip)
+		}
+		if ihl < 20 || total < ihl+20 {
+			continue
+		}
+		tcp := ip[ihl:total]
+		off := int(tcp[12]>>4) * 4
+		if off < 20 || off > len(tcp) {
+			continue
+		}
+		src := netip.AddrPortFrom(netip.AddrFrom4([4]byte(ip[12:16])), binary.BigEndian.Uint16(tcp[0:2]))
+		dst := netip.AddrPortFrom(netip.AddrFrom4([4]byte(ip[16:20])), binary.BigEndian.Uint16(tcp[2:4]))
+		out = append(out, segment{src: src, dst: dst, payload: tcp[off:]})
+	}
+	return out
+}
+
+// tlsAppData reports whether a payload starts with a TLS 1.2/1.3 record
+// header of type application_data (0x17, legacy version 0x0303).
+func tlsAppData(p []byte) bool {
+	return len(p) >= 5 && p[0] == 0x17 && p[1] == 0x03 && p[2] == 0x03
+}

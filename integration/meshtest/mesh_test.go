@@ -1,0 +1,592 @@
+//go:build netns
+
+package meshtest
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ambit-mesh/ambit/integration/internal/tier"
+	"github.com/ambit-mesh/ambit/integration/netlab"
+	"github.com/ambit-mesh/ambit/ztunnel/redirect"
+)
+
+const (
+	bigTransfer = 64 << 20
+	settle      = 15 * time.Second // bound on a configuration change reaching the data plane
+)
+
+// TestMesh runs the controller (local mode) and two ztunnels as real
+// processes over a two-node lab and checks the L4 mesh end to end.
+func TestMesh(t *testing.T) {
+	tier.RequireRoot(t)
+	begin := time.Now()
+	bins := buildBinaries(t)
+	sp := newSpawner(t)
+	lab := netlab.New(t)
+	n0, err := lab.AddNode("node0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n1, err := lab.AddNode("node1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A packet capture inside the lab is a prerequisite of this tier.
+	probe, err := startCapture(n0, "eth0")
+	tier.Require(t, "AF_PACKET capture inside a lab namespace", err)
+	if _, err := probe.Close(); err != nil {
+		t.Fatalf("capture probe: %v", err)
+	}
+
+	// Pods: client and other (mesh, node0), server (mesh, node1), outsider
+	// (plain namespace, node1).
+	lp := map[string]*netlab.Pod{}
+	var specs []podSpec
+	for _, s := range []struct {
+		name, ns string
+		node     *netlab.Node
+	}{{"client", meshNS, n0}, {"other", meshNS, n0}, {"server", meshNS, n1}, {"outsider", plainNS, n1}} {
+		p, err := s.node.AddPod(s.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lp[s.name] = p
+		specs = append(specs, podSpec{name: s.name, ns: s.ns, sa: s.name, node: s.node.Name, ip: p.IP})
+	}
+	spec := func(name string) podSpec {
+		i := slices.IndexFunc(specs, func(s podSpec) bool { return s.name == name })
+		return specs[i]
+	}
+	client, other, server, outsider := lp["client"], lp["other"], lp["server"], lp["outsider"]
+	serveEcho(t, server, echoPort)
+	serveEcho(t, client, echoPort)
+	serverAddr := netip.AddrPortFrom(server.IP, echoPort)
+	clientAddr := netip.AddrPortFrom(client.IP, echoPort)
+	vipAddr := netip.AddrPortFrom(vip, svcPort)
+
+	ca := startCA(t, t.TempDir(), specs, []string{n0.Name, n1.Name})
+
+	cfg := configDir{t: t, dir: t.TempDir()}
+	cfg.write(namespacesFile, namespacesYAML(true))
+	cfg.write(podsFile, podsYAML(specs))
+	cfg.write(serviceFile, serviceYAML(spec("server")))
+	cfg.write(policyFile, noPolicy)
+
+	xdsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	ctrlDir := t.TempDir()
+	ctrl := startProcess(t, sp, "controller", filepath.Join(ctrlDir, "controller.log"), bins.controller,
+		"--config-dir", cfg.dir, "--xds-listen", xdsAddr, "--log-level", "debug")
+
+	zt := map[string]*ztunnel{}
+	for _, n := range []*netlab.Node{n0, n1} {
+		zt[n.Name] = &ztunnel{
+			t: t, sp: sp, bin: bins.ztunnel, node: n.Name, dir: t.TempDir(),
+			admin:   fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+			metrics: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+			ready:   fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+			xdsAddr: xdsAddr, caAddr: ca.addr, caRoot: ca.rootFile, caToken: ca.tokens[n.Name],
+		}
+		zt[n.Name].start()
+	}
+	z0, z1 := zt[n0.Name], zt[n1.Name]
+	// Every pod is reported to its node's ztunnel, as the CNI plugin does;
+	// ztunnel decides from the configuration which ones it captures.
+	for _, s := range specs {
+		zt[s.node].report(t, s, lp[s.name].NetnsPath())
+	}
+	z0.waitReady(t, settle)
+	z1.waitReady(t, settle)
+	waitCaptured(t, map[*ztunnel]map[string]bool{
+		z0: {"client": true, "other": true}, z1: {"server": true, "outsider": false},
+	})
+	t.Logf("mesh up in %v", time.Since(begin).Round(time.Millisecond))
+
+	// hboneFrom counts the tunnels the server's ztunnel accepted from a pod.
+	hboneFrom := func(t *testing.T, from podSpec) float64 {
+		return z1.metric(t, "istio_tcp_connections_opened_total", map[string]string{
+			"reporter": "destination", "source_principal": from.principal(),
+			"destination_principal": spec("server").principal(), "connection_security_policy": "mutual_tls",
+		})
+	}
+
+	t.Run("traffic across nodes", func(t *testing.T) {
+		before := hboneFrom(t, spec("client"))
+		for _, c := range []struct {
+			from *netlab.Pod
+			to   netip.AddrPort
+		}{{client, serverAddr}, {client, vipAddr}, {server, clientAddr}} {
+			if err := echo(c.from, c.to, hello(c.from)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// The helper that later proves connections blocked must see this
+		// open path as open.
+		if err := blocked(client, serverAddr); err == nil {
+			t.Fatal("blocked() found nothing wrong with an open path; the policy checks below would be vacuous")
+		}
+		if got := hboneFrom(t, spec("client")); got < before+2 {
+			t.Errorf("server's ztunnel counted %v mutual-TLS tunnels from client, want at least %v", got, before+2)
+		}
+		for i, c := range []struct {
+			from *netlab.Pod
+			to   netip.AddrPort
+		}{{client, serverAddr}, {client, vipAddr}, {server, clientAddr}} {
+			start := time.Now()
+			if err := transfer(c.from, c.to, bigTransfer, uint64(i+1)); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%s -> %s: %d MiB each way, SHA-256 equal, in %v", c.from.Name, c.to, bigTransfer>>20, time.Since(start).Round(time.Millisecond))
+		}
+	})
+
+	t.Run("capture between nodes shows only TLS", func(t *testing.T) {
+		marker := newMarker(t)
+		frames := captureWhile(t, n0, func() {
+			for _, dst := range []netip.AddrPort{serverAddr, vipAddr} {
+				if err := echo(client, dst, bytes.Repeat(marker, 64)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+		segs := tcpSegments(frames)
+		var toHBONE, fromHBONE, tlsRecords, plain int
+		for _, s := range segs {
+			switch {
+			case s.src.Addr() == client.IP && s.dst == netip.AddrPortFrom(server.IP, 15008):
+				toHBONE++
+			case s.dst.Addr() == client.IP && s.src == netip.AddrPortFrom(server.IP, 15008):
+				fromHBONE++
+			case s.dst.Port() == echoPort || s.src.Port() == echoPort:
+				plain++
+			default:
+				continue
+			}
+			if tlsAppData(s.payload) {
+				tlsRecords++
+			}
+		}
+		t.Logf("captured %d frames on node0 eth0: %d TCP segments client->server:15008, %d back, %d starting a TLS application-data record", len(frames), toHBONE, fromHBONE, tlsRecords)
+		if toHBONE == 0 || fromHBONE == 0 {
+			t.Errorf("no HBONE (TCP port 15008) between client and server on the wire")
+		}
+		if tlsRecords == 0 {
+			t.Errorf("no TLS record (type 0x17, version 0x0303) in the captured HBONE payloads")
+		}
+		if plain != 0 {
+			t.Errorf("%d segments to or from the application port %d crossed the wire", plain, echoPort)
+		}
+		if n := framesContaining(frames, marker); n != 0 {
+			t.Errorf("the plaintext marker appears in %d captured frames", n)
+		}
+	})
+
+	t.Run("L4 authorization", func(t *testing.T) {
+		t.Cleanup(func() { clearPolicy(t, cfg, z1) })
+		denied := func() float64 {
+			return z1.metric(t, "ztunnel_connections_denied_total", map[string]string{"reason": "policy"})
+		}
+		d0 := denied()
+		cfg.write(policyFile, authzYAML("deny-client", "DENY", spec("client").principal()))
+		waitServerPolicies(t, z1, "deny-client")
+		for _, dst := range []netip.AddrPort{serverAddr, vipAddr} {
+			if err := blocked(client, dst); err != nil {
+				t.Errorf("DENY client: %v", err)
+			}
+		}
+		if err := echo(other, serverAddr, hello(other)); err != nil {
+			t.Errorf("DENY client must not block other: %v", err)
+		}
+		if d := denied() - d0; d < 2 {
+			t.Errorf("server's ztunnel counted %v policy denials, want at least 2", d)
+		}
+
+		cfg.write(policyFile, authzYAML("allow-other", "ALLOW", spec("other").principal()))
+		waitServerPolicies(t, z1, "allow-other")
+		if err := echo(other, serverAddr, hello(other)); err != nil {
+			t.Errorf("ALLOW other: %v", err)
+		}
+		if err := echo(other, vipAddr, hello(other)); err != nil {
+			t.Errorf("ALLOW other, through the service: %v", err)
+		}
+		if err := blocked(client, serverAddr); err != nil {
+			t.Errorf("ALLOW only other: %v", err)
+		}
+
+		clearPolicy(t, cfg, z1)
+		if err := echo(client, serverAddr, hello(client)); err != nil {
+			t.Errorf("no policy again: %v", err)
+		}
+	})
+
+	t.Run("PERMISSIVE then STRICT", func(t *testing.T) {
+		t.Cleanup(func() { clearPolicy(t, cfg, z1) })
+		plainIn := func() float64 {
+			return z1.metric(t, "istio_tcp_connections_opened_total", map[string]string{
+				"reporter": "destination", "connection_security_policy": "none",
+				"destination_principal": spec("server").principal(),
+			})
+		}
+		p0 := plainIn()
+		if err := echo(outsider, serverAddr, hello(outsider)); err != nil {
+			t.Fatalf("PERMISSIVE (default) must admit plaintext from outside the mesh: %v", err)
+		}
+		if got := plainIn(); got < p0+1 {
+			t.Errorf("server's ztunnel counted %v plaintext connections, want at least %v", got, p0+1)
+		}
+		strict0 := z1.metric(t, "ztunnel_connections_denied_total", map[string]string{"reason": "strict"})
+		cfg.write(policyFile, peerAuthYAML("server-strict", "STRICT"))
+		waitServerMode(t, z1, "MTLS_MODE_STRICT")
+		if err := blocked(outsider, serverAddr); err != nil {
+			t.Errorf("STRICT: %v", err)
+		}
+		if got := z1.metric(t, "ztunnel_connections_denied_total", map[string]string{"reason": "strict"}); got < strict0+1 {
+			t.Errorf("server's ztunnel counted %v STRICT refusals, want at least %v", got, strict0+1)
+		}
+		if err := echo(client, serverAddr, hello(client)); err != nil {
+			t.Errorf("STRICT must admit the mesh client: %v", err)
+		}
+		clearPolicy(t, cfg, z1)
+		if err := echo(outsider, serverAddr, hello(outsider)); err != nil {
+			t.Errorf("PERMISSIVE again: %v", err)
+		}
+	})
+
+	t.Run("namespace label releases and recaptures running pods", func(t *testing.T) {
+		pids := []int{z0.proc.cmd.Process.Pid, z1.proc.cmd.Process.Pid}
+		t.Cleanup(func() {
+			cfg.write(namespacesFile, namespacesYAML(true))
+			waitCaptured(t, map[*ztunnel]map[string]bool{z0: {"client": true, "other": true}, z1: {"server": true}})
+		})
+		enrolled := func(z *ztunnel) float64 { return z.metric(t, "ztunnel_enrolled_pods", nil) }
+
+		cfg.write(namespacesFile, namespacesYAML(false))
+		waitCaptured(t, map[*ztunnel]map[string]bool{z0: {"client": false, "other": false}, z1: {"server": false}})
+		if e0, e1 := enrolled(z0), enrolled(z1); e0 != 0 || e1 != 0 {
+			t.Errorf("ztunnel_enrolled_pods = %v, %v after unlabelling, want 0", e0, e1)
+		}
+		hb := hboneFrom(t, spec("client"))
+		marker := newMarker(t)
+		frames := captureWhile(t, n0, func() {
+			if err := echo(client, serverAddr, bytes.Repeat(marker, 64)); err != nil {
+				t.Fatalf("unlabelled: plain TCP must work: %v", err)
+			}
+		})
+		plain, hbone := countFlows(tcpSegments(frames), client.IP, server.IP)
+		t.Logf("unlabelled: %d segments client<->server:%d, %d HBONE segments with payload", plain, echoPort, hbone)
+		if plain == 0 || hbone != 0 {
+			t.Errorf("unlabelled: want plain TCP to :%d and no HBONE; saw %d plain and %d HBONE segments", echoPort, plain, hbone)
+		}
+		if framesContaining(frames, marker) == 0 {
+			t.Errorf("unlabelled: the marker sent in plaintext is not in the capture (the capture sees nothing?)")
+		}
+		if got := hboneFrom(t, spec("client")); got != hb {
+			t.Errorf("unlabelled: server's ztunnel accepted %v new tunnels", got-hb)
+		}
+
+		cfg.write(namespacesFile, namespacesYAML(true))
+		waitCaptured(t, map[*ztunnel]map[string]bool{z0: {"client": true, "other": true}, z1: {"server": true}})
+		z0.waitReady(t, settle)
+		z1.waitReady(t, settle)
+		if e0, e1 := enrolled(z0), enrolled(z1); e0 != 2 || e1 != 1 {
+			t.Errorf("ztunnel_enrolled_pods = %v, %v after relabelling, want 2, 1", e0, e1)
+		}
+		frames = captureWhile(t, n0, func() {
+			if err := echo(client, serverAddr, bytes.Repeat(marker, 64)); err != nil {
+				t.Fatalf("relabelled: %v", err)
+			}
+		})
+		plain, hbone = countFlows(tcpSegments(frames), client.IP, server.IP)
+		if plain != 0 || hbone == 0 {
+			t.Errorf("relabelled: want HBONE only; saw %d plain and %d HBONE segments", plain, hbone)
+		}
+		if n := framesContaining(frames, marker); n != 0 {
+			t.Errorf("relabelled: the marker appears in %d captured frames", n)
+		}
+		if got := hboneFrom(t, spec("client")); got < hb+1 {
+			t.Errorf("relabelled: server's ztunnel counted no new tunnel from client")
+		}
+		// Neither the ztunnels nor the pods were restarted, and no pod was
+		// reported again: the configuration alone moved them.
+		if now := []int{z0.proc.cmd.Process.Pid, z1.proc.cmd.Process.Pid}; !slices.Equal(now, pids) || z0.proc.exited() || z1.proc.exited() {
+			t.Errorf("a ztunnel was restarted: pids %v -> %v", pids, now)
+		}
+	})
+
+	t.Run("controller stopped", func(t *testing.T) {
+		conn, err := dial(client, serverAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		if err := roundTrip(conn, []byte("before the controller stops\n")); err != nil {
+			t.Fatal(err)
+		}
+		if err := ctrl.stop(); err != nil {
+			t.Errorf("controller exit after SIGTERM: %v", err)
+		}
+		for _, z := range []*ztunnel{z0, z1} {
+			eventually(t, settle, z.String()+" to see the controller gone", func() bool { return !z.dump(t).XDS.Connected })
+			if v := z.metric(t, "ztunnel_xds_connected", nil); v != 0 {
+				t.Errorf("%s: ztunnel_xds_connected = %v", z, v)
+			}
+		}
+		if err := roundTrip(conn, []byte("after the controller stopped\n")); err != nil {
+			t.Errorf("established connection: %v", err)
+		}
+		for _, c := range []struct {
+			from *netlab.Pod
+			to   netip.AddrPort
+		}{{client, serverAddr}, {client, vipAddr}, {other, serverAddr}, {server, clientAddr}} {
+			if err := echo(c.from, c.to, hello(c.from)); err != nil {
+				t.Errorf("new connection without controller: %v", err)
+			}
+		}
+	})
+
+	t.Run("ztunnel restart with the controller still stopped", func(t *testing.T) {
+		if !ctrl.exited() {
+			t.Fatal("the controller is still running; the previous subtest did not stop it")
+		}
+		for _, c := range []struct {
+			z    *ztunnel
+			pods map[string]bool
+		}{
+			{z1, map[string]bool{"server": true, "outsider": false}},
+			{z0, map[string]bool{"client": true, "other": true}},
+		} {
+			z := c.z
+			if err := z.proc.stop(); err != nil {
+				t.Errorf("%s exit after SIGTERM: %v", z, err)
+			}
+			if _, err := os.Lstat(z.socket()); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("%s left its enrolment socket behind: %v", z, err)
+			}
+			// While ztunnel is away its pods' rules stay: their traffic
+			// fails instead of leaving the mesh.
+			for name := range c.pods {
+				if c.pods[name] {
+					checkRulesInstalled(t, lp[name])
+				}
+			}
+			if err := blocked(client, serverAddr); err != nil {
+				t.Errorf("%s stopped: %v", z, err)
+			}
+
+			z.start()
+			z.waitReady(t, settle)
+			waitCaptured(t, map[*ztunnel]map[string]bool{z: c.pods})
+			d := z.dump(t)
+			if d.XDS.Connected || !d.XDS.FromDisk {
+				t.Errorf("%s after restart: xds connected=%v fromDisk=%v, want the persisted state without a controller", z, d.XDS.Connected, d.XDS.FromDisk)
+			}
+			if v := z.metric(t, "ztunnel_xds_config_from_disk", nil); v != 1 {
+				t.Errorf("%s: ztunnel_xds_config_from_disk = %v", z, v)
+			}
+			for _, c := range []struct {
+				from *netlab.Pod
+				to   netip.AddrPort
+			}{{client, serverAddr}, {client, vipAddr}, {other, serverAddr}, {server, clientAddr}} {
+				if err := echo(c.from, c.to, hello(c.from)); err != nil {
+					t.Errorf("after restarting %s: %v", z, err)
+				}
+			}
+			if err := transfer(client, serverAddr, 8<<20, 42); err != nil {
+				t.Errorf("after restarting %s: %v", z, err)
+			}
+		}
+	})
+
+	t.Run("cleanup", func(t *testing.T) {
+		procs := []*process{ctrl, z0.proc, z1.proc}
+		for _, p := range procs {
+			if err := p.stop(); err != nil {
+				t.Errorf("%s: %v", p.name, err)
+			}
+			if err := syscall.Kill(p.cmd.Process.Pid, 0); !errors.Is(err, syscall.ESRCH) {
+				t.Errorf("%s (pid %d) still exists: %v", p.name, p.cmd.Process.Pid, err)
+			}
+		}
+		for _, z := range []*ztunnel{z0, z1} {
+			if socks := socketsIn(t, z.dir); len(socks) != 0 {
+				t.Errorf("%s left unix sockets: %v", z, socks)
+			}
+			for _, a := range z.addrs() {
+				if !refused(a) {
+					t.Errorf("%s: something still listens on %s", z, a)
+				}
+			}
+		}
+		if !refused(xdsAddr) {
+			t.Errorf("something still listens on the controller's xDS address %s", xdsAddr)
+		}
+		if err := lab.Close(); err != nil {
+			t.Errorf("remove lab: %v", err)
+		}
+		left, err := filepath.Glob(fmt.Sprintf("/run/netns/%s%d-*", netlab.Prefix, os.Getpid()))
+		if err != nil || len(left) != 0 {
+			t.Errorf("namespaces left after the lab closed: %v %v", left, err)
+		}
+	})
+	t.Logf("TestMesh took %v", time.Since(begin).Round(time.Millisecond))
+}
+
+// waitCaptured waits until each ztunnel's dump shows the pods captured (true)
+// or known but not captured (false).
+func waitCaptured(t *testing.T, want map[*ztunnel]map[string]bool) {
+	t.Helper()
+	for z, pods := range want {
+		var last string
+		eventually(t, settle, z.String()+" capture state", func() bool {
+			d := z.dump(t)
+			var bad []string
+			for name, w := range pods {
+				got, reported, lastErr := d.captured(name)
+				if !reported || got != w {
+					bad = append(bad, fmt.Sprintf("%s captured=%v reported=%v err=%q (want captured=%v)", name, got, reported, lastErr, w))
+				}
+			}
+			last = strings.Join(bad, "; ")
+			return len(bad) == 0
+		}, func() string { return last })
+	}
+}
+
+// waitServerPolicies waits until the server's ztunnel lists exactly the
+// named policy (in the mesh namespace) for the server workload.
+func waitServerPolicies(t *testing.T, z *ztunnel, names ...string) {
+	t.Helper()
+	var want []string
+	for _, n := range names {
+		want = append(want, meshNS+"/"+n)
+	}
+	var last []string
+	eventually(t, settle, fmt.Sprintf("server's policies %v", want), func() bool {
+		d := z.dump(t)
+		last = d.Workloads[meshNS+"/server"].AuthorizationPolicies
+		for _, w := range want {
+			if _, ok := d.Authorizations[w]; !ok {
+				return false
+			}
+		}
+		return slices.Equal(last, want)
+	}, func() string { return fmt.Sprintf("server lists %v", last) })
+}
+
+func waitServerMode(t *testing.T, z *ztunnel, mode string) {
+	t.Helper()
+	var last string
+	eventually(t, settle, "server's mTLS mode "+mode, func() bool {
+		last = z.dump(t).Workloads[meshNS+"/server"].MtlsMode
+		return last == mode
+	}, func() string { return "mode " + last })
+}
+
+// clearPolicy empties the policy file and waits until the server's ztunnel
+// has no policy and the default mode for it.
+func clearPolicy(t *testing.T, cfg configDir, z *ztunnel) {
+	t.Helper()
+	cfg.write(policyFile, noPolicy)
+	waitServerPolicies(t, z)
+	waitServerMode(t, z, "MTLS_MODE_PERMISSIVE")
+}
+
+func newMarker(t *testing.T) []byte {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return []byte("AMBIT-PLAINTEXT-MARKER-" + hex.EncodeToString(b) + ";")
+}
+
+// captureWhile captures node eth0 (the link to the other node) while fn runs.
+func captureWhile(t *testing.T, n *netlab.Node, fn func()) [][]byte {
+	t.Helper()
+	c, err := startCapture(n, "eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fn()
+	time.Sleep(200 * time.Millisecond) // let the last ACKs and FINs arrive
+	frames, err := c.Close()
+	if err != nil {
+		t.Fatalf("capture: %v", err)
+	}
+	return frames
+}
+
+func framesContaining(frames [][]byte, marker []byte) int {
+	n := 0
+	for _, f := range frames {
+		if bytes.Contains(f, marker) {
+			n++
+		}
+	}
+	return n
+}
+
+// countFlows counts segments between two pods to/from the application port
+// (plain) and HBONE segments carrying payload.
+func countFlows(segs []segment, a, b netip.Addr) (plain, hbone int) {
+	for _, s := range segs {
+		between := (s.src.Addr() == a && s.dst.Addr() == b) || (s.src.Addr() == b && s.dst.Addr() == a)
+		if !between {
+			continue
+		}
+		switch {
+		case s.src.Port() == echoPort || s.dst.Port() == echoPort:
+			plain++
+		case (s.src.Port() == 15008 || s.dst.Port() == 15008) && len(s.payload) > 0:
+			hbone++
+		}
+	}
+	return plain, hbone
+}
+
+// checkRulesInstalled checks that ztunnel's nftables table is in the pod.
+func checkRulesInstalled(t *testing.T, p *netlab.Pod) {
+	t.Helper()
+	ns, err := redirect.OpenNetns(p.NetnsPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	rs, err := redirect.Rules(ctx, ns)
+	if err != nil || rs == nil || !rs.Installed || len(rs.Chains) == 0 {
+		t.Errorf("pod %s: capture rules gone while its ztunnel is stopped: %+v %v", p.Name, rs, err)
+	}
+}
+
+// socketsIn lists the unix sockets under dir.
+func socketsIn(t *testing.T, dir string) []string {
+	var out []string
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type()&fs.ModeSocket != 0 {
+			out = append(out, path)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
+	}
+	return out
+}
