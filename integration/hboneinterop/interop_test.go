@@ -17,6 +17,7 @@ import (
 
 	istiohbone "istio.io/istio/pkg/hbone"
 
+	"github.com/ambit-mesh/ambit/integration/internal/echo"
 	"github.com/ambit-mesh/ambit/pkg/hbone"
 	"github.com/ambit-mesh/ambit/pkg/identity"
 )
@@ -50,31 +51,6 @@ func newMesh(t *testing.T) *mesh {
 
 func (m *mesh) roots() identity.RootsSource { return identity.StaticRoots(m.ca.Pool()) }
 
-// echoServer is a plain TCP upstream on loopback that echoes until EOF and
-// then half-closes.
-func echoServer(t *testing.T) netip.AddrPort {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-				_ = c.(*net.TCPConn).CloseWrite()
-			}()
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr).AddrPort()
-}
-
 func payload(n int) []byte {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
@@ -85,7 +61,7 @@ func payload(n int) []byte {
 // HBONE dialer over mTLS.
 func TestIstioClientToAmbitServer(t *testing.T) {
 	m := newMesh(t)
-	upstream := echoServer(t)
+	upstream := echo.Loopback(t)
 
 	var mu sync.Mutex
 	var peers []identity.SPIFFEID
@@ -164,7 +140,7 @@ func TestIstioClientToAmbitServer(t *testing.T) {
 // pooled dialer over mTLS, including half-close.
 func TestAmbitClientToIstioServer(t *testing.T) {
 	m := newMesh(t)
-	upstream := echoServer(t)
+	upstream := echo.Loopback(t)
 
 	var mu sync.Mutex
 	var seen []*http.Request

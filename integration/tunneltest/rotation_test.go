@@ -8,37 +8,14 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
-	"net/netip"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/ambit-mesh/ambit/integration/internal/echo"
 	"github.com/ambit-mesh/ambit/pkg/hbone"
 	"github.com/ambit-mesh/ambit/pkg/identity"
 )
-
-func echoServer(t *testing.T) netip.AddrPort {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-				_ = c.(*net.TCPConn).CloseWrite()
-			}()
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr).AddrPort()
-}
 
 // TestRotationUnderLiveStreams rotates both sides' certificates several times
 // while long-lived tunnels carry data without pause. No stream may break or
@@ -71,7 +48,7 @@ func TestRotationUnderLiveStreams(t *testing.T) {
 		}
 	}
 
-	upstream := echoServer(t)
+	upstream := echo.Loopback(t)
 	srv := &hbone.Server{TLSConfig: identity.ServerConfig(mgr.Cert(server), mgr.Roots(), nil)}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
