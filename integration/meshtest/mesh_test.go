@@ -88,8 +88,8 @@ func TestMesh(t *testing.T) {
 
 	xdsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	ctrlDir := t.TempDir()
-	ctrl := startProcess(t, sp, "controller", filepath.Join(ctrlDir, "controller.log"), bins.controller,
-		"--config-dir", cfg.dir, "--xds-listen", xdsAddr, "--log-level", "debug")
+	ctrlArgs := []string{"--config-dir", cfg.dir, "--xds-listen", xdsAddr, "--log-level", "debug"}
+	ctrl := startProcess(t, sp, "controller", filepath.Join(ctrlDir, "controller.log"), bins.controller, ctrlArgs...)
 
 	zt := map[string]*ztunnel{}
 	for _, n := range []*netlab.Node{n0, n1} {
@@ -163,28 +163,31 @@ func TestMesh(t *testing.T) {
 			}
 		})
 		segs := tcpSegments(frames)
-		var toHBONE, fromHBONE, tlsRecords, plain int
+		var toHBONE, fromHBONE, tlsTo, tlsFrom, plain int
+		hboneAddr := netip.AddrPortFrom(server.IP, 15008)
 		for _, s := range segs {
 			switch {
-			case s.src.Addr() == client.IP && s.dst == netip.AddrPortFrom(server.IP, 15008):
+			case s.src.Addr() == client.IP && s.dst == hboneAddr:
 				toHBONE++
-			case s.dst.Addr() == client.IP && s.src == netip.AddrPortFrom(server.IP, 15008):
+				if tlsAppData(s.payload) {
+					tlsTo++
+				}
+			case s.dst.Addr() == client.IP && s.src == hboneAddr:
 				fromHBONE++
+				if tlsAppData(s.payload) {
+					tlsFrom++
+				}
 			case s.dst.Port() == echoPort || s.src.Port() == echoPort:
 				plain++
-			default:
-				continue
-			}
-			if tlsAppData(s.payload) {
-				tlsRecords++
 			}
 		}
-		t.Logf("captured %d frames on node0 eth0: %d TCP segments client->server:15008, %d back, %d starting a TLS application-data record", len(frames), toHBONE, fromHBONE, tlsRecords)
+		t.Logf("captured %d frames on node0 eth0: %d TCP segments client->server:15008 (%d starting a TLS application-data record), %d back (%d)",
+			len(frames), toHBONE, tlsTo, fromHBONE, tlsFrom)
 		if toHBONE == 0 || fromHBONE == 0 {
 			t.Errorf("no HBONE (TCP port 15008) between client and server on the wire")
 		}
-		if tlsRecords == 0 {
-			t.Errorf("no TLS record (type 0x17, version 0x0303) in the captured HBONE payloads")
+		if tlsTo == 0 || tlsFrom == 0 {
+			t.Errorf("want TLS records (type 0x17, version 0x0303) both ways on port 15008; saw %d to and %d from the server", tlsTo, tlsFrom)
 		}
 		if plain != 0 {
 			t.Errorf("%d segments to or from the application port %d crossed the wire", plain, echoPort)
@@ -407,6 +410,27 @@ func TestMesh(t *testing.T) {
 			if err := transfer(client, serverAddr, 8<<20, 42); err != nil {
 				t.Errorf("after restarting %s: %v", z, err)
 			}
+		}
+	})
+
+	t.Run("controller back", func(t *testing.T) {
+		if !ctrl.exited() {
+			t.Fatal("the controller is still running")
+		}
+		ctrl = startProcess(t, sp, "controller#2", filepath.Join(ctrlDir, "controller.2.log"), bins.controller, ctrlArgs...)
+		// The ztunnels retry with a backoff capped at 30 s.
+		for _, z := range []*ztunnel{z0, z1} {
+			eventually(t, 35*time.Second, z.String()+" to reconnect to the controller", func() bool { return z.dump(t).XDS.Connected })
+		}
+		t.Cleanup(func() { clearPolicy(t, cfg, z1) })
+		cfg.write(policyFile, authzYAML("deny-client", "DENY", spec("client").principal()))
+		waitServerPolicies(t, z1, "deny-client")
+		if err := blocked(client, serverAddr); err != nil {
+			t.Errorf("a policy written after the controller came back: %v", err)
+		}
+		clearPolicy(t, cfg, z1)
+		if err := echo(client, serverAddr, hello(client)); err != nil {
+			t.Error(err)
 		}
 	})
 

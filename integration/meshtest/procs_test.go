@@ -38,7 +38,11 @@ func buildBinaries(t *testing.T) binaries {
 	tier.Require(t, "the go command", err)
 	dir := t.TempDir()
 	start := time.Now()
-	cmd := exec.Command(goTool, "build", "-o", dir+string(filepath.Separator), controllerPkg, ztunnelPkg)
+	args := []string{"build", "-o", dir + string(filepath.Separator)}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	cmd := exec.Command(goTool, append(args, controllerPkg, ztunnelPkg)...)
 	cmd.Dir = filepath.Join(root, "integration")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build %s %s: %v\n%s", controllerPkg, ztunnelPkg, err, out)
@@ -49,7 +53,7 @@ func buildBinaries(t *testing.T) binaries {
 			t.Fatalf("binary missing after go build: %v", err)
 		}
 	}
-	t.Logf("built controller and ztunnel in %v", time.Since(start).Round(time.Millisecond))
+	t.Logf("built controller and ztunnel (race detector: %v) in %v", raceEnabled, time.Since(start).Round(time.Millisecond))
 	return b
 }
 
@@ -114,6 +118,9 @@ func startProcess(t *testing.T, sp *spawner, name, logPath, bin string, args ...
 	t.Logf("started %s (pid %d): %s %s", name, cmd.Process.Pid, filepath.Base(bin), strings.Join(args, " "))
 	t.Cleanup(func() {
 		p.stop()
+		if b, err := os.ReadFile(logPath); err == nil && bytes.Contains(b, []byte("WARNING: DATA RACE")) {
+			t.Errorf("%s reported a data race (see %s)", name, logPath)
+		}
 		if t.Failed() {
 			t.Logf("---- %s log (%s), last lines ----\n%s", name, logPath, tail(logPath, 150, 48<<10))
 		}

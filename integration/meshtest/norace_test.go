@@ -1,0 +1,5 @@
+//go:build netns && !race
+
+package meshtest
+
+const raceEnabled = false
