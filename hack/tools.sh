@@ -5,7 +5,7 @@
 # no-op that finishes in well under a second.
 #
 #   hack/tools.sh          build what is missing or stale
-#   hack/tools.sh dir G    print the folder of group G (kube, etcd, dev)
+#   hack/tools.sh dir G    print the folder of group G (kube, etcd, dev, bench)
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,6 +16,7 @@ group_version() {
   case "$1" in
     kube) awk '$1=="k8s.io/kubernetes"{print $2}' tools/kube/go.mod ;;
     etcd) awk '$1=="go.etcd.io/etcd/server/v3"{print $2}' tools/etcd/go.mod ;;
+    bench) awk '$1=="fortio.org/fortio"{print $2}' tools/bench/go.mod ;;
     dev) cat tools/dev/go.mod tools/dev/go.sum | sha256sum | cut -c1-12 ;;
   esac
 }
@@ -30,6 +31,7 @@ group_pkgs() {
     dev) echo sigs.k8s.io/controller-tools/cmd/controller-gen honnef.co/go/tools/cmd/staticcheck \
       github.com/bufbuild/buf/cmd/buf google.golang.org/protobuf/cmd/protoc-gen-go \
       google.golang.org/grpc/cmd/protoc-gen-go-grpc ;;
+    bench) echo fortio.org/fortio ;;
   esac
 }
 
@@ -64,7 +66,7 @@ build_group() {
 
 case "${1:-build}" in
   build)
-    for g in dev etcd kube; do build_group "$g"; done ;;
+    for g in dev etcd kube bench; do build_group "$g"; done ;;
   dir)
     group_dir "$2" ;;
   *)
