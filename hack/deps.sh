@@ -7,6 +7,7 @@ declare -A need=(
   [ip]=iproute2      # inspecting test namespaces by hand
   [nft]=nftables     # the data plane's rules, inspected by tests
   [git]=git
+  [haproxy]=haproxy  # make bench: the outside mTLS proxy baseline (Debian's 2.6)
 )
 missing=()
 for cmd in "${!need[@]}"; do
