@@ -28,9 +28,13 @@ import (
 // loopback. Local mode has no CA, so the test runs it: ztunnels reach it
 // with their ordinary -ca-* flags, a root file and a token file each.
 type meshCA struct {
+	t        *testing.T
+	srv      *ca.Server
 	addr     string
 	rootFile string
 	tokens   map[string]string // node -> token file
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
 }
 
 // tokenAuth stands for TokenReview: each node's ztunnel has a token bound
@@ -84,7 +88,7 @@ func startCA(t *testing.T, dir string, pods []podSpec, nodes []string) *meshCA {
 			Status:     corev1.PodStatus{Phase: corev1.PodRunning},
 		})
 	}
-	m := &meshCA{rootFile: filepath.Join(dir, "root-cert.pem"), tokens: map[string]string{}}
+	m := &meshCA{t: t, rootFile: filepath.Join(dir, "root-cert.pem"), tokens: map[string]string{}}
 	auth := tokenAuth{}
 	for _, n := range nodes {
 		token := "token-of-ztunnel-on-" + n
@@ -98,24 +102,36 @@ func startCA(t *testing.T, dir string, pods []podSpec, nodes []string) *meshCA {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	srv, err := ca.NewWithAuthority(authority, auth, list, ca.Config{TrustDomain: trustDomain}, log)
-	if err != nil {
+	if m.srv, err = ca.NewWithAuthority(authority, auth, list, ca.Config{TrustDomain: trustDomain}, log); err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	m.addr = "127.0.0.1:0"
+	m.start()
+	t.Cleanup(m.stop)
+	return m
+}
+
+// start serves the CA (again, on the same address after the first time).
+func (m *meshCA) start() {
+	m.t.Helper()
+	ln, err := net.Listen("tcp", m.addr)
 	if err != nil {
-		t.Fatal(err)
+		m.t.Fatalf("CA listener: %v", err)
 	}
 	m.addr = ln.Addr().String()
 	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		if err := srv.Serve(ctx, ln); err != nil {
-			t.Errorf("CA: %v", err)
+	m.cancel = cancel
+	m.wg.Go(func() {
+		if err := m.srv.Serve(ctx, ln); err != nil {
+			m.t.Errorf("CA: %v", err)
 		}
 	})
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	return m
+}
+
+// stop stops serving; idempotent.
+func (m *meshCA) stop() {
+	m.cancel()
+	m.wg.Wait()
 }
 
 // testWriter sends log lines to the test log (while the test runs).

@@ -33,6 +33,7 @@ const (
 // processes over a two-node lab and checks the L4 mesh end to end.
 func TestMesh(t *testing.T) {
 	tier.RequireRoot(t)
+	top := t // processes started in subtests live until the test ends
 	begin := time.Now()
 	bins := buildBinaries(t)
 	sp := newSpawner(t)
@@ -417,7 +418,7 @@ func TestMesh(t *testing.T) {
 		if !ctrl.exited() {
 			t.Fatal("the controller is still running")
 		}
-		ctrl = startProcess(t, sp, "controller#2", filepath.Join(ctrlDir, "controller.2.log"), bins.controller, ctrlArgs...)
+		ctrl = startProcess(top, sp, "controller#2", filepath.Join(ctrlDir, "controller.2.log"), bins.controller, ctrlArgs...)
 		// The ztunnels retry with a backoff capped at 30 s.
 		for _, z := range []*ztunnel{z0, z1} {
 			eventually(t, 35*time.Second, z.String()+" to reconnect to the controller", func() bool { return z.dump(t).XDS.Connected })
@@ -431,6 +432,36 @@ func TestMesh(t *testing.T) {
 		clearPolicy(t, cfg, z1)
 		if err := echo(client, serverAddr, hello(client)); err != nil {
 			t.Error(err)
+		}
+	})
+
+	// Known bug, reproduced here and skipped unless MESHTEST_KNOWN_BUGS=1:
+	// a ztunnel restarted while the CA is unreachable (in a cluster the CA
+	// is the controller) fails to re-enrol its pods (no certificate), logs
+	// "resync of enrolled pods failed", forgets them and never retries,
+	// even after the CA returns; it reports ready meanwhile, and the rules
+	// the previous instance left in the pods reset all their traffic.
+	t.Run("ztunnel restart while the CA is unreachable", func(t *testing.T) {
+		if os.Getenv("MESHTEST_KNOWN_BUGS") != "1" {
+			t.Skip("known ztunnel bug: a pod whose resync fails at start (CA unreachable) is dropped from the daemon and never retried (ztunnel/daemon: loop calls enroll.Resync once; onAdd deletes the pod on failure); set MESHTEST_KNOWN_BUGS=1 to run")
+		}
+		ca.stop()
+		t.Cleanup(func() {
+			if !refused(ca.addr) {
+				return
+			}
+			ca.start()
+		})
+		if err := z1.proc.stop(); err != nil {
+			t.Errorf("%s exit after SIGTERM: %v", z1, err)
+		}
+		z1.start()
+		time.Sleep(2 * time.Second) // the certificate fetch fails meanwhile
+		ca.start()
+		waitCaptured(t, map[*ztunnel]map[string]bool{z1: {"server": true}})
+		z1.waitReady(t, settle)
+		if err := echo(client, serverAddr, hello(client)); err != nil {
+			t.Errorf("after the CA came back: %v", err)
 		}
 	})
 
