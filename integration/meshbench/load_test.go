@@ -1,0 +1,269 @@
+//go:build netns
+
+package meshbench
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ambit-mesh/ambit/integration/netlab"
+)
+
+// The load: fortio's TCP mode, 1 KiB echoed requests at a constant rate.
+const (
+	loadQPS      = 1000
+	loadConns    = 8 // fortio's default -c: 125 qps per connection
+	loadDuration = 10 * time.Second
+	payloadSize  = 1024
+	bulkBytes    = 256 << 20
+	bulkRuns     = 3    // the median is reported
+	echoPort     = 8078 // fortio tcp-echo in the server pod
+	sinkPort     = 8079 // the bulk-transfer sink in the server pod
+)
+
+// latency is what one fortio run measured.
+type latency struct {
+	p50, p90, p99 time.Duration
+	requests      int64
+	errors        int64
+	qps           float64
+}
+
+// fortioJSON is the part of fortio's -json output the benchmark reads.
+type fortioJSON struct {
+	ActualQPS         float64
+	RetCodes          map[string]int64
+	DurationHistogram struct {
+		Count       int64
+		Percentiles []struct {
+			Percentile float64
+			Value      float64 // seconds
+		}
+	}
+}
+
+// runFortio runs `fortio load` in the client pod against dst and returns
+// its percentiles. The run must finish without errors.
+func runFortio(b *testing.B, sp *spawner, fortio string, client *netlab.Pod, dst string, logDir, name string) latency {
+	b.Helper()
+	out := filepath.Join(logDir, name+".json")
+	p := sp.start(b, client.Start, "fortio-"+name, logDir, fortio, "load",
+		"-qps", strconv.Itoa(loadQPS), "-uniform", "-nocatchup",
+		"-r", "0.00001", // 10 µs histogram resolution
+		"-c", strconv.Itoa(loadConns),
+		"-t", loadDuration.String(),
+		"-payload-size", strconv.Itoa(payloadSize),
+		"-p", "50,90,99",
+		"-json", out,
+		"tcp://"+dst)
+	select {
+	case <-p.done:
+	case <-time.After(loadDuration + 30*time.Second):
+		b.Fatalf("fortio %s did not finish", name)
+	}
+	if p.err != nil {
+		b.Fatalf("fortio %s: %v", name, p.err)
+	}
+	raw, err := os.ReadFile(out)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var r fortioJSON
+	if err := json.Unmarshal(raw, &r); err != nil {
+		b.Fatalf("fortio %s JSON: %v", name, err)
+	}
+	l := latency{requests: r.DurationHistogram.Count, qps: r.ActualQPS}
+	for code, n := range r.RetCodes {
+		if code != "OK" {
+			l.errors += n
+		}
+	}
+	for _, pc := range r.DurationHistogram.Percentiles {
+		d := time.Duration(pc.Value * float64(time.Second))
+		switch pc.Percentile {
+		case 50:
+			l.p50 = d
+		case 90:
+			l.p90 = d
+		case 99:
+			l.p99 = d
+		}
+	}
+	if l.errors != 0 || l.requests < int64(float64(loadQPS)*loadDuration.Seconds()*0.9) {
+		b.Fatalf("fortio %s: %d requests, %v errors (codes %v): the path is broken", name, l.requests, l.errors, r.RetCodes)
+	}
+	return l
+}
+
+// serveSink accepts bulk transfers in the server pod: it reads a connection
+// to its end, then answers with the byte count (8 bytes, big endian).
+func serveSink(b *testing.B, server *netlab.Pod) {
+	b.Helper()
+	var ln net.Listener
+	if err := server.Do(func() (err error) { ln, err = net.Listen("tcp", fmt.Sprintf(":%d", sinkPort)); return err }); err != nil {
+		b.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	b.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(2 * time.Minute))
+				n, _ := io.Copy(io.Discard, c)
+				_, _ = c.Write(binary.BigEndian.AppendUint64(nil, uint64(n)))
+			})
+		}
+	})
+}
+
+// bulk sends bulkBytes from the client pod to dst over one TCP connection,
+// bulkRuns times, and returns the median throughput in bytes per second,
+// timed from before the dial until the sink's byte count arrives.
+func bulk(b *testing.B, client *netlab.Pod, dst string) float64 {
+	b.Helper()
+	buf := make([]byte, 256<<10)
+	var rates []float64
+	for range bulkRuns {
+		start := time.Now()
+		var c net.Conn
+		if err := client.Do(func() (err error) { c, err = net.DialTimeout("tcp", dst, 5*time.Second); return err }); err != nil {
+			b.Fatalf("bulk dial %s: %v", dst, err)
+		}
+		_ = c.SetDeadline(time.Now().Add(2 * time.Minute))
+		for sent := 0; sent < bulkBytes; sent += len(buf) {
+			if _, err := c.Write(buf); err != nil {
+				c.Close()
+				b.Fatalf("bulk to %s: write: %v", dst, err)
+			}
+		}
+		if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+			b.Fatal(err)
+		}
+		var ack [8]byte
+		_, err := io.ReadFull(c, ack[:])
+		elapsed := time.Since(start)
+		c.Close()
+		if err != nil {
+			b.Fatalf("bulk to %s: no byte count back: %v", dst, err)
+		}
+		if got := binary.BigEndian.Uint64(ack[:]); got != bulkBytes {
+			b.Fatalf("bulk to %s: sink received %d bytes, want %d", dst, got, bulkBytes)
+		}
+		rates = append(rates, float64(bulkBytes)/elapsed.Seconds())
+	}
+	slices.Sort(rates)
+	return rates[len(rates)/2]
+}
+
+// echoOnce checks a path end to end with one 1 KiB round trip.
+func echoOnce(client *netlab.Pod, dst string) error {
+	var c net.Conn
+	if err := client.Do(func() (err error) { c, err = net.DialTimeout("tcp", dst, 2*time.Second); return err }); err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	msg := make([]byte, payloadSize)
+	for i := range msg {
+		msg[i] = byte('a' + i%26)
+	}
+	if _, err := c.Write(msg); err != nil {
+		return err
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, got); err != nil {
+		return err
+	}
+	if string(got) != string(msg) {
+		return fmt.Errorf("echo through %s differs", dst)
+	}
+	return nil
+}
+
+// waitEcho retries echoOnce until it works.
+func waitEcho(b *testing.B, client *netlab.Pod, dst string) {
+	b.Helper()
+	deadline := time.Now().Add(settle)
+	for {
+		err := echoOnce(client, dst)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("no echo through %s within %v: %v", dst, settle, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// userHZ is the unit of utime and stime in /proc/<pid>/stat (USER_HZ, 100 on
+// every Linux architecture Go supports).
+const userHZ = 100
+
+// cpuTime is utime+stime of a process (all its threads, dead ones included).
+func cpuTime(b *testing.B, pid int) time.Duration {
+	b.Helper()
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Fields after the command name (which may hold spaces) in parentheses.
+	s := string(raw)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	utime, err1 := strconv.ParseInt(f[11], 10, 64) // field 14
+	stime, err2 := strconv.ParseInt(f[12], 10, 64) // field 15
+	if err1 != nil || err2 != nil {
+		b.Fatalf("/proc/%d/stat: %q", pid, s)
+	}
+	return time.Duration(utime+stime) * time.Second / userHZ
+}
+
+func cpuTimes(b *testing.B, procs []*process) time.Duration {
+	var sum time.Duration
+	for _, p := range procs {
+		sum += cpuTime(b, p.pid())
+	}
+	return sum
+}
+
+// memory returns VmRSS and VmHWM of a process, in bytes.
+func memory(b *testing.B, pid int) (rss, hwm int64) {
+	b.Helper()
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok || (k != "VmRSS" && k != "VmHWM") {
+			continue
+		}
+		f := strings.Fields(v)
+		kb, _ := strconv.ParseInt(f[0], 10, 64)
+		if k == "VmRSS" {
+			rss = kb << 10
+		} else {
+			hwm = kb << 10
+		}
+	}
+	return rss, hwm
+}
+
+func addrPort(ip netip.Addr, port int) string { return netip.AddrPortFrom(ip, uint16(port)).String() }
