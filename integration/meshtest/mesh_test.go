@@ -393,6 +393,21 @@ func TestMesh(t *testing.T) {
 			z.start()
 			z.waitReady(t, settle)
 			waitCaptured(t, map[*ztunnel]map[string]bool{z: c.pods})
+			// Nobody reported the pods again: they came from the
+			// persisted enrolment state.
+			listed, err := z.client.ListPods(t.Context())
+			if err != nil {
+				t.Fatalf("%s: list pods: %v", z, err)
+			}
+			var names []string
+			for _, p := range listed {
+				names = append(names, p.Name)
+			}
+			for name := range c.pods {
+				if !slices.Contains(names, name) {
+					t.Errorf("%s after restart lists pods %v, missing %s", z, names, name)
+				}
+			}
 			d := z.dump(t)
 			if d.XDS.Connected || !d.XDS.FromDisk {
 				t.Errorf("%s after restart: xds connected=%v fromDisk=%v, want the persisted state without a controller", z, d.XDS.Connected, d.XDS.FromDisk)
