@@ -16,27 +16,37 @@ import (
 )
 
 // backendState is what the proxy keeps per backend service port: outlier
-// detection, limits, the retry budget and the round-robin cursor.
+// detection, limits, the retry budget and the round-robin cursor. Fields
+// other than next are guarded by Proxy.stateMu.
 type backendState struct {
 	outlierCfg resilience.OutlierConfig
-	limits     resilience.Limiter // configuration only (MaxRequests, MaxPending)
+	limitsCfg  [2]int // MaxRequests, MaxPending
+	built      bool
 	outlier    *resilience.Outlier
 	limiter    *resilience.Limiter
 	budget     *resilience.Budget
 	next       atomic.Uint64
 }
 
+// backendView is a consistent snapshot of a backendState's parts.
+type backendView struct {
+	outlier *resilience.Outlier
+	limiter *resilience.Limiter
+	budget  *resilience.Budget
+	next    *atomic.Uint64
+}
+
 // state returns the state of a backend, rebuilding the parts whose
-// configuration changed (an ejection or queue survives a new table with the
-// same policy).
-func (p *Proxy) state(be *route.Backend) *backendState {
+// configuration changed (an ejection or a queue survives a new table with
+// the same policy).
+func (p *Proxy) state(be *route.Backend) backendView {
 	var oc resilience.OutlierConfig
 	if be.Outlier != nil {
 		oc = *be.Outlier
 	}
-	var lc resilience.Limiter
+	var lc [2]int
 	if l := resilience.NewLimiter(be.Limits); l != nil {
-		lc.MaxRequests, lc.MaxPending = l.MaxRequests, l.MaxPending
+		lc = [2]int{l.MaxRequests, l.MaxPending}
 	}
 	p.stateMu.Lock()
 	defer p.stateMu.Unlock()
@@ -52,22 +62,21 @@ func (p *Proxy) state(be *route.Backend) *backendState {
 		}
 		p.states[k] = st
 	}
-	if st.outlier == nil || st.outlierCfg != oc {
-		st.outlierCfg = oc
-		st.outlier = nil
+	if !st.built || st.outlierCfg != oc {
+		st.outlierCfg, st.outlier = oc, nil
 		if be.Outlier != nil {
 			cfg := oc
 			st.outlier = &resilience.Outlier{Config: &cfg, Now: p.Now}
 		}
 	}
-	if st.limiter == nil && lc.MaxRequests > 0 || st.limits.MaxRequests != lc.MaxRequests || st.limits.MaxPending != lc.MaxPending {
-		st.limits.MaxRequests, st.limits.MaxPending = lc.MaxRequests, lc.MaxPending
-		st.limiter = nil
-		if lc.MaxRequests > 0 {
-			st.limiter = &resilience.Limiter{MaxRequests: lc.MaxRequests, MaxPending: lc.MaxPending}
+	if !st.built || st.limitsCfg != lc {
+		st.limitsCfg, st.limiter = lc, nil
+		if lc[0] > 0 {
+			st.limiter = &resilience.Limiter{MaxRequests: lc[0], MaxPending: lc[1]}
 		}
 	}
-	return st
+	st.built = true
+	return backendView{outlier: st.outlier, limiter: st.limiter, budget: st.budget, next: &st.next}
 }
 
 // outcome of one try that did not produce a response to forward.
@@ -147,7 +156,7 @@ func (x *exchange) forward(ctx context.Context) {
 
 // try sends one try to a healthy endpoint. It returns the response (with
 // the funcs to call once its body is done) or why there is none.
-func (x *exchange) try(ctx context.Context, st *backendState) (resp *http.Response, cancel context.CancelFunc, release func(), terr *tryError) {
+func (x *exchange) try(ctx context.Context, st backendView) (resp *http.Response, cancel context.CancelFunc, release func(), terr *tryError) {
 	p, rule, be, res := x.p, x.rule, x.be, x.res
 	noop := func() {}
 	if ctx.Err() != nil {
