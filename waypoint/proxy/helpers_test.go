@@ -152,12 +152,6 @@ func (h *harness) lastResult() *Result {
 	return nil
 }
 
-func (h *harness) resultCount() int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return len(h.results)
-}
-
 var h1Client = &http.Client{Transport: &http.Transport{DisableCompression: true}, CheckRedirect: func(*http.Request, []*http.Request) error {
 	return http.ErrUseLastResponse
 }}
