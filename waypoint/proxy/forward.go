@@ -206,7 +206,9 @@ func (x *exchange) try(ctx context.Context, st backendView) (resp *http.Response
 	if err != nil {
 		cancel()
 		release()
-		st.outlier.Report(ep.Address, true)
+		if x.in.Context().Err() == nil { // a client going away is not the endpoint's fault
+			st.outlier.Report(ep.Address, true)
+		}
 		p.log().DebugContext(ctx, "upstream try failed", "endpoint", ep.Address, "backend", res.Backend, "error", err)
 		switch {
 		case ctx.Err() != nil:
