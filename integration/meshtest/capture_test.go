@@ -144,3 +144,9 @@ func tcpSegments(frames [][]byte) []segment {
 func tlsAppData(p []byte) bool {
 	return len(p) >= 5 && p[0] == 0x17 && p[1] == 0x03 && p[2] == 0x03
 }
+
+// tlsClientHello reports whether a payload starts with a TLS handshake record
+// (0x16, legacy version 0x0301 or 0x0303) holding a ClientHello (type 1).
+func tlsClientHello(p []byte) bool {
+	return len(p) >= 6 && p[0] == 0x16 && p[1] == 0x03 && (p[2] == 0x01 || p[2] == 0x03) && p[5] == 0x01
+}

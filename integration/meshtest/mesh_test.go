@@ -87,18 +87,31 @@ func TestMesh(t *testing.T) {
 	cfg.write(serviceFile, serviceYAML(spec("server")))
 	cfg.write(policyFile, noPolicy)
 
-	xdsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	ctrlDir := t.TempDir()
-	ctrlArgs := []string{"--config-dir", cfg.dir, "--xds-listen", xdsAddr, "--log-level", "debug"}
-	ctrl := startProcess(t, sp, "controller", filepath.Join(ctrlDir, "controller.log"), bins.controller, ctrlArgs...)
+	var (
+		xdsAddr  string
+		ctrlArgs []string
+		ctrl     *process
+	)
+	for attempt := 1; ; attempt++ {
+		xdsAddr = freePort(t)
+		ctrlArgs = []string{"--config-dir", cfg.dir, "--xds-listen", xdsAddr, "--log-level", "debug"}
+		ctrl = startProcess(t, sp, "controller", filepath.Join(ctrlDir, fmt.Sprintf("controller.%d.log", attempt)), bins.controller, ctrlArgs...)
+		err := ctrl.waitListening(`"msg":"xds serving"`, 20*time.Second)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, errAddrInUse) || attempt == 3 {
+			t.Fatalf("start controller: %v", err)
+		}
+		t.Logf("the xDS port was taken by another process; starting the controller on a new one")
+	}
 
 	zt := map[string]*ztunnel{}
 	for _, n := range []*netlab.Node{n0, n1} {
 		zt[n.Name] = &ztunnel{
 			t: t, sp: sp, bin: bins.ztunnel, node: n.Name, dir: t.TempDir(),
-			admin:   fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-			metrics: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-			ready:   fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+			admin: freePort(t), metrics: freePort(t), ready: freePort(t),
 			xdsAddr: xdsAddr, caAddr: ca.addr, caRoot: ca.rootFile, caToken: ca.tokens[n.Name],
 		}
 		zt[n.Name].start()
@@ -162,6 +175,11 @@ func TestMesh(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+			// other has not talked to server yet: its first tunnel
+			// starts with a TLS handshake on the wire.
+			if err := echo(other, serverAddr, bytes.Repeat(marker, 64)); err != nil {
+				t.Fatal(err)
+			}
 		})
 		segs := tcpSegments(frames)
 		var toHBONE, fromHBONE, tlsTo, tlsFrom, plain int
@@ -195,6 +213,18 @@ func TestMesh(t *testing.T) {
 		}
 		if n := framesContaining(frames, marker); n != 0 {
 			t.Errorf("the plaintext marker appears in %d captured frames", n)
+		}
+		clientHellos := 0
+		for _, s := range segs {
+			if s.src.Addr() == other.IP && s.dst == hboneAddr && tlsClientHello(s.payload) {
+				clientHellos++
+				if !bytes.Contains(s.payload, []byte("\x02h2")) {
+					t.Errorf("other's ClientHello to server:15008 does not offer ALPN h2")
+				}
+			}
+		}
+		if clientHellos == 0 {
+			t.Errorf("no TLS ClientHello from other to server:15008 on the wire")
 		}
 	})
 
@@ -433,7 +463,10 @@ func TestMesh(t *testing.T) {
 		if !ctrl.exited() {
 			t.Fatal("the controller is still running")
 		}
-		ctrl = startProcess(top, sp, "controller#2", filepath.Join(ctrlDir, "controller.2.log"), bins.controller, ctrlArgs...)
+		ctrl = startProcess(top, sp, "controller (restarted)", filepath.Join(ctrlDir, "controller.restarted.log"), bins.controller, ctrlArgs...)
+		if err := ctrl.waitListening(`"msg":"xds serving"`, 20*time.Second); err != nil {
+			t.Fatalf("restart the controller on %s: %v", xdsAddr, err)
+		}
 		// The ztunnels retry with a backoff capped at 30 s.
 		for _, z := range []*ztunnel{z0, z1} {
 			eventually(t, 35*time.Second, z.String()+" to reconnect to the controller", func() bool { return z.dump(t).XDS.Connected })

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -170,15 +171,50 @@ func tail(path string, n, max int) string {
 	return string(bytes.Join(lines, []byte("\n")))
 }
 
-// freePort returns a loopback TCP port that was free a moment ago.
-func freePort(t *testing.T) int {
+// freePort returns a loopback address whose TCP port was free a moment ago
+// and that no other call handed out. Another process may still take it
+// before ours binds it: startUntilListening retries then.
+func freePort(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		if _, dup := handedOut.LoadOrStore(addr, true); !dup {
+			return addr
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+}
+
+var handedOut sync.Map
+
+// errAddrInUse is returned by waitListening when the process could not bind.
+var errAddrInUse = errors.New("address already in use")
+
+// waitListening waits until the process's log has the line that it logs
+// once its listeners are open (needle), or it exits.
+func (p *process) waitListening(needle string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		b, _ := os.ReadFile(p.logPath)
+		if bytes.Contains(b, []byte(needle)) {
+			return nil
+		}
+		if p.exited() {
+			b, _ = os.ReadFile(p.logPath)
+			if bytes.Contains(b, []byte("address already in use")) {
+				return errAddrInUse
+			}
+			return fmt.Errorf("%s exited before listening (%v):\n%s", p.name, p.err, tail(p.logPath, 30, 8<<10))
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not log %q within %v:\n%s", p.name, needle, timeout, tail(p.logPath, 30, 8<<10))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // refused reports whether nothing listens on a loopback TCP address.

@@ -39,26 +39,39 @@ func (z *ztunnel) xdsState() string { return filepath.Join(z.dir, "xds-state.pb"
 func (z *ztunnel) addrs() []string  { return []string{z.admin, z.metrics, z.ready} }
 func (z *ztunnel) String() string   { return "ztunnel-" + z.node }
 
-// start runs the binary (again) with the same files and ports.
+// start runs the binary (again) with the same files and ports, and waits
+// until its listeners are open. If another process took one of its ports
+// meanwhile, it starts again on new ones (ports are not state).
 func (z *ztunnel) start() {
 	z.t.Helper()
-	z.starts++
-	z.proc = startProcess(z.t, z.sp, fmt.Sprintf("%s#%d", z, z.starts),
-		filepath.Join(z.dir, fmt.Sprintf("ztunnel.%d.log", z.starts)), z.bin,
-		"-node-name", z.node,
-		"-xds-address", z.xdsAddr,
-		"-xds-state-file", z.xdsState(),
-		"-ca-address", z.caAddr,
-		"-ca-root-file", z.caRoot,
-		"-ca-token-file", z.caToken,
-		"-enroll-socket", z.socket(),
-		"-enroll-state-file", z.podState(),
-		"-admin-address", z.admin,
-		"-metrics-address", z.metrics,
-		"-ready-address", z.ready,
-		"-log-level", "debug",
-	)
-	z.client = enroll.NewClient(z.socket())
+	for attempt := 1; ; attempt++ {
+		z.starts++
+		z.proc = startProcess(z.t, z.sp, fmt.Sprintf("%s#%d", z, z.starts),
+			filepath.Join(z.dir, fmt.Sprintf("ztunnel.%d.log", z.starts)), z.bin,
+			"-node-name", z.node,
+			"-xds-address", z.xdsAddr,
+			"-xds-state-file", z.xdsState(),
+			"-ca-address", z.caAddr,
+			"-ca-root-file", z.caRoot,
+			"-ca-token-file", z.caToken,
+			"-enroll-socket", z.socket(),
+			"-enroll-state-file", z.podState(),
+			"-admin-address", z.admin,
+			"-metrics-address", z.metrics,
+			"-ready-address", z.ready,
+			"-log-level", "debug",
+		)
+		z.client = enroll.NewClient(z.socket())
+		err := z.proc.waitListening(`"msg":"ztunnel started"`, 20*time.Second)
+		if err == nil {
+			return
+		}
+		if !errors.Is(err, errAddrInUse) || attempt == 3 {
+			z.t.Fatalf("start %s: %v", z, err)
+		}
+		z.t.Logf("%s: a port was taken by another process; starting on new ports", z)
+		z.admin, z.metrics, z.ready = freePort(z.t), freePort(z.t), freePort(z.t)
+	}
 }
 
 // waitReady polls /healthz/ready until 200.
