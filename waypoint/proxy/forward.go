@@ -114,8 +114,8 @@ func (x *exchange) forward(ctx context.Context) {
 		}
 		resp, cancelTry, release, terr := x.try(ctx, st)
 		last := try >= maxTries
-		retriable := terr != nil && terr.flag != FlagUpstreamOverflow && terr.flag != FlagNoHealthyUpstream ||
-			resp != nil && policy.RetryableStatus(resp.StatusCode)
+		retriable := (terr != nil && terr.flag != FlagUpstreamOverflow && terr.flag != FlagNoHealthyUpstream ||
+			resp != nil && policy.RetryableStatus(resp.StatusCode)) && ctx.Err() == nil
 		if retriable && !last {
 			if releaseRetry != nil {
 				releaseRetry()

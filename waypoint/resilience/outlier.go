@@ -128,6 +128,9 @@ func (o *Outlier) Healthy(eps []string) []string {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.known = len(eps)
+	if len(o.hosts) > 2*len(eps)+16 {
+		o.prune(eps)
+	}
 	now := o.now()
 	var out []string
 	for i, ep := range eps {
@@ -212,13 +215,20 @@ func (o *Outlier) mayEject(now time.Time) bool {
 	return ejected < allowed
 }
 
-// Forget drops the state of endpoints that are no longer in eps.
+// Forget drops the state of endpoints that are no longer in eps. Healthy
+// also does this when the state grows well past the endpoints it is given.
 func (o *Outlier) Forget(eps []string) {
 	if o == nil {
 		return
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	o.prune(eps)
+	o.known = len(eps)
+}
+
+// prune drops the state of endpoints not in eps. Called with mu held.
+func (o *Outlier) prune(eps []string) {
 	keep := make(map[string]bool, len(eps))
 	for _, ep := range eps {
 		keep[ep] = true
@@ -228,5 +238,4 @@ func (o *Outlier) Forget(eps []string) {
 			delete(o.hosts, ep)
 		}
 	}
-	o.known = len(eps)
 }
