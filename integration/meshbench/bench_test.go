@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -15,24 +16,28 @@ import (
 	"github.com/ambit-mesh/ambit/integration/netlab"
 )
 
-// result is what one path measured.
+// result is what one path measured in one round, or, aggregated over the
+// rounds, the median of each figure.
 type result struct {
-	name    string
-	lat     latency
-	bulk    float64       // bytes per second, median of bulkRuns
-	cpu     time.Duration // proxy processes' CPU time during the fortio run
-	proxies int
+	name     string
+	lat      latency
+	bulk     float64       // bytes per second
+	cpu      time.Duration // proxy processes' CPU time during the fortio run
+	requests int64         // for cpu: requests during the fortio run(s)
+	proxies  int
 }
 
 func (r result) cpuPer1000() float64 {
-	return r.cpu.Seconds() / (float64(r.lat.requests) / 1000)
+	return r.cpu.Seconds() / (float64(r.requests) / 1000)
 }
 
 // BenchmarkPaths measures the direct, HAProxy and mesh paths between the
-// same two pods in one run (see the package documentation). It runs once
-// whatever b.N is: the figures come from fortio and the bulk transfers, not
-// from b.N iterations. The report is printed, and also written to the file
-// named by $AMBIT_BENCH_REPORT when set.
+// same two pods in one run (see the package documentation): `rounds` rounds
+// of direct, haproxy, mesh, so that the paths interleave in time, and the
+// median round of each figure is reported. It runs once whatever b.N is:
+// the figures come from fortio and the bulk transfers, not from b.N
+// iterations. The report is printed, and also written to the file named by
+// $AMBIT_BENCH_REPORT when set.
 func BenchmarkPaths(b *testing.B) {
 	tier.RequireRoot(b)
 	begin := time.Now()
@@ -68,8 +73,8 @@ func BenchmarkPaths(b *testing.B) {
 	serveSink(b, server)
 
 	// The mesh runs from the start, with the namespace not enrolled: its
-	// idle cost is present in every path, and it captures nothing until
-	// the mesh path.
+	// idle cost is present in every path, and it captures the pods only for
+	// the mesh path of each round.
 	mca := startCA(b, b.TempDir(), specs, []string{n0.Name, n1.Name})
 	cfg := configDir(b.TempDir())
 	cfg.write(b, "00-namespace.yaml", namespaceYAML(false))
@@ -80,58 +85,57 @@ func BenchmarkPaths(b *testing.B) {
 	z1 := startZtunnel(b, sp, tl.ztunnel, n1.Name, xdsAddr, mca)
 	z0.report(b, specs[0])
 	z1.report(b, specs[1])
-	z0.waitCaptured(b, "client", false)
-	z1.waitCaptured(b, "server", false)
-
 	echoDst, sinkDst := addrPort(server.IP, echoPort), addrPort(server.IP, sinkPort)
-	var results []result
+	capture := func(on bool) {
+		cfg.write(b, "00-namespace.yaml", namespaceYAML(on))
+		z0.waitCaptured(b, "client", on)
+		z1.waitCaptured(b, "server", on)
+		waitEcho(b, client, echoDst)
+	}
+	capture(false)
 
-	// 1. direct
-	waitEcho(b, client, echoDst)
-	direct := result{name: "direct"}
-	direct.lat = runFortio(b, sp, tl.fortio, client, echoDst, logDir, "direct")
-	direct.bulk = bulk(b, client, sinkDst)
-	results = append(results, direct)
-
-	// 2. the HAProxy pair
+	// The HAProxy pair runs through every round (it is used only while
+	// the pods are not captured).
 	hp := startHAProxyPair(b, sp, tl.haproxy, client, server)
 	hpEcho, hpSink := fmt.Sprintf("127.0.0.1:%d", haproxyEchoIn), fmt.Sprintf("127.0.0.1:%d", haproxySinkIn)
 	waitEcho(b, client, hpEcho)
-	h := result{name: "haproxy", proxies: len(hp)}
-	c0 := cpuTimes(b, hp)
-	h.lat = runFortio(b, sp, tl.fortio, client, hpEcho, logDir, "haproxy")
-	h.cpu = cpuTimes(b, hp) - c0
-	h.bulk = bulk(b, client, hpSink)
-	results = append(results, h)
-	for _, p := range hp {
-		if err := p.stop(); err != nil {
-			b.Fatal(err)
-		}
-	}
-
-	// 3. the mesh: enrol the namespace; both ztunnels capture their pod.
-	cfg.write(b, "00-namespace.yaml", namespaceYAML(true))
-	z0.waitCaptured(b, "client", true)
-	z1.waitCaptured(b, "server", true)
-	waitEcho(b, client, echoDst)
 	zt := []*process{z0.proc, z1.proc}
-	tunnels0 := z1.mtlsConnections(b)
-	m := result{name: "mesh", proxies: len(zt)}
-	c0 = cpuTimes(b, zt)
-	m.lat = runFortio(b, sp, tl.fortio, client, echoDst, logDir, "mesh")
-	m.cpu = cpuTimes(b, zt) - c0
-	m.bulk = bulk(b, client, sinkDst)
-	results = append(results, m)
-	if got := z1.mtlsConnections(b) - tunnels0; got < loadConns+bulkRuns {
-		b.Fatalf("the server's ztunnel accepted %v mutual-TLS tunnels during the mesh path, want at least %d: traffic bypassed the mesh", got, loadConns+bulkRuns)
+
+	measure := func(round int, name, echo, sink string, procs []*process) result {
+		r := result{name: name, proxies: len(procs)}
+		c0 := cpuTimes(b, procs)
+		r.lat = runFortio(b, sp, tl.fortio, client, echo, logDir, fmt.Sprintf("%s-%d", name, round))
+		r.cpu = cpuTimes(b, procs) - c0
+		r.requests = r.lat.requests
+		r.bulk = bulk(b, client, sink)
+		return r
+	}
+	perRound := map[string][]result{}
+	for round := range rounds {
+		if round > 0 {
+			capture(false)
+		}
+		perRound["direct"] = append(perRound["direct"], measure(round, "direct", echoDst, sinkDst, nil))
+		perRound["haproxy"] = append(perRound["haproxy"], measure(round, "haproxy", hpEcho, hpSink, hp))
+		capture(true)
+		tunnels0 := z1.mtlsConnections(b)
+		perRound["mesh"] = append(perRound["mesh"], measure(round, "mesh", echoDst, sinkDst, zt))
+		if got := z1.mtlsConnections(b) - tunnels0; got < loadConns+1 {
+			b.Fatalf("round %d: the server's ztunnel accepted %v mutual-TLS tunnels during the mesh path, want at least %d: traffic bypassed the mesh", round, got, loadConns+1)
+		}
 	}
 	var rss, hwm int64
 	for _, p := range zt {
 		r, h := memory(b, p.pid())
 		rss, hwm = max(rss, r), max(hwm, h)
 	}
+	var results []result
+	for _, name := range []string{"direct", "haproxy", "mesh"} {
+		results = append(results, median(perRound[name]))
+	}
+	direct := results[0]
 
-	rep := report(results, rss, hwm, load0, loadAvg(), time.Since(begin))
+	rep := report(results, perRound, rss, hwm, load0, loadAvg(), time.Since(begin))
 	fmt.Print(rep)
 	if path := os.Getenv("AMBIT_BENCH_REPORT"); path != "" {
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
@@ -152,6 +156,33 @@ func BenchmarkPaths(b *testing.B) {
 	b.ReportMetric(float64(hwm)/(1<<20), "ztunnel-hwm-MiB")
 }
 
+// median aggregates rounds: each percentile and the throughput are the
+// median over the rounds; CPU is the total over the total requests.
+func median(rs []result) result {
+	mid := func(f func(result) float64) float64 {
+		v := make([]float64, len(rs))
+		for i, r := range rs {
+			v[i] = f(r)
+		}
+		slices.Sort(v)
+		if len(v)%2 == 0 {
+			return (v[len(v)/2-1] + v[len(v)/2]) / 2
+		}
+		return v[len(v)/2]
+	}
+	m := result{name: rs[0].name, proxies: rs[0].proxies}
+	m.lat.p50 = time.Duration(mid(func(r result) float64 { return float64(r.lat.p50) }))
+	m.lat.p90 = time.Duration(mid(func(r result) float64 { return float64(r.lat.p90) }))
+	m.lat.p99 = time.Duration(mid(func(r result) float64 { return float64(r.lat.p99) }))
+	m.bulk = mid(func(r result) float64 { return r.bulk })
+	for _, r := range rs {
+		m.lat.requests += r.lat.requests
+		m.requests += r.requests
+		m.cpu += r.cpu
+	}
+	return m
+}
+
 // Goals the mesh path is measured against (docs/reference/benchmarks.md).
 const (
 	goalBulkShare = 0.30
@@ -159,12 +190,13 @@ const (
 )
 
 // report renders the table and the goals.
-func report(rs []result, rss, hwm int64, load0, load1 string, took time.Duration) string {
+func report(rs []result, perRound map[string][]result, rss, hwm int64, load0, load1 string, took time.Duration) string {
 	direct, h, m := rs[0], rs[1], rs[2]
 	var s strings.Builder
 	fmt.Fprintf(&s, "\nAmbit data-plane benchmark (integration/meshbench), %s\n", time.Now().UTC().Format(time.RFC3339))
-	fmt.Fprintf(&s, "load: fortio TCP, %d B echo, %d qps, %d connections, %v per path, -uniform -nocatchup -r 0.00001; bulk: %d MiB single stream, median of %d\n",
-		payloadSize, loadQPS, loadConns, loadDuration, bulkBytes>>20, bulkRuns)
+	fmt.Fprintf(&s, "load: fortio TCP, %d B echo, %d qps, %d connections, -uniform -nocatchup -r 0.00001, %v per path and round; bulk: %d MiB single stream\n",
+		payloadSize, loadQPS, loadConns, loadDuration, bulkBytes>>20)
+	fmt.Fprintf(&s, "%d rounds of direct, haproxy, mesh; each figure is the median round (CPU: total over all rounds)\n", rounds)
 	fmt.Fprintf(&s, "machine: %d CPUs; load average before %s, after %s; took %v\n\n", runtime.NumCPU(), load0, load1, took.Round(time.Second))
 	us := func(d time.Duration) string { return fmt.Sprintf("%.0f", float64(d)/1e3) }
 	fmt.Fprintf(&s, "| path | requests | p50 µs | p90 µs | p99 µs | p50 added | p99 added | bulk MB/s | bulk vs direct | proxy CPU-s per 1000 req |\n")
@@ -177,6 +209,14 @@ func report(rs []result, rss, hwm int64, load0, load1 string, took time.Duration
 		}
 		fmt.Fprintf(&s, "| %s | %d | %s | %s | %s | %s | %s | %.0f | %.0f%% | %s |\n", r.name, r.lat.requests,
 			us(r.lat.p50), us(r.lat.p90), us(r.lat.p99), added50, added99, r.bulk/1e6, 100*r.bulk/direct.bulk, cpu)
+	}
+	fmt.Fprintf(&s, "\nrounds (p50 / p99 µs, bulk MB/s):\n")
+	for _, r := range rs {
+		fmt.Fprintf(&s, "- %-8s", r.name)
+		for i, x := range perRound[r.name] {
+			fmt.Fprintf(&s, " [%d] %s / %s, %.0f;", i+1, us(x.lat.p50), us(x.lat.p99), x.bulk/1e6)
+		}
+		fmt.Fprintln(&s)
 	}
 	fmt.Fprintf(&s, "\nztunnel memory (the larger of the two): VmRSS %.1f MiB, VmHWM %.1f MiB\n\n", float64(rss)/(1<<20), float64(hwm)/(1<<20))
 	goal := func(ok bool, text string, args ...any) {
