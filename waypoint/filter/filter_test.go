@@ -206,3 +206,15 @@ func TestHeaderModifierResponse(t *testing.T) {
 		t.Error("nil chain not empty")
 	}
 }
+
+func FuzzPathModifier(f *testing.F) {
+	f.Add("/foo/bar", "/foo", "/xyz")
+	f.Add("/", "/", "")
+	f.Add("", "/a/", "/")
+	f.Fuzz(func(t *testing.T, path, prefix, repl string) {
+		got := (&PathModifier{Prefix: repl}).Apply(path, prefix)
+		if !strings.HasPrefix(got, "/") {
+			t.Errorf("Apply(%q, %q) with %q = %q: not absolute", path, prefix, repl, got)
+		}
+	})
+}

@@ -216,3 +216,15 @@ func compileRegex(s string) (*regexp.Regexp, error) {
 	}
 	return re, nil
 }
+
+// Keys returns the service ports of the table, in no particular order.
+func (t *Table) Keys() []Key {
+	if t == nil {
+		return nil
+	}
+	out := make([]Key, 0, len(t.services))
+	for k := range t.services {
+		out = append(out, k)
+	}
+	return out
+}
