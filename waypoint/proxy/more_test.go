@@ -111,3 +111,16 @@ func TestHopByHopResponseHeaders(t *testing.T) {
 		t.Errorf("TE: trailers did not reach the backend: %v", resp.Header)
 	}
 }
+
+func TestNoTransparentCompression(t *testing.T) {
+	b := newBackend(t, func(_ int, w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte("accept-encoding=" + r.Header.Get("Accept-Encoding")))
+	})
+	h := newHarness(t, compile(t, retryRule(nil, be("ns/b", 1))), resolver{key("ns/b"): {b.addr()}})
+	if _, body := h.do("GET", "/", nil, nil); body != "accept-encoding=" {
+		t.Errorf("upstream saw %q", body)
+	}
+	if _, body := h.do("GET", "/", nil, http.Header{"Accept-Encoding": {"br"}}); body != "accept-encoding=br" {
+		t.Errorf("upstream saw %q", body)
+	}
+}

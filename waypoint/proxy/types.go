@@ -164,6 +164,9 @@ func newTransport(h2c bool) *http.Transport {
 		MaxIdleConnsPerHost:   64,
 		IdleConnTimeout:       90 * time.Second,
 		ExpectContinueTimeout: time.Second,
+		// Pass bodies through as they are: no Accept-Encoding of our own,
+		// no transparent decompression.
+		DisableCompression: true,
 	}
 	if h2c {
 		var p http.Protocols
