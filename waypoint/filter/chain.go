@@ -128,8 +128,7 @@ func Hit(percent float64, draw func() float64) bool {
 	return draw()*100 < percent
 }
 
-// duration converts an optional wire duration; nil and negative are errors
-// only when required.
+// duration converts a set wire duration, refusing invalid and negative ones.
 func duration(d interface {
 	AsDuration() time.Duration
 	CheckValid() error

@@ -93,7 +93,7 @@ func (p *RetryPolicy) MethodAllowed(method string) bool {
 	return p.NonIdempotent
 }
 
-// Backoff is how long to wait before retry number n (1 for the first
+// BackoffFor is how long to wait before retry number n (1 for the first
 // retry): "full jitter", a uniform draw from [0, min(cap, base*2^(n-1))),
 // where cap is MaxBackoffFactor*base. draw returns numbers in [0, 1); nil
 // is math/rand/v2.Float64.
