@@ -200,7 +200,7 @@ func (x *exchange) try(ctx context.Context, st backendView) (resp *http.Response
 		out.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil }
 	}
 	res.Attempts++
-	res.Endpoint = ep.Address
+	res.Endpoint, res.Workload = ep.Address, ep.Workload
 	rt := p.transport(Target{Service: be.Service, Port: be.Port, Endpoint: ep, HTTP2: x.in.ProtoMajor == 2})
 	resp, err := rt.RoundTrip(out)
 	if err != nil {

@@ -74,7 +74,7 @@ type resolver map[string][]string
 func (r resolver) Endpoints(_ context.Context, service string, port uint32) []Endpoint {
 	var out []Endpoint
 	for _, a := range r[route.Key{Service: service, Port: port}.String()] {
-		out = append(out, Endpoint{Address: a})
+		out = append(out, Endpoint{Address: a, Workload: "ns/pod-" + a})
 	}
 	return out
 }

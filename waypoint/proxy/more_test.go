@@ -18,7 +18,7 @@ func TestRetryConnectFailureOnAnotherEndpoint(t *testing.T) {
 	if resp.StatusCode != 200 || body != "ok" || good.count() != 1 {
 		t.Fatalf("%d %q", resp.StatusCode, body)
 	}
-	if res := h.lastResult(); res.Attempts != 2 || res.Endpoint != good.addr() {
+	if res := h.lastResult(); res.Attempts != 2 || res.Endpoint != good.addr() || res.Workload != "ns/pod-"+good.addr() {
 		t.Errorf("result %+v", res)
 	}
 }

@@ -55,8 +55,9 @@ type Result struct {
 	// Backend is "<namespace>/<name>:<port>" of the chosen backend; empty
 	// when none was chosen.
 	Backend string
-	// Endpoint is the address of the last endpoint tried; empty when none.
-	Endpoint string
+	// Endpoint is the address of the last endpoint tried, and Workload its
+	// Endpoint.Workload; empty when none.
+	Endpoint, Workload string
 	// Attempts is the number of tries sent to endpoints (0 when none).
 	Attempts int
 	// Code is the HTTP status sent (499 when the client went away).
