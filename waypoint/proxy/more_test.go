@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
+	"github.com/ambit-mesh/ambit/waypoint/route"
 )
 
 func TestRetryConnectFailureOnAnotherEndpoint(t *testing.T) {
@@ -122,5 +124,39 @@ func TestNoTransparentCompression(t *testing.T) {
 	}
 	if _, body := h.do("GET", "/", nil, http.Header{"Accept-Encoding": {"br"}}); body != "accept-encoding=br" {
 		t.Errorf("upstream saw %q", body)
+	}
+}
+
+func TestEjectionSurvivesTableSwap(t *testing.T) {
+	bad := newBackend(t, func(_ int, w http.ResponseWriter, _ *http.Request) { w.WriteHeader(500) })
+	good := newBackend(t, nil)
+	mk := func(consecutive uint32) *configv1alpha1.RouteRule {
+		backend := be("ns/b", 1)
+		backend.OutlierDetection = &configv1alpha1.OutlierDetection{Consecutive_5XxErrors: consecutive,
+			BaseEjectionTime: durationOf(time.Hour), MaxEjectionPercent: 50}
+		return retryRule(nil, backend)
+	}
+	var current atomic.Pointer[route.Table]
+	current.Store(compile(t, mk(1)))
+	h := newHarness(t, nil, resolver{key("ns/b"): {bad.addr(), good.addr()}}, func(p *Proxy) { p.Table = current.Load })
+	for range 4 {
+		h.do("GET", "/", nil, nil)
+	}
+	if bad.count() != 1 {
+		t.Fatalf("bad endpoint got %d requests, want 1 then ejection", bad.count())
+	}
+	current.Store(compile(t, mk(1))) // an xDS push with the same policy
+	for range 4 {
+		h.do("GET", "/", nil, nil)
+	}
+	if bad.count() != 1 {
+		t.Errorf("ejection lost on a table swap with the same policy: bad %d", bad.count())
+	}
+	current.Store(compile(t, mk(3))) // a new policy starts afresh
+	for range 4 {
+		h.do("GET", "/", nil, nil)
+	}
+	if bad.count() == 1 {
+		t.Error("ejection kept although the policy changed")
 	}
 }
