@@ -23,7 +23,4 @@
 // Run:
 //
 //	cd integration && go test -race -count=1 -tags netns ./meshtest/
-//
-// MESHTEST_KNOWN_BUGS=1 also runs the subtest reproducing a known ztunnel
-// bug (see the skip message), which fails until it is fixed.
 package meshtest

@@ -483,16 +483,10 @@ func TestMesh(t *testing.T) {
 		}
 	})
 
-	// Known bug, reproduced here and skipped unless MESHTEST_KNOWN_BUGS=1:
-	// a ztunnel restarted while the CA is unreachable (in a cluster the CA
-	// is the controller) fails to re-enrol its pods (no certificate), logs
-	// "resync of enrolled pods failed", forgets them and never retries,
-	// even after the CA returns; it reports ready meanwhile, and the rules
-	// the previous instance left in the pods reset all their traffic.
+	// A ztunnel restarted while the CA is unreachable (in a cluster the CA
+	// is the controller) cannot re-capture its pods at first; it keeps them
+	// with their error and captures them once the CA is back.
 	t.Run("ztunnel restart while the CA is unreachable", func(t *testing.T) {
-		if os.Getenv("MESHTEST_KNOWN_BUGS") != "1" {
-			t.Skip("known ztunnel bug: a pod whose resync fails at start (CA unreachable) is dropped from the daemon and never retried (ztunnel/daemon: loop calls enroll.Resync once; onAdd deletes the pod on failure); set MESHTEST_KNOWN_BUGS=1 to run")
-		}
 		ca.stop()
 		t.Cleanup(func() {
 			if !refused(ca.addr) {

@@ -57,12 +57,13 @@ func (d *Daemon) onAdd(ctx context.Context, pod enroll.Pod) error {
 		ps = &podState{pod: pod}
 		d.pods[pod.UID] = ps
 	}
-	if err := d.reconcile(ctx, ps, d.store.Snapshot()); err != nil {
-		delete(d.pods, pod.UID)
-		return err
-	}
+	// A failed capture fails the hook (so a CNI ADD fails), but the pod stays
+	// reported with its error: the enrolment server keeps it too, and the
+	// retry loop captures it once the cause (say, an unreachable CA) is gone.
+	// A CNI DEL (onRemove) forgets it.
+	err := d.reconcile(ctx, ps, d.store.Snapshot())
 	d.updateGauges()
-	return nil
+	return err
 }
 
 // onRemove is the enrolment OnRemove hook: release the pod and forget it.
