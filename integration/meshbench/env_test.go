@@ -178,15 +178,22 @@ func (p *process) stop() error {
 	}
 }
 
-// freePort returns a loopback TCP port that was free a moment ago.
-func freePort(b *testing.B) string {
+// hostAddr returns a loopback address for a listener of the host network
+// namespace: a fixed port on an address of 127.0.0.0/8 derived from the
+// benchmark's PID and host (which Linux routes to lo without configuration).
+// A port picked at random on 127.0.0.1 could be taken meanwhile as the
+// ephemeral source port of some outgoing connection on this busy machine;
+// nothing connects *from* these addresses.
+func hostAddr(b *testing.B, host, port int) string {
 	b.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	pid := os.Getpid()
+	addr := fmt.Sprintf("127.%d.%d.%d:%d", 100+(pid/250)%150, 1+pid%250, host, port)
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		b.Fatal(err)
+		b.Fatalf("loopback address for a listener: %v", err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	ln.Close()
+	return addr
 }
 
 // The mesh CA. Local mode has no CA, so the benchmark serves the

@@ -82,9 +82,12 @@ type ztunnel struct {
 	client                *enroll.Client
 }
 
-func startZtunnel(b *testing.B, sp *spawner, bin, node, xdsAddr string, mca *meshCA) *ztunnel {
+// startZtunnel runs the ztunnel of a node; host numbers its loopback
+// address (see hostAddr).
+func startZtunnel(b *testing.B, sp *spawner, bin, node string, host int, xdsAddr string, mca *meshCA) *ztunnel {
 	b.Helper()
-	z := &ztunnel{node: node, dir: b.TempDir(), admin: freePort(b), metrics: freePort(b), ready: freePort(b)}
+	z := &ztunnel{node: node, dir: b.TempDir(),
+		admin: hostAddr(b, host, 15000), metrics: hostAddr(b, host, 15020), ready: hostAddr(b, host, 15021)}
 	sock := filepath.Join(z.dir, "ztunnel.sock")
 	z.proc = sp.start(b, nil, "ztunnel-"+node, z.dir, bin,
 		"-node-name", node,
