@@ -4,7 +4,6 @@ package meshbench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -12,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -36,7 +36,7 @@ type tools struct {
 	controller, ztunnel string
 }
 
-// findTools locates fortio (bin/tools/bench-*/fortio, or $FORTIO) and
+// findTools locates fortio (bin/tools/bench-<version>/fortio, or $FORTIO) and
 // haproxy, and builds the controller and ztunnel from the workspace. A
 // missing program skips the benchmark, or fails it under CI=true.
 func findTools(b *testing.B) tools {
@@ -46,16 +46,16 @@ func findTools(b *testing.B) tools {
 	var t tools
 	t.fortio = os.Getenv("FORTIO")
 	if t.fortio == "" {
-		matches, _ := filepath.Glob(filepath.Join(root, "bin", "tools", "bench-*", "fortio"))
-		if len(matches) == 0 {
-			err = errors.New("no bin/tools/bench-*/fortio: run make tools")
-		} else {
-			t.fortio = matches[len(matches)-1]
+		// The pinned version's folder, as hack/tools.sh names it.
+		out, err := exec.Command(filepath.Join(root, "hack", "tools.sh"), "dir", "bench").Output()
+		if err != nil {
+			b.Fatalf("hack/tools.sh dir bench: %v", err)
 		}
-	} else {
-		_, err = os.Stat(t.fortio)
+		t.fortio = filepath.Join(strings.TrimSpace(string(out)), "fortio")
 	}
-	tier.Require(b, "fortio (make tools)", err)
+	if _, err := os.Stat(t.fortio); err != nil {
+		tier.Require(b, "fortio (make tools)", fmt.Errorf("%w: run make tools", err))
+	}
 	t.haproxy, err = exec.LookPath("haproxy")
 	tier.Require(b, "haproxy (make deps: Debian package haproxy)", err)
 	goTool, err := exec.LookPath("go")
