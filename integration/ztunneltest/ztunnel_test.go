@@ -5,6 +5,7 @@ package ztunneltest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -424,7 +425,51 @@ func TestZtunnelEndToEnd(t *testing.T) {
 	})
 
 	t.Run("restart resyncs pods and starts from persisted config", func(t *testing.T) {
-		z1.stop()
+		// Graceful drain: a connection open when ztunnel stops goes on until
+		// it closes (within the shutdown drain), and then ztunnel exits.
+		var long net.Conn
+		if err := a.Do(func() (err error) { long, err = net.DialTimeout("tcp", bAddr.String(), 3*time.Second); return err }); err != nil {
+			t.Fatal(err)
+		}
+		roundTrip := func() error {
+			_ = long.SetDeadline(time.Now().Add(3 * time.Second))
+			msg := []byte("still here")
+			if _, err := long.Write(msg); err != nil {
+				return err
+			}
+			got := make([]byte, len(msg))
+			if _, err := io.ReadFull(long, got); err != nil {
+				return err
+			}
+			if string(got) != string(msg) {
+				return fmt.Errorf("echo %q, want %q", got, msg)
+			}
+			return nil
+		}
+		if err := roundTrip(); err != nil {
+			t.Fatal(err)
+		}
+		stopped := make(chan time.Duration, 1)
+		begin := time.Now()
+		go func() { z1.stop(); stopped <- time.Since(begin) }()
+		time.Sleep(300 * time.Millisecond)
+		if err := roundTrip(); err != nil {
+			t.Errorf("an open connection broke while ztunnel drained: %v", err)
+		}
+		select {
+		case <-stopped:
+			t.Error("ztunnel stopped before its open connection closed")
+		default:
+		}
+		long.Close()
+		select {
+		case d := <-stopped:
+			if d > 4*time.Second {
+				t.Errorf("ztunnel took %v to stop after the last connection closed", d)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("ztunnel did not stop after its drain")
+		}
 		x.g.Stop()
 		// While ztunnel is away the rules stay: b is not reachable around the mesh.
 		if err := echo(u, bAddr); err == nil {

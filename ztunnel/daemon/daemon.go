@@ -33,6 +33,9 @@ const (
 	DefaultReadyAddr       = ":15021"
 	DefaultSOCKS5Addr      = "127.0.0.1:15080"
 	DefaultDrainTimeout    = 30 * time.Second
+	// DefaultShutdownDrain bounds how long open connections may finish
+	// after SIGTERM.
+	DefaultShutdownDrain = 5 * time.Second
 	// retryInterval is how often pods whose capture failed are retried.
 	retryInterval = 5 * time.Second
 )
@@ -74,6 +77,10 @@ type Config struct {
 	// The connections of a pod that leaves the mesh, and all connections at
 	// shutdown, are closed at once.
 	DrainTimeout time.Duration
+	// ShutdownDrain bounds how long the connections being proxied may
+	// finish when ztunnel stops (SIGTERM) while its listeners are already
+	// closed; zero means DefaultShutdownDrain, negative closes them at once.
+	ShutdownDrain time.Duration
 	// DialTimeout bounds upstream dials; zero means proxy.DefaultDialTimeout.
 	DialTimeout time.Duration
 	// Logger; nil means slog.Default().
@@ -120,6 +127,9 @@ func New(cfg Config) (*Daemon, error) {
 	if cfg.SystemNamespace == "" {
 		cfg.SystemNamespace = DefaultSystemNamespace
 	}
+	if cfg.ShutdownDrain == 0 {
+		cfg.ShutdownDrain = DefaultShutdownDrain
+	}
 	if cfg.DrainTimeout <= 0 {
 		cfg.DrainTimeout = DefaultDrainTimeout
 	}
@@ -132,6 +142,7 @@ func New(cfg Config) (*Daemon, error) {
 	}
 	d := &Daemon{cfg: cfg, log: log, metrics: metrics.New(), resynced: make(chan struct{}),
 		pods: map[string]*podState{}, idRefs: map[identity.SPIFFEID]int{}, draining: map[*proxy.Pod]struct{}{}, httpAddrs: map[string]net.Addr{}}
+	d.metrics.AccessLog = log.With("component", "access")
 	d.store = config.NewStore(log.With("component", "config"))
 	xc, err := xds.New(xds.Config{
 		Conn:       cfg.XDSConn,

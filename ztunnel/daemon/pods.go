@@ -291,6 +291,11 @@ func (d *Daemon) unref(id identity.SPIFFEID) {
 }
 
 // stopAll stops serving every pod at shutdown, leaving the rules in place.
+// The capture rules stay in place, so that traffic fails rather than
+// bypassing the mesh while ztunnel is away; each pod's listeners close at
+// once (a new ztunnel can bind them) and its open connections may finish for
+// up to Config.ShutdownDrain. Connections still draining from an identity
+// change are closed at once.
 func (d *Daemon) stopAll() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -300,8 +305,13 @@ func (d *Daemon) stopAll() {
 	}
 	for _, ps := range d.pods {
 		if ps.proxy != nil {
-			_ = ps.proxy.Close()
-			_ = ps.ns.Close()
+			done, ns := ps.proxy.Drain(d.cfg.ShutdownDrain), ps.ns
+			d.drainWG.Add(1)
+			go func() {
+				defer d.drainWG.Done()
+				<-done
+				_ = ns.Close()
+			}()
 			ps.proxy, ps.ns = nil, nil
 		}
 	}

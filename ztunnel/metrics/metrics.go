@@ -10,7 +10,10 @@
 package metrics
 
 import (
+	"log/slog"
 	"net"
+	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -119,6 +122,11 @@ type Metrics struct {
 	// Registry holds every metric below, plus Go and process collectors.
 	Registry *prometheus.Registry
 
+	// AccessLog receives one line per connection when it closes (or is
+	// refused): peers, identities, bytes, duration and the policy decision.
+	// Nil means no access log. Set it before the first Open.
+	AccessLog *slog.Logger
+
 	opened, closed, sent, received *prometheus.CounterVec
 
 	// XDSConnected is 1 while the xDS stream to the controller is up.
@@ -173,9 +181,14 @@ func New() *Metrics {
 	return m
 }
 
-// Conn tracks one connection's metrics.
+// Conn tracks one connection's metrics and access-log line.
 type Conn struct {
 	closed, sent, received prometheus.Counter
+	log                    *slog.Logger
+	labels                 Labels
+	start                  time.Time
+	nSent, nReceived       atomic.Int64
+	done                   atomic.Bool
 }
 
 // Open counts a connection opened with labels l and returns its tracker.
@@ -183,25 +196,62 @@ func (m *Metrics) Open(l Labels) *Conn {
 	vs := l.values()
 	m.opened.WithLabelValues(vs...).Inc()
 	return &Conn{closed: m.closed.WithLabelValues(vs...), sent: m.sent.WithLabelValues(vs...),
-		received: m.received.WithLabelValues(vs...)}
+		received: m.received.WithLabelValues(vs...), log: m.AccessLog, labels: l, start: time.Now()}
 }
 
 // Failed counts a connection that was opened and closed at once (refused or
-// failed), with l.ResponseFlags saying why.
+// failed), with l.ResponseFlags saying why, and logs it.
 func (m *Metrics) Failed(l Labels) {
 	vs := l.values()
 	m.opened.WithLabelValues(vs...).Inc()
 	m.closed.WithLabelValues(vs...).Inc()
+	if m.AccessLog != nil {
+		m.AccessLog.Info("connection refused", accessAttrs(l, 0, 0, 0)...)
+	}
 }
 
-// Close counts the connection closed.
-func (c *Conn) Close() { c.closed.Inc() }
+// Close counts the connection closed and writes its access-log line. Only
+// the first call counts.
+func (c *Conn) Close() {
+	if c.done.Swap(true) {
+		return
+	}
+	c.closed.Inc()
+	if c.log != nil {
+		c.log.Info("connection closed", accessAttrs(c.labels, c.nSent.Load(), c.nReceived.Load(), time.Since(c.start))...)
+	}
+}
 
 // Received counts n bytes from the client to the server.
-func (c *Conn) Received(n int) { c.received.Add(float64(n)) }
+func (c *Conn) Received(n int) {
+	c.received.Add(float64(n))
+	c.nReceived.Add(int64(n))
+}
 
 // Sent counts n bytes from the server to the client.
-func (c *Conn) Sent(n int) { c.sent.Add(float64(n)) }
+func (c *Conn) Sent(n int) {
+	c.sent.Add(float64(n))
+	c.nSent.Add(int64(n))
+}
+
+// accessAttrs are the key/values of an access-log line.
+func accessAttrs(l Labels, sent, received int64, d time.Duration) []any {
+	decision := "allow"
+	if l.ResponseFlags == FlagDenied {
+		decision = "deny"
+	}
+	flags := l.ResponseFlags
+	if flags == "" {
+		flags = FlagNone
+	}
+	return []any{
+		"reporter", l.Reporter,
+		"src_workload", l.Source.Namespace + "/" + l.Source.Workload, "src_principal", l.Source.Principal,
+		"dst_workload", l.Destination.Namespace + "/" + l.Destination.Workload, "dst_principal", l.Destination.Principal,
+		"dst_service", l.DestinationService, "security", l.Security, "policy", decision, "flags", flags,
+		"sent_bytes", sent, "received_bytes", received, "duration", d,
+	}
+}
 
 // Wrap returns c wrapped so that bytes read from it count as Received and
 // bytes written to it as Sent when clientSide is true (c faces the client),

@@ -49,6 +49,7 @@ func run() error {
 	socksAddr := fs.String("socks5-address", daemon.DefaultSOCKS5Addr, "explicit-mode SOCKS5 listener, used with -socks5-workload")
 	socksWorkload := fs.String("socks5-workload", "", "workload (<namespace>/<pod>) whose identity SOCKS5 clients use; empty disables SOCKS5")
 	validity := fs.Duration("cert-validity", identity.DefaultCertLifetime, "workload certificate lifetime asked of the CA")
+	shutdownDrain := fs.Duration("shutdown-drain", daemon.DefaultShutdownDrain, "after SIGTERM, how long open connections may finish (listeners close at once); negative closes them at once")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return err
@@ -101,6 +102,7 @@ func run() error {
 		ReadyAddr:       *ready,
 		SOCKS5Addr:      *socksAddr,
 		SOCKS5Workload:  *socksWorkload,
+		ShutdownDrain:   *shutdownDrain,
 		Logger:          log,
 	})
 	if err != nil {
