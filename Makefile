@@ -69,19 +69,7 @@ test-netns: ## tests in real network namespaces (root)
 
 .PHONY: bench
 bench: deps tools ## Go benchmarks of every module, then the data-plane benchmark (root; docs/reference/benchmarks.md)
-	@for m in $(MODULES); do (cd $$m && go test -run '^$$' -bench . -benchmem ./...); done
-	@if [ "$$(id -u)" -ne 0 ]; then \
-	  echo "bench: the data-plane benchmark (integration/meshbench) needs root: run 'sudo make bench'" >&2; \
-	  [ "$${CI:-}" != true ]; exit; \
-	fi; \
-	mkdir -p $(BIN)/test-logs $(BIN)/bench; rm -f $(BIN)/bench/meshbench.md; \
-	echo "== bench: integration/meshbench (about 1 min; log in bin/test-logs/bench.log)"; \
-	(cd integration && AMBIT_BENCH_REPORT=$(BIN)/bench/meshbench.md \
-	  go test -tags netns -run '^$$' -bench . -benchtime 1x -timeout 10m ./meshbench/) >$(BIN)/test-logs/bench.log 2>&1 \
-	  || { tail -n 100 $(BIN)/test-logs/bench.log; echo "bench: meshbench failed (full log: bin/test-logs/bench.log)" >&2; exit 1; }; \
-	grep -E '^(Benchmark|ok|PASS)' $(BIN)/test-logs/bench.log; \
-	if [ -f $(BIN)/bench/meshbench.md ]; then cat $(BIN)/bench/meshbench.md; \
-	else grep -E -- '--- SKIP|prerequisite' $(BIN)/test-logs/bench.log || true; echo "bench: meshbench wrote no report" >&2; fi
+	@hack/bench.sh $(MODULES)
 
 .PHONY: e2e
 e2e: ## end-to-end tests on a local Kubernetes (not built yet)
