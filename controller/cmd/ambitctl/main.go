@@ -1,4 +1,3 @@
-// Command ambitctl is the command-line tool for operating an Ambit mesh.
 package main
 
 import "github.com/ambit-mesh/ambit/pkg/version"

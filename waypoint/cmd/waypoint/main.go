@@ -1,4 +1,3 @@
-// Command waypoint is the per-namespace L7 proxy that applies HTTPRoute and GRPCRoute rules.
 package main
 
 import "github.com/ambit-mesh/ambit/pkg/version"

@@ -1,0 +1,2 @@
+// Command ambitctl is the command-line tool for operating an Ambit mesh.
+package main
