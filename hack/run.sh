@@ -7,7 +7,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 echo "Ambit binaries in bin/:"
 for b in bin/controller bin/ambitctl bin/ztunnel bin/ambit-cni bin/waypoint; do
-  printf '  %-18s %s\n' "$b" "$("$b" -version)"
+  printf '  %-18s %s\n' "$b" "$("$b" -version 2>&1 | head -n 1 || true)"
 done
 echo
 echo "Feature status (docs/features.md):"

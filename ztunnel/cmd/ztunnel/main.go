@@ -16,6 +16,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/pkg/caclient"
 	"github.com/ambit-mesh/ambit/pkg/identity"
+	"github.com/ambit-mesh/ambit/pkg/version"
 	"github.com/ambit-mesh/ambit/ztunnel/daemon"
 	"github.com/ambit-mesh/ambit/ztunnel/enroll"
 )
@@ -48,8 +49,13 @@ func run() error {
 	validity := fs.Duration("cert-validity", identity.DefaultCertLifetime, "workload certificate lifetime asked of the CA")
 	shutdownDrain := fs.Duration("shutdown-drain", daemon.DefaultShutdownDrain, "after SIGTERM, how long open connections may finish (listeners close at once); negative closes them at once")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return err
+	}
+	if *showVersion {
+		fmt.Println(version.String("ztunnel"))
+		return nil
 	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
