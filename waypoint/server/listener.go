@@ -1,0 +1,74 @@
+package server
+
+import (
+	"net"
+	"sync"
+
+	"github.com/ambit-mesh/ambit/pkg/hbone"
+)
+
+// streamListener is a net.Listener whose connections are accepted HBONE
+// streams, handed over by the hbone.Server's Handler.
+type streamListener struct {
+	ch        chan net.Conn
+	closed    chan struct{}
+	closeOnce sync.Once
+	addr      net.Addr
+}
+
+func newStreamListener(addr net.Addr) *streamListener {
+	if addr == nil {
+		addr = &net.TCPAddr{IP: net.IPv4zero}
+	}
+	return &streamListener{ch: make(chan net.Conn), closed: make(chan struct{}), addr: addr}
+}
+
+// Accept returns the next stream, or net.ErrClosed once closed.
+func (l *streamListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+// push hands c to Accept; false if the listener is closed.
+func (l *streamListener) push(c net.Conn) bool {
+	select {
+	case <-l.closed:
+		return false
+	default:
+	}
+	select {
+	case l.ch <- c:
+		return true
+	case <-l.closed:
+		return false
+	}
+}
+
+// Close makes Accept and push fail; it may be called more than once.
+func (l *streamListener) Close() error {
+	l.closeOnce.Do(func() { close(l.closed) })
+	return nil
+}
+
+func (l *streamListener) Addr() net.Addr { return l.addr }
+
+// streamConn is an accepted stream with the destination it was sent to.
+// done is closed by Close, so the hbone Handler can wait for the HTTP
+// server to finish with the stream.
+type streamConn struct {
+	*hbone.Stream
+	service  string
+	port     uint32
+	done     chan struct{}
+	doneOnce sync.Once
+}
+
+func (c *streamConn) Close() error {
+	err := c.Stream.Close()
+	c.doneOnce.Do(func() { close(c.done) })
+	return err
+}

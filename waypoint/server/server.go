@@ -1,0 +1,241 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/ambit-mesh/ambit/pkg/hbone"
+	"github.com/ambit-mesh/ambit/pkg/identity"
+	"github.com/ambit-mesh/ambit/waypoint/proxy"
+)
+
+// Config configures a Server.
+type Config struct {
+	// Identity is the waypoint's SPIFFE ID: the certificate it presents to
+	// clients and the source of its tunnels to endpoints. Required.
+	Identity identity.SPIFFEID
+	// Cert and Roots are the waypoint's certificate and trust bundle, e.g.
+	// Manager.Cert(Identity) and Manager.Roots(). Required.
+	Cert  identity.CertSource
+	Roots identity.RootsSource
+	// Store is the configuration. Required.
+	Store *Store
+	// HBONEPort is the port of the endpoints' HBONE servers. Zero means
+	// hbone.Port (15008).
+	HBONEPort uint16
+	// DialContext opens the TCP connections to endpoints' HBONE servers.
+	// Nil means a zero net.Dialer.
+	DialContext func(ctx context.Context, network, address string) (net.Conn, error)
+	// OnResult is the proxy's OnResult hook (metrics, access log); may be
+	// nil.
+	OnResult func(*http.Request, *proxy.Result)
+	// Logger; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Server is the waypoint's HBONE front and back end around a proxy.Proxy.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	proxy  *proxy.Proxy
+	hbone  *hbone.Server
+	http   *http.Server
+	ln     *streamListener
+	dialer *hbone.Dialer
+
+	mu         sync.Mutex
+	transports map[transportKey]*http.Transport
+
+	serveOnce sync.Once
+	httpDone  chan struct{}
+}
+
+type transportKey struct {
+	dst      identity.SPIFFEID
+	endpoint netip.AddrPort
+	http2    bool
+}
+
+// New returns a Server for cfg.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.Identity.Validate(); err != nil {
+		return nil, fmt.Errorf("waypoint identity: %w", err)
+	}
+	if cfg.Cert == nil || cfg.Roots == nil || cfg.Store == nil {
+		return nil, errors.New("waypoint server: Cert, Roots and Store are required")
+	}
+	if cfg.HBONEPort == 0 {
+		cfg.HBONEPort = hbone.Port
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Server{cfg: cfg, log: log, transports: map[transportKey]*http.Transport{}, httpDone: make(chan struct{})}
+	s.dialer = &hbone.Dialer{
+		TLSConfig: func(src, dst identity.SPIFFEID) (*tls.Config, error) {
+			return identity.ClientConfig(cfg.Cert, cfg.Roots, dst), nil
+		},
+		DialContext: cfg.DialContext,
+		Logger:      log.With("component", "hbone-client"),
+	}
+	s.proxy = &proxy.Proxy{
+		Table:     cfg.Store.Table,
+		Resolver:  cfg.Store,
+		Transport: s.transport,
+		OnResult:  cfg.OnResult,
+		Logger:    log.With("component", "proxy"),
+	}
+	s.ln = newStreamListener(nil)
+	s.http = proxy.NewServer(s.proxy)
+	s.http.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+		if sc, ok := c.(*streamConn); ok {
+			ctx = proxy.WithDestination(ctx, sc.service, sc.port)
+		}
+		return ctx
+	}
+	s.http.ErrorLog = slog.NewLogLogger(log.Handler(), slog.LevelDebug)
+	s.hbone = &hbone.Server{
+		Handler:   s.serveStream,
+		TLSConfig: identity.ServerConfig(cfg.Cert, cfg.Roots, nil),
+		Logger:    log.With("component", "hbone-server"),
+	}
+	return s, nil
+}
+
+// Proxy returns the L7 engine.
+func (s *Server) Proxy() *proxy.Proxy { return s.proxy }
+
+// Serve accepts HBONE connections on l (the waypoint's port 15008) until
+// l fails or the server is closed. It returns hbone.ErrServerClosed after
+// Shutdown or Close.
+func (s *Server) Serve(l net.Listener) error {
+	s.startHTTP()
+	return s.hbone.Serve(l)
+}
+
+func (s *Server) startHTTP() {
+	s.serveOnce.Do(func() {
+		go func() {
+			defer close(s.httpDone)
+			_ = s.http.Serve(s.ln)
+		}()
+	})
+}
+
+// serveStream is the hbone Handler: it maps the tunnel's authority to a
+// service and hands the accepted stream to the HTTP server, then waits
+// until the HTTP server is done with it.
+func (s *Server) serveStream(st *hbone.Stream) {
+	dst := st.Authority()
+	svc, ok := s.cfg.Store.ServiceByVIP(dst.Addr())
+	if !ok {
+		_ = st.Reject(http.StatusNotFound, "no service at "+dst.String())
+		return
+	}
+	if err := st.Accept(); err != nil {
+		return
+	}
+	c := &streamConn{Stream: st, service: svc, port: uint32(dst.Port()), done: make(chan struct{})}
+	if !s.ln.push(c) {
+		_ = st.Reset()
+		return
+	}
+	select {
+	case <-c.done:
+	case <-st.Context().Done():
+	}
+}
+
+// transport is the proxy's Transport hook: one pooled http.Transport per
+// (endpoint identity, endpoint, protocol), dialling through HBONE.
+func (s *Server) transport(t proxy.Target) http.RoundTripper {
+	ep, err := netip.ParseAddrPort(t.Endpoint.Address)
+	if err != nil {
+		return errTransport{fmt.Errorf("endpoint %q: %w", t.Endpoint.Address, err)}
+	}
+	idStr, err := s.cfg.Store.workloadIdentity(t.Endpoint.Workload)
+	if err != nil {
+		return errTransport{err}
+	}
+	dst, err := identity.ParseSPIFFEID(idStr)
+	if err != nil {
+		return errTransport{fmt.Errorf("workload %s identity: %w", t.Endpoint.Workload, err)}
+	}
+	k := transportKey{dst: dst, endpoint: ep, http2: t.HTTP2}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if tr := s.transports[k]; tr != nil {
+		return tr
+	}
+	req := hbone.Request{
+		Source:      s.cfg.Identity,
+		Destination: dst,
+		Address:     netip.AddrPortFrom(ep.Addr(), s.cfg.HBONEPort),
+		Authority:   ep,
+	}
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return s.dialer.Dial(ctx, req)
+		},
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   64,
+		IdleConnTimeout:       90 * time.Second,
+		ExpectContinueTimeout: time.Second,
+		DisableCompression:    true,
+	}
+	if t.HTTP2 {
+		var p http.Protocols
+		p.SetUnencryptedHTTP2(true)
+		tr.Protocols = &p
+	}
+	s.transports[k] = tr
+	return tr
+}
+
+// errTransport fails every request with err (the proxy answers 503 UF).
+type errTransport struct{ err error }
+
+func (e errTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Body != nil {
+		_ = r.Body.Close()
+	}
+	return nil, e.err
+}
+
+// Shutdown stops accepting tunnels and waits for the open ones to end, or
+// ctx to be done.
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.hbone.Shutdown(ctx)
+	if herr := s.http.Shutdown(ctx); err == nil {
+		err = herr
+	}
+	s.closeUpstream()
+	return err
+}
+
+// Close closes every tunnel at once.
+func (s *Server) Close() error {
+	err := s.hbone.Close()
+	_ = s.http.Close()
+	_ = s.ln.Close()
+	s.closeUpstream()
+	return err
+}
+
+func (s *Server) closeUpstream() {
+	s.mu.Lock()
+	for _, tr := range s.transports {
+		tr.CloseIdleConnections()
+	}
+	s.mu.Unlock()
+	_ = s.dialer.Close()
+}

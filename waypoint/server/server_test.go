@@ -1,0 +1,396 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
+	"github.com/ambit-mesh/ambit/pkg/hbone"
+	"github.com/ambit-mesh/ambit/pkg/identity"
+	"github.com/ambit-mesh/ambit/waypoint/proxy"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+const td = "cluster.local"
+
+func sa(name string) identity.SPIFFEID {
+	return identity.SPIFFEID{TrustDomain: td, Namespace: "default", ServiceAccount: name}
+}
+
+type peerKey struct{}
+
+// backend is an HBONE server on ip:port that answers HTTP (HTTP/1.1 and
+// h2c) in its tunnels with its name and the tunnel's peer.
+type backend struct {
+	name  string
+	srv   *hbone.Server
+	http  *http.Server
+	mu    sync.Mutex
+	peers map[string]int
+}
+
+func startBackend(t *testing.T, ca *identity.Authority, name string, id identity.SPIFFEID, l net.Listener) *backend {
+	t.Helper()
+	cert, err := ca.Issue(id, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &backend{name: name, peers: map[string]int{}}
+	ln := newStreamListener(l.Addr())
+	b.http = proxy.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		peer, _ := r.Context().Value(peerKey{}).(string)
+		w.Header().Set("X-Backend", name)
+		w.Header().Set("X-Peer", peer)
+		w.Header().Set("X-Proto", r.Proto)
+		fmt.Fprint(w, name)
+	}))
+	b.http.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+		return context.WithValue(ctx, peerKey{}, c.(*streamConn).Peer().String())
+	}
+	b.srv = &hbone.Server{
+		TLSConfig: identity.ServerConfig(identity.StaticCert(cert), ca.Pool, nil),
+		Handler: func(st *hbone.Stream) {
+			b.mu.Lock()
+			b.peers[st.Peer().String()]++
+			b.mu.Unlock()
+			if err := st.Accept(); err != nil {
+				return
+			}
+			c := &streamConn{Stream: st, done: make(chan struct{})}
+			if !ln.push(c) {
+				return
+			}
+			select {
+			case <-c.done:
+			case <-st.Context().Done():
+			}
+		},
+	}
+	go func() { _ = b.http.Serve(ln) }()
+	go func() { _ = b.srv.Serve(l) }()
+	t.Cleanup(func() {
+		_ = b.srv.Close()
+		_ = b.http.Close()
+	})
+	return b
+}
+
+func (b *backend) peerCounts() map[string]int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	m := make(map[string]int, len(b.peers))
+	for k, v := range b.peers {
+		m[k] = v
+	}
+	return m
+}
+
+// listenPair listens on 127.0.0.2 and 127.0.0.3 with the same port.
+func listenPair(t *testing.T) (net.Listener, net.Listener, uint16) {
+	t.Helper()
+	for range 20 {
+		l1, err := net.Listen("tcp", "127.0.0.2:0")
+		if err != nil {
+			t.Skipf("no 127.0.0.2 loopback: %v", err)
+		}
+		port := l1.Addr().(*net.TCPAddr).Port
+		l2, err := net.Listen("tcp", fmt.Sprintf("127.0.0.3:%d", port))
+		if err != nil {
+			_ = l1.Close()
+			continue
+		}
+		return l1, l2, uint16(port)
+	}
+	t.Fatal("no common free port on 127.0.0.2 and 127.0.0.3")
+	return nil, nil, 0
+}
+
+func resources(t *testing.T, ms map[string]proto.Message) map[string]*anypb.Any {
+	t.Helper()
+	out := map[string]*anypb.Any{}
+	for name, m := range ms {
+		a, err := anypb.New(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[name] = a
+	}
+	return out
+}
+
+func waypointConfig() *configv1alpha1.WaypointConfig {
+	return &configv1alpha1.WaypointConfig{
+		Name:     "default/waypoint",
+		Identity: sa("waypoint").String(),
+		Services: []*configv1alpha1.ServiceRoutes{{
+			Service:  "default/echo",
+			Port:     80,
+			Protocol: configv1alpha1.ServiceRoutes_PROTOCOL_HTTP,
+			Rules: []*configv1alpha1.RouteRule{
+				{
+					Route: "default/canary",
+					Match: &configv1alpha1.RouteMatch{Headers: []*configv1alpha1.HeaderMatch{{
+						Name:  "x-canary",
+						Value: &configv1alpha1.StringMatch{Type: configv1alpha1.StringMatch_TYPE_EXACT, Value: "yes"},
+					}}},
+					Backends: []*configv1alpha1.WeightedBackend{{Service: "default/echo-v2", Port: 80, Weight: 1}},
+				},
+				{
+					Route: "default/split",
+					Backends: []*configv1alpha1.WeightedBackend{
+						{Service: "default/echo-v1", Port: 80, Weight: 3},
+						{Service: "default/echo-v2", Port: 80, Weight: 1},
+					},
+				},
+			},
+		}},
+	}
+}
+
+func service(name, vip string, eps ...*configv1alpha1.Endpoint) *configv1alpha1.Service {
+	return &configv1alpha1.Service{
+		Name: name, Namespace: "default", Vips: []string{vip},
+		Ports:     []*configv1alpha1.ServicePort{{Name: "http", Port: 80, TargetPort: 8080}},
+		Endpoints: eps,
+	}
+}
+
+type env struct {
+	ca       *identity.Authority
+	store    *Store
+	wp       *Server
+	wpAddr   netip.AddrPort
+	v1, v2   *backend
+	client   *hbone.Dialer
+	clientID identity.SPIFFEID
+}
+
+func setup(t *testing.T) *env {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	ca, err := identity.NewRootAuthority(td, 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mgr, err := identity.NewManager(identity.AuthorityFetcher{Authority: ca}, identity.ManagerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wpID := sa("waypoint")
+	if err := mgr.Add(ctx, wpID); err != nil {
+		t.Fatal(err)
+	}
+
+	l1, l2, port := listenPair(t)
+	e := &env{ca: ca}
+	e.v1 = startBackend(t, ca, "v1", sa("echo-v1"), l1)
+	e.v2 = startBackend(t, ca, "v2", sa("echo-v2"), l2)
+
+	e.store = NewStore(nil)
+	if err := e.store.HandleWaypointConfig(resources(t, map[string]proto.Message{"default/waypoint": waypointConfig()})); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.store.HandleServices(resources(t, map[string]proto.Message{
+		"default/echo": service("echo", "10.96.0.10"),
+		"default/echo-v1": service("echo-v1", "10.96.0.11",
+			&configv1alpha1.Endpoint{Workload: "default/v1-pod", Address: "127.0.0.2", Ready: true},
+			// not ready: must never be picked (nothing listens there).
+			&configv1alpha1.Endpoint{Workload: "default/v1-pod-b", Address: "127.0.0.9", Ready: false}),
+		"default/echo-v2": service("echo-v2", "10.96.0.12",
+			&configv1alpha1.Endpoint{Workload: "default/v2-pod", Address: "127.0.0.3", Ready: true}),
+	})); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.store.HandleWorkloads(resources(t, map[string]proto.Message{
+		"default/v1-pod":   &configv1alpha1.Workload{Name: "default/v1-pod", Identity: sa("echo-v1").String(), Addresses: []string{"127.0.0.2"}, Ready: true},
+		"default/v1-pod-b": &configv1alpha1.Workload{Name: "default/v1-pod-b", Identity: sa("echo-v1").String(), Addresses: []string{"127.0.0.9"}},
+		"default/v2-pod":   &configv1alpha1.Workload{Name: "default/v2-pod", Identity: sa("echo-v2").String(), Addresses: []string{"127.0.0.3"}, Ready: true},
+	})); err != nil {
+		t.Fatal(err)
+	}
+
+	e.wp, err = New(Config{Identity: wpID, Cert: mgr.Cert(wpID), Roots: mgr.Roots(), Store: e.store, HBONEPort: port})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.wpAddr = wl.Addr().(*net.TCPAddr).AddrPort()
+	go func() { _ = e.wp.Serve(wl) }()
+	t.Cleanup(func() { _ = e.wp.Close() })
+
+	e.clientID = sa("client")
+	ccert, err := ca.Issue(e.clientID, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.client = &hbone.Dialer{TLSConfig: func(_, dst identity.SPIFFEID) (*tls.Config, error) {
+		return identity.ClientConfig(identity.StaticCert(ccert), ca.Pool, dst), nil
+	}}
+	t.Cleanup(func() { _ = e.client.Close() })
+	return e
+}
+
+// httpClient sends requests through HBONE tunnels to the waypoint, with
+// authority vip.
+func (e *env) httpClient(vip string, h2c bool) *http.Client {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return e.client.Dial(ctx, hbone.Request{
+				Source: e.clientID, Destination: sa("waypoint"),
+				Address: e.wpAddr, Authority: netip.MustParseAddrPort(vip),
+			})
+		},
+		DisableCompression: true,
+	}
+	if h2c {
+		var p http.Protocols
+		p.SetUnencryptedHTTP2(true)
+		tr.Protocols = &p
+	}
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+}
+
+func get(t *testing.T, c *http.Client, hdr map[string]string) *http.Response {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, "http://echo.default.svc/hello", nil)
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d (%s): %s", resp.StatusCode, resp.Header, body)
+	}
+	if got := resp.Header.Get("X-Backend"); string(body) != got {
+		t.Fatalf("body %q, X-Backend %q", body, got)
+	}
+	return resp
+}
+
+func TestWeightedSplitOverHBONE(t *testing.T) {
+	for _, h2c := range []bool{false, true} {
+		t.Run(fmt.Sprintf("h2c=%v", h2c), func(t *testing.T) {
+			e := setup(t)
+			c := e.httpClient("10.96.0.10:80", h2c)
+			defer c.CloseIdleConnections()
+			const n = 200
+			counts := map[string]int{}
+			for range n {
+				resp := get(t, c, nil)
+				counts[resp.Header.Get("X-Backend")]++
+				if p := resp.Header.Get("X-Peer"); p != sa("waypoint").String() {
+					t.Fatalf("backend saw peer %q, want the waypoint", p)
+				}
+				if want := map[bool]string{false: "HTTP/1.1", true: "HTTP/2.0"}[h2c]; resp.Header.Get("X-Proto") != want {
+					t.Fatalf("upstream protocol %q, want %q", resp.Header.Get("X-Proto"), want)
+				}
+			}
+			// 3:1 split: v1 expected 150 (sd ~6).
+			if counts["v1"] < 120 || counts["v1"] > 180 || counts["v1"]+counts["v2"] != n {
+				t.Fatalf("split %v, want about 150/50", counts)
+			}
+			for range 10 {
+				if resp := get(t, c, map[string]string{"X-Canary": "yes"}); resp.Header.Get("X-Backend") != "v2" {
+					t.Fatalf("header match went to %q, want v2", resp.Header.Get("X-Backend"))
+				}
+			}
+			for _, b := range []*backend{e.v1, e.v2} {
+				peers := b.peerCounts()
+				if len(peers) != 1 || peers[sa("waypoint").String()] == 0 {
+					t.Fatalf("backend %s saw tunnel peers %v, want only the waypoint", b.name, peers)
+				}
+			}
+		})
+	}
+}
+
+func TestUnknownVIPRejected(t *testing.T) {
+	e := setup(t)
+	_, err := e.client.Dial(context.Background(), hbone.Request{
+		Source: e.clientID, Destination: sa("waypoint"),
+		Address: e.wpAddr, Authority: netip.MustParseAddrPort("10.96.9.9:80"),
+	})
+	var se *hbone.StatusError
+	if !errors.As(err, &se) || se.Code != http.StatusNotFound {
+		t.Fatalf("dial unknown VIP: %v, want 404", err)
+	}
+}
+
+func TestUnknownPortNoRoute(t *testing.T) {
+	e := setup(t)
+	c := e.httpClient("10.96.0.10:81", false)
+	defer c.CloseIdleConnections()
+	resp, err := c.Get("http://echo.default.svc/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("status %d, want 404", resp.StatusCode)
+	}
+}
+
+func TestBadConfigKeepsLastGood(t *testing.T) {
+	s := NewStore(nil)
+	good := waypointConfig()
+	if err := s.HandleWaypointConfig(resources(t, map[string]proto.Message{"w": good})); err != nil {
+		t.Fatal(err)
+	}
+	before := s.Table()
+	bad := waypointConfig()
+	bad.Services[0].Port = 0
+	if err := s.HandleWaypointConfig(resources(t, map[string]proto.Message{"w": bad})); err == nil {
+		t.Fatal("invalid config accepted")
+	}
+	if s.Table() != before || before == nil {
+		t.Fatal("table replaced by a rejected config")
+	}
+	if err := s.HandleWaypointConfig(resources(t, map[string]proto.Message{"a": good, "b": good})); err == nil {
+		t.Fatal("two WaypointConfigs accepted")
+	}
+	if len(s.Types()) != 3 {
+		t.Fatalf("types %v", s.Types())
+	}
+	if !strings.Contains(configv1alpha1.TypeWaypointConfig, "WaypointConfig") {
+		t.Fatal("type url")
+	}
+}
+
+func TestEndpointsReadyOnly(t *testing.T) {
+	s := NewStore(nil)
+	svc := service("echo", "10.0.0.1",
+		&configv1alpha1.Endpoint{Workload: "a", Address: "10.1.0.1", Ready: true},
+		&configv1alpha1.Endpoint{Workload: "b", Address: "10.1.0.2", Ready: false},
+		&configv1alpha1.Endpoint{Workload: "c", Address: "10.1.0.3", Ready: true, TargetPorts: map[uint32]uint32{80: 9090}})
+	if err := s.HandleServices(resources(t, map[string]proto.Message{"default/echo": svc})); err != nil {
+		t.Fatal(err)
+	}
+	got := s.Endpoints(context.Background(), "default/echo", 80)
+	want := []proxy.Endpoint{{Address: "10.1.0.1:8080", Workload: "a"}, {Address: "10.1.0.3:9090", Workload: "c"}}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("endpoints %v, want %v", got, want)
+	}
+	if name, ok := s.ServiceByVIP(netip.MustParseAddr("10.0.0.1")); !ok || name != "default/echo" {
+		t.Fatalf("ServiceByVIP = %q, %v", name, ok)
+	}
+}

@@ -1,0 +1,212 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
+	"github.com/ambit-mesh/ambit/pkg/xds"
+	"github.com/ambit-mesh/ambit/waypoint/proxy"
+	"github.com/ambit-mesh/ambit/waypoint/route"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// Store holds the waypoint's configuration: the compiled route table of its
+// WaypointConfig, and the Services and Workloads that resolve VIPs,
+// endpoints and endpoint identities. Readers see immutable snapshots; the
+// xDS handlers replace them. It is safe for concurrent use.
+type Store struct {
+	log *slog.Logger
+
+	mu        sync.Mutex // serialises writers
+	table     atomic.Pointer[route.Table]
+	snap      atomic.Pointer[snapshot]
+	services  map[string]*configv1alpha1.Service
+	workloads map[string]*configv1alpha1.Workload
+}
+
+type snapshot struct {
+	services  map[string]*configv1alpha1.Service // by "<namespace>/<name>"
+	byVIP     map[netip.Addr]string              // VIP -> service name
+	workloads map[string]*configv1alpha1.Workload
+}
+
+// NewStore returns an empty store. A nil logger means slog.Default().
+func NewStore(log *slog.Logger) *Store {
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Store{log: log}
+	s.snap.Store(&snapshot{})
+	return s
+}
+
+// Types returns the xDS subscriptions of the store: WaypointConfig, Service
+// and Workload.
+func (s *Store) Types() []xds.Type {
+	return []xds.Type{
+		{URL: configv1alpha1.TypeWaypointConfig, Handle: s.HandleWaypointConfig},
+		{URL: configv1alpha1.TypeService, Handle: s.HandleServices},
+		{URL: configv1alpha1.TypeWorkload, Handle: s.HandleWorkloads},
+	}
+}
+
+// Table returns the current route table (nil before the first
+// WaypointConfig); it is the proxy.Proxy Table hook.
+func (s *Store) Table() *route.Table { return s.table.Load() }
+
+// HandleWaypointConfig is the xDS handler of WaypointConfig resources. The
+// waypoint expects at most one; the config is compiled with route.Compile
+// and a compile error rejects the update (the last good table stays).
+func (s *Store) HandleWaypointConfig(rs map[string]*anypb.Any) error {
+	if len(rs) > 1 {
+		return fmt.Errorf("got %d WaypointConfig resources, want at most one", len(rs))
+	}
+	var t *route.Table
+	for name, body := range rs {
+		cfg := new(configv1alpha1.WaypointConfig)
+		if err := unmarshal(name, body, cfg); err != nil {
+			return err
+		}
+		var err error
+		if t, err = route.Compile(cfg); err != nil {
+			return fmt.Errorf("WaypointConfig %q: %w", name, err)
+		}
+	}
+	s.mu.Lock()
+	s.table.Store(t)
+	s.mu.Unlock()
+	s.log.Debug("route table applied", "configs", len(rs))
+	return nil
+}
+
+// HandleServices is the xDS handler of Service resources.
+func (s *Store) HandleServices(rs map[string]*anypb.Any) error {
+	ss := make(map[string]*configv1alpha1.Service, len(rs))
+	for name, body := range rs {
+		m := new(configv1alpha1.Service)
+		if err := unmarshal(name, body, m); err != nil {
+			return err
+		}
+		for _, v := range m.GetVips() {
+			if _, err := netip.ParseAddr(v); err != nil {
+				return fmt.Errorf("service %q: vip %q: %w", name, v, err)
+			}
+		}
+		ss[serviceName(name, m)] = m
+	}
+	s.commit(func() { s.services = ss })
+	return nil
+}
+
+// HandleWorkloads is the xDS handler of Workload resources.
+func (s *Store) HandleWorkloads(rs map[string]*anypb.Any) error {
+	ws := make(map[string]*configv1alpha1.Workload, len(rs))
+	for name, body := range rs {
+		m := new(configv1alpha1.Workload)
+		if err := unmarshal(name, body, m); err != nil {
+			return err
+		}
+		n := m.GetName()
+		if n == "" {
+			n = name
+		}
+		ws[n] = m
+	}
+	s.commit(func() { s.workloads = ws })
+	return nil
+}
+
+func (s *Store) commit(set func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	set()
+	snap := &snapshot{services: s.services, workloads: s.workloads, byVIP: map[netip.Addr]string{}}
+	for name, svc := range s.services {
+		for _, v := range svc.GetVips() {
+			if a, err := netip.ParseAddr(v); err == nil {
+				snap.byVIP[a.Unmap()] = name
+			}
+		}
+	}
+	s.snap.Store(snap)
+}
+
+func serviceName(resource string, m *configv1alpha1.Service) string {
+	if m.GetNamespace() != "" && m.GetName() != "" {
+		return m.GetNamespace() + "/" + m.GetName()
+	}
+	return resource
+}
+
+func unmarshal(name string, body *anypb.Any, m proto.Message) error {
+	if body == nil {
+		return fmt.Errorf("resource %q has no body", name)
+	}
+	if err := body.UnmarshalTo(m); err != nil {
+		return fmt.Errorf("resource %q: %w", name, err)
+	}
+	return nil
+}
+
+// ServiceByVIP returns the service ("<namespace>/<name>") that has vip.
+func (s *Store) ServiceByVIP(vip netip.Addr) (string, bool) {
+	name, ok := s.snap.Load().byVIP[vip.Unmap()]
+	return name, ok
+}
+
+// Endpoints implements proxy.Resolver: the ready endpoints of service, at
+// the endpoint's target port for port (the endpoint's own mapping, else the
+// service port's target port, else port itself).
+func (s *Store) Endpoints(_ context.Context, service string, port uint32) []proxy.Endpoint {
+	svc := s.snap.Load().services[service]
+	if svc == nil {
+		return nil
+	}
+	target := port
+	for _, p := range svc.GetPorts() {
+		if p.GetPort() == port && p.GetTargetPort() != 0 {
+			target = p.GetTargetPort()
+		}
+	}
+	var eps []proxy.Endpoint
+	for _, ep := range svc.GetEndpoints() {
+		if !ep.GetReady() {
+			continue
+		}
+		a, err := netip.ParseAddr(ep.GetAddress())
+		if err != nil {
+			continue
+		}
+		tp := target
+		if p := ep.GetTargetPorts()[port]; p != 0 {
+			tp = p
+		}
+		if tp == 0 || tp > 65535 {
+			continue
+		}
+		eps = append(eps, proxy.Endpoint{
+			Address:  netip.AddrPortFrom(a.Unmap(), uint16(tp)).String(),
+			Workload: ep.GetWorkload(),
+		})
+	}
+	return eps
+}
+
+var errNoWorkload = errors.New("unknown workload")
+
+// workloadIdentity returns the SPIFFE ID string of a workload.
+func (s *Store) workloadIdentity(name string) (string, error) {
+	w := s.snap.Load().workloads[name]
+	if w == nil || w.GetIdentity() == "" {
+		return "", fmt.Errorf("%w %s", errNoWorkload, strconv.Quote(name))
+	}
+	return w.GetIdentity(), nil
+}
