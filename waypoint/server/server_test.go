@@ -175,9 +175,57 @@ type env struct {
 	v1, v2   *backend
 	client   *hbone.Dialer
 	clientID identity.SPIFFEID
+	cp       *controlPlane
 }
 
-func setup(t *testing.T) *env {
+// config returns the mesh configuration by type URL and resource name.
+func config(v1, v2 string) map[string]map[string]proto.Message {
+	return map[string]map[string]proto.Message{
+		configv1alpha1.TypeWaypointConfig: {"default/waypoint": waypointConfig()},
+		configv1alpha1.TypeService: {
+			"default/echo": service("echo", "10.96.0.10"),
+			"default/echo-v1": service("echo-v1", "10.96.0.11",
+				&configv1alpha1.Endpoint{Workload: "default/v1-pod", Address: v1, Ready: true},
+				// not ready: must never be picked (nothing listens there).
+				&configv1alpha1.Endpoint{Workload: "default/v1-pod-b", Address: "127.0.0.9", Ready: false}),
+			"default/echo-v2": service("echo-v2", "10.96.0.12",
+				&configv1alpha1.Endpoint{Workload: "default/v2-pod", Address: v2, Ready: true}),
+		},
+		configv1alpha1.TypeWorkload: {
+			"default/v1-pod":   &configv1alpha1.Workload{Name: "default/v1-pod", Identity: sa("echo-v1").String(), Addresses: []string{v1}, Ready: true},
+			"default/v1-pod-b": &configv1alpha1.Workload{Name: "default/v1-pod-b", Identity: sa("echo-v1").String(), Addresses: []string{"127.0.0.9"}},
+			"default/v2-pod":   &configv1alpha1.Workload{Name: "default/v2-pod", Identity: sa("echo-v2").String(), Addresses: []string{v2}, Ready: true},
+		},
+	}
+}
+
+func (e *env) feed(t *testing.T, v1, v2 string) {
+	t.Helper()
+	cfg := config(v1, v2)
+	if e.cp == nil {
+		for _, typ := range e.store.Types() {
+			if err := typ.Handle(resources(t, cfg[typ.URL])); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return
+	}
+	for url, ms := range cfg {
+		for name, m := range ms {
+			if err := e.cp.caches[url].UpdateResource(name, m); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	e.cp.run(t, e.store)
+}
+
+func setup(t *testing.T) *env { return setupWith(t, nil) }
+
+// setupWith starts the CA, two backends, the waypoint and a client. The
+// configuration goes straight into the store's handlers, or through a
+// delta ADS control plane if xds is not nil.
+func setupWith(t *testing.T, cp *controlPlane) *env {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -195,32 +243,12 @@ func setup(t *testing.T) *env {
 	}
 
 	l1, l2, port := listenPair(t)
-	e := &env{ca: ca}
+	e := &env{ca: ca, cp: cp}
 	e.v1 = startBackend(t, ca, "v1", sa("echo-v1"), l1)
 	e.v2 = startBackend(t, ca, "v2", sa("echo-v2"), l2)
 
 	e.store = NewStore(nil)
-	if err := e.store.HandleWaypointConfig(resources(t, map[string]proto.Message{"default/waypoint": waypointConfig()})); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.store.HandleServices(resources(t, map[string]proto.Message{
-		"default/echo": service("echo", "10.96.0.10"),
-		"default/echo-v1": service("echo-v1", "10.96.0.11",
-			&configv1alpha1.Endpoint{Workload: "default/v1-pod", Address: "127.0.0.2", Ready: true},
-			// not ready: must never be picked (nothing listens there).
-			&configv1alpha1.Endpoint{Workload: "default/v1-pod-b", Address: "127.0.0.9", Ready: false}),
-		"default/echo-v2": service("echo-v2", "10.96.0.12",
-			&configv1alpha1.Endpoint{Workload: "default/v2-pod", Address: "127.0.0.3", Ready: true}),
-	})); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.store.HandleWorkloads(resources(t, map[string]proto.Message{
-		"default/v1-pod":   &configv1alpha1.Workload{Name: "default/v1-pod", Identity: sa("echo-v1").String(), Addresses: []string{"127.0.0.2"}, Ready: true},
-		"default/v1-pod-b": &configv1alpha1.Workload{Name: "default/v1-pod-b", Identity: sa("echo-v1").String(), Addresses: []string{"127.0.0.9"}},
-		"default/v2-pod":   &configv1alpha1.Workload{Name: "default/v2-pod", Identity: sa("echo-v2").String(), Addresses: []string{"127.0.0.3"}, Ready: true},
-	})); err != nil {
-		t.Fatal(err)
-	}
+	e.feed(t, "127.0.0.2", "127.0.0.3")
 
 	e.wp, err = New(Config{Identity: wpID, Cert: mgr.Cert(wpID), Roots: mgr.Roots(), Store: e.store, HBONEPort: port})
 	if err != nil {
