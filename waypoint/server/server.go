@@ -214,9 +214,14 @@ func (e errTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 // Shutdown stops accepting tunnels and waits for the open ones to end, or
 // ctx to be done.
 func (s *Server) Shutdown(ctx context.Context) error {
+	// The HBONE side sends GOAWAY and waits for the tunnels, which are
+	// kept open by the HTTP server's keep-alive connections until its own
+	// Shutdown closes the idle ones: run both at once.
+	herr := make(chan error, 1)
+	go func() { herr <- s.http.Shutdown(ctx) }()
 	err := s.hbone.Shutdown(ctx)
-	if herr := s.http.Shutdown(ctx); err == nil {
-		err = herr
+	if e := <-herr; err == nil {
+		err = e
 	}
 	s.closeUpstream()
 	return err

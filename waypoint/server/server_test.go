@@ -422,3 +422,19 @@ func TestEndpointsReadyOnly(t *testing.T) {
 		t.Fatalf("ServiceByVIP = %q, %v", name, ok)
 	}
 }
+
+func TestShutdownWithIdleKeepAlive(t *testing.T) {
+	e := setup(t)
+	c := e.httpClient("10.96.0.10:80", false)
+	defer c.CloseIdleConnections()
+	get(t, c, nil) // leaves an idle keep-alive tunnel open
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := e.wp.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("Shutdown took %v with only idle tunnels", d)
+	}
+}
