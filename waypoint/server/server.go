@@ -53,6 +53,7 @@ type Server struct {
 
 	mu         sync.Mutex
 	transports map[transportKey]*http.Transport
+	prunedGen  uint64 // store generation the transports were pruned at
 
 	serveOnce sync.Once
 	httpDone  chan struct{}
@@ -173,6 +174,9 @@ func (s *Server) transport(t proxy.Target) http.RoundTripper {
 	k := transportKey{dst: dst, endpoint: ep, http2: t.HTTP2}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if g := s.cfg.Store.generation(); g != s.prunedGen {
+		s.pruneLocked()
+	}
 	if tr := s.transports[k]; tr != nil {
 		return tr
 	}
@@ -199,6 +203,19 @@ func (s *Server) transport(t proxy.Target) http.RoundTripper {
 	}
 	s.transports[k] = tr
 	return tr
+}
+
+// pruneLocked drops the transports of endpoints the configuration no longer
+// has (requests in flight on them finish; their idle tunnels close).
+func (s *Server) pruneLocked() {
+	gen, live := s.cfg.Store.upstreams()
+	for k, tr := range s.transports {
+		if !live[upstream{ip: k.endpoint.Addr(), id: k.dst}] {
+			tr.CloseIdleConnections()
+			delete(s.transports, k)
+		}
+	}
+	s.prunedGen = gen
 }
 
 // errTransport fails every request with err (the proxy answers 503 UF).

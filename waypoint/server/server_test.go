@@ -438,3 +438,40 @@ func TestShutdownWithIdleKeepAlive(t *testing.T) {
 		t.Fatalf("Shutdown took %v with only idle tunnels", d)
 	}
 }
+
+func TestTransportsPrunedWithEndpoints(t *testing.T) {
+	e := setup(t)
+	c := e.httpClient("10.96.0.10:80", false)
+	defer c.CloseIdleConnections()
+	for range 40 {
+		get(t, c, nil)
+	}
+	count := func() int {
+		e.wp.mu.Lock()
+		defer e.wp.mu.Unlock()
+		return len(e.wp.transports)
+	}
+	if n := count(); n != 2 {
+		t.Fatalf("%d transports, want 2 (v1 and v2)", n)
+	}
+	// v1's endpoint moves to v2's address: v1's old transport goes.
+	cfg := config("127.0.0.3", "127.0.0.3")
+	if err := e.store.HandleServices(resources(t, cfg[configv1alpha1.TypeService])); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.store.HandleWorkloads(resources(t, cfg[configv1alpha1.TypeWorkload])); err != nil {
+		t.Fatal(err)
+	}
+	for range 10 {
+		if b := get(t, c, map[string]string{"X-Canary": "yes"}).Header.Get("X-Backend"); b != "v2" {
+			t.Fatalf("canary went to %s", b)
+		}
+	}
+	e.wp.mu.Lock()
+	defer e.wp.mu.Unlock()
+	for k := range e.wp.transports {
+		if k.endpoint.Addr() == netip.MustParseAddr("127.0.0.2") {
+			t.Fatalf("transport to removed endpoint %v kept", k)
+		}
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 
 	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
+	"github.com/ambit-mesh/ambit/pkg/identity"
 	"github.com/ambit-mesh/ambit/pkg/xds"
 	"github.com/ambit-mesh/ambit/waypoint/proxy"
 	"github.com/ambit-mesh/ambit/waypoint/route"
@@ -30,9 +31,11 @@ type Store struct {
 	snap      atomic.Pointer[snapshot]
 	services  map[string]*configv1alpha1.Service
 	workloads map[string]*configv1alpha1.Workload
+	gen       uint64
 }
 
 type snapshot struct {
+	gen       uint64                             // bumped by every commit
 	services  map[string]*configv1alpha1.Service // by "<namespace>/<name>"
 	byVIP     map[netip.Addr]string              // VIP -> service name
 	workloads map[string]*configv1alpha1.Workload
@@ -128,7 +131,8 @@ func (s *Store) commit(set func()) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	set()
-	snap := &snapshot{services: s.services, workloads: s.workloads, byVIP: map[netip.Addr]string{}}
+	s.gen++
+	snap := &snapshot{gen: s.gen, services: s.services, workloads: s.workloads, byVIP: map[netip.Addr]string{}}
 	for name, svc := range s.services {
 		for _, v := range svc.GetVips() {
 			if a, err := netip.ParseAddr(v); err == nil {
@@ -209,4 +213,34 @@ func (s *Store) workloadIdentity(name string) (string, error) {
 		return "", fmt.Errorf("%w %s", errNoWorkload, strconv.Quote(name))
 	}
 	return w.GetIdentity(), nil
+}
+
+// upstreams returns the generation of the snapshot and the set of
+// (endpoint IP, workload identity) pairs its ready endpoints make.
+func (s *Store) upstreams() (uint64, map[upstream]bool) {
+	snap := s.snap.Load()
+	set := map[upstream]bool{}
+	for _, svc := range snap.services {
+		for _, ep := range svc.GetEndpoints() {
+			a, err := netip.ParseAddr(ep.GetAddress())
+			w := snap.workloads[ep.GetWorkload()]
+			if err != nil || w == nil || !ep.GetReady() {
+				continue
+			}
+			id, err := identity.ParseSPIFFEID(w.GetIdentity())
+			if err != nil {
+				continue
+			}
+			set[upstream{ip: a.Unmap(), id: id}] = true
+		}
+	}
+	return snap.gen, set
+}
+
+// generation is the snapshot's generation.
+func (s *Store) generation() uint64 { return s.snap.Load().gen }
+
+type upstream struct {
+	ip netip.Addr
+	id identity.SPIFFEID
 }
