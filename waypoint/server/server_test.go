@@ -475,3 +475,26 @@ func TestTransportsPrunedWithEndpoints(t *testing.T) {
 		}
 	}
 }
+
+func TestEndpointIdentityEnforced(t *testing.T) {
+	e := setup(t)
+	// v1's workload (identity echo-v1) now claims 127.0.0.3, where the
+	// HBONE server proves echo-v2: the waypoint must refuse the tunnel.
+	cfg := config("127.0.0.3", "127.0.0.3")
+	cfg[configv1alpha1.TypeWaypointConfig]["default/waypoint"].(*configv1alpha1.WaypointConfig).Services[0].Rules[1].Backends[1].Weight = 0
+	for _, typ := range e.store.Types() {
+		if err := typ.Handle(resources(t, cfg[typ.URL])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := e.httpClient("10.96.0.10:80", false)
+	defer c.CloseIdleConnections()
+	resp, err := c.Get("http://echo.default.svc/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("X-Backend") != "" {
+		t.Fatalf("status %d from %q, want 503 from the waypoint", resp.StatusCode, resp.Header.Get("X-Backend"))
+	}
+}
