@@ -200,3 +200,34 @@ func (f tokenCreds) GetRequestMetadata(ctx context.Context, _ ...string) (map[st
 }
 
 func (tokenCreds) RequireTransportSecurity() bool { return true }
+
+// FetcherConfig chooses where a data plane's certificates come from.
+type FetcherConfig struct {
+	// LocalTrustDomain, when set, signs certificates with an in-process CA
+	// of that trust domain (development only: peers of another process do not
+	// trust it). The fields below are then ignored.
+	LocalTrustDomain string
+	// Address, ServerName, RootsFile and TokenFile reach the mesh CA (see Config).
+	Address, ServerName, RootsFile, TokenFile string
+}
+
+// NewFetcher returns the identity.Fetcher cfg describes and a function that
+// releases it.
+func NewFetcher(cfg FetcherConfig) (identity.Fetcher, func() error, error) {
+	if cfg.LocalTrustDomain != "" {
+		ca, err := identity.NewRootAuthority(cfg.LocalTrustDomain, 365*24*time.Hour)
+		if err != nil {
+			return nil, nil, err
+		}
+		return identity.AuthorityFetcher{Authority: ca}, func() error { return nil }, nil
+	}
+	roots, err := RootsFromFile(cfg.RootsFile)
+	if err != nil {
+		return nil, nil, fmt.Errorf("CA roots: %w", err)
+	}
+	c, err := New(Config{Address: cfg.Address, ServerName: cfg.ServerName, Roots: roots, TokenFile: cfg.TokenFile})
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, c.Close, nil
+}

@@ -77,25 +77,14 @@ func run() error {
 		return errors.New("-endpoint-hbone-port must be within 1-65535")
 	}
 
-	var fetcher identity.Fetcher
-	if *localCA != "" {
-		ca, err := identity.NewRootAuthority(*localCA, 365*24*time.Hour)
-		if err != nil {
-			return err
-		}
-		fetcher = identity.AuthorityFetcher{Authority: ca}
-	} else {
-		roots, err := caclient.RootsFromFile(*caRoot)
-		if err != nil {
-			return fmt.Errorf("CA roots: %w", err)
-		}
-		cc, err := caclient.New(caclient.Config{Address: *caAddr, ServerName: *caName, Roots: roots, TokenFile: *caToken})
-		if err != nil {
-			return err
-		}
-		defer cc.Close()
-		fetcher = cc
+	fetcher, closeFetcher, err := caclient.NewFetcher(caclient.FetcherConfig{
+		LocalTrustDomain: *localCA,
+		Address:          *caAddr, ServerName: *caName, RootsFile: *caRoot, TokenFile: *caToken,
+	})
+	if err != nil {
+		return err
 	}
+	defer closeFetcher()
 	certs, err := identity.NewManager(fetcher, identity.ManagerOptions{Validity: *validity, Logger: log.With("component", "certs")})
 	if err != nil {
 		return err

@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -67,25 +66,14 @@ func run() error {
 		return errors.New("-node-name (or $NODE_NAME) is required")
 	}
 
-	var fetcher identity.Fetcher
-	if *localCA != "" {
-		ca, err := identity.NewRootAuthority(*localCA, 365*24*time.Hour)
-		if err != nil {
-			return err
-		}
-		fetcher = identity.AuthorityFetcher{Authority: ca}
-	} else {
-		roots, err := caclient.RootsFromFile(*caRoot)
-		if err != nil {
-			return fmt.Errorf("CA roots: %w", err)
-		}
-		cc, err := caclient.New(caclient.Config{Address: *caAddr, ServerName: *caName, Roots: roots, TokenFile: *caToken})
-		if err != nil {
-			return err
-		}
-		defer cc.Close()
-		fetcher = cc
+	fetcher, closeFetcher, err := caclient.NewFetcher(caclient.FetcherConfig{
+		LocalTrustDomain: *localCA,
+		Address:          *caAddr, ServerName: *caName, RootsFile: *caRoot, TokenFile: *caToken,
+	})
+	if err != nil {
+		return err
 	}
+	defer closeFetcher()
 	conn, err := grpc.NewClient(*xdsAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return fmt.Errorf("xds client: %w", err)
