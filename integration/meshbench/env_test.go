@@ -17,15 +17,12 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/ambit-mesh/ambit/controller/ca"
+	"github.com/ambit-mesh/ambit/integration/internal/castub"
 	"github.com/ambit-mesh/ambit/integration/internal/tier"
 	"github.com/ambit-mesh/ambit/pkg/identity"
 )
@@ -206,47 +203,13 @@ type meshCA struct {
 	tokens         map[string]string // node -> token file
 }
 
-type tokenAuth map[string]string // token -> node
-
-func (a tokenAuth) Authenticate(_ context.Context, token string) (ca.Caller, error) {
-	node, ok := a[token]
-	if !ok {
-		return ca.Caller{}, status.Error(codes.Unauthenticated, "unknown token")
-	}
-	return ca.Caller{
-		Username: "system:serviceaccount:ambit-system:ztunnel", Namespace: "ambit-system", ServiceAccount: "ztunnel",
-		NodeName: node, PodName: "ztunnel-" + node, PodUID: "uid-ztunnel-" + node,
-	}, nil
-}
-
-type podList []corev1.Pod
-
-func (l podList) Get(_ context.Context, namespace, name string) (*corev1.Pod, error) {
-	for i := range l {
-		if l[i].Namespace == namespace && l[i].Name == name {
-			return &l[i], nil
-		}
-	}
-	return nil, apierrors.NewNotFound(schema.GroupResource{Resource: "pods"}, name)
-}
-
-func (l podList) OnNode(_ context.Context, namespace, node string) ([]corev1.Pod, error) {
-	var out []corev1.Pod
-	for _, p := range l {
-		if p.Namespace == namespace && p.Spec.NodeName == node {
-			out = append(out, p)
-		}
-	}
-	return out, nil
-}
-
 func startCA(b *testing.B, dir string, pods []podSpec, nodes []string) *meshCA {
 	b.Helper()
 	authority, err := identity.NewRootAuthority(trustDomain, 24*time.Hour)
 	if err != nil {
 		b.Fatal(err)
 	}
-	var list podList
+	var list castub.Pods
 	for _, p := range pods {
 		list = append(list, corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Name: p.name, Namespace: benchNS, UID: types.UID(p.uid())},
@@ -255,7 +218,7 @@ func startCA(b *testing.B, dir string, pods []podSpec, nodes []string) *meshCA {
 		})
 	}
 	m := &meshCA{rootFile: filepath.Join(dir, "root-cert.pem"), tokens: map[string]string{}}
-	auth := tokenAuth{}
+	auth := castub.TokenAuth{}
 	for _, n := range nodes {
 		token := "token-of-ztunnel-on-" + n
 		auth[token] = n
