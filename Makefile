@@ -35,8 +35,20 @@ build: ## build every binary into bin/
 	@echo "built: $$(cd $(BIN) && ls -p | grep -v / | tr '\n' ' ')"
 
 .PHONY: run
-run: build ## build Ambit and show what exists (the local cluster arrives with the e2e work)
+run: build ## build Ambit and show what exists (becomes: cluster + Ambit + sample app)
 	@hack/run.sh
+
+.PHONY: images
+images: build ## build OCI image archives of Ambit and the demo apps into bin/images/ (PUSH=registry/prefix to push)
+	@VERSION=$(VERSION) hack/images.sh
+
+.PHONY: cluster-up
+cluster-up: deps tools ## start the one-machine Kubernetes (idempotent); prints its KUBECONFIG
+	@hack/cluster.sh up
+
+.PHONY: cluster-down
+cluster-down: ## stop the one-machine Kubernetes and remove everything it made (also after a crash)
+	@hack/cluster.sh down
 
 .PHONY: generate
 generate: tools ## regenerate deepcopy code, CRD YAML and vendored Gateway API CRDs
@@ -72,8 +84,8 @@ bench: deps tools ## Go benchmarks of every module, then the data-plane benchmar
 	@hack/bench.sh $(MODULES)
 
 .PHONY: e2e
-e2e: ## end-to-end tests on a local Kubernetes (not built yet)
-	@echo "e2e: the local Kubernetes harness is not built yet; see docs/features.md" >&2; exit 1
+e2e: deps tools build images ## end-to-end tests on the one-machine Kubernetes, Ambit installed from manifests/ (root)
+	@hack/e2e.sh
 
 .PHONY: clean
 clean: ## remove built binaries (keeps bin/tools)

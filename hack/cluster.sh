@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# Placeholder: being written (see docs/features.md).
+echo "hack/cluster.sh: not built yet" >&2
+exit 1
