@@ -61,7 +61,7 @@ type appliedState struct {
 
 // childKinds are the kinds a waypoint has, as empty lists to read into.
 func childLists() []client.ObjectList {
-	return []client.ObjectList{&corev1.ServiceAccountList{}, &appsv1.DeploymentList{}, &corev1.ServiceList{}}
+	return []client.ObjectList{&corev1.ServiceAccountList{}, &corev1.ConfigMapList{}, &appsv1.DeploymentList{}, &corev1.ServiceList{}}
 }
 
 // Sync makes the children of every waypoint Gateway in gateways (the full
@@ -79,6 +79,7 @@ func (d *Deployer) Sync(ctx context.Context, gateways []gwapiv1.Gateway) error {
 		d.applied = map[objectKey]appliedState{}
 	}
 	var errs []error
+	optsErr := d.Options.Validate()
 	wanted := map[types.UID]bool{}
 	for i := range gateways {
 		gw := &gateways[i]
@@ -86,7 +87,11 @@ func (d *Deployer) Sync(ctx context.Context, gateways []gwapiv1.Gateway) error {
 			continue
 		}
 		wanted[gw.UID] = true
-		if err := d.applyGateway(ctx, gw, Render(gw, d.Options)); err != nil {
+		err := optsErr
+		if err == nil {
+			err = d.applyGateway(ctx, gw, Render(gw, d.Options))
+		}
+		if err != nil {
 			errs = append(errs, fmt.Errorf("waypoint %s/%s: %w", gw.Namespace, gw.Name, err))
 			if d.OnError != nil {
 				d.OnError(gw, err)
@@ -101,7 +106,7 @@ func (d *Deployer) Sync(ctx context.Context, gateways []gwapiv1.Gateway) error {
 
 func (d *Deployer) applyGateway(ctx context.Context, gw *gwapiv1.Gateway, res Resources) error {
 	var errs []error
-	for _, obj := range []client.Object{res.ServiceAccount, res.Deployment, res.Service} {
+	for _, obj := range []client.Object{res.ServiceAccount, res.RootConfigMap, res.Deployment, res.Service} {
 		if err := d.apply(ctx, gw, obj); err != nil {
 			errs = append(errs, err)
 		}

@@ -1,9 +1,11 @@
 // Package deploy runs waypoints: for every Gateway of class ambit-waypoint it
 // renders (Render, a pure function) and applies (Deployer) a ServiceAccount,
-// a Deployment and a ClusterIP Service named after the Gateway, each
-// controlled by the Gateway (ownerReference controller=true,
-// blockOwnerDeletion=true), and deletes the children of Gateways that are gone
-// or no longer of that class.
+// a Deployment and a ClusterIP Service named after the Gateway, and a
+// ConfigMap <gateway>-ambit-ca-root with the mesh root certificates (mounted
+// at /etc/ambit/ca, named by AMBIT_CA_ROOT_FILE), each controlled by the
+// Gateway (ownerReference controller=true, blockOwnerDeletion=true), so the
+// garbage collector removes them with it; it also deletes the children of
+// Gateways that are gone or no longer of that class.
 //
 // Applying uses server-side apply with field manager "ambit-controller". To
 // avoid needless requests, the Deployer remembers, per object, the hash of

@@ -1,7 +1,9 @@
 package deploy
 
 import (
+	"errors"
 	"fmt"
+	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -12,6 +14,7 @@ import (
 	gwapiv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/ambit-mesh/ambit/controller/translate"
+	"github.com/ambit-mesh/ambit/pkg/identity"
 	"github.com/ambit-mesh/ambit/pkg/version"
 )
 
@@ -28,6 +31,11 @@ const (
 	// LabelName is the app.kubernetes.io/name label; waypoints carry
 	// "ambit-waypoint".
 	LabelName = "app.kubernetes.io/name"
+	// LabelPartOf is the app.kubernetes.io/part-of label; every object of an
+	// Ambit install carries PartOf.
+	LabelPartOf = "app.kubernetes.io/part-of"
+	// PartOf is LabelPartOf's value.
+	PartOf = "ambit"
 )
 
 // Waypoint ports.
@@ -46,6 +54,16 @@ const (
 	TokenPath = "/var/run/secrets/ambit/tokens/ambit-ca"
 	// StateDir is the writable folder for the xDS client's last good state.
 	StateDir = "/var/lib/ambit"
+	// CARootDir is where the ConfigMap with the mesh root is mounted.
+	CARootDir = "/etc/ambit/ca"
+	// CARootKey is the key of the root ConfigMap that holds the PEM roots,
+	// and so the file name under CARootDir.
+	CARootKey = "root-cert.pem"
+	// CARootFile is the waypoint's root certificate file.
+	CARootFile = CARootDir + "/" + CARootKey
+	// CARootSuffix is appended to the Gateway's name to name the root
+	// ConfigMap.
+	CARootSuffix = "-ambit-ca-root"
 )
 
 // Environment variables of the waypoint container.
@@ -57,6 +75,7 @@ const (
 	EnvTrustDomain      = "AMBIT_TRUST_DOMAIN"
 	EnvTokenFile        = "AMBIT_TOKEN_FILE"
 	EnvStateDir         = "AMBIT_STATE_DIR"
+	EnvCARootFile       = "AMBIT_CA_ROOT_FILE"
 )
 
 // Defaults of Options.
@@ -85,6 +104,22 @@ type Options struct {
 	CAAddress string
 	// TrustDomain of SPIFFE identities; "" means DefaultTrustDomain.
 	TrustDomain string
+	// RootCertsPEM are the mesh root certificates (PEM) waypoints trust: the
+	// CA's trust bundle. Render writes them to the root ConfigMap; the
+	// Deployer refuses to deploy without them (Validate).
+	RootCertsPEM string
+}
+
+// Validate reports Options a waypoint cannot run with: no parseable root
+// certificate.
+func (o Options) Validate() error {
+	if strings.TrimSpace(o.RootCertsPEM) == "" {
+		return errors.New("no mesh root certificate configured for waypoints")
+	}
+	if _, err := identity.ParseCertsPEM([]byte(o.RootCertsPEM)); err != nil {
+		return fmt.Errorf("mesh root certificates for waypoints: %w", err)
+	}
+	return nil
 }
 
 // Defaulted returns o with every zero field set to its default.
@@ -110,14 +145,21 @@ func (o Options) Defaulted() Options {
 // Resources are a waypoint's children.
 type Resources struct {
 	ServiceAccount *corev1.ServiceAccount
-	Deployment     *appsv1.Deployment
-	Service        *corev1.Service
+	// RootConfigMap holds the mesh root certificates (key CARootKey), mounted
+	// at CARootDir; it is named RootConfigMapName(gateway name).
+	RootConfigMap *corev1.ConfigMap
+	Deployment    *appsv1.Deployment
+	Service       *corev1.Service
 }
 
 // Objects returns the children in the order they are applied.
 func (r Resources) Objects() []metav1.Object {
-	return []metav1.Object{r.ServiceAccount, r.Deployment, r.Service}
+	return []metav1.Object{r.ServiceAccount, r.RootConfigMap, r.Deployment, r.Service}
 }
+
+// RootConfigMapName is the name of the root ConfigMap of the waypoint
+// Gateway named gateway.
+func RootConfigMapName(gateway string) string { return gateway + CARootSuffix }
 
 // IsWaypoint reports whether gw is a waypoint the controller deploys: of
 // class ambit-waypoint and not being deleted.
@@ -147,6 +189,7 @@ func Render(gw *gwapiv1.Gateway, opts Options) Resources {
 	labels[LabelGatewayName] = gw.Name
 	labels[LabelManagedBy] = ManagedBy
 	labels[LabelName] = translate.WaypointClassName
+	labels[LabelPartOf] = PartOf
 	meta := func() metav1.ObjectMeta {
 		return metav1.ObjectMeta{
 			Name:        gw.Name,
@@ -171,6 +214,14 @@ func Render(gw *gwapiv1.Gateway, opts Options) Resources {
 		// The waypoint needs no Kubernetes API access; it presents a
 		// projected token of audience ambit-ca to the CA instead.
 		AutomountServiceAccountToken: ptr.To(false),
+	}
+
+	rootMeta := meta()
+	rootMeta.Name = RootConfigMapName(gw.Name)
+	root := &corev1.ConfigMap{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "ConfigMap"},
+		ObjectMeta: rootMeta,
+		Data:       map[string]string{CARootKey: opts.RootCertsPEM},
 	}
 
 	podLabels := copyMap(labels)
@@ -205,6 +256,7 @@ func Render(gw *gwapiv1.Gateway, opts Options) Resources {
 			{Name: EnvTrustDomain, Value: opts.TrustDomain},
 			{Name: EnvTokenFile, Value: TokenPath + "/token"},
 			{Name: EnvStateDir, Value: StateDir},
+			{Name: EnvCARootFile, Value: CARootFile},
 			fieldEnv("POD_NAME", "metadata.name"),
 			fieldEnv("POD_NAMESPACE", "metadata.namespace"),
 			fieldEnv("NODE_NAME", "spec.nodeName"),
@@ -239,6 +291,7 @@ func Render(gw *gwapiv1.Gateway, opts Options) Resources {
 		},
 		VolumeMounts: []corev1.VolumeMount{
 			{Name: "ambit-token", MountPath: TokenPath, ReadOnly: true},
+			{Name: "ca-root", MountPath: CARootDir, ReadOnly: true},
 			{Name: "state", MountPath: StateDir},
 			{Name: "tmp", MountPath: "/tmp"},
 		},
@@ -276,6 +329,9 @@ func Render(gw *gwapiv1.Gateway, opts Options) Resources {
 								Audience: TokenAudience, ExpirationSeconds: ptr.To(int64(3600)), Path: "token",
 							}}},
 						}}},
+						{Name: "ca-root", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+							LocalObjectReference: corev1.LocalObjectReference{Name: root.Name},
+						}}},
 						{Name: "state", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
 						{Name: "tmp", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
 					},
@@ -295,7 +351,7 @@ func Render(gw *gwapiv1.Gateway, opts Options) Resources {
 			},
 		},
 	}
-	return Resources{ServiceAccount: sa, Deployment: dep, Service: svc}
+	return Resources{ServiceAccount: sa, RootConfigMap: root, Deployment: dep, Service: svc}
 }
 
 func copyMap(m map[string]string) map[string]string {

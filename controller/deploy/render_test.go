@@ -6,12 +6,15 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	"time"
+
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	gwapiv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/ambit-mesh/ambit/controller/translate"
+	"github.com/ambit-mesh/ambit/pkg/identity"
 )
 
 func waypoint() *gwapiv1.Gateway {
@@ -24,20 +27,36 @@ func waypoint() *gwapiv1.Gateway {
 	}
 }
 
+// testRootPEM is a mesh root for the tests, generated once.
+var testRootPEM = func() string {
+	a, err := identity.NewRootAuthority("cluster.local", time.Hour)
+	if err != nil {
+		panic(err)
+	}
+	return string(identity.EncodeCertsPEM(a.Cert))
+}()
+
 func TestRender(t *testing.T) {
 	gw := waypoint()
-	res := Render(gw, Options{Image: "example.invalid/waypoint:1", XDSAddress: "ctl:15010"})
+	res := Render(gw, Options{Image: "example.invalid/waypoint:1", XDSAddress: "ctl:15010", RootCertsPEM: testRootPEM})
 
+	if len(res.Objects()) != 4 {
+		t.Fatalf("%d children, want 4", len(res.Objects()))
+	}
 	for _, obj := range res.Objects() {
-		if obj.GetName() != "wp" || obj.GetNamespace() != "shop" {
-			t.Errorf("%T named %s/%s, want shop/wp", obj, obj.GetNamespace(), obj.GetName())
+		want := "wp"
+		if _, ok := obj.(*corev1.ConfigMap); ok {
+			want = "wp-ambit-ca-root"
+		}
+		if obj.GetName() != want || obj.GetNamespace() != "shop" {
+			t.Errorf("%T named %s/%s, want shop/%s", obj, obj.GetNamespace(), obj.GetName(), want)
 		}
 		refs := obj.GetOwnerReferences()
 		if len(refs) != 1 || refs[0].UID != gw.UID || refs[0].Kind != "Gateway" ||
 			refs[0].APIVersion != "gateway.networking.k8s.io/v1" || !*refs[0].Controller || !*refs[0].BlockOwnerDeletion {
 			t.Errorf("%T owner references %+v", obj, refs)
 		}
-		if l := obj.GetLabels(); l[LabelGatewayName] != "wp" || l[LabelManagedBy] != ManagedBy {
+		if l := obj.GetLabels(); l[LabelGatewayName] != "wp" || l[LabelManagedBy] != ManagedBy || l[LabelPartOf] != "ambit" {
 			t.Errorf("%T labels %v", obj, l)
 		}
 	}
@@ -59,7 +78,10 @@ func TestRender(t *testing.T) {
 	for _, e := range c.Env {
 		env[e.Name] = e.Value
 	}
-	for k, v := range map[string]string{EnvGatewayNamespace: "shop", EnvGatewayName: "wp", EnvXDSAddress: "ctl:15010", EnvCAAddress: DefaultCAAddress} {
+	for k, v := range map[string]string{
+		EnvGatewayNamespace: "shop", EnvGatewayName: "wp", EnvXDSAddress: "ctl:15010", EnvCAAddress: DefaultCAAddress,
+		EnvCARootFile: "/etc/ambit/ca/root-cert.pem", EnvTokenFile: TokenPath + "/token", EnvTrustDomain: "cluster.local",
+	} {
 		if env[k] != v {
 			t.Errorf("env %s = %q, want %q", k, env[k], v)
 		}
@@ -93,6 +115,28 @@ func TestRender(t *testing.T) {
 	sc := c.SecurityContext
 	if !*sc.RunAsNonRoot || !*sc.ReadOnlyRootFilesystem || *sc.AllowPrivilegeEscalation || *sc.RunAsUser == 0 {
 		t.Errorf("security context %+v", sc)
+	}
+
+	// The mesh root: a ConfigMap with the PEM, mounted where
+	// AMBIT_CA_ROOT_FILE points.
+	if cm := res.RootConfigMap; cm.Data["root-cert.pem"] != testRootPEM || len(cm.Data) != 1 {
+		t.Errorf("root ConfigMap data %v", cm.Data)
+	}
+	mounts := map[string]string{}
+	for _, m := range c.VolumeMounts {
+		mounts[m.Name] = m.MountPath
+	}
+	if mounts["ca-root"] != "/etc/ambit/ca" {
+		t.Errorf("volume mounts %v: want ca-root at /etc/ambit/ca", mounts)
+	}
+	var rootVol *corev1.Volume
+	for i, v := range pod.Spec.Volumes {
+		if v.Name == "ca-root" {
+			rootVol = &pod.Spec.Volumes[i]
+		}
+	}
+	if rootVol == nil || rootVol.ConfigMap == nil || rootVol.ConfigMap.Name != "wp-ambit-ca-root" {
+		t.Errorf("ca-root volume %+v, want ConfigMap wp-ambit-ca-root", rootVol)
 	}
 
 	svc := res.Service
@@ -172,5 +216,29 @@ func TestToApplyConfig(t *testing.T) {
 	_, hash3, _ := toApplyConfig(Render(waypoint(), Options{Image: "x/y:2"}).Deployment)
 	if hash != hash2 || hash == hash3 {
 		t.Errorf("hashes %s %s %s: want the first two equal and the third different", hash, hash2, hash3)
+	}
+}
+
+func TestOptionsValidate(t *testing.T) {
+	for name, tc := range map[string]struct {
+		pem  string
+		want string
+	}{
+		"empty":   {"", "no mesh root certificate"},
+		"garbage": {"not a certificate", "mesh root certificates"},
+		"root":    {testRootPEM, ""},
+	} {
+		t.Run(name, func(t *testing.T) {
+			err := Options{RootCertsPEM: tc.pem}.Validate()
+			if tc.want == "" {
+				if err != nil {
+					t.Fatalf("Validate: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Validate = %v, want an error containing %q", err, tc.want)
+			}
+		})
 	}
 }

@@ -121,8 +121,10 @@ func New(cfg *rest.Config, opts Options) (*Controller, error) {
 			// cluster; managedFields are the largest part nobody reads.
 			DefaultTransform: cache.TransformStripManagedFields(),
 			ByObject: map[client.Object]cache.ByObject{
-				// Only the waypoint Deployments, not every Deployment.
+				// Only the waypoint Deployments and root ConfigMaps, not
+				// every Deployment and ConfigMap.
 				&appsv1.Deployment{}: {Label: labels.SelectorFromSet(labels.Set{deploy.LabelManagedBy: deploy.ManagedBy})},
+				&corev1.ConfigMap{}:  {Label: labels.SelectorFromSet(labels.Set{deploy.LabelManagedBy: deploy.ManagedBy})},
 			},
 		},
 		Metrics:                       metricsserver.Options{BindAddress: disabled(opts.MetricsAddress)},
@@ -180,8 +182,9 @@ func watched() []client.Object {
 		&gwapiv1.GRPCRoute{}, &gwapiv1beta1.ReferenceGrant{},
 		&securityv1alpha1.AuthorizationPolicy{}, &securityv1alpha1.PeerAuthentication{},
 		&trafficv1alpha1.BackendPolicy{}, &trafficv1alpha1.FaultInjection{},
-		// Waypoint children: a deleted or edited Deployment is put back.
-		&appsv1.Deployment{},
+		// Waypoint children: a deleted or edited Deployment or root
+		// ConfigMap is put back.
+		&appsv1.Deployment{}, &corev1.ConfigMap{},
 	}
 }
 

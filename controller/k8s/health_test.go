@@ -24,7 +24,8 @@ type nopPublisher struct{}
 func (nopPublisher) Publish(*translate.Output) {}
 
 // fakeDiscovery is just enough of an apiserver for the manager to be built:
-// discovery of apps/v1 Deployments. Everything else is 404, so the caches
+// discovery of apps/v1 Deployments and v1 ConfigMaps (the kinds whose cache
+// is label-filtered). Everything else is 404, so the caches
 // never sync.
 func fakeDiscovery(t *testing.T) *httptest.Server {
 	t.Helper()
@@ -40,6 +41,11 @@ func fakeDiscovery(t *testing.T) *httptest.Server {
 		gv := metav1.GroupVersionForDiscovery{GroupVersion: "apps/v1", Version: "v1"}
 		reply(w, metav1.APIGroupList{TypeMeta: metav1.TypeMeta{Kind: "APIGroupList", APIVersion: "v1"},
 			Groups: []metav1.APIGroup{{Name: "apps", Versions: []metav1.GroupVersionForDiscovery{gv}, PreferredVersion: gv}}})
+	})
+	mux.HandleFunc("/api/v1", func(w http.ResponseWriter, _ *http.Request) {
+		reply(w, metav1.APIResourceList{TypeMeta: metav1.TypeMeta{Kind: "APIResourceList", APIVersion: "v1"}, GroupVersion: "v1",
+			APIResources: []metav1.APIResource{{Name: "configmaps", Namespaced: true, Kind: "ConfigMap",
+				Verbs: metav1.Verbs{"get", "list", "watch"}}}})
 	})
 	mux.HandleFunc("/apis/apps/v1", func(w http.ResponseWriter, _ *http.Request) {
 		reply(w, metav1.APIResourceList{TypeMeta: metav1.TypeMeta{Kind: "APIResourceList", APIVersion: "v1"}, GroupVersion: "apps/v1",

@@ -74,7 +74,7 @@ func waypointGateway(ns, name string) *gwapiv1.Gateway {
 }
 
 // children returns a Gateway's ServiceAccount, Deployment and Service, or
-// an error naming the first one missing.
+// an error naming the first one missing (its root ConfigMap too).
 func children(t testing.TB, c client.Client, ns, name string) (*corev1.ServiceAccount, *appsv1.Deployment, *corev1.Service, error) {
 	key := types.NamespacedName{Namespace: ns, Name: name}
 	sa, dep, svc := &corev1.ServiceAccount{}, &appsv1.Deployment{}, &corev1.Service{}
@@ -83,7 +83,19 @@ func children(t testing.TB, c client.Client, ns, name string) (*corev1.ServiceAc
 			return nil, nil, nil, fmt.Errorf("%T: %w", o, err)
 		}
 	}
+	if _, err := rootConfigMap(t, c, ns, name); err != nil {
+		return nil, nil, nil, err
+	}
 	return sa, dep, svc, nil
+}
+
+// rootConfigMap returns a Gateway's root ConfigMap.
+func rootConfigMap(t testing.TB, c client.Client, ns, name string) (*corev1.ConfigMap, error) {
+	cm := &corev1.ConfigMap{}
+	if err := c.Get(t.Context(), types.NamespacedName{Namespace: ns, Name: deploy.RootConfigMapName(name)}, cm); err != nil {
+		return nil, fmt.Errorf("root ConfigMap: %w", err)
+	}
+	return cm, nil
 }
 
 func condition(conds []metav1.Condition, typ string) (metav1.Condition, error) {
@@ -120,7 +132,9 @@ func testWaypoint(t *testing.T, env *kubetest.Env) {
 		sa, dep, svc, err = children(t, c, ns, "waypoint")
 		return err
 	})
-	for _, o := range []client.Object{sa, dep, svc} {
+	root, err := rootConfigMap(t, c, ns, "waypoint")
+	must(t, err)
+	for _, o := range []client.Object{sa, root, dep, svc} {
 		ref := metav1.GetControllerOf(o)
 		if ref == nil || ref.UID != gw.UID || ref.Kind != "Gateway" || ref.APIVersion != "gateway.networking.k8s.io/v1" ||
 			!ptr.Deref(ref.BlockOwnerDeletion, false) {
@@ -132,6 +146,26 @@ func testWaypoint(t *testing.T, env *kubetest.Env) {
 	}
 	if img := dep.Spec.Template.Spec.Containers[0].Image; img != waypointImage {
 		t.Errorf("waypoint image %q, want %q", img, waypointImage)
+	}
+	// The waypoint gets the mesh root in its namespace, mounted where
+	// AMBIT_CA_ROOT_FILE points.
+	if root.Data[deploy.CARootKey] != testRootPEM {
+		t.Errorf("root ConfigMap data %v, want the mesh root", root.Data)
+	}
+	podSpec := dep.Spec.Template.Spec
+	var rootVolume bool
+	for _, v := range podSpec.Volumes {
+		rootVolume = rootVolume || (v.Name == "ca-root" && v.ConfigMap != nil && v.ConfigMap.Name == root.Name)
+	}
+	var rootEnv, rootMount bool
+	for _, e := range podSpec.Containers[0].Env {
+		rootEnv = rootEnv || (e.Name == deploy.EnvCARootFile && e.Value == "/etc/ambit/ca/root-cert.pem")
+	}
+	for _, m := range podSpec.Containers[0].VolumeMounts {
+		rootMount = rootMount || (m.Name == "ca-root" && m.MountPath == "/etc/ambit/ca")
+	}
+	if !rootVolume || !rootEnv || !rootMount {
+		t.Errorf("root volume %v, %s %v, mount at /etc/ambit/ca %v: want all", rootVolume, deploy.EnvCARootFile, rootEnv, rootMount)
 	}
 	if svc.Spec.ClusterIP == "" || svc.Spec.Ports[0].Port != 15008 || ptr.Deref(svc.Spec.Ports[0].AppProtocol, "") != deploy.AppProtocolHBONE {
 		t.Errorf("waypoint Service %+v", svc.Spec)
@@ -166,7 +200,7 @@ func testWaypoint(t *testing.T, env *kubetest.Env) {
 	// A settled world causes no writes: poke the reconciler with an
 	// unrelated Namespace and check nothing was rewritten.
 	time.Sleep(500 * time.Millisecond)
-	_, dep, svc, err := children(t, c, ns, "waypoint")
+	_, dep, svc, err = children(t, c, ns, "waypoint")
 	must(t, err)
 	must(t, c.Get(ctx, client.ObjectKeyFromObject(gw), gw))
 	before := []string{dep.ResourceVersion, svc.ResourceVersion, gw.ResourceVersion}
@@ -183,6 +217,17 @@ func testWaypoint(t *testing.T, env *kubetest.Env) {
 	}
 
 	// A deleted or edited child is put back.
+	must(t, c.Delete(ctx, root))
+	eventually(t, "the deleted root ConfigMap to come back", func() error {
+		cm, err := rootConfigMap(t, c, ns, "waypoint")
+		if err != nil {
+			return err
+		}
+		if cm.UID == root.UID || cm.Data[deploy.CARootKey] != testRootPEM {
+			return errors.New("still the old ConfigMap, or no root in it")
+		}
+		return nil
+	})
 	must(t, c.Delete(ctx, dep))
 	eventually(t, "the deleted Deployment to come back", func() error {
 		d := &appsv1.Deployment{}
@@ -454,6 +499,9 @@ func testGatewayCleanup(t *testing.T, env *kubetest.Env) {
 				if err := c.Get(ctx, key, o); !apierrors.IsNotFound(err) {
 					return fmt.Errorf("%T still there (%v)", o, err)
 				}
+			}
+			if _, err := rootConfigMap(t, c, ns, name); !apierrors.IsNotFound(errors.Unwrap(err)) {
+				return fmt.Errorf("root ConfigMap still there (%v)", err)
 			}
 			return nil
 		})

@@ -29,8 +29,18 @@ import (
 	"github.com/ambit-mesh/ambit/controller/translate"
 	"github.com/ambit-mesh/ambit/controller/xdsserver"
 	"github.com/ambit-mesh/ambit/integration/kubetest"
+	"github.com/ambit-mesh/ambit/pkg/identity"
 	"github.com/ambit-mesh/ambit/pkg/xds"
 )
+
+// testRootPEM is the mesh root the waypoints are given.
+var testRootPEM = func() string {
+	a, err := identity.NewRootAuthority("cluster.local", time.Hour)
+	if err != nil {
+		panic(err)
+	}
+	return string(identity.EncodeCertsPEM(a.Cert))
+}()
 
 const (
 	systemNS      = "ambit-system"
@@ -94,7 +104,7 @@ func startController(t *testing.T, env *kubetest.Env, name string) *instance {
 	in.pipe = pipeline.New(translate.Translate, translate.Options{}, xs, log)
 	ctl, err := k8s.New(cfg, k8s.Options{
 		Pipeline:        in.pipe,
-		Waypoint:        deploy.Options{Image: waypointImage},
+		Waypoint:        deploy.Options{Image: waypointImage, RootCertsPEM: testRootPEM},
 		SystemNamespace: systemNS,
 		LeaderElection:  true,
 		LeaseDuration:   3 * time.Second,

@@ -134,6 +134,9 @@ func run(args []string) error {
 	if err != nil {
 		return fmt.Errorf("mesh CA: %w", err)
 	}
+	// Waypoints trust the CA's roots: the deployer writes them to a ConfigMap
+	// beside every waypoint.
+	wp.RootCertsPEM = string(identity.EncodeCertsPEM(server.Roots()...))
 	ctl, err := k8s.New(restCfg, k8s.Options{
 		Pipeline: pipe, Waypoint: wp, SystemNamespace: cfg.SystemNamespace, LeaderElection: *leaderElect,
 		MetricsAddress: *metricsListen, HealthAddress: *healthListen, Logger: log.With("component", "k8s"),
