@@ -45,6 +45,12 @@ type Proxy struct {
 	// means DefaultTransport (plain HTTP/1.1 or h2c).
 	Transport func(Target) http.RoundTripper
 
+	// Authorize decides whether a request to service:port may proceed. It
+	// runs after the destination is known and before routing; a request it
+	// refuses is answered 403 with "RBAC: access denied" (naming the policy
+	// when the decision has one) and flag "DENY". nil allows everything.
+	Authorize func(r *http.Request, service string, port uint32) AuthzDecision
+
 	// OnResult is called once per request after the answer is written (or
 	// abandoned), on the request's goroutine. nil: nothing is reported.
 	OnResult func(*http.Request, *Result)
@@ -158,7 +164,8 @@ type exchange struct {
 // ServeHTTP routes and forwards one request.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	p.init()
-	x := &exchange{p: p, w: &countingWriter{ResponseWriter: w}, in: req, res: &Result{Start: p.now()}}
+	x := &exchange{p: p, w: &countingWriter{ResponseWriter: w}, in: req, res: &Result{Start: p.now(), Source: SourceFromContext(req.Context())}}
+	normalizePath(req)
 	body := &countingBody{ReadCloser: req.Body}
 	if req.Body != nil && req.Body != http.NoBody {
 		req.Body = body
@@ -169,6 +176,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 			x.res.Code = x.w.code
 		}
 		x.res.Duration = p.now().Sub(x.res.Start)
+		x.res.GRPCStatus = grpcStatus(x.w.Header())
 		if p.OnResult != nil {
 			p.OnResult(req, x.res)
 		}
@@ -191,6 +199,15 @@ func (x *exchange) serve() {
 	if !ok {
 		x.fail(http.StatusNotFound, FlagNoRoute)
 		return
+	}
+	if p.Authorize != nil {
+		d := p.Authorize(x.in, svc, port)
+		d.Evaluated = true
+		res.Authz = d
+		if !d.Allow {
+			x.deny(d.Policy)
+			return
+		}
 	}
 	rule, ok := table.Match(x.in, svc, port)
 	if !ok {
@@ -349,6 +366,30 @@ func (x *exchange) fail(code int, flag string) {
 	x.w.Header().Set("X-Content-Type-Options", "nosniff")
 	x.w.WriteHeader(code)
 	_, _ = io.WriteString(x.w, http.StatusText(code)+"\n")
+}
+
+// deny answers 403 for an authorization policy, with Envoy's RBAC body
+// and the deciding policy's name.
+func (x *exchange) deny(policy string) {
+	x.res.flag(FlagDenied)
+	h := x.w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	x.w.WriteHeader(http.StatusForbidden)
+	msg := "RBAC: access denied"
+	if policy != "" {
+		msg += " by " + policy
+	}
+	_, _ = io.WriteString(x.w, msg+"\n")
+}
+
+// grpcStatus returns the grpc-status of an answer: a response header
+// (trailers-only) or a trailer.
+func grpcStatus(h http.Header) string {
+	if v := h.Get("Grpc-Status"); v != "" {
+		return v
+	}
+	return h.Get(http.TrailerPrefix + "Grpc-Status")
 }
 
 // ctxFailed answers after ctx ended: 499 (nothing written) when the client

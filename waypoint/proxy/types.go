@@ -4,8 +4,11 @@ import (
 	"context"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"time"
+
+	"github.com/ambit-mesh/ambit/pkg/identity"
 )
 
 // Response flags, as Envoy and Istio's access logs and metrics spell them
@@ -38,6 +41,9 @@ const (
 	FlagFaultAbort = "FI"
 	// FlagFaultDelay: a fault filter delayed the request.
 	FlagFaultDelay = "DI"
+	// FlagDenied: an authorization policy denied the request (403). Ambit's
+	// ztunnel reports the same flag for connections it refuses.
+	FlagDenied = "DENY"
 )
 
 // StatusClientClosedRequest is the code recorded when the client went
@@ -69,6 +75,57 @@ type Result struct {
 	// Start of the request and Duration until the answer was written.
 	Start    time.Time
 	Duration time.Duration
+	// Source is the client as the tunnel identified it (zero when the
+	// request did not arrive through one).
+	Source Source
+	// Authz is the authorization decision; zero when no Authorize hook is
+	// set.
+	Authz AuthzDecision
+	// GRPCStatus is the grpc-status the client received, in the response
+	// headers (trailers-only answers) or trailers; empty when there was
+	// none.
+	GRPCStatus string
+}
+
+// AuthzDecision is the outcome of the Authorize hook.
+type AuthzDecision struct {
+	// Evaluated is true when the hook ran.
+	Evaluated bool
+	// Allow is the verdict.
+	Allow bool
+	// Policy names what decided ("<ns>/<name>" of the matching DENY or
+	// ALLOW policy, or the ALLOW policies none of which matched); empty when
+	// no policy applied.
+	Policy string
+}
+
+// Source is the client of a request: the peer of the HBONE tunnel it
+// arrived in.
+type Source struct {
+	// Identity is the SPIFFE ID the tunnel's peer certificate proved; zero
+	// when unknown.
+	Identity identity.SPIFFEID
+	// Address is the client's IP: the tunnel's Forwarded for= element when
+	// the sending ztunnel set one, else the tunnel connection's remote
+	// address. Invalid when unknown.
+	Address netip.Addr
+	// Header holds the tunnel's CONNECT request headers (baggage,
+	// forwarded, traceparent); nil when none. Read only.
+	Header http.Header
+}
+
+type sourceKey struct{}
+
+// WithSource returns a context saying that requests on it come from src;
+// the HBONE listener sets it per tunnel.
+func WithSource(ctx context.Context, src Source) context.Context {
+	return context.WithValue(ctx, sourceKey{}, src)
+}
+
+// SourceFromContext returns what WithSource stored (zero if nothing).
+func SourceFromContext(ctx context.Context) Source {
+	s, _ := ctx.Value(sourceKey{}).(Source)
+	return s
 }
 
 // FlagString joins the flags with ",", or returns "-" when there is none,

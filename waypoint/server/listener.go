@@ -2,9 +2,13 @@ package server
 
 import (
 	"net"
+	"net/http"
+	"net/netip"
+	"strings"
 	"sync"
 
 	"github.com/ambit-mesh/ambit/pkg/hbone"
+	"github.com/ambit-mesh/ambit/waypoint/proxy"
 )
 
 // streamListener is a net.Listener whose connections are accepted HBONE
@@ -63,6 +67,7 @@ type streamConn struct {
 	*hbone.Stream
 	service  string
 	port     uint32
+	source   proxy.Source
 	done     chan struct{}
 	doneOnce sync.Once
 }
@@ -71,4 +76,30 @@ func (c *streamConn) Close() error {
 	err := c.Stream.Close()
 	c.doneOnce.Do(func() { close(c.done) })
 	return err
+}
+
+// forwardedFor returns the IP of the first for= element of a Forwarded
+// header (RFC 7239), as the sending ztunnel writes it.
+func forwardedFor(h http.Header) (netip.Addr, bool) {
+	v := h.Get("Forwarded")
+	if v == "" {
+		return netip.Addr{}, false
+	}
+	first, _, _ := strings.Cut(v, ",")
+	for pair := range strings.SplitSeq(first, ";") {
+		k, val, ok := strings.Cut(strings.TrimSpace(pair), "=")
+		if !ok || !strings.EqualFold(k, "for") {
+			continue
+		}
+		val = strings.Trim(val, `"`)
+		if ap, err := netip.ParseAddrPort(val); err == nil {
+			return ap.Addr().Unmap(), true
+		}
+		val = strings.TrimSuffix(strings.TrimPrefix(val, "["), "]")
+		if ip, err := netip.ParseAddr(val); err == nil {
+			return ip.Unmap(), true
+		}
+		return netip.Addr{}, false
+	}
+	return netip.Addr{}, false
 }

@@ -14,7 +14,9 @@ import (
 
 	"github.com/ambit-mesh/ambit/pkg/hbone"
 	"github.com/ambit-mesh/ambit/pkg/identity"
+	"github.com/ambit-mesh/ambit/waypoint/authz"
 	"github.com/ambit-mesh/ambit/waypoint/proxy"
+	"github.com/ambit-mesh/ambit/waypoint/tracing"
 )
 
 // Config configures a Server.
@@ -34,9 +36,16 @@ type Config struct {
 	// DialContext opens the TCP connections to endpoints' HBONE servers.
 	// Nil means a zero net.Dialer.
 	DialContext func(ctx context.Context, network, address string) (net.Conn, error)
+	// Gateway is the waypoint's Gateway, "<namespace>/<name>": the target
+	// that WAYPOINT-scoped authorization policies name. Empty applies every
+	// WAYPOINT-scoped policy the store holds.
+	Gateway string
 	// OnResult is the proxy's OnResult hook (metrics, access log); may be
-	// nil.
+	// nil. It runs after the Tracer has finished the request's span.
 	OnResult func(*http.Request, *proxy.Result)
+	// Tracer creates a span per request and per try and propagates trace
+	// headers; nil leaves trace headers as the client sent them.
+	Tracer *tracing.Tracer
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -92,14 +101,20 @@ func New(cfg Config) (*Server, error) {
 		Table:     cfg.Store.Table,
 		Resolver:  cfg.Store,
 		Transport: s.transport,
-		OnResult:  cfg.OnResult,
+		Authorize: s.authorize,
+		OnResult:  s.onResult,
 		Logger:    log.With("component", "proxy"),
 	}
 	s.ln = newStreamListener(nil)
-	s.http = proxy.NewServer(s.proxy)
+	var h http.Handler = s.proxy
+	if cfg.Tracer != nil {
+		h = cfg.Tracer.Handler(h)
+	}
+	s.http = proxy.NewServer(h)
 	s.http.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
 		if sc, ok := c.(*streamConn); ok {
 			ctx = proxy.WithDestination(ctx, sc.service, sc.port)
+			ctx = proxy.WithSource(ctx, sc.source)
 		}
 		return ctx
 	}
@@ -145,7 +160,7 @@ func (s *Server) serveStream(st *hbone.Stream) {
 	if err := st.Accept(); err != nil {
 		return
 	}
-	c := &streamConn{Stream: st, service: svc, port: uint32(dst.Port()), done: make(chan struct{})}
+	c := &streamConn{Stream: st, service: svc, port: uint32(dst.Port()), source: sourceOf(st), done: make(chan struct{})}
 	if !s.ln.push(c) {
 		_ = st.Reset()
 		return
@@ -156,9 +171,54 @@ func (s *Server) serveStream(st *hbone.Stream) {
 	}
 }
 
-// transport is the proxy's Transport hook: one pooled http.Transport per
-// (endpoint identity, endpoint, protocol), dialling through HBONE.
+// sourceOf describes a tunnel's client: its peer identity, its address
+// (the Forwarded for= element the sending ztunnel adds, else the
+// connection's remote address) and the CONNECT headers.
+func sourceOf(st *hbone.Stream) proxy.Source {
+	src := proxy.Source{Identity: st.Peer(), Header: st.Header()}
+	if ip, ok := forwardedFor(st.Header()); ok {
+		src.Address = ip
+	} else if ap, err := netip.ParseAddrPort(st.RemoteAddr().String()); err == nil {
+		src.Address = ap.Addr().Unmap()
+	}
+	return src
+}
+
+// authorize is the proxy's Authorize hook: the store's policies, evaluated
+// for this waypoint's Gateway.
+func (s *Server) authorize(r *http.Request, service string, port uint32) proxy.AuthzDecision {
+	d := s.cfg.Store.Authorizations().Evaluate(s.cfg.Gateway, authz.Request{
+		Peer: proxy.SourceFromContext(r.Context()).Identity, Service: service, Port: port,
+		Method: r.Method, Path: r.URL.Path, Header: r.Header,
+	})
+	if !d.Allow {
+		s.log.DebugContext(r.Context(), "request denied", "service", service, "port", port, "reason", d.Reason)
+	}
+	return proxy.AuthzDecision{Allow: d.Allow, Policy: d.Policy}
+}
+
+func (s *Server) onResult(r *http.Request, res *proxy.Result) {
+	if s.cfg.Tracer != nil {
+		s.cfg.Tracer.Finish(r, res)
+	}
+	if s.cfg.OnResult != nil {
+		s.cfg.OnResult(r, res)
+	}
+}
+
+// transport is the proxy's Transport hook: the pooled HBONE transport of
+// the target, wrapped by the tracer (a span per try).
 func (s *Server) transport(t proxy.Target) http.RoundTripper {
+	rt := s.hboneTransport(t)
+	if s.cfg.Tracer != nil {
+		return s.cfg.Tracer.Transport(rt, t)
+	}
+	return rt
+}
+
+// hboneTransport returns one pooled http.Transport per (endpoint identity,
+// endpoint, protocol), dialling through HBONE.
+func (s *Server) hboneTransport(t proxy.Target) http.RoundTripper {
 	ep, err := netip.ParseAddrPort(t.Endpoint.Address)
 	if err != nil {
 		return errTransport{fmt.Errorf("endpoint %q: %w", t.Endpoint.Address, err)}

@@ -396,7 +396,7 @@ func TestBadConfigKeepsLastGood(t *testing.T) {
 	if err := s.HandleWaypointConfig(resources(t, map[string]proto.Message{"a": good, "b": good})); err == nil {
 		t.Fatal("two WaypointConfigs accepted")
 	}
-	if len(s.Types()) != 3 {
+	if len(s.Types()) != 4 {
 		t.Fatalf("types %v", s.Types())
 	}
 	if !strings.Contains(configv1alpha1.TypeWaypointConfig, "WaypointConfig") {

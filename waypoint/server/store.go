@@ -13,6 +13,7 @@ import (
 	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
 	"github.com/ambit-mesh/ambit/pkg/identity"
 	"github.com/ambit-mesh/ambit/pkg/xds"
+	"github.com/ambit-mesh/ambit/waypoint/authz"
 	"github.com/ambit-mesh/ambit/waypoint/proxy"
 	"github.com/ambit-mesh/ambit/waypoint/route"
 	"google.golang.org/protobuf/proto"
@@ -28,6 +29,7 @@ type Store struct {
 
 	mu        sync.Mutex // serialises writers
 	table     atomic.Pointer[route.Table]
+	authz     atomic.Pointer[authz.Policies]
 	snap      atomic.Pointer[snapshot]
 	services  map[string]*configv1alpha1.Service
 	workloads map[string]*configv1alpha1.Workload
@@ -39,6 +41,7 @@ type snapshot struct {
 	services  map[string]*configv1alpha1.Service // by "<namespace>/<name>"
 	byVIP     map[netip.Addr]string              // VIP -> service name
 	workloads map[string]*configv1alpha1.Workload
+	byAddr    map[netip.Addr]*configv1alpha1.Workload
 }
 
 // NewStore returns an empty store. A nil logger means slog.Default().
@@ -51,15 +54,43 @@ func NewStore(log *slog.Logger) *Store {
 	return s
 }
 
-// Types returns the xDS subscriptions of the store: WaypointConfig, Service
-// and Workload.
+// Types returns the xDS subscriptions of the store: WaypointConfig,
+// Service, Workload and Authorization.
 func (s *Store) Types() []xds.Type {
 	return []xds.Type{
 		{URL: configv1alpha1.TypeWaypointConfig, Handle: s.HandleWaypointConfig},
 		{URL: configv1alpha1.TypeService, Handle: s.HandleServices},
 		{URL: configv1alpha1.TypeWorkload, Handle: s.HandleWorkloads},
+		{URL: configv1alpha1.TypeAuthorization, Handle: s.HandleAuthorizations},
 	}
 }
+
+// HandleAuthorizations is the xDS handler of Authorization resources (the
+// policies that target this waypoint's Gateway or a Service it serves). An
+// invalid policy rejects the update and the last good set stays.
+func (s *Store) HandleAuthorizations(rs map[string]*anypb.Any) error {
+	ms := make(map[string]*configv1alpha1.Authorization, len(rs))
+	for name, body := range rs {
+		m := new(configv1alpha1.Authorization)
+		if err := unmarshal(name, body, m); err != nil {
+			return err
+		}
+		ms[name] = m
+	}
+	p, err := authz.Compile(ms)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.authz.Store(p)
+	s.mu.Unlock()
+	s.log.Debug("authorization policies applied", "policies", p.Len())
+	return nil
+}
+
+// Authorizations returns the current policies (nil before the first
+// update: everything is allowed).
+func (s *Store) Authorizations() *authz.Policies { return s.authz.Load() }
 
 // Table returns the current route table (nil before the first
 // WaypointConfig); it is the proxy.Proxy Table hook.
@@ -132,7 +163,15 @@ func (s *Store) commit(set func()) {
 	defer s.mu.Unlock()
 	set()
 	s.gen++
-	snap := &snapshot{gen: s.gen, services: s.services, workloads: s.workloads, byVIP: map[netip.Addr]string{}}
+	snap := &snapshot{gen: s.gen, services: s.services, workloads: s.workloads, byVIP: map[netip.Addr]string{},
+		byAddr: map[netip.Addr]*configv1alpha1.Workload{}}
+	for _, w := range s.workloads {
+		for _, a := range w.GetAddresses() {
+			if ip, err := netip.ParseAddr(a); err == nil {
+				snap.byAddr[ip.Unmap()] = w
+			}
+		}
+	}
 	for name, svc := range s.services {
 		for _, v := range svc.GetVips() {
 			if a, err := netip.ParseAddr(v); err == nil {
@@ -164,6 +203,21 @@ func unmarshal(name string, body *anypb.Any, m proto.Message) error {
 func (s *Store) ServiceByVIP(vip netip.Addr) (string, bool) {
 	name, ok := s.snap.Load().byVIP[vip.Unmap()]
 	return name, ok
+}
+
+// Service returns the Service resource of "<namespace>/<name>", or nil.
+func (s *Store) Service(name string) *configv1alpha1.Service {
+	return s.snap.Load().services[name]
+}
+
+// Workload returns the Workload resource of "<namespace>/<pod>", or nil.
+func (s *Store) Workload(name string) *configv1alpha1.Workload {
+	return s.snap.Load().workloads[name]
+}
+
+// WorkloadByAddress returns the Workload that has ip, or nil.
+func (s *Store) WorkloadByAddress(ip netip.Addr) *configv1alpha1.Workload {
+	return s.snap.Load().byAddr[ip.Unmap()]
 }
 
 // Endpoints implements proxy.Resolver: the ready endpoints of service, at

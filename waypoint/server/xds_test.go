@@ -18,7 +18,7 @@ import (
 )
 
 // controlPlane is a go-control-plane delta ADS server on loopback serving
-// the three types the waypoint subscribes to.
+// the four types the waypoint subscribes to.
 type controlPlane struct {
 	caches map[string]*cachev3.LinearCache
 	addr   string
@@ -36,7 +36,7 @@ func startControlPlane(t *testing.T) *controlPlane {
 		ClassifyDelta: func(r *cachev3.DeltaRequest) string { return r.GetTypeUrl() },
 		Caches:        map[string]cachev3.Cache{},
 	}
-	for _, url := range []string{configv1alpha1.TypeWaypointConfig, configv1alpha1.TypeService, configv1alpha1.TypeWorkload} {
+	for _, url := range []string{configv1alpha1.TypeWaypointConfig, configv1alpha1.TypeService, configv1alpha1.TypeWorkload, configv1alpha1.TypeAuthorization} {
 		c := cachev3.NewLinearCache(url)
 		cp.caches[url] = c
 		mux.Caches[url] = c

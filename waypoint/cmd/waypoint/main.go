@@ -3,29 +3,29 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"go.opentelemetry.io/otel/attribute"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
 	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
 	"github.com/ambit-mesh/ambit/pkg/caclient"
-	"github.com/ambit-mesh/ambit/pkg/hbone"
 	"github.com/ambit-mesh/ambit/pkg/identity"
 	"github.com/ambit-mesh/ambit/pkg/version"
 	"github.com/ambit-mesh/ambit/pkg/xds"
-	"github.com/ambit-mesh/ambit/waypoint/proxy"
+	"github.com/ambit-mesh/ambit/waypoint/admin"
 	"github.com/ambit-mesh/ambit/waypoint/server"
+	"github.com/ambit-mesh/ambit/waypoint/telemetry"
+	"github.com/ambit-mesh/ambit/waypoint/tracing"
 )
 
 func main() {
@@ -36,61 +36,32 @@ func main() {
 }
 
 func run() error {
-	fs := flag.NewFlagSet("waypoint", flag.ContinueOnError)
-	gateway := fs.String("gateway", os.Getenv("GATEWAY"), "waypoint Gateway as <namespace>/<name> (default $GATEWAY)")
-	id := fs.String("identity", os.Getenv("SPIFFE_ID"), "waypoint SPIFFE ID, spiffe://<trust domain>/ns/<ns>/sa/<sa> (default $SPIFFE_ID)")
-	listen := fs.String("hbone-address", fmt.Sprintf(":%d", hbone.Port), "HBONE listener")
-	hbonePort := fs.Uint("endpoint-hbone-port", hbone.Port, "HBONE port of endpoints")
-	xdsAddr := fs.String("xds-address", "ambit-controller.ambit-system.svc:15010", "controller xDS server (insecure gRPC)")
-	xdsState := fs.String("xds-state-file", "", "last good configuration, read at start; empty disables")
-	caAddr := fs.String("ca-address", "ambit-controller.ambit-system.svc:15012", "mesh CA (gRPC over TLS)")
-	caRoot := fs.String("ca-root-file", "/var/run/ambit/ca/root-cert.pem", "PEM bundle that verifies the CA's serving certificate")
-	caToken := fs.String("ca-token-file", caclient.DefaultTokenFile, "service-account token presented to the CA")
-	caName := fs.String("ca-server-name", caclient.DefaultServerName, "name the CA's serving certificate carries")
-	localCA := fs.String("local-ca-trust-domain", "", "development only: sign certificates with an in-process CA of this trust domain instead of the mesh CA")
-	validity := fs.Duration("cert-validity", identity.DefaultCertLifetime, "certificate lifetime asked of the CA")
-	drain := fs.Duration("shutdown-drain", 5*time.Second, "after SIGTERM, how long open tunnels may finish")
-	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
-	showVersion := fs.Bool("version", false, "print the version and exit")
-	if err := fs.Parse(os.Args[1:]); err != nil {
+	o, err := parseOptions(os.Args[1:], os.Getenv, os.Stderr)
+	if err != nil {
 		return err
 	}
-	if *showVersion {
+	if o.showVersion {
 		fmt.Println(version.String("waypoint"))
 		return nil
 	}
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
-		return fmt.Errorf("-log-level: %w", err)
-	}
-	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: o.logLevel}))
 	slog.SetDefault(log)
-	ns, name, ok := strings.Cut(*gateway, "/")
-	if !ok || ns == "" || name == "" {
-		return errors.New("-gateway <namespace>/<name> (or $GATEWAY) is required")
-	}
-	wid, err := identity.ParseSPIFFEID(*id)
-	if err != nil {
-		return fmt.Errorf("-identity: %w", err)
-	}
-	if *hbonePort == 0 || *hbonePort > 65535 {
-		return errors.New("-endpoint-hbone-port must be within 1-65535")
-	}
+	wid := o.identity
 
 	fetcher, closeFetcher, err := caclient.NewFetcher(caclient.FetcherConfig{
-		LocalTrustDomain: *localCA,
-		Address:          *caAddr, ServerName: *caName, RootsFile: *caRoot, TokenFile: *caToken,
+		LocalTrustDomain: o.localCATrustDomain,
+		Address:          o.caAddress, ServerName: o.caServerName, RootsFile: o.caRootFile, TokenFile: o.caTokenFile,
 	})
 	if err != nil {
 		return err
 	}
 	defer closeFetcher()
-	certs, err := identity.NewManager(fetcher, identity.ManagerOptions{Validity: *validity, Logger: log.With("component", "certs")})
+	certs, err := identity.NewManager(fetcher, identity.ManagerOptions{Validity: o.certValidity, Logger: log.With("component", "certs")})
 	if err != nil {
 		return err
 	}
 
-	conn, err := grpc.NewClient(*xdsAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(o.xdsAddress, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return fmt.Errorf("xds client: %w", err)
 	}
@@ -98,32 +69,78 @@ func run() error {
 	store := server.NewStore(log.With("component", "config"))
 	xc, err := xds.New(xds.Config{
 		Conn:      conn,
-		Node:      &corev3.Node{Id: configv1alpha1.WaypointNodeID(ns, name)},
+		Node:      &corev3.Node{Id: configv1alpha1.WaypointNodeID(o.gatewayNamespace, o.gatewayName)},
 		Types:     store.Types(),
-		StateFile: *xdsState,
+		StateFile: o.xdsStateFile,
 		Logger:    log.With("component", "xds"),
 	})
 	if err != nil {
 		return err
 	}
 
-	access := log.With("component", "access")
+	tracer, err := tracing.New(context.Background(), tracing.Config{
+		Endpoint:    o.otlpEndpoint,
+		ServiceName: o.gatewayName + ".waypoint",
+		Attributes: []attribute.KeyValue{
+			attribute.String("k8s.namespace.name", o.gatewayNamespace),
+			attribute.String("ambit.gateway", o.gateway()),
+		},
+	})
+	if err != nil {
+		return err
+	}
+	tel := telemetry.New(store, log.With("component", "access"))
 	srv, err := server.New(server.Config{
 		Identity:  wid,
 		Cert:      certs.Cert(wid),
 		Roots:     certs.Roots(),
 		Store:     store,
-		HBONEPort: uint16(*hbonePort),
-		OnResult: func(r *http.Request, res *proxy.Result) {
-			access.Info("request", "method", r.Method, "path", r.URL.Path, "service", res.Service, "port", res.Port,
-				"route", res.Route, "backend", res.Backend, "endpoint", res.Endpoint, "code", res.Code,
-				"flags", res.FlagString(), "attempts", res.Attempts, "duration", res.Duration)
-		},
-		Logger: log,
+		Gateway:   o.gateway(),
+		HBONEPort: o.endpointHBONEPort,
+		Tracer:    tracer,
+		OnResult:  tel.Observe,
+		Logger:    log,
 	})
 	if err != nil {
 		return err
 	}
+
+	health := admin.NewHealth(
+		admin.Check{Name: "certificate", Err: func() error { return certReady(certs, wid) }},
+		admin.Check{Name: "config", Err: func() error {
+			select {
+			case <-xc.Ready():
+				return nil
+			default:
+				st := xc.Status()
+				if st.LastError != "" {
+					return fmt.Errorf("no configuration yet (from the controller or %q): %s", o.xdsStateFile, st.LastError)
+				}
+				return errors.New("no configuration yet (from the controller or the state file)")
+			}
+		}},
+	)
+	var side []*http.Server
+	for _, l := range []struct {
+		addr string
+		h    http.Handler
+	}{{o.metricsAddress, admin.MetricsHandler(tel.Registry)}, {o.readyAddress, admin.ReadyHandler(health)}} {
+		if l.addr == "" {
+			continue
+		}
+		ln, err := net.Listen("tcp", l.addr)
+		if err != nil {
+			return err
+		}
+		hs := &http.Server{Handler: l.h, ReadHeaderTimeout: 10 * time.Second}
+		side = append(side, hs)
+		go func() { _ = hs.Serve(ln) }()
+	}
+	defer func() {
+		for _, hs := range side {
+			_ = hs.Close()
+		}
+	}()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -134,14 +151,18 @@ func run() error {
 	if err := certs.Add(ctx, wid); err != nil {
 		log.Warn("first certificate fetch failed; retrying", "identity", wid.String(), "err", err)
 		if err := certs.Wait(ctx, wid); err != nil {
+			if ctx.Err() != nil {
+				return nil // signalled before the first certificate
+			}
 			return err
 		}
 	}
-	l, err := net.Listen("tcp", *listen)
+	l, err := net.Listen("tcp", o.hboneAddress)
 	if err != nil {
 		return err
 	}
-	log.Info("waypoint serving", "gateway", *gateway, "identity", wid.String(), "hbone", l.Addr().String())
+	log.Info("waypoint serving", "gateway", o.gateway(), "identity", wid.String(), "hbone", l.Addr().String(),
+		"metrics", o.metricsAddress, "ready", o.readyAddress, "otlp", o.otlpEndpoint, "version", version.String("waypoint"))
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
 	select {
@@ -149,11 +170,38 @@ func run() error {
 		return err
 	case <-ctx.Done():
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), max(*drain, 0))
+	// Readiness fails first, then the listener stops and open requests
+	// and tunnels get the drain period to finish.
+	health.Drain()
+	log.Info("draining", "timeout", o.shutdownDrain)
+	sctx, cancel := context.WithTimeout(context.Background(), o.shutdownDrain)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-		return err
+		log.Warn("shutdown", "err", err)
 	}
 	_ = srv.Close()
+	fctx, fcancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer fcancel()
+	if err := tracer.Shutdown(fctx); err != nil {
+		log.Warn("flushing spans", "err", err)
+	}
 	return nil
+}
+
+// certReady is the certificate readiness check: the waypoint's own
+// certificate is issued and not expired.
+func certReady(m *identity.Manager, id identity.SPIFFEID) error {
+	for _, c := range m.Snapshot().Identities {
+		if c.ID != id.String() {
+			continue
+		}
+		if c.Valid {
+			return nil
+		}
+		if c.LastError != "" {
+			return fmt.Errorf("no valid certificate for %s: %s", id, c.LastError)
+		}
+		break
+	}
+	return fmt.Errorf("no certificate for %s yet", id)
 }
