@@ -7,6 +7,8 @@
 //	ambit-demo load [flags] URL...
 //	                           a constant-rate traffic generator with a
 //	                           periodic summary and Prometheus metrics
+//	ambit-demo get [flags] URL one request, body to stdout (a curl for
+//	                           images without a shell)
 //
 // The image docker.io/ambit/demo runs it; examples/sample-app deploys it.
 // docs/reference/images.md lists the flags.
@@ -29,6 +31,7 @@ const usage = `usage: ambit-demo <command> [flags]
 commands:
   serve    HTTP/1.1 + h2c demo service (ambit-demo serve -help)
   load     constant-rate traffic generator (ambit-demo load -help)
+  get      one request, body to stdout (ambit-demo get -help)
   version  print the version
 `
 
@@ -50,6 +53,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return serveCommand(ctx, args[1:], stderr, log)
 	case "load":
 		return loadCommand(ctx, args[1:], stderr, log)
+	case "get":
+		return getCommand(ctx, args[1:], stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintln(stdout, version.String("ambit-demo"))
 		return 0

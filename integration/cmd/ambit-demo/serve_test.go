@@ -287,6 +287,21 @@ func TestServeFlagErrors(t *testing.T) {
 			t.Errorf("%q: exit %d, stderr %q; want %d and %q", tc.args, code, errb.String(), tc.code, tc.want)
 		}
 	}
+	// get: a 200 exits 0 with the body on stdout, a 503 exits 1.
+	ok := startServe(t, "-service", "got")
+	out.Reset()
+	errb.Reset()
+	if code := run(context.Background(), []string{"get", "-H", "x-user: me", ok.url + "/p"}, &out, &errb); code != 0 ||
+		!strings.Contains(out.String(), `"service":"got"`) || !strings.Contains(out.String(), `"x-user":"me"`) || !strings.Contains(errb.String(), "200 OK") {
+		t.Errorf("get: exit %d, stdout %q, stderr %q", code, out.String(), errb.String())
+	}
+	bad := startServe(t, "-status", "503")
+	if code := run(context.Background(), []string{"get", bad.url}, &out, &errb); code != 1 {
+		t.Errorf("get of a 503: exit %d, want 1", code)
+	}
+	if code := run(context.Background(), []string{"get", "a", "b"}, &out, &errb); code != 2 {
+		t.Errorf("get with two URLs: exit %d, want 2", code)
+	}
 	out.Reset()
 	if code := run(context.Background(), []string{"version"}, &out, &errb); code != 0 || !strings.HasPrefix(out.String(), "ambit-demo ") {
 		t.Errorf("version: %d %q", code, out.String())
