@@ -30,6 +30,9 @@ func sa(name string) identity.SPIFFEID {
 
 type peerKey struct{}
 
+// echoHeaders are request headers the backends echo as X-Echo-<name>.
+var echoHeaders = []string{"Traceparent", "Tracestate", "B3", "X-B3-Traceid", "X-B3-Spanid", "X-B3-Parentspanid", "X-B3-Sampled", "Baggage"}
+
 // backend is an HBONE server on ip:port that answers HTTP (HTTP/1.1 and
 // h2c) in its tunnels with its name and the tunnel's peer.
 type backend struct {
@@ -54,6 +57,11 @@ func startBackend(t *testing.T, ca *identity.Authority, name string, id identity
 		w.Header().Set("X-Backend", name)
 		w.Header().Set("X-Peer", peer)
 		w.Header().Set("X-Proto", r.Proto)
+		for _, k := range echoHeaders {
+			if v := r.Header.Values(k); len(v) > 0 {
+				w.Header()["X-Echo-"+k] = v
+			}
+		}
 		fmt.Fprint(w, name)
 	}))
 	b.http.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
@@ -161,7 +169,7 @@ func waypointConfig() *configv1alpha1.WaypointConfig {
 
 func service(name, vip string, eps ...*configv1alpha1.Endpoint) *configv1alpha1.Service {
 	return &configv1alpha1.Service{
-		Name: name, Namespace: "default", Vips: []string{vip},
+		Name: name, Namespace: "default", Vips: []string{vip}, Hostname: name + ".default.svc.mesh.test",
 		Ports:     []*configv1alpha1.ServicePort{{Name: "http", Port: 80, TargetPort: 8080}},
 		Endpoints: eps,
 	}
@@ -192,9 +200,14 @@ func config(v1, v2 string) map[string]map[string]proto.Message {
 				&configv1alpha1.Endpoint{Workload: "default/v2-pod", Address: v2, Ready: true}),
 		},
 		configv1alpha1.TypeWorkload: {
-			"default/v1-pod":   &configv1alpha1.Workload{Name: "default/v1-pod", Identity: sa("echo-v1").String(), Addresses: []string{v1}, Ready: true},
+			"default/v1-pod": &configv1alpha1.Workload{Name: "default/v1-pod", Namespace: "default", Identity: sa("echo-v1").String(), Addresses: []string{v1}, Ready: true,
+				WorkloadName: "echo-v1", CanonicalName: "echo", CanonicalRevision: "v1"},
 			"default/v1-pod-b": &configv1alpha1.Workload{Name: "default/v1-pod-b", Identity: sa("echo-v1").String(), Addresses: []string{"127.0.0.9"}},
-			"default/v2-pod":   &configv1alpha1.Workload{Name: "default/v2-pod", Identity: sa("echo-v2").String(), Addresses: []string{v2}, Ready: true},
+			"default/v2-pod": &configv1alpha1.Workload{Name: "default/v2-pod", Namespace: "default", Identity: sa("echo-v2").String(), Addresses: []string{v2}, Ready: true,
+				WorkloadName: "echo-v2", CanonicalName: "echo", CanonicalRevision: "v2"},
+			// the test client, which connects from 127.0.0.1.
+			"default/client-pod": &configv1alpha1.Workload{Name: "default/client-pod", Namespace: "default", Identity: sa("client").String(), Addresses: []string{"127.0.0.1"}, Ready: true,
+				WorkloadName: "client-deploy", CanonicalName: "client", CanonicalRevision: "v7"},
 		},
 	}
 }
@@ -220,12 +233,12 @@ func (e *env) feed(t *testing.T, v1, v2 string) {
 	e.cp.run(t, e.store)
 }
 
-func setup(t *testing.T) *env { return setupWith(t, nil) }
+func setup(t *testing.T, opts ...func(*Config)) *env { return setupWith(t, nil, opts...) }
 
 // setupWith starts the CA, two backends, the waypoint and a client. The
 // configuration goes straight into the store's handlers, or through a
 // delta ADS control plane if xds is not nil.
-func setupWith(t *testing.T, cp *controlPlane) *env {
+func setupWith(t *testing.T, cp *controlPlane, opts ...func(*Config)) *env {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -250,7 +263,11 @@ func setupWith(t *testing.T, cp *controlPlane) *env {
 	e.store = NewStore(nil)
 	e.feed(t, "127.0.0.2", "127.0.0.3")
 
-	e.wp, err = New(Config{Identity: wpID, Cert: mgr.Cert(wpID), Roots: mgr.Roots(), Store: e.store, HBONEPort: port})
+	cfg := Config{Identity: wpID, Cert: mgr.Cert(wpID), Roots: mgr.Roots(), Store: e.store, HBONEPort: port}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	e.wp, err = New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -277,11 +294,32 @@ func setupWith(t *testing.T, cp *controlPlane) *env {
 // httpClient sends requests through HBONE tunnels to the waypoint, with
 // authority vip.
 func (e *env) httpClient(vip string, h2c bool) *http.Client {
+	return e.clientFor(e.client, e.clientID, vip, h2c, nil)
+}
+
+// clientAs is httpClient for another client identity; hdr are the
+// tunnels' CONNECT headers.
+func (e *env) clientAs(t *testing.T, id identity.SPIFFEID, vip string, hdr http.Header) *http.Client {
+	t.Helper()
+	cert, err := e.ca.Issue(id, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &hbone.Dialer{TLSConfig: func(_, dst identity.SPIFFEID) (*tls.Config, error) {
+		return identity.ClientConfig(identity.StaticCert(cert), e.ca.Pool, dst), nil
+	}}
+	t.Cleanup(func() { _ = d.Close() })
+	c := e.clientFor(d, id, vip, false, hdr)
+	t.Cleanup(c.CloseIdleConnections)
+	return c
+}
+
+func (e *env) clientFor(d *hbone.Dialer, id identity.SPIFFEID, vip string, h2c bool, hdr http.Header) *http.Client {
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return e.client.Dial(ctx, hbone.Request{
-				Source: e.clientID, Destination: sa("waypoint"),
-				Address: e.wpAddr, Authority: netip.MustParseAddrPort(vip),
+			return d.Dial(ctx, hbone.Request{
+				Source: id, Destination: sa("waypoint"),
+				Address: e.wpAddr, Authority: netip.MustParseAddrPort(vip), Header: hdr,
 			})
 		},
 		DisableCompression: true,

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
 	"github.com/ambit-mesh/ambit/waypoint/proxy"
@@ -81,7 +82,7 @@ func New(meta Metadata, access *slog.Logger) *Telemetry {
 			Name: "istio_response_bytes", Help: "Response body sizes, in bytes.", Buckets: SizeBuckets}, Labels),
 	}
 	t.Registry.MustRegister(t.requests, t.duration, t.reqBytes, t.respBytes,
-		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return t
 }
 

@@ -1,0 +1,143 @@
+package server
+
+import (
+	"io"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+
+	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
+	"github.com/ambit-mesh/ambit/waypoint/proxy"
+	"google.golang.org/protobuf/proto"
+)
+
+// results collects the proxy's Results.
+type results struct {
+	mu   sync.Mutex
+	list []proxy.Result
+}
+
+func (rs *results) add(_ *http.Request, r *proxy.Result) {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	rs.list = append(rs.list, *r)
+}
+
+func (rs *results) last(t *testing.T) proxy.Result {
+	t.Helper()
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if len(rs.list) == 0 {
+		t.Fatal("no result reported")
+	}
+	return rs.list[len(rs.list)-1]
+}
+
+func do(t *testing.T, c *http.Client, method, path string, hdr map[string]string) (*http.Response, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, "http://echo.default.svc"+path, strings.NewReader(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	return resp, string(body)
+}
+
+// metricsGetOnly is "the client may only GET /metrics on echo".
+func metricsGetOnly() *configv1alpha1.Authorization {
+	return &configv1alpha1.Authorization{
+		Name: "default/metrics-get-only", Namespace: "default",
+		Scope: configv1alpha1.Authorization_SCOPE_SERVICE, Action: configv1alpha1.Authorization_ACTION_ALLOW,
+		Targets: []string{"default/echo"},
+		Rules: []*configv1alpha1.AuthorizationRule{{
+			From: []*configv1alpha1.AuthorizationRule_Source{{Principals: []string{sa("client").String()}}},
+			To:   []*configv1alpha1.AuthorizationRule_Operation{{Methods: []string{"GET"}, Paths: []string{"/metrics", "/metrics/*"}}},
+		}},
+	}
+}
+
+func TestAuthorizationOverHBONE(t *testing.T) {
+	rs := &results{}
+	e := setup(t, func(c *Config) { c.Gateway = "default/waypoint"; c.OnResult = rs.add })
+	noSecrets := &configv1alpha1.Authorization{
+		Name: "default/no-secrets", Namespace: "default",
+		Scope: configv1alpha1.Authorization_SCOPE_WAYPOINT, Action: configv1alpha1.Authorization_ACTION_DENY,
+		Targets: []string{"default/waypoint"},
+		Rules: []*configv1alpha1.AuthorizationRule{{
+			To: []*configv1alpha1.AuthorizationRule_Operation{{Paths: []string{"/metrics/secret"}}},
+		}},
+	}
+	if err := e.store.HandleAuthorizations(resources(t, map[string]proto.Message{
+		"default/metrics-get-only": metricsGetOnly(), "default/no-secrets": noSecrets,
+	})); err != nil {
+		t.Fatal(err)
+	}
+	client := e.httpClient("10.96.0.10:80", false)
+	defer client.CloseIdleConnections()
+	other := e.clientAs(t, sa("other"), "10.96.0.10:80", http.Header{"Forwarded": {"for=10.1.2.3"}})
+
+	for _, c := range []struct {
+		name         string
+		c            *http.Client
+		method, path string
+		code         int
+		body         string
+		principal    string
+		addr         string
+	}{
+		{"allowed GET", client, "GET", "/metrics", 200, "", sa("client").String(), "127.0.0.1"},
+		{"allowed GET below", client, "GET", "/metrics/cpu", 200, "", sa("client").String(), "127.0.0.1"},
+		{"POST denied", client, "POST", "/metrics", 403, "RBAC: access denied by default/metrics-get-only\n", sa("client").String(), "127.0.0.1"},
+		{"other path denied", client, "GET", "/admin", 403, "RBAC: access denied by default/metrics-get-only\n", sa("client").String(), "127.0.0.1"},
+		{"other principal denied", other, "GET", "/metrics", 403, "RBAC: access denied by default/metrics-get-only\n", sa("other").String(), "10.1.2.3"},
+		{"deny wins", client, "GET", "/metrics/secret", 403, "RBAC: access denied by default/no-secrets\n", sa("client").String(), "127.0.0.1"},
+		{"dot segments resolved before policy", client, "GET", "/metrics/cpu/../secret", 403, "RBAC: access denied by default/no-secrets\n", sa("client").String(), "127.0.0.1"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			resp, body := do(t, c.c, c.method, c.path, nil)
+			if resp.StatusCode != c.code {
+				t.Fatalf("status %d (%q), want %d", resp.StatusCode, body, c.code)
+			}
+			if c.code == 403 && (body != c.body || resp.Header.Get("X-Backend") != "") {
+				t.Fatalf("body %q from %q, want %q from the waypoint", body, resp.Header.Get("X-Backend"), c.body)
+			}
+			res := rs.last(t)
+			if res.Source.Identity.String() != c.principal || res.Source.Address != netip.MustParseAddr(c.addr) {
+				t.Fatalf("result source %s at %v, want %s at %s", res.Source.Identity, res.Source.Address, c.principal, c.addr)
+			}
+			if !res.Authz.Evaluated || res.Authz.Allow != (c.code == 200) {
+				t.Fatalf("authz %+v", res.Authz)
+			}
+			if denied := res.FlagString() == proxy.FlagDenied; denied != (c.code == 403) {
+				t.Fatalf("flags %s", res.FlagString())
+			}
+		})
+	}
+
+	// Removing the policies allows everything again.
+	if err := e.store.HandleAuthorizations(nil); err != nil {
+		t.Fatal(err)
+	}
+	if resp, _ := do(t, other, "POST", "/anything", nil); resp.StatusCode != 200 {
+		t.Fatalf("no policy: status %d", resp.StatusCode)
+	}
+	// An invalid update is rejected and the previous (empty) set stays.
+	bad := metricsGetOnly()
+	bad.Targets = nil
+	if err := e.store.HandleAuthorizations(resources(t, map[string]proto.Message{"x": bad})); err == nil {
+		t.Fatal("policy without targets accepted")
+	}
+	if resp, _ := do(t, other, "GET", "/metrics", nil); resp.StatusCode != 200 {
+		t.Fatalf("after a rejected update: status %d", resp.StatusCode)
+	}
+}
