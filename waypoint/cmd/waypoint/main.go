@@ -46,6 +46,21 @@ func run() error {
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: o.logLevel}))
 	slog.SetDefault(log)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return serve(ctx, o, log, nil)
+}
+
+// listeners are the addresses the waypoint listens on.
+type listeners struct {
+	hbone, metrics, ready net.Addr
+}
+
+// serve runs the waypoint until ctx ends (SIGTERM), then drains: readiness
+// fails at once, the HBONE listener keeps accepting for -shutdown-delay,
+// then open requests and tunnels get -shutdown-drain to finish. started,
+// if not nil, is called once every listener is open.
+func serve(ctx context.Context, o *options, log *slog.Logger, started func(listeners)) error {
 	wid := o.identity
 
 	fetcher, closeFetcher, err := caclient.NewFetcher(caclient.FetcherConfig{
@@ -121,10 +136,12 @@ func run() error {
 		}},
 	)
 	var side []*http.Server
+	var addrs listeners
 	for _, l := range []struct {
 		addr string
 		h    http.Handler
-	}{{o.metricsAddress, admin.MetricsHandler(tel.Registry)}, {o.readyAddress, admin.ReadyHandler(health)}} {
+		to   *net.Addr
+	}{{o.metricsAddress, admin.MetricsHandler(tel.Registry), &addrs.metrics}, {o.readyAddress, admin.ReadyHandler(health), &addrs.ready}} {
 		if l.addr == "" {
 			continue
 		}
@@ -132,6 +149,7 @@ func run() error {
 		if err != nil {
 			return err
 		}
+		*l.to = ln.Addr()
 		hs := &http.Server{Handler: l.h, ReadHeaderTimeout: 10 * time.Second}
 		side = append(side, hs)
 		go func() { _ = hs.Serve(ln) }()
@@ -142,8 +160,6 @@ func run() error {
 		}
 	}()
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	bg, cancelBG := context.WithCancel(context.Background())
 	defer cancelBG()
 	go func() { _ = certs.Run(bg) }()
@@ -161,19 +177,29 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	addrs.hbone = l.Addr()
 	log.Info("waypoint serving", "gateway", o.gateway(), "identity", wid.String(), "hbone", l.Addr().String(),
 		"metrics", o.metricsAddress, "ready", o.readyAddress, "otlp", o.otlpEndpoint, "version", version.String("waypoint"))
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
+	if started != nil {
+		started(addrs)
+	}
 	select {
 	case err := <-errc:
 		return err
 	case <-ctx.Done():
 	}
-	// Readiness fails first, then the listener stops and open requests
+	// Readiness fails first; the listener keeps accepting while the
+	// waypoint's endpoints are withdrawn, then it stops and open requests
 	// and tunnels get the drain period to finish.
 	health.Drain()
-	log.Info("draining", "timeout", o.shutdownDrain)
+	log.Info("draining", "delay", o.shutdownDelay, "timeout", o.shutdownDrain)
+	select {
+	case err := <-errc:
+		return err
+	case <-time.After(o.shutdownDelay):
+	}
 	sctx, cancel := context.WithTimeout(context.Background(), o.shutdownDrain)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {

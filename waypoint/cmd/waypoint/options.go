@@ -55,6 +55,7 @@ type options struct {
 
 	otlpEndpoint  string
 	shutdownDrain time.Duration
+	shutdownDelay time.Duration
 	logLevel      slog.Level
 	showVersion   bool
 }
@@ -94,7 +95,8 @@ func parseOptions(args []string, getenv func(string) string, out io.Writer) (*op
 	localCA := fs.String("local-ca-trust-domain", "", "development only: sign certificates with an in-process CA of this trust domain instead of the mesh CA")
 	validity := fs.Duration("cert-validity", identity.DefaultCertLifetime, "certificate lifetime asked of the CA")
 	otlp := fs.String("otlp-endpoint", getenv(envOTLPEndpoint), "OTLP/gRPC collector for spans, host:port or http(s)://host:port; empty exports none ($"+envOTLPEndpoint+")")
-	drain := fs.Duration("shutdown-drain", 5*time.Second, "after SIGTERM (readiness already failing), how long open requests and tunnels may finish")
+	delay := fs.Duration("shutdown-delay", time.Second, "after SIGTERM, how long readiness fails while new tunnels are still accepted (the time to withdraw the pod from its Service)")
+	drain := fs.Duration("shutdown-drain", 5*time.Second, "after -shutdown-delay, how long open requests and tunnels may finish")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
@@ -108,7 +110,7 @@ func parseOptions(args []string, getenv func(string) string, out io.Writer) (*op
 		xdsAddress: *xdsAddr, xdsStateFile: *xdsState,
 		caAddress: *caAddr, caRootFile: *caRoot, caTokenFile: *caToken, caServerName: *caName,
 		localCATrustDomain: *localCA, certValidity: *validity,
-		otlpEndpoint: *otlp, shutdownDrain: *drain, showVersion: *showVersion,
+		otlpEndpoint: *otlp, shutdownDrain: *drain, shutdownDelay: *delay, showVersion: *showVersion,
 	}
 	if o.showVersion {
 		return o, nil
@@ -123,6 +125,9 @@ func parseOptions(args []string, getenv func(string) string, out io.Writer) (*op
 	o.endpointHBONEPort = uint16(*hbonePort)
 	if *drain < 0 {
 		problems = append(problems, "-shutdown-drain must not be negative")
+	}
+	if *delay < 0 {
+		problems = append(problems, "-shutdown-delay must not be negative")
 	}
 
 	ns, name, ok := strings.Cut(*gateway, "/")

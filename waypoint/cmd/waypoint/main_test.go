@@ -1,0 +1,147 @@
+package main
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc"
+
+	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
+)
+
+// startControlPlane serves the waypoint's four types over delta ADS on
+// loopback, initially without resources.
+func startControlPlane(t *testing.T) (string, map[string]*cachev3.LinearCache) {
+	t.Helper()
+	caches := map[string]*cachev3.LinearCache{}
+	mux := &cachev3.MuxCache{
+		Classify:      func(r *cachev3.Request) string { return r.GetTypeUrl() },
+		ClassifyDelta: func(r *cachev3.DeltaRequest) string { return r.GetTypeUrl() },
+		Caches:        map[string]cachev3.Cache{},
+	}
+	for _, url := range []string{configv1alpha1.TypeWaypointConfig, configv1alpha1.TypeService, configv1alpha1.TypeWorkload, configv1alpha1.TypeAuthorization} {
+		c := cachev3.NewLinearCache(url)
+		caches[url] = c
+		mux.Caches[url] = c
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer()
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, serverv3.NewServer(t.Context(), mux, nil))
+	go func() { _ = g.Serve(ln) }()
+	t.Cleanup(g.Stop)
+	return ln.Addr().String(), caches
+}
+
+func httpGet(url string) (int, string) {
+	c := &http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestServeReadinessAndDrain runs the waypoint in-process with a local CA
+// and a delta ADS server: readiness is 503 until the configuration
+// arrives, 200 then, and 503 at once after SIGTERM (ctx) while the HBONE
+// listener still accepts during the shutdown delay.
+func TestServeReadinessAndDrain(t *testing.T) {
+	xdsAddr, caches := startControlPlane(t)
+	o, err := parseOptions([]string{
+		"-local-ca-trust-domain", "example.org",
+		"-xds-address", xdsAddr,
+		"-hbone-address", "127.0.0.1:0", "-metrics-address", "127.0.0.1:0", "-ready-address", "127.0.0.1:0",
+		"-shutdown-delay", "1s", "-shutdown-drain", "1s",
+	}, env(podEnv()), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.xdsStateFile = "" // not the pod's /var/lib/ambit
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	addrs := make(chan listeners, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- serve(ctx, o, slog.New(slog.NewTextHandler(io.Discard, nil)), func(l listeners) { addrs <- l })
+	}()
+	var l listeners
+	select {
+	case l = <-addrs:
+	case err := <-done:
+		t.Fatalf("serve returned %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("waypoint did not start")
+	}
+	ready := "http://" + l.ready.String() + "/healthz/ready"
+	if code, body := httpGet(ready); code != 503 || !strings.Contains(body, "config") {
+		t.Fatalf("before config: %d %q", code, body)
+	}
+	if code, _ := httpGet("http://" + l.ready.String() + "/healthz/live"); code != 200 {
+		t.Fatalf("live: %d", code)
+	}
+
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(caches[configv1alpha1.TypeWaypointConfig].UpdateResource("demo/waypoint", &configv1alpha1.WaypointConfig{Name: "demo/waypoint"}))
+	must(caches[configv1alpha1.TypeService].UpdateResource("demo/echo", &configv1alpha1.Service{Name: "echo", Namespace: "demo", Vips: []string{"10.96.0.1"}}))
+	must(caches[configv1alpha1.TypeWorkload].UpdateResource("demo/echo-1", &configv1alpha1.Workload{Name: "demo/echo-1", Identity: "spiffe://cluster.local/ns/demo/sa/echo"}))
+	must(caches[configv1alpha1.TypeAuthorization].UpdateResource("demo/p", &configv1alpha1.Authorization{Name: "demo/p",
+		Scope: configv1alpha1.Authorization_SCOPE_WAYPOINT, Action: configv1alpha1.Authorization_ACTION_ALLOW, Targets: []string{"demo/waypoint"}}))
+	waitFor(t, "ready", func() bool { code, _ := httpGet(ready); return code == 200 })
+
+	if code, body := httpGet("http://" + l.metrics.String() + "/metrics"); code != 200 || !strings.Contains(body, "go_goroutines") {
+		t.Fatalf("metrics: %d", code)
+	}
+
+	cancel() // SIGTERM
+	waitFor(t, "readiness to fail", func() bool {
+		code, body := httpGet(ready)
+		return code == 503 && strings.Contains(body, "draining")
+	})
+	// Still accepting during the shutdown delay.
+	c, err := net.DialTimeout("tcp", l.hbone.String(), time.Second)
+	if err != nil {
+		t.Fatalf("HBONE listener closed during the shutdown delay: %v", err)
+	}
+	_ = c.Close()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("serve: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("waypoint did not stop")
+	}
+	if _, err := net.DialTimeout("tcp", l.hbone.String(), time.Second); err == nil {
+		t.Fatal("HBONE listener open after shutdown")
+	}
+}
