@@ -85,7 +85,7 @@ bench: deps tools ## Go benchmarks of every module, then the data-plane benchmar
 
 .PHONY: e2e
 e2e: deps tools build images ## end-to-end tests on the one-machine Kubernetes, Ambit installed from manifests/ (root)
-	@hack/e2e.sh
+	@VERSION=$(VERSION) hack/e2e.sh
 
 .PHONY: clean
 clean: ## remove built binaries (keeps bin/tools)

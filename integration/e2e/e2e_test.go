@@ -1,0 +1,447 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+const (
+	appNS       = "e2e"
+	systemNS    = "ambit-system"
+	trustDomain = "cluster.local"
+	echoURL     = "http://echo." + appNS + ".svc.cluster.local:8080/"
+	loadPort    = 9090
+)
+
+// app is the test application: echo in two versions behind Services echo,
+// echo-v1 and echo-v2, and a client whose loadgen sends a steady 50 requests
+// per second to echo (and whose container is used for one-off requests).
+func app(version string) string {
+	image := "docker.io/ambit/demo:" + version
+	deploy := func(name, sa, version string, labels, args string) string {
+		return fmt.Sprintf(`apiVersion: apps/v1
+kind: Deployment
+metadata: {name: %[1]s, namespace: %[6]s}
+spec:
+  replicas: 1
+  selector: {matchLabels: {%[4]s}}
+  template:
+    metadata: {labels: {%[4]s}}
+    spec:
+      serviceAccountName: %[2]s
+      terminationGracePeriodSeconds: 5
+      containers:
+      - name: %[7]s
+        image: %[8]s
+        imagePullPolicy: IfNotPresent
+        args: [%[5]s]
+        env:
+        - {name: SERVICE_VERSION, value: %[3]q}
+        - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+        - {name: POD_NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
+        resources: {requests: {cpu: 10m, memory: 16Mi}, limits: {memory: 64Mi}}
+`, name, sa, version, labels, args, appNS, containerName(name), image)
+	}
+	svc := func(name, selector string) string {
+		return fmt.Sprintf(`apiVersion: v1
+kind: Service
+metadata: {name: %s, namespace: %s}
+spec:
+  selector: {%s}
+  ports: [{name: http, port: 8080, targetPort: 8080, appProtocol: http}]
+`, name, appNS, selector)
+	}
+	docs := []string{
+		fmt.Sprintf("apiVersion: v1\nkind: Namespace\nmetadata: {name: %s}\n", appNS),
+		fmt.Sprintf("apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: client, namespace: %s}\n", appNS),
+		fmt.Sprintf("apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: echo, namespace: %s}\n", appNS),
+		deploy("echo-v1", "echo", "v1", "app: echo, version: v1", `serve, -listen, ":8080", -service, echo`),
+		deploy("echo-v2", "echo", "v2", "app: echo, version: v2", `serve, -listen, ":8080", -service, echo`),
+		deploy("client", "client", "v1", "app: client", fmt.Sprintf(`load, -qps, "50", -concurrency, "16", -report, 30s, -metrics-listen, ":%d", %q`, loadPort, echoURL)),
+		svc("echo", "app: echo"),
+		svc("echo-v1", "app: echo, version: v1"),
+		svc("echo-v2", "app: echo, version: v2"),
+	}
+	return strings.Join(docs, "---\n")
+}
+
+func containerName(deployment string) string {
+	if deployment == "client" {
+		return "client"
+	}
+	return "echo"
+}
+
+func TestE2E(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+
+	// Leftovers of an interrupted run go first, so the steps start clean.
+	_, _ = e.k("", "delete", "namespace", appNS, "--ignore-not-found", "--wait=true", "--timeout=120s")
+
+	t.Run("Install", func(t *testing.T) {
+		// The CRDs and the GatewayClass are in one apply: a GatewayClass
+		// whose CRD is not established yet is retried, as an installer would.
+		eventually(t, "kubectl apply -k manifests/ (overlay)", 2*time.Minute, func() error {
+			_, err := e.k("", "apply", "--server-side", "--force-conflicts", "-k", e.overlay)
+			return err
+		})
+		e.mustK("", "-n", systemNS, "rollout", "status", "deployment/ambit-controller", "--timeout=180s")
+		e.mustK("", "-n", systemNS, "rollout", "status", "daemonset/ztunnel", "--timeout=180s")
+	})
+	if t.Failed() {
+		e.dumpSystem()
+		t.FailNow()
+	}
+
+	t.Run("AppWithoutMesh", func(t *testing.T) {
+		e.apply(app(e.version))
+		for _, d := range []string{"echo-v1", "echo-v2", "client"} {
+			e.mustK("", "-n", appNS, "rollout", "status", "deployment/"+d, "--timeout=180s")
+		}
+		eventually(t, "client reaches echo in plaintext", time.Minute, func() error {
+			_, err := e.get(appNS, echoURL)
+			return err
+		})
+		n, err := e.scrapeAll(systemNS, "app.kubernetes.io/name=ztunnel", 15020, "istio_tcp_connections_opened_total",
+			map[string]string{"destination_workload_namespace": appNS})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n != 0 {
+			t.Fatalf("ztunnel counted %v connections to namespace %s before it was enrolled", n, appNS)
+		}
+	})
+
+	// The pods keep their UIDs and restart counts through enrolment: capture
+	// happens in their running network namespaces.
+	before := e.podIdentity(appNS)
+
+	meshConns := func() float64 {
+		n, err := e.scrapeAll(systemNS, "app.kubernetes.io/name=ztunnel", 15020, "istio_tcp_connections_opened_total",
+			map[string]string{
+				"destination_workload_namespace": appNS,
+				"source_principal":               fmt.Sprintf("spiffe://%s/ns/%s/sa/client", trustDomain, appNS),
+				"destination_principal":          fmt.Sprintf("spiffe://%s/ns/%s/sa/echo", trustDomain, appNS),
+				"connection_security_policy":     "mutual_tls",
+			})
+		if err != nil {
+			t.Logf("scrape ztunnel: %v", err)
+		}
+		return n
+	}
+
+	t.Run("EnrolRunningPods", func(t *testing.T) {
+		e.mustK("", "label", "namespace", appNS, "ambit.dev/dataplane-mode=ambient", "--overwrite")
+		eventually(t, "a new connection from client to echo goes through ztunnel with mTLS", 90*time.Second, func() error {
+			start := meshConns()
+			if _, err := e.get(appNS, echoURL); err != nil {
+				return err
+			}
+			if got := meshConns(); got <= start {
+				return fmt.Errorf("mutual_tls connections client->echo: %v, want more than %v", got, start)
+			}
+			return nil
+		})
+		logs := e.mustK("", "-n", systemNS, "logs", "-l", "app.kubernetes.io/name=ztunnel", "--tail=-1", "--all-containers")
+		for _, want := range []string{
+			fmt.Sprintf("spiffe://%s/ns/%s/sa/client", trustDomain, appNS),
+			fmt.Sprintf("spiffe://%s/ns/%s/sa/echo", trustDomain, appNS),
+		} {
+			if !strings.Contains(logs, want) {
+				t.Errorf("ztunnel logs name no connection of %s", want)
+			}
+		}
+		if after := e.podIdentity(appNS); !sameMap(before, after) {
+			t.Fatalf("pods changed during enrolment (want no restart):\nbefore %v\nafter  %v", before, after)
+		}
+	})
+
+	t.Run("UnenrolReleasesPods", func(t *testing.T) {
+		e.mustK("", "label", "namespace", appNS, "ambit.dev/dataplane-mode-")
+		eventually(t, "connections bypass ztunnel after the label is removed", 90*time.Second, func() error {
+			start := meshConns()
+			if _, err := e.get(appNS, echoURL); err != nil {
+				return err
+			}
+			if got := meshConns(); got != start {
+				return fmt.Errorf("mesh connections still counted (%v -> %v)", start, got)
+			}
+			return nil
+		})
+		e.mustK("", "label", "namespace", appNS, "ambit.dev/dataplane-mode=ambient", "--overwrite")
+		eventually(t, "re-enrolled", 90*time.Second, func() error {
+			start := meshConns()
+			if _, err := e.get(appNS, echoURL); err != nil {
+				return err
+			}
+			if got := meshConns(); got <= start {
+				return fmt.Errorf("not captured again (%v -> %v)", start, got)
+			}
+			return nil
+		})
+		if after := e.podIdentity(appNS); !sameMap(before, after) {
+			t.Fatalf("pods changed (want no restart):\nbefore %v\nafter  %v", before, after)
+		}
+	})
+
+	waypointRequests := func(match map[string]string) float64 {
+		n, err := e.scrapeAll(appNS, "gateway.networking.k8s.io/gateway-name=waypoint", 15020, "istio_requests_total", match)
+		if err != nil {
+			t.Logf("scrape waypoint: %v", err)
+		}
+		return n
+	}
+
+	t.Run("Waypoint", func(t *testing.T) {
+		e.apply(fmt.Sprintf(`apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: %s}
+spec:
+  gatewayClassName: ambit-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+`, appNS))
+		eventually(t, "waypoint Deployment created", time.Minute, func() error {
+			_, err := e.kube.AppsV1().Deployments(appNS).Get(ctx, "waypoint", metav1.GetOptions{})
+			return err
+		})
+		e.mustK("", "-n", appNS, "rollout", "status", "deployment/waypoint", "--timeout=180s")
+		if _, err := e.kube.CoreV1().Services(appNS).Get(ctx, "waypoint", metav1.GetOptions{}); err != nil {
+			t.Fatalf("waypoint Service: %v", err)
+		}
+		e.mustK("", "-n", appNS, "wait", "gateway/waypoint", "--for=condition=Programmed", "--timeout=120s")
+
+		e.mustK("", "label", "namespace", appNS, "ambit.dev/use-waypoint=waypoint", "--overwrite")
+		match := map[string]string{
+			"reporter":                 "waypoint",
+			"destination_service_name": "echo",
+			"source_principal":         fmt.Sprintf("spiffe://%s/ns/%s/sa/client", trustDomain, appNS),
+			"response_code":            "200",
+		}
+		eventually(t, "requests to echo pass the waypoint", 90*time.Second, func() error {
+			start := waypointRequests(match)
+			if _, err := e.get(appNS, echoURL); err != nil {
+				return err
+			}
+			if got := waypointRequests(match); got <= start {
+				return fmt.Errorf("waypoint istio_requests_total %v -> %v", start, got)
+			}
+			return nil
+		})
+	})
+
+	t.Run("WeightedSplit", func(t *testing.T) {
+		e.apply(fmt.Sprintf(`apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo, namespace: %s}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 8080}]
+  rules:
+  - backendRefs:
+    - {name: echo-v1, port: 8080, weight: 90}
+    - {name: echo-v2, port: 8080, weight: 10}
+`, appNS))
+		e.mustK("", "-n", appNS, "wait", "httproute/echo", "--for=jsonpath={.status.parents[0].conditions[?(@.type==\"Accepted\")].status}=True", "--timeout=60s")
+		// The loadgen's pooled connections were opened before the waypoint
+		// label: a new pod opens new ones, through the waypoint.
+		e.mustK("", "-n", appNS, "rollout", "restart", "deployment/client")
+		e.mustK("", "-n", appNS, "rollout", "status", "deployment/client", "--timeout=120s")
+		before = e.podIdentity(appNS)
+		time.Sleep(3 * time.Second) // the route reaches the waypoint
+		v1, v2 := e.versionsSeen(t)
+		var d1, d2 float64
+		eventually(t, "2,000 answers counted", 3*time.Minute, func() error {
+			n1, n2 := e.versionsSeen(t)
+			d1, d2 = n1-v1, n2-v2
+			if d1+d2 < 2000 {
+				return fmt.Errorf("%v answers so far", d1+d2)
+			}
+			return nil
+		})
+		share := d2 / (d1 + d2)
+		t.Logf("90/10 split over %v answers: v1 %v, v2 %v (v2 share %.3f)", d1+d2, d1, d2, share)
+		// Binomial standard deviation at n=2000, p=0.1 is 0.0067: 0.07-0.13
+		// is a 4.5 sigma band.
+		if math.Abs(share-0.10) > 0.03 {
+			t.Fatalf("v2 share %.3f, want 0.10 +- 0.03", share)
+		}
+	})
+
+	t.Run("ControllerLoss", func(t *testing.T) {
+		okBefore := e.loadCount(t, "200")
+		errBefore := e.loadErrors(t)
+		e.mustK("", "-n", systemNS, "delete", "pod", "-l", "app.kubernetes.io/name=ambit-controller", "--wait=false")
+		// While no controller runs, traffic keeps flowing: established
+		// connections (the loadgen's) and new ones (get).
+		for i := 0; i < 5; i++ {
+			if a, err := e.get(appNS, echoURL); err != nil {
+				t.Fatalf("request %d while the controller is down: %v", i, err)
+			} else if a.Service != "echo" {
+				t.Fatalf("answer from %q", a.Service)
+			}
+			time.Sleep(time.Second)
+		}
+		e.mustK("", "-n", systemNS, "rollout", "status", "deployment/ambit-controller", "--timeout=180s")
+		if got := e.loadCount(t, "200"); got <= okBefore {
+			t.Fatalf("loadgen successes did not grow while the controller restarted (%v -> %v)", okBefore, got)
+		}
+		if got := e.loadErrors(t); got != errBefore {
+			t.Errorf("loadgen saw %v failed requests while the controller restarted", got-errBefore)
+		}
+		// The new controller reconciles: a route change takes effect.
+		e.apply(fmt.Sprintf(`apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo, namespace: %s}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 8080}]
+  rules:
+  - matches: [{headers: [{name: x-version, value: v2}]}]
+    backendRefs: [{name: echo-v2, port: 8080}]
+  - backendRefs: [{name: echo-v1, port: 8080}]
+`, appNS))
+		eventually(t, "header route applied by the restarted controller", 90*time.Second, func() error {
+			a, err := e.get(appNS, echoURL, "x-version: v2")
+			if err != nil {
+				return err
+			}
+			if a.Version != "v2" {
+				return fmt.Errorf("x-version: v2 answered by %s", a.Version)
+			}
+			for i := 0; i < 5; i++ {
+				a, err := e.get(appNS, echoURL)
+				if err != nil {
+					return err
+				}
+				if a.Version != "v1" {
+					return fmt.Errorf("request without header answered by %s", a.Version)
+				}
+			}
+			return nil
+		})
+	})
+
+	t.Run("Uninstall", func(t *testing.T) {
+		e.mustK("", "delete", "-k", e.overlay, "--ignore-not-found", "--wait=true", "--timeout=180s")
+		eventually(t, "namespace ambit-system gone", 2*time.Minute, func() error {
+			_, err := e.kube.CoreV1().Namespaces().Get(ctx, systemNS, metav1.GetOptions{})
+			if apierrors.IsNotFound(err) {
+				return nil
+			}
+			return fmt.Errorf("still there (%v)", err)
+		})
+		// The application keeps working without the mesh: new connections
+		// go directly, and the loadgen's traffic recovers.
+		eventually(t, "client reaches echo without the mesh", time.Minute, func() error {
+			for i := 0; i < 5; i++ {
+				if _, err := e.get(appNS, echoURL); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		ok := e.loadCount(t, "200")
+		eventually(t, "loadgen traffic flows without the mesh", time.Minute, func() error {
+			if got := e.loadCount(t, "200"); got < ok+100 {
+				return fmt.Errorf("successes %v -> %v", ok, got)
+			}
+			return nil
+		})
+		if after := e.podIdentity(appNS); !sameMap(before, after) {
+			t.Fatalf("application pods changed during uninstall:\nbefore %v\nafter  %v", before, after)
+		}
+	})
+
+	if !t.Failed() {
+		_, _ = e.k("", "delete", "namespace", appNS, "--wait=false")
+	}
+}
+
+// podIdentity maps each pod of ns to its UID and restart count.
+func (e *env) podIdentity(ns string) map[string]string {
+	out := map[string]string{}
+	for _, p := range e.pods(ns, "app in (echo, client)") {
+		if p.DeletionTimestamp != nil {
+			continue
+		}
+		restarts := int32(0)
+		for _, s := range p.Status.ContainerStatuses {
+			restarts += s.RestartCount
+		}
+		out[p.Name] = fmt.Sprintf("%s/%d", p.UID, restarts)
+	}
+	return out
+}
+
+func sameMap(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// clientIP is the loadgen pod's address.
+func (e *env) clientIP(t *testing.T) string {
+	t.Helper()
+	for _, p := range e.pods(appNS, "app=client") {
+		if p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning && p.Status.PodIP != "" {
+			return p.Status.PodIP
+		}
+	}
+	t.Fatal("no running client pod")
+	return ""
+}
+
+// versionsSeen returns how many answers from echo v1 and v2 the loadgen saw.
+func (e *env) versionsSeen(t *testing.T) (v1, v2 float64) {
+	t.Helper()
+	fams, err := scrape(e.clientIP(t), loadPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sum(fams, "ambit_demo_load_responses_total", map[string]string{"service": "echo", "version": "v1"}),
+		sum(fams, "ambit_demo_load_responses_total", map[string]string{"service": "echo", "version": "v2"})
+}
+
+// loadCount is the loadgen's count of requests answered with code.
+func (e *env) loadCount(t *testing.T, code string) float64 {
+	t.Helper()
+	fams, err := scrape(e.clientIP(t), loadPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sum(fams, "ambit_demo_load_requests_total", map[string]string{"code": code})
+}
+
+// loadErrors is the loadgen's count of requests that failed or got a non-2xx.
+func (e *env) loadErrors(t *testing.T) float64 {
+	t.Helper()
+	fams, err := scrape(e.clientIP(t), loadPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sum(fams, "ambit_demo_load_requests_total", nil) - sum(fams, "ambit_demo_load_requests_total", map[string]string{"code": "200"})
+}
+
+// dumpSystem logs the state of ambit-system when installation failed.
+func (e *env) dumpSystem() {
+	out, _ := e.k("", "-n", systemNS, "get", "pods,deploy,ds,events", "-o", "wide")
+	e.t.Log(out)
+	logs, _ := e.k("", "-n", systemNS, "logs", "-l", "app.kubernetes.io/part-of=ambit", "--tail=50", "--all-containers", "--prefix")
+	e.t.Log(logs)
+}
+

@@ -1,0 +1,255 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/ambit-mesh/ambit/integration/internal/tier"
+)
+
+// env is one end-to-end run: a cluster, its kubectl and the image tag.
+type env struct {
+	t          *testing.T
+	kubeconfig string
+	kubectl    string
+	version    string
+	root       string
+	overlay    string
+	kube       kubernetes.Interface
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	tier.RequireRoot(t)
+	e := &env{t: t}
+	for _, v := range []struct {
+		name string
+		dst  *string
+	}{
+		{"AMBIT_E2E_KUBECONFIG", &e.kubeconfig},
+		{"AMBIT_E2E_KUBECTL", &e.kubectl},
+		{"AMBIT_E2E_VERSION", &e.version},
+	} {
+		*v.dst = os.Getenv(v.name)
+		var err error
+		if *v.dst == "" {
+			err = fmt.Errorf("$%s is not set: run the tests through hack/e2e.sh (make e2e)", v.name)
+		}
+		tier.Require(t, v.name, err)
+	}
+	root, err := tier.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.root = root
+	cfg, err := clientcmd.BuildConfigFromFlags("", e.kubeconfig)
+	if err != nil {
+		t.Fatalf("kubeconfig %s: %v", e.kubeconfig, err)
+	}
+	e.kube, err = kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.overlay = e.writeOverlay()
+	return e
+}
+
+// writeOverlay writes the kustomization an installer uses: manifests/ as the
+// base, with the images' tag set to the version under test.
+func (e *env) writeOverlay() string {
+	dir := e.t.TempDir()
+	rel, err := filepath.Rel(dir, filepath.Join(e.root, "manifests"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- %s\nimages:\n", rel)
+	for _, name := range []string{"controller", "ztunnel", "waypoint"} {
+		fmt.Fprintf(&b, "- name: docker.io/ambit/%s\n  newTag: %q\n", name, e.version)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(b.String()), 0o644); err != nil {
+		e.t.Fatal(err)
+	}
+	return dir
+}
+
+// k runs kubectl against the cluster and returns its stdout.
+func (e *env) k(stdin string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, e.kubectl, append([]string{"--kubeconfig", e.kubeconfig}, args...)...)
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		return out.String(), fmt.Errorf("kubectl %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(errb.String()))
+	}
+	return out.String(), nil
+}
+
+// mustK is k that fails the test on error.
+func (e *env) mustK(stdin string, args ...string) string {
+	e.t.Helper()
+	out, err := e.k(stdin, args...)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return out
+}
+
+// apply applies YAML with server-side apply.
+func (e *env) apply(yaml string) {
+	e.t.Helper()
+	e.mustK(yaml, "apply", "--server-side", "--field-manager=ambit-e2e", "--force-conflicts", "-f", "-")
+}
+
+// eventually polls f until it returns nil or timeout passes.
+func eventually(t *testing.T, what string, timeout time.Duration, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var err error
+	for {
+		if err = f(); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not true after %s: %v", what, timeout, err)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// answer is what ambit-demo serve replies.
+type answer struct {
+	Service   string `json:"service"`
+	Version   string `json:"version"`
+	Pod       string `json:"pod"`
+	Namespace string `json:"namespace"`
+}
+
+// get runs `ambit-demo get` inside the client pod of ns: a new connection
+// from inside the pod, as the application would open it.
+func (e *env) get(ns, url string, headers ...string) (answer, error) {
+	args := []string{"-n", ns, "exec", "deploy/client", "-c", "client", "--", "/usr/local/bin/ambit-demo", "get", "-timeout", "5s"}
+	for _, h := range headers {
+		args = append(args, "-H", h)
+	}
+	args = append(args, url)
+	out, err := e.k("", args...)
+	if err != nil {
+		return answer{}, err
+	}
+	var a answer
+	if err := json.Unmarshal([]byte(out), &a); err != nil {
+		return answer{}, fmt.Errorf("answer %q: %v", out, err)
+	}
+	return a, nil
+}
+
+// pods returns the pods of ns matching selector.
+func (e *env) pods(ns, selector string) []corev1.Pod {
+	e.t.Helper()
+	l, err := e.kube.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: selector})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return l.Items
+}
+
+// scrape reads the Prometheus metrics of a pod (reached from the node, as
+// Prometheus would) and returns the families by name.
+func scrape(podIP string, port int) (map[string]*dto.MetricFamily, error) {
+	c := &http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(fmt.Sprintf("http://%s:%d/metrics", podIP, port))
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		return nil, fmt.Errorf("metrics of %s:%d: %s: %s", podIP, port, resp.Status, b)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	return p.TextToMetricFamilies(resp.Body)
+}
+
+// sum adds the values of the samples of family name whose labels include
+// every pair of match.
+func sum(fams map[string]*dto.MetricFamily, name string, match map[string]string) float64 {
+	f := fams[name]
+	if f == nil {
+		return 0
+	}
+	var total float64
+	for _, m := range f.GetMetric() {
+		labels := map[string]string{}
+		for _, l := range m.GetLabel() {
+			labels[l.GetName()] = l.GetValue()
+		}
+		ok := true
+		for k, v := range match {
+			if labels[k] != v {
+				ok = false
+				break
+			}
+		}
+		if !ok {
+			continue
+		}
+		switch {
+		case m.Counter != nil:
+			total += m.GetCounter().GetValue()
+		case m.Gauge != nil:
+			total += m.GetGauge().GetValue()
+		case m.Histogram != nil:
+			total += float64(m.GetHistogram().GetSampleCount())
+		}
+	}
+	return total
+}
+
+// scrapeAll sums a metric over every running pod of ns matching selector.
+func (e *env) scrapeAll(ns, selector string, port int, name string, match map[string]string) (float64, error) {
+	var total float64
+	var errs []error
+	n := 0
+	for _, p := range e.pods(ns, selector) {
+		if p.Status.PodIP == "" || p.Status.Phase != corev1.PodRunning {
+			continue
+		}
+		fams, err := scrape(p.Status.PodIP, port)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		n++
+		total += sum(fams, name, match)
+	}
+	if n == 0 {
+		return 0, fmt.Errorf("no running pod of %s/%s answered: %v", ns, selector, errors.Join(errs...))
+	}
+	return total, errors.Join(errs...)
+}
