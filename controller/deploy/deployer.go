@@ -79,6 +79,9 @@ func (d *Deployer) Sync(ctx context.Context, gateways []gwapiv1.Gateway) error {
 		d.applied = map[objectKey]appliedState{}
 	}
 	var errs []error
+	if err := d.ensureGatewayClass(ctx, log); err != nil {
+		errs = append(errs, err)
+	}
 	optsErr := d.Options.Validate()
 	wanted := map[types.UID]bool{}
 	for i := range gateways {
@@ -102,6 +105,29 @@ func (d *Deployer) Sync(ctx context.Context, gateways []gwapiv1.Gateway) error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// ensureGatewayClass creates the ambit-waypoint GatewayClass when there is
+// none. An existing one is left as it is (its controllerName is immutable;
+// translation reports a class with another controllerName as not Accepted).
+func (d *Deployer) ensureGatewayClass(ctx context.Context, log *slog.Logger) error {
+	gc := GatewayClass()
+	live, err := d.get(ctx, gc)
+	if err != nil {
+		return fmt.Errorf("read GatewayClass %s: %w", gc.Name, err)
+	}
+	if live != nil {
+		return nil
+	}
+	err = d.Client.Create(ctx, gc, client.FieldOwner(ManagedBy))
+	if apierrors.IsAlreadyExists(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("create GatewayClass %s: %w", gc.Name, err)
+	}
+	log.InfoContext(ctx, "created GatewayClass", "name", gc.Name, "controllerName", gc.Spec.ControllerName)
+	return nil
 }
 
 func (d *Deployer) applyGateway(ctx context.Context, gw *gwapiv1.Gateway, res Resources) error {

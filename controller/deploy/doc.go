@@ -5,7 +5,10 @@
 // at /etc/ambit/ca, named by AMBIT_CA_ROOT_FILE), each controlled by the
 // Gateway (ownerReference controller=true, blockOwnerDeletion=true), so the
 // garbage collector removes them with it; it also deletes the children of
-// Gateways that are gone or no longer of that class.
+// Gateways that are gone or no longer of that class. It creates the
+// GatewayClass ambit-waypoint itself when there is none, so that one
+// `kubectl apply -k manifests/` installs Ambit (a GatewayClass in the same
+// apply as its CRD would find no kind yet).
 //
 // Applying uses server-side apply with field manager "ambit-controller". To
 // avoid needless requests, the Deployer remembers, per object, the hash of

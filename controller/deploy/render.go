@@ -161,6 +161,24 @@ func (r Resources) Objects() []metav1.Object {
 // Gateway named gateway.
 func RootConfigMapName(gateway string) string { return gateway + CARootSuffix }
 
+// GatewayClass returns the GatewayClass of waypoints the Deployer creates
+// when it is missing: ambit-waypoint, controllerName ambit.dev/waypoint-controller.
+func GatewayClass() *gwapiv1.GatewayClass {
+	return &gwapiv1.GatewayClass{
+		TypeMeta: metav1.TypeMeta{APIVersion: gwapiv1.GroupVersion.String(), Kind: "GatewayClass"},
+		ObjectMeta: metav1.ObjectMeta{
+			Name: translate.WaypointClassName,
+			Labels: map[string]string{
+				LabelName: translate.WaypointClassName, LabelPartOf: PartOf, LabelManagedBy: ManagedBy,
+			},
+		},
+		Spec: gwapiv1.GatewayClassSpec{
+			ControllerName: translate.ControllerName,
+			Description:    ptr.To("Ambit waypoint: the L7 proxy of the ambient mesh"),
+		},
+	}
+}
+
 // IsWaypoint reports whether gw is a waypoint the controller deploys: of
 // class ambit-waypoint and not being deleted.
 func IsWaypoint(gw *gwapiv1.Gateway) bool {

@@ -242,3 +242,16 @@ func TestOptionsValidate(t *testing.T) {
 		})
 	}
 }
+
+func TestGatewayClass(t *testing.T) {
+	gc := GatewayClass()
+	if gc.Name != "ambit-waypoint" || gc.Spec.ControllerName != "ambit.dev/waypoint-controller" {
+		t.Errorf("GatewayClass %s controllerName %s", gc.Name, gc.Spec.ControllerName)
+	}
+	if gc.Name != translate.WaypointClassName || string(gc.Spec.ControllerName) != translate.ControllerName {
+		t.Error("GatewayClass does not match what translation accepts")
+	}
+	if l := gc.Labels; l[LabelPartOf] != "ambit" || l[LabelName] != "ambit-waypoint" || l[LabelManagedBy] != ManagedBy {
+		t.Errorf("labels %v", l)
+	}
+}

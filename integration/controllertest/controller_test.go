@@ -35,10 +35,7 @@ func TestController(t *testing.T) {
 	ctx := t.Context()
 	must(t, c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: systemNS}}))
 	installRBAC(t, env)
-	must(t, c.Create(ctx, &gwapiv1.GatewayClass{
-		ObjectMeta: metav1.ObjectMeta{Name: translate.WaypointClassName},
-		Spec:       gwapiv1.GatewayClassSpec{ControllerName: translate.ControllerName},
-	}))
+	// The GatewayClass ambit-waypoint is the controller's to create.
 	a := startController(t, env, "a")
 	eventually(t, "replica a to lead", func() error {
 		if !a.leader() {
@@ -171,9 +168,14 @@ func testWaypoint(t *testing.T, env *kubetest.Env) {
 		t.Errorf("waypoint Service %+v", svc.Spec)
 	}
 
-	eventually(t, "GatewayClass Accepted", func() error {
+	eventually(t, "GatewayClass created by the controller and Accepted", func() error {
 		gc := &gwapiv1.GatewayClass{}
-		must(t, c.Get(ctx, types.NamespacedName{Name: translate.WaypointClassName}, gc))
+		if err := c.Get(ctx, types.NamespacedName{Name: translate.WaypointClassName}, gc); err != nil {
+			return err
+		}
+		if gc.Spec.ControllerName != translate.ControllerName || gc.Labels[deploy.LabelPartOf] != deploy.PartOf {
+			return fmt.Errorf("GatewayClass controllerName %q labels %v", gc.Spec.ControllerName, gc.Labels)
+		}
 		return wantCondition(gc.Status.Conditions, "Accepted", metav1.ConditionTrue, "Accepted")
 	})
 	// Programmed once the waypoint Service has a cluster IP (envtest has no

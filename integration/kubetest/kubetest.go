@@ -100,9 +100,22 @@ func FindBinaries(root string) (Binaries, error) {
 // CRDDirs are the folders under the repository root whose CRDs are installed.
 var CRDDirs = []string{"manifests/crds", "manifests/gateway-api"}
 
+// Options change what Start installs.
+type Options struct {
+	// NoCRDs starts the apiserver without any CRD (for tests that install
+	// them the way a user does).
+	NoCRDs bool
+}
+
 // Start runs a fresh apiserver and etcd for the test and stops them at cleanup.
 // A missing binary skips the test, or fails it under CI.
 func Start(t testing.TB) *Env {
+	t.Helper()
+	return StartWith(t, Options{})
+}
+
+// StartWith is Start with Options.
+func StartWith(t testing.TB, opts Options) *Env {
 	t.Helper()
 	root, err := tier.RepoRoot()
 	tier.Require(t, "repository root", err)
@@ -125,6 +138,9 @@ func Start(t testing.TB) *Env {
 		},
 	}
 	for _, d := range CRDDirs {
+		if opts.NoCRDs {
+			break
+		}
 		env.CRDDirectoryPaths = append(env.CRDDirectoryPaths, filepath.Join(root, d))
 	}
 	cfg, err := env.Start()
