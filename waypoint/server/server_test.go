@@ -43,7 +43,7 @@ type backend struct {
 	peers map[string]int
 }
 
-func startBackend(t *testing.T, ca *identity.Authority, name string, id identity.SPIFFEID, l net.Listener) *backend {
+func startBackend(t testing.TB, ca *identity.Authority, name string, id identity.SPIFFEID, l net.Listener) *backend {
 	t.Helper()
 	cert, err := ca.Issue(id, time.Hour)
 	if err != nil {
@@ -106,7 +106,7 @@ func (b *backend) peerCounts() map[string]int {
 }
 
 // listenPair listens on 127.0.0.2 and 127.0.0.3 with the same port.
-func listenPair(t *testing.T) (net.Listener, net.Listener, uint16) {
+func listenPair(t testing.TB) (net.Listener, net.Listener, uint16) {
 	t.Helper()
 	for range 20 {
 		l1, err := net.Listen("tcp", "127.0.0.2:0")
@@ -125,7 +125,7 @@ func listenPair(t *testing.T) (net.Listener, net.Listener, uint16) {
 	return nil, nil, 0
 }
 
-func resources(t *testing.T, ms map[string]proto.Message) map[string]*anypb.Any {
+func resources(t testing.TB, ms map[string]proto.Message) map[string]*anypb.Any {
 	t.Helper()
 	out := map[string]*anypb.Any{}
 	for name, m := range ms {
@@ -212,7 +212,7 @@ func config(v1, v2 string) map[string]map[string]proto.Message {
 	}
 }
 
-func (e *env) feed(t *testing.T, v1, v2 string) {
+func (e *env) feed(t testing.TB, v1, v2 string) {
 	t.Helper()
 	cfg := config(v1, v2)
 	if e.cp == nil {
@@ -233,12 +233,12 @@ func (e *env) feed(t *testing.T, v1, v2 string) {
 	e.cp.run(t, e.store)
 }
 
-func setup(t *testing.T, opts ...func(*Config)) *env { return setupWith(t, nil, opts...) }
+func setup(t testing.TB, opts ...func(*Config)) *env { return setupWith(t, nil, opts...) }
 
 // setupWith starts the CA, two backends, the waypoint and a client. The
 // configuration goes straight into the store's handlers, or through a
 // delta ADS control plane if xds is not nil.
-func setupWith(t *testing.T, cp *controlPlane, opts ...func(*Config)) *env {
+func setupWith(t testing.TB, cp *controlPlane, opts ...func(*Config)) *env {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -299,7 +299,7 @@ func (e *env) httpClient(vip string, h2c bool) *http.Client {
 
 // clientAs is httpClient for another client identity; hdr are the
 // tunnels' CONNECT headers.
-func (e *env) clientAs(t *testing.T, id identity.SPIFFEID, vip string, hdr http.Header) *http.Client {
+func (e *env) clientAs(t testing.TB, id identity.SPIFFEID, vip string, hdr http.Header) *http.Client {
 	t.Helper()
 	cert, err := e.ca.Issue(id, time.Hour)
 	if err != nil {

@@ -28,7 +28,7 @@ type controlPlane struct {
 	nacks []string
 }
 
-func startControlPlane(t *testing.T) *controlPlane {
+func startControlPlane(t testing.TB) *controlPlane {
 	t.Helper()
 	cp := &controlPlane{caches: map[string]*cachev3.LinearCache{}}
 	mux := &cachev3.MuxCache{
@@ -71,7 +71,7 @@ func (cp *controlPlane) nackCount() int {
 }
 
 // run subscribes store to the control plane and waits until it is ready.
-func (cp *controlPlane) run(t *testing.T, store *Store) {
+func (cp *controlPlane) run(t testing.TB, store *Store) {
 	t.Helper()
 	conn, err := grpc.NewClient(cp.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
