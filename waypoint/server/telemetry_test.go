@@ -139,7 +139,7 @@ func TestMetricsAfterRequests(t *testing.T) {
 		"destination_service_namespace":  "default",
 		"request_protocol":               "http",
 		"response_code":                  "200",
-		"grpc_response_status":           "-",
+		"grpc_response_status":           "",
 		"response_flags":                 "-",
 		"connection_security_policy":     "mutual_tls",
 	})

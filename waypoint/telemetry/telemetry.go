@@ -145,9 +145,6 @@ func (t *Telemetry) Labels(r *http.Request, res *proxy.Result) RequestLabels {
 	if res.Source.Identity.TrustDomain == "" {
 		l.SecurityPolicy = "none"
 	}
-	if l.GRPCStatus == "" {
-		l.GRPCStatus = "-"
-	}
 	svc := res.Service
 	if res.Backend != "" {
 		if i := strings.LastIndexByte(res.Backend, ':'); i > 0 {
