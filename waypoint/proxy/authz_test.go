@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
 )
@@ -33,7 +34,7 @@ func TestAuthorizeHook(t *testing.T) {
 	if resp.StatusCode != 403 || body != "RBAC: access denied by ns/no-admin\n" || up.count() != 0 {
 		t.Fatalf("denied: %d %q, upstream saw %d", resp.StatusCode, body, up.count())
 	}
-	res := h.lastResult()
+	res := nthResult(h, 1)
 	if res.FlagString() != FlagDenied || res.Code != 403 || !res.Authz.Evaluated || res.Authz.Allow || res.Authz.Policy != "ns/no-admin" || res.Route != "" {
 		t.Fatalf("result %+v", res)
 	}
@@ -43,7 +44,7 @@ func TestAuthorizeHook(t *testing.T) {
 	if resp, _ := h.do("GET", "/fine", nil, nil); resp.StatusCode != 200 || up.count() != 1 {
 		t.Fatalf("allowed: %d", resp.StatusCode)
 	}
-	if res := h.lastResult(); !res.Authz.Allow || res.Authz.Policy != "ns/ok" || res.FlagString() != "-" {
+	if res := nthResult(h, 3); !res.Authz.Allow || res.Authz.Policy != "ns/ok" || res.FlagString() != "-" {
 		t.Fatalf("allowed result %+v", res)
 	}
 
@@ -60,6 +61,26 @@ func TestAuthorizeHook(t *testing.T) {
 	if !strings.HasPrefix(string(raw), "HTTP/1.1 403") || seenPath != "/admin/x" {
 		t.Fatalf("dot segments: policy saw %q, answer %q", seenPath, raw)
 	}
+}
+
+// nthResult waits for the n-th Result (from 1): OnResult runs just after
+// the answer is written.
+func nthResult(h *harness, n int) *Result {
+	h.t.Helper()
+	for range 400 {
+		h.mu.Lock()
+		var r *Result
+		if len(h.results) >= n {
+			r = h.results[n-1]
+		}
+		h.mu.Unlock()
+		if r != nil {
+			return r
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	h.t.Fatalf("no result %d", n)
+	return nil
 }
 
 func TestRemoveDotSegments(t *testing.T) {

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"net/netip"
@@ -25,14 +26,21 @@ func (rs *results) add(_ *http.Request, r *proxy.Result) {
 	rs.list = append(rs.list, *r)
 }
 
-func (rs *results) last(t *testing.T) proxy.Result {
+// nth waits for the n-th Result (from 1): OnResult runs just after the
+// answer is written, so the client may see the answer first.
+func (rs *results) nth(t *testing.T, n int) proxy.Result {
 	t.Helper()
-	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	if len(rs.list) == 0 {
-		t.Fatal("no result reported")
-	}
-	return rs.list[len(rs.list)-1]
+	var r proxy.Result
+	eventually(t, fmt.Sprintf("result %d", n), func() bool {
+		rs.mu.Lock()
+		defer rs.mu.Unlock()
+		if len(rs.list) < n {
+			return false
+		}
+		r = rs.list[n-1]
+		return true
+	})
+	return r
 }
 
 func do(t *testing.T, c *http.Client, method, path string, hdr map[string]string) (*http.Response, string) {
@@ -85,6 +93,7 @@ func TestAuthorizationOverHBONE(t *testing.T) {
 	client := e.httpClient("10.96.0.10:80", false)
 	defer client.CloseIdleConnections()
 	other := e.clientAs(t, sa("other"), "10.96.0.10:80", http.Header{"Forwarded": {"for=10.1.2.3"}})
+	n := 0
 
 	for _, c := range []struct {
 		name         string
@@ -103,6 +112,7 @@ func TestAuthorizationOverHBONE(t *testing.T) {
 		{"deny wins", client, "GET", "/metrics/secret", 403, "RBAC: access denied by default/no-secrets\n", sa("client").String(), "127.0.0.1"},
 		{"dot segments resolved before policy", client, "GET", "/metrics/cpu/../secret", 403, "RBAC: access denied by default/no-secrets\n", sa("client").String(), "127.0.0.1"},
 	} {
+		n++
 		t.Run(c.name, func(t *testing.T) {
 			resp, body := do(t, c.c, c.method, c.path, nil)
 			if resp.StatusCode != c.code {
@@ -111,7 +121,7 @@ func TestAuthorizationOverHBONE(t *testing.T) {
 			if c.code == 403 && (body != c.body || resp.Header.Get("X-Backend") != "") {
 				t.Fatalf("body %q from %q, want %q from the waypoint", body, resp.Header.Get("X-Backend"), c.body)
 			}
-			res := rs.last(t)
+			res := rs.nth(t, n)
 			if res.Source.Identity.String() != c.principal || res.Source.Address != netip.MustParseAddr(c.addr) {
 				t.Fatalf("result source %s at %v, want %s at %s", res.Source.Identity, res.Source.Address, c.principal, c.addr)
 			}

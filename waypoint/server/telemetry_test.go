@@ -68,6 +68,12 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 	return s.b.Write(p)
 }
 
+func (s *syncBuffer) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return bytes.Count(s.b.Bytes(), []byte("\n"))
+}
+
 func (s *syncBuffer) lines(t *testing.T) []map[string]any {
 	t.Helper()
 	s.mu.Lock()
@@ -121,6 +127,8 @@ func TestMetricsAfterRequests(t *testing.T) {
 		t.Fatal("other principal allowed")
 	}
 
+	// Observe runs just after each answer is written: wait for the last.
+	eventually(t, "every request observed", func() bool { return logs.count() == gets+2 })
 	mfs := scrape(t, admin.URL)
 	ok := find(mfs, "istio_requests_total", map[string]string{
 		"reporter":                       "waypoint",

@@ -14,6 +14,7 @@ import (
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/grpc"
 
+	"github.com/ambit-mesh/ambit/waypoint/proxy"
 	"github.com/ambit-mesh/ambit/waypoint/tracing"
 )
 
@@ -85,7 +86,16 @@ const (
 func TestSpansExportedOverOTLP(t *testing.T) {
 	rcv := startReceiver(t)
 	tr := newTracer(t, "http://"+rcv.addr)
-	e := setup(t, func(c *Config) { c.Tracer = tr })
+	var mu sync.Mutex
+	var logged string
+	e := setup(t, func(c *Config) {
+		c.Tracer = tr
+		c.OnResult = func(r *http.Request, _ *proxy.Result) {
+			mu.Lock()
+			logged = tracing.TraceID(r.Context())
+			mu.Unlock()
+		}
+	})
 	c := e.httpClient("10.96.0.10:80", false)
 	defer c.CloseIdleConnections()
 
@@ -108,6 +118,12 @@ func TestSpansExportedOverOTLP(t *testing.T) {
 	if resp.Header.Get("X-Echo-B3") != "" || resp.Header.Get("X-Echo-X-B3-Traceid") != "" {
 		t.Fatal("B3 headers added for a W3C client")
 	}
+	// OnResult runs just after the answer is written.
+	eventually(t, "OnResult (access log) to see the client's trace", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return logged == clientTrace
+	})
 
 	if err := tr.ForceFlush(context.Background()); err != nil {
 		t.Fatal(err)
