@@ -8,10 +8,19 @@ declare -A need=(
   [nft]=nftables     # the data plane's rules, inspected by tests
   [git]=git
   [haproxy]=haproxy  # make bench: the outside mTLS proxy baseline (Debian's 2.6)
+  [gcc]=gcc          # make tools: runc is built with cgo
+  [pkg-config]=pkg-config # make tools: runc finds libseccomp through it
+)
+# file -> Debian package, for packages that bring no command
+declare -A need_files=(
+  [/usr/include/seccomp.h]=libseccomp-dev  # make tools: runc -tags seccomp (kubelet asks for RuntimeDefault)
 )
 missing=()
 for cmd in "${!need[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
+done
+for f in "${!need_files[@]}"; do
+  [ -e "$f" ] || missing+=("${need_files[$f]}")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
