@@ -23,6 +23,12 @@ type Request struct {
 	Method string
 	Path   string
 	Header http.Header
+	// L4 is true for a TCP connection (no HTTP attributes): an operation
+	// that names methods, paths, notPaths or headers never matches in an
+	// ALLOW policy, and in a DENY policy matches on its ports alone (so an
+	// L4 connection is never allowed, nor let through, by an attribute it
+	// does not have).
+	L4 bool
 }
 
 // Decision is the outcome of Evaluate.
@@ -172,15 +178,16 @@ func Evaluate(policies []*configv1alpha1.Authorization, r Request) Decision {
 }
 
 func matches(a *configv1alpha1.Authorization, r Request) bool {
+	deny := a.GetAction() == configv1alpha1.Authorization_ACTION_DENY
 	for _, rule := range a.GetRules() {
-		if ruleMatches(rule, r) {
+		if ruleMatches(rule, r, deny) {
 			return true
 		}
 	}
 	return false
 }
 
-func ruleMatches(rule *configv1alpha1.AuthorizationRule, r Request) bool {
+func ruleMatches(rule *configv1alpha1.AuthorizationRule, r Request, deny bool) bool {
 	fromOK := len(rule.GetFrom()) == 0
 	for _, f := range rule.GetFrom() {
 		if sourceMatches(f, r) {
@@ -195,7 +202,7 @@ func ruleMatches(rule *configv1alpha1.AuthorizationRule, r Request) bool {
 		return true
 	}
 	for _, op := range rule.GetTo() {
-		if operationMatches(op, r) {
+		if operationMatches(op, r, deny) {
 			return true
 		}
 	}
@@ -223,12 +230,16 @@ func sourceMatches(f *configv1alpha1.AuthorizationRule_Source, r Request) bool {
 	return true
 }
 
-func operationMatches(op *configv1alpha1.AuthorizationRule_Operation, r Request) bool {
+func operationMatches(op *configv1alpha1.AuthorizationRule_Operation, r Request, deny bool) bool {
 	if len(op.GetPorts()) > 0 && !slices.Contains(op.GetPorts(), r.Port) {
 		return false
 	}
 	if slices.Contains(op.GetNotPorts(), r.Port) {
 		return false
+	}
+	if r.L4 {
+		l7 := len(op.GetMethods()) > 0 || len(op.GetPaths()) > 0 || len(op.GetNotPaths()) > 0 || len(op.GetHeaders()) > 0
+		return !l7 || deny
 	}
 	if len(op.GetMethods()) > 0 && !slices.Contains(op.GetMethods(), r.Method) {
 		return false

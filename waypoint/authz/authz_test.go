@@ -152,6 +152,28 @@ func TestEvaluate(t *testing.T) {
 	}
 }
 
+func TestL4Connections(t *testing.T) {
+	client := peer("demo", "client")
+	l4 := Request{Peer: client, Service: "demo/metrics", Port: 80, L4: true}
+	for _, c := range []struct {
+		name   string
+		p      *configv1alpha1.Authorization
+		allow  bool
+		policy string
+	}{
+		{"ALLOW with HTTP fields never matches", policy("demo/get", allow, svcS, []string{"demo/metrics"}, &rule{To: []*op{{Methods: []string{"GET"}}}}), false, "demo/get"},
+		{"ALLOW on principal and port matches", policy("demo/p", allow, svcS, []string{"demo/metrics"}, &rule{
+			From: []*src{{Principals: []string{client.String()}}}, To: []*op{{Ports: []uint32{80}}}}), true, "demo/p"},
+		{"DENY with HTTP fields matches on ports", policy("demo/d", deny, svcS, []string{"demo/metrics"}, &rule{To: []*op{{Paths: []string{"/x"}, Ports: []uint32{80}}}}), false, "demo/d"},
+		{"DENY with HTTP fields on another port", policy("demo/d", deny, svcS, []string{"demo/metrics"}, &rule{To: []*op{{Paths: []string{"/x"}, Ports: []uint32{81}}}}), true, ""},
+	} {
+		d := compile(t, c.p).Evaluate(gw, l4)
+		if d.Allow != c.allow || d.Policy != c.policy {
+			t.Errorf("%s: allow=%v policy=%q, want %v %q", c.name, d.Allow, d.Policy, c.allow, c.policy)
+		}
+	}
+}
+
 func TestNilPoliciesAllow(t *testing.T) {
 	var p *Policies
 	if d := p.Evaluate(gw, req(peer("a", "b"), "GET", "/")); !d.Allow || p.Len() != 0 {

@@ -243,3 +243,29 @@ func NewServer(h http.Handler) *http.Server {
 	p.SetUnencryptedHTTP2(true)
 	return &http.Server{Handler: h, Protocols: &p, ReadHeaderTimeout: 30 * time.Second}
 }
+
+// ConnResult describes one TCP tunnel the waypoint passed through to an
+// endpoint (a service port without an L7 protocol).
+type ConnResult struct {
+	// Service and Port the tunnel was sent to.
+	Service string
+	Port    uint32
+	// Source is the tunnel's client.
+	Source Source
+	// Endpoint is the address the tunnel was joined to, Workload its
+	// workload; empty when none was reached.
+	Endpoint, Workload string
+	// Authz is the L4 authorization decision.
+	Authz AuthzDecision
+	// Flags: "DENY" (refused by policy, 403), "UH" (no endpoint, 503),
+	// "UF" (the endpoint's tunnel failed, 503); empty when connected.
+	Flags string
+	// Opened is true once the tunnel was joined to an endpoint.
+	Opened bool
+	// BytesReceived from the client and BytesSent to it; set when the
+	// tunnel ends.
+	BytesReceived, BytesSent int64
+	// Start of the tunnel and Duration until it ended.
+	Start    time.Time
+	Duration time.Duration
+}

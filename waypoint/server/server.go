@@ -10,8 +10,10 @@ import (
 	"net/http"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
 	"github.com/ambit-mesh/ambit/pkg/hbone"
 	"github.com/ambit-mesh/ambit/pkg/identity"
 	"github.com/ambit-mesh/ambit/waypoint/authz"
@@ -43,6 +45,10 @@ type Config struct {
 	// OnResult is the proxy's OnResult hook (metrics, access log); may be
 	// nil. It runs after the Tracer has finished the request's span.
 	OnResult func(*http.Request, *proxy.Result)
+	// OnConn reports TCP tunnels passed through (service ports whose
+	// protocol is TCP): with done=false once the tunnel is joined to an
+	// endpoint, with done=true when it ends or was refused. May be nil.
+	OnConn func(res *proxy.ConnResult, done bool)
 	// Tracer creates a span per request and per try and propagates trace
 	// headers; nil leaves trace headers as the client sent them.
 	Tracer *tracing.Tracer
@@ -66,6 +72,7 @@ type Server struct {
 
 	serveOnce sync.Once
 	httpDone  chan struct{}
+	tcpNext   atomic.Uint64 // round robin over TCP endpoints
 }
 
 type transportKey struct {
@@ -156,6 +163,12 @@ func (s *Server) serveStream(st *hbone.Stream) {
 	if !ok {
 		_ = st.Reject(http.StatusNotFound, "no service at "+dst.String())
 		return
+	}
+	if t := s.cfg.Store.Table(); t != nil {
+		if rs := t.Service(svc, uint32(dst.Port())); rs != nil && rs.Protocol == configv1alpha1.ServiceRoutes_PROTOCOL_TCP {
+			s.serveTCP(st, svc, uint32(dst.Port()))
+			return
+		}
 	}
 	if err := st.Accept(); err != nil {
 		return

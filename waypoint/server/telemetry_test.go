@@ -200,3 +200,11 @@ func TestMetricsAfterRequests(t *testing.T) {
 		t.Fatalf("access log of the POST: %v", post)
 	}
 }
+
+// gather scrapes a Telemetry's registry through the metrics handler.
+func gather(t *testing.T, tel *telemetry.Telemetry) map[string]*dto.MetricFamily {
+	t.Helper()
+	srv := httptest.NewServer(admin.MetricsHandler(tel.Registry))
+	defer srv.Close()
+	return scrape(t, srv.URL)
+}

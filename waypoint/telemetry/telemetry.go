@@ -1,6 +1,7 @@
 package telemetry
 
 import (
+	"context"
 	"log/slog"
 	"net/http"
 	"net/netip"
@@ -43,6 +44,17 @@ var Labels = []string{
 	"connection_security_policy",
 }
 
+// TCPLabels are the labels of the TCP metrics (tunnels passed through).
+var TCPLabels = []string{
+	"reporter",
+	"source_workload", "source_workload_namespace", "source_principal",
+	"source_canonical_service", "source_canonical_revision",
+	"destination_workload", "destination_workload_namespace", "destination_principal",
+	"destination_canonical_service", "destination_canonical_revision",
+	"destination_service", "destination_service_name", "destination_service_namespace",
+	"request_protocol", "response_flags", "connection_security_policy",
+}
+
 // Istio's default buckets: milliseconds for durations, bytes for sizes.
 var (
 	DurationBuckets = []float64{0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000}
@@ -61,6 +73,8 @@ type Telemetry struct {
 	duration  *prometheus.HistogramVec
 	reqBytes  *prometheus.HistogramVec
 	respBytes *prometheus.HistogramVec
+
+	tcpOpened, tcpClosed, tcpSent, tcpReceived *prometheus.CounterVec
 }
 
 // New registers the request metrics in a new registry (with the Go and
@@ -80,8 +94,17 @@ func New(meta Metadata, access *slog.Logger) *Telemetry {
 			Name: "istio_request_bytes", Help: "Request body sizes, in bytes.", Buckets: SizeBuckets}, Labels),
 		respBytes: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "istio_response_bytes", Help: "Response body sizes, in bytes.", Buckets: SizeBuckets}, Labels),
+		tcpOpened: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "istio_tcp_connections_opened_total", Help: "TCP tunnels passed through, opened."}, TCPLabels),
+		tcpClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "istio_tcp_connections_closed_total", Help: "TCP tunnels passed through, closed."}, TCPLabels),
+		tcpSent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "istio_tcp_sent_bytes_total", Help: "Bytes sent to the client of a TCP tunnel (response direction), counted when it closes."}, TCPLabels),
+		tcpReceived: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "istio_tcp_received_bytes_total", Help: "Bytes received from the client of a TCP tunnel (request direction), counted when it closes."}, TCPLabels),
 	}
 	t.Registry.MustRegister(t.requests, t.duration, t.reqBytes, t.respBytes,
+		t.tcpOpened, t.tcpClosed, t.tcpSent, t.tcpReceived,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return t
 }
@@ -123,6 +146,66 @@ func (t *Telemetry) Observe(r *http.Request, res *proxy.Result) {
 	}
 }
 
+// ObserveConn records a TCP tunnel: opened when it is joined to an
+// endpoint (done=false), closed with its bytes when it ends (done=true; a
+// refused tunnel counts as opened and closed then), and an access-log
+// line at the end. It is the server's OnConn hook.
+func (t *Telemetry) ObserveConn(res *proxy.ConnResult, done bool) {
+	l := t.connLabels(res)
+	vs := []string{
+		Reporter,
+		l.Source.Workload, l.Source.Namespace, l.Source.Principal,
+		l.Source.CanonicalService, l.Source.CanonicalRevision,
+		l.Destination.Workload, l.Destination.Namespace, l.Destination.Principal,
+		l.Destination.CanonicalService, l.Destination.CanonicalRevision,
+		l.Service, l.ServiceName, l.ServiceNamespace,
+		"tcp", l.Flags, l.SecurityPolicy,
+	}
+	if !done || !res.Opened {
+		t.tcpOpened.WithLabelValues(vs...).Inc()
+	}
+	if !done {
+		return
+	}
+	t.tcpClosed.WithLabelValues(vs...).Inc()
+	t.tcpSent.WithLabelValues(vs...).Add(float64(res.BytesSent))
+	t.tcpReceived.WithLabelValues(vs...).Add(float64(res.BytesReceived))
+	if t.access != nil {
+		authz := "allow"
+		if !res.Authz.Allow {
+			authz = "deny"
+		}
+		src := ""
+		if res.Source.Address.IsValid() {
+			src = res.Source.Address.String()
+		}
+		t.access.LogAttrs(context.Background(), slog.LevelInfo, "connection",
+			slog.String("service", res.Service),
+			slog.Uint64("port", uint64(res.Port)),
+			slog.String("endpoint", res.Endpoint),
+			slog.String("flags", l.Flags),
+			slog.Int64("received_bytes", res.BytesReceived),
+			slog.Int64("sent_bytes", res.BytesSent),
+			slog.Duration("duration", res.Duration),
+			slog.String("source_address", src),
+			slog.String("source_principal", l.Source.Principal),
+			slog.String("source_workload", l.Source.Workload),
+			slog.String("destination_principal", l.Destination.Principal),
+			slog.String("authz", authz),
+			slog.String("authz_policy", res.Authz.Policy),
+		)
+	}
+}
+
+func (t *Telemetry) connLabels(res *proxy.ConnResult) RequestLabels {
+	l := t.Labels(nil, &proxy.Result{Service: res.Service, Port: res.Port, Workload: res.Workload, Source: res.Source})
+	l.Protocol, l.Flags = "tcp", res.Flags
+	if l.Flags == "" {
+		l.Flags = "-"
+	}
+	return l
+}
+
 // Labels computes the labels of a request.
 //
 // Source: the namespace and principal come from the tunnel's verified
@@ -136,11 +219,14 @@ func (t *Telemetry) Labels(r *http.Request, res *proxy.Result) RequestLabels {
 	l := RequestLabels{
 		Source:         t.source(res.Source),
 		Destination:    t.destination(res.Workload),
-		Protocol:       protocol(r),
+		Protocol:       "tcp",
 		Code:           strconv.Itoa(res.Code),
 		GRPCStatus:     res.GRPCStatus,
 		Flags:          res.FlagString(),
 		SecurityPolicy: "mutual_tls",
+	}
+	if r != nil {
+		l.Protocol = protocol(r)
 	}
 	if res.Source.Identity.TrustDomain == "" {
 		l.SecurityPolicy = "none"

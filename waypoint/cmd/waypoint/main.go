@@ -114,6 +114,7 @@ func serve(ctx context.Context, o *options, log *slog.Logger, started func(liste
 		HBONEPort: o.endpointHBONEPort,
 		Tracer:    tracer,
 		OnResult:  tel.Observe,
+		OnConn:    tel.ObserveConn,
 		Logger:    log,
 	})
 	if err != nil {
