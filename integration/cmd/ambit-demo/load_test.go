@@ -91,7 +91,7 @@ func TestLoadRateCountsAndMetrics(t *testing.T) {
 	}
 
 	out := logs.String()
-	if n := strings.Count(out, `msg="load summary"`); n < 3 || n > 4 {
+	if n := strings.Count(out, `msg="load summary"`); n < 2 || n > 4 {
 		t.Errorf("%d summary lines in 2s at -report 500ms:\n%s", n, out)
 	}
 	if !strings.Contains(out, `msg="load done"`) || !strings.Contains(out, fmt.Sprintf("requests=%d ", c.requests)) {
