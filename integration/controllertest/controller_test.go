@@ -11,6 +11,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -270,6 +271,19 @@ func testWaypoint(t *testing.T, env *kubetest.Env) {
 	if len(sa2.OwnerReferences) != 0 || sa2.Labels[deploy.LabelManagedBy] != "" {
 		t.Errorf("a foreign ServiceAccount was taken over: %+v", sa2.ObjectMeta)
 	}
+	// The Warning Event is written with the controller's RBAC.
+	eventually(t, "a WaypointDeployFailed Event on the Gateway", func() error {
+		var evs eventsv1.EventList
+		if err := c.List(ctx, &evs, client.InNamespace(ns)); err != nil {
+			return err
+		}
+		for _, e := range evs.Items {
+			if e.Regarding.Name == "taken" && e.Regarding.Kind == "Gateway" && e.Reason == "WaypointDeployFailed" && e.Type == corev1.EventTypeWarning {
+				return nil
+			}
+		}
+		return fmt.Errorf("none among %d events", len(evs.Items))
+	})
 }
 
 func service(ns, name string, port int32) *corev1.Service {

@@ -494,6 +494,11 @@ func checkRBAC(t *testing.T, kube kubernetes.Interface) {
 		{controller, "update", "coordination.k8s.io", "leases", systemNS, "ambit-controller", "its Lease", true},
 		{controller, "update", "coordination.k8s.io", "leases", "kube-system", "x", "other Leases", false},
 		{controller, "create", "", "pods", "shop", "", "Pods", false},
+		{controller, "create", "", "events", systemNS, "", "core Events in ambit-system", true},
+		{controller, "create", "", "events", "shop", "", "core Events elsewhere", false},
+		{controller, "create", "events.k8s.io", "events", "shop", "", "Events on Gateways", true},
+		{controller, "create", "gateway.networking.k8s.io", "gatewayclasses", "", "", "GatewayClasses", true},
+		{controller, "delete", "gateway.networking.k8s.io", "gatewayclasses", "", "ambit-waypoint", "GatewayClasses", false},
 		{controller, "delete", "", "namespaces", "", "shop", "Namespaces", false},
 	}
 	for _, ch := range checks {
