@@ -201,17 +201,20 @@ func serve(ctx context.Context, o *options, log *slog.Logger, started func(liste
 		return err
 	case <-time.After(o.shutdownDelay):
 	}
+	start := time.Now()
 	sctx, cancel := context.WithTimeout(context.Background(), o.shutdownDrain)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		log.Warn("shutdown", "err", err)
 	}
 	_ = srv.Close()
+	log.Debug("listeners and tunnels closed", "took", time.Since(start))
 	fctx, fcancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer fcancel()
 	if err := tracer.Shutdown(fctx); err != nil {
 		log.Warn("flushing spans", "err", err)
 	}
+	log.Info("stopped", "drain", time.Since(start))
 	return nil
 }
 
