@@ -18,11 +18,12 @@ import (
 	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
 )
 
-// startControlPlane serves the waypoint's four types over delta ADS on
-// loopback, initially without resources.
-func startControlPlane(t *testing.T) (string, map[string]*cachev3.LinearCache) {
+// newControlPlane listens on loopback for a delta ADS server of the
+// waypoint's four types (without resources); it serves once start is
+// called; until then connections wait in the listen queue.
+func newControlPlane(t *testing.T) (addr string, caches map[string]*cachev3.LinearCache, start func()) {
 	t.Helper()
-	caches := map[string]*cachev3.LinearCache{}
+	caches = map[string]*cachev3.LinearCache{}
 	mux := &cachev3.MuxCache{
 		Classify:      func(r *cachev3.Request) string { return r.GetTypeUrl() },
 		ClassifyDelta: func(r *cachev3.DeltaRequest) string { return r.GetTypeUrl() },
@@ -39,9 +40,8 @@ func startControlPlane(t *testing.T) (string, map[string]*cachev3.LinearCache) {
 	}
 	g := grpc.NewServer()
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, serverv3.NewServer(t.Context(), mux, nil))
-	go func() { _ = g.Serve(ln) }()
-	t.Cleanup(g.Stop)
-	return ln.Addr().String(), caches
+	t.Cleanup(func() { g.Stop(); _ = ln.Close() })
+	return ln.Addr().String(), caches, func() { go func() { _ = g.Serve(ln) }() }
 }
 
 func httpGet(url string) (int, string) {
@@ -71,7 +71,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // arrives, 200 then, and 503 at once after SIGTERM (ctx) while the HBONE
 // listener still accepts during the shutdown delay.
 func TestServeReadinessAndDrain(t *testing.T) {
-	xdsAddr, caches := startControlPlane(t)
+	xdsAddr, caches, startXDS := newControlPlane(t)
 	o, err := parseOptions([]string{
 		"-local-ca-trust-domain", "example.org",
 		"-xds-address", xdsAddr,
@@ -104,6 +104,7 @@ func TestServeReadinessAndDrain(t *testing.T) {
 	if code, _ := httpGet("http://" + l.ready.String() + "/healthz/live"); code != 200 {
 		t.Fatalf("live: %d", code)
 	}
+	startXDS()
 
 	must := func(err error) {
 		t.Helper()
