@@ -285,7 +285,8 @@ func (i *Installer) installBinary() (bool, error) {
 }
 
 // Uninstall removes Ambit's entry from every config file of the conf folder
-// (restoring files it converted), and removes the plugin binary. It goes on
+// (restoring files it converted), the plugin's log file (Plugin.LogFile,
+// which ztunnel sees at the same path as the host) and the plugin binary. It goes on
 // after an error and returns all of them.
 func (i *Installer) Uninstall() error {
 	i.mu.Lock()
@@ -300,6 +301,13 @@ func (i *Installer) Uninstall() error {
 	for _, name := range files {
 		if err := i.unchainFile(name); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	if f := i.opts.Plugin.LogFile; f != "" {
+		if err := os.Remove(f); err == nil {
+			i.log.Info("removed the CNI plugin's log file", "path", f)
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove plugin log file: %w", err))
 		}
 	}
 	bin := filepath.Join(i.opts.BinDir, PluginType)

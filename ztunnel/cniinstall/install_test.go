@@ -30,14 +30,15 @@ const bridgeConf = `{"cniVersion": "0.4.0", "name": "mynet", "type": "bridge", "
 `
 
 type env struct {
-	bin, conf, plugin string
-	inst              *Installer
+	bin, conf, plugin, log string
+	inst                   *Installer
 }
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	root := t.TempDir()
-	e := &env{bin: filepath.Join(root, "bin"), conf: filepath.Join(root, "net.d"), plugin: filepath.Join(root, "src", "ambit-cni")}
+	e := &env{bin: filepath.Join(root, "bin"), conf: filepath.Join(root, "net.d"), plugin: filepath.Join(root, "src", "ambit-cni"),
+		log: filepath.Join(root, "cni.log")}
 	for _, d := range []string{e.bin, e.conf, filepath.Dir(e.plugin)} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
@@ -47,7 +48,7 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	inst, err := New(Options{BinDir: e.bin, ConfDir: e.conf, PluginBinary: e.plugin,
-		Plugin: PluginConfig{SocketPath: "/var/run/ambit/ztunnel.sock", LogFile: DefaultLogFile},
+		Plugin: PluginConfig{SocketPath: "/var/run/ambit/ztunnel.sock", LogFile: e.log},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), PollInterval: 10 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -158,7 +159,7 @@ func TestChainIntoConflist(t *testing.T) {
 	if err := json.Unmarshal(now[2], &ours); err != nil {
 		t.Fatal(err)
 	}
-	if ours["socketPath"] != "/var/run/ambit/ztunnel.sock" || ours["logFile"] != DefaultLogFile {
+	if ours["socketPath"] != "/var/run/ambit/ztunnel.sock" || ours["logFile"] != e.log {
 		t.Fatalf("entry = %v", ours)
 	}
 	// Only the first file is the runtime's; the second is left alone.
@@ -254,6 +255,9 @@ func TestConvertConfAndRestore(t *testing.T) {
 				t.Fatal("the converted plugin differs from the original config")
 			}
 			e.reconcile(t, false)
+			if err := os.WriteFile(e.log, []byte("{}\n"), 0o600); err != nil { // as the plugin would
+				t.Fatal(err)
+			}
 
 			if err := e.inst.Uninstall(); err != nil {
 				t.Fatal(err)
@@ -266,6 +270,9 @@ func TestConvertConfAndRestore(t *testing.T) {
 			}
 			if _, err := os.Stat(filepath.Join(e.bin, PluginType)); !errors.Is(err, os.ErrNotExist) {
 				t.Fatalf("binary still there: %v", err)
+			}
+			if _, err := os.Stat(e.log); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("plugin log still there: %v", err)
 			}
 			if e.inst.Ready() == nil {
 				t.Fatal("ready after uninstall")

@@ -36,6 +36,11 @@ const (
 	// DefaultShutdownDrain bounds how long open connections may finish
 	// after SIGTERM.
 	DefaultShutdownDrain = 5 * time.Second
+	// DefaultShutdownDecisionTimeout bounds the uninstall-or-restart
+	// decision at shutdown.
+	DefaultShutdownDecisionTimeout = 10 * time.Second
+	// uninstallTimeout bounds the release of every pod at uninstall.
+	uninstallTimeout = 60 * time.Second
 	// retryInterval is how often pods whose capture failed are retried.
 	retryInterval = 5 * time.Second
 )
@@ -85,6 +90,27 @@ type Config struct {
 	DialTimeout time.Duration
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
+	// CNI, when set, chains the CNI plugin into the node's configuration
+	// and keeps it chained while ztunnel runs (readiness waits for it); it
+	// is unchained when ztunnel is uninstalled. A *cniinstall.Installer.
+	CNI CNIInstaller
+	// Shutdown decides, when Run's context ends, whether ztunnel is being
+	// uninstalled; nil means never (local mode): the capture rules, the
+	// state files and the CNI chain stay for the next ztunnel.
+	Shutdown ShutdownDecider
+	// ShutdownDecisionTimeout bounds Shutdown's decision; zero means
+	// DefaultShutdownDecisionTimeout.
+	ShutdownDecisionTimeout time.Duration
+}
+
+// CNIInstaller keeps the CNI plugin chained (see package cniinstall).
+type CNIInstaller interface {
+	// Run keeps the plugin installed and chained until ctx ends.
+	Run(ctx context.Context) error
+	// Ready returns nil while the plugin is chained, else the reason.
+	Ready() error
+	// Uninstall unchains the plugin and removes its binary.
+	Uninstall() error
 }
 
 // Daemon is one ztunnel. Create it with New and run it with Run.
@@ -135,6 +161,9 @@ func New(cfg Config) (*Daemon, error) {
 	}
 	if cfg.ResyncWait <= 0 {
 		cfg.ResyncWait = DefaultResyncWait
+	}
+	if cfg.ShutdownDecisionTimeout <= 0 {
+		cfg.ShutdownDecisionTimeout = DefaultShutdownDecisionTimeout
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -198,9 +227,12 @@ func (d *Daemon) HTTPAddr(name string) net.Addr {
 	return d.httpAddrs[name]
 }
 
-// Run serves until ctx ends, then stops serving every pod (leaving their
-// capture rules in place) and returns nil, or an error if a listener could
-// not be opened.
+// Run serves until ctx ends, then asks Config.Shutdown whether this is an
+// uninstall. If it is not (or there is no Shutdown), it stops serving every
+// pod, leaving their capture rules, the state files and the CNI chain in
+// place for the next ztunnel; if it is, it unchains the CNI plugin, releases
+// every pod (removing its rules) and removes the state files. It returns
+// nil, or an error if a listener could not be opened.
 func (d *Daemon) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -269,6 +301,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 	})
 	run(func() { d.loop(ctx) })
+	if d.cfg.CNI != nil {
+		run(func() {
+			if err := d.cfg.CNI.Run(ctx); err != nil {
+				d.log.Error("CNI plugin installer stopped", "err", err)
+			}
+		})
+	}
 	if socksLn != nil {
 		s := proxy.NewSOCKS5(d.env, d.cfg.SOCKS5Workload, nil)
 		run(func() {
@@ -282,7 +321,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	<-ctx.Done()
 	closeServers()
 	wg.Wait()
-	d.stopAll()
+	if d.uninstalling() {
+		d.uninstall()
+	} else {
+		d.stopAll()
+	}
 	d.drainWG.Wait()
 	d.log.Info("ztunnel stopped", "node", d.cfg.NodeName)
 	return nil
@@ -319,10 +362,16 @@ func (d *Daemon) loop(ctx context.Context) {
 	}
 }
 
-// Ready returns nil once the configuration has been applied (from the
-// controller or disk), the persisted pods were resynced, and every captured
-// pod has a valid certificate; otherwise the reason.
+// Ready returns nil once the CNI plugin is chained (when Config.CNI is
+// set), the configuration has been applied (from the controller or disk),
+// the persisted pods were resynced, and every captured pod has a valid
+// certificate; otherwise the reason.
 func (d *Daemon) Ready() error {
+	if d.cfg.CNI != nil {
+		if err := d.cfg.CNI.Ready(); err != nil {
+			return fmt.Errorf("CNI plugin not chained: %w", err)
+		}
+	}
 	select {
 	case <-d.xds.Ready():
 	default:

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ambit-mesh/ambit/pkg/identity"
 	"github.com/ambit-mesh/ambit/ztunnel/config"
 	"github.com/ambit-mesh/ambit/ztunnel/enroll"
@@ -98,9 +100,10 @@ func (d *Daemon) reconcileAll(ctx context.Context) {
 	cancel()
 	defer done()
 
+	var gone []enroll.Pod
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	if d.stopping {
+		d.mu.Unlock()
 		return
 	}
 	for _, ps := range d.pods {
@@ -108,10 +111,41 @@ func (d *Daemon) reconcileAll(ctx context.Context) {
 		err := d.reconcile(pctx, ps, snap)
 		cancel()
 		if err != nil {
+			if why := netnsGone(ps.pod.NetnsPath); why != "" {
+				gone = append(gone, ps.pod)
+				d.log.Info("dropping pod whose netns is gone", "pod", ps.pod.Key(), "netns", ps.pod.NetnsPath, "reason", why, "err", err)
+				continue
+			}
 			d.log.Error("pod enrolment failed", "pod", ps.pod.Key(), "err", err)
 		}
 	}
 	d.updateGauges()
+	d.mu.Unlock()
+	// The pod was deleted while nobody told ztunnel (no CNI DEL reached
+	// it): forget it rather than retry forever. Remove calls onRemove,
+	// which takes d.mu, hence after unlocking.
+	for _, p := range gone {
+		if _, err := d.enroll.Remove(ctx, p.UID, p.ContainerID); err != nil {
+			d.log.Warn("dropping pod whose netns is gone", "pod", p.Key(), "err", err)
+		}
+	}
+}
+
+// netnsGone returns why path no longer is a namespace file (removed, or
+// unmounted so that an empty file remains), or "" when it still is one or
+// that cannot be told.
+func netnsGone(path string) string {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return "netns file does not exist"
+		}
+		return ""
+	}
+	if uint32(st.Type) != unix.NSFS_MAGIC {
+		return fmt.Sprintf("netns path is no longer a namespace (filesystem type %#x)", st.Type)
+	}
+	return ""
 }
 
 func (d *Daemon) hasFailures() bool {

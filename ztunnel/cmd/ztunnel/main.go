@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"syscall"
 
 	"google.golang.org/grpc"
@@ -16,6 +18,7 @@ import (
 	"github.com/ambit-mesh/ambit/pkg/caclient"
 	"github.com/ambit-mesh/ambit/pkg/identity"
 	"github.com/ambit-mesh/ambit/pkg/version"
+	"github.com/ambit-mesh/ambit/ztunnel/cniinstall"
 	"github.com/ambit-mesh/ambit/ztunnel/daemon"
 	"github.com/ambit-mesh/ambit/ztunnel/enroll"
 )
@@ -47,6 +50,16 @@ func run() error {
 	socksWorkload := fs.String("socks5-workload", "", "workload (<namespace>/<pod>) whose identity SOCKS5 clients use; empty disables SOCKS5")
 	validity := fs.Duration("cert-validity", identity.DefaultCertLifetime, "workload certificate lifetime asked of the CA")
 	shutdownDrain := fs.Duration("shutdown-drain", daemon.DefaultShutdownDrain, "after SIGTERM, how long open connections may finish (listeners close at once); negative closes them at once")
+	cniBin := fs.String("cni-bin-dir", "", "CNI bin folder to install ambit-cni into (the host's /opt/cni/bin as mounted); empty, with -cni-conf-dir, installs nothing")
+	cniConf := fs.String("cni-conf-dir", "", "CNI conf folder whose first config gets ambit-cni chained (the host's /etc/cni/net.d as mounted)")
+	cniPlugin := fs.String("cni-plugin", "", "ambit-cni executable to install (default: ambit-cni next to this executable)")
+	cniSocket := fs.String("cni-socket-path", enroll.DefaultSocketPath, "enrolment socket the plugin entry names (as the host sees it)")
+	cniLog := fs.String("cni-log-file", cniinstall.DefaultLogFile, "log file the plugin entry names; empty: the plugin does not log")
+	cniLogLevel := fs.String("cni-log-level", "", "plugin log level (debug, info, warn, error); empty: the plugin's default (info)")
+	cniFailOpen := fs.Bool("cni-fail-open", false, "let pods start outside the mesh when ztunnel is unreachable (default: their network setup fails)")
+	cniExclude := fs.String("cni-exclude-namespaces", "", "comma-separated namespaces the plugin passes through; empty: the plugin's default (kube-system, ambit-system)")
+	cniTimeout := fs.String("cni-timeout", "", "bound on one plugin call to ztunnel (Go duration); empty: the plugin's default (10s)")
+	daemonSet := fs.String("daemonset", "", "<namespace>/<name> of ztunnel's DaemonSet: on SIGTERM, uninstall (release every pod, unchain the CNI plugin, remove the state) unless it still exists; empty: never uninstall (local mode)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -64,6 +77,51 @@ func run() error {
 	slog.SetDefault(log)
 	if *node == "" {
 		return errors.New("-node-name (or $NODE_NAME) is required")
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	var cni daemon.CNIInstaller
+	if *cniBin != "" || *cniConf != "" {
+		if *cniBin == "" || *cniConf == "" {
+			return errors.New("-cni-bin-dir and -cni-conf-dir go together: set both to install the CNI plugin, or neither")
+		}
+		plugin := *cniPlugin
+		if plugin == "" {
+			exe, err := os.Executable()
+			if err != nil {
+				return fmt.Errorf("-cni-plugin not set and the own executable's path is unknown: %w", err)
+			}
+			plugin = filepath.Join(filepath.Dir(exe), cniinstall.PluginType)
+		}
+		pc := cniinstall.PluginConfig{SocketPath: *cniSocket, LogFile: *cniLog, LogLevel: *cniLogLevel,
+			FailOpen: *cniFailOpen, Timeout: *cniTimeout}
+		if *cniExclude != "" {
+			pc.ExcludeNamespaces = []string{}
+			for _, n := range strings.Split(*cniExclude, ",") {
+				if n = strings.TrimSpace(n); n != "" {
+					pc.ExcludeNamespaces = append(pc.ExcludeNamespaces, n)
+				}
+			}
+		}
+		inst, err := cniinstall.New(cniinstall.Options{BinDir: *cniBin, ConfDir: *cniConf, PluginBinary: plugin, Plugin: pc, Logger: log})
+		if err != nil {
+			if *cniPlugin == "" {
+				return fmt.Errorf("%w (the default -cni-plugin is ambit-cni next to ztunnel's executable)", err)
+			}
+			return err
+		}
+		cni = inst
+	} else if *cniPlugin != "" {
+		return errors.New("-cni-plugin needs -cni-bin-dir and -cni-conf-dir")
+	}
+	var shutdown daemon.ShutdownDecider
+	if *daemonSet != "" {
+		check, err := daemon.InClusterDaemonSetCheck(*daemonSet)
+		if err != nil {
+			return fmt.Errorf("-daemonset: %w", err)
+		}
+		shutdown = check
 	}
 
 	fetcher, closeFetcher, err := caclient.NewFetcher(caclient.FetcherConfig{
@@ -95,6 +153,8 @@ func run() error {
 		SOCKS5Workload:  *socksWorkload,
 		ShutdownDrain:   *shutdownDrain,
 		Logger:          log,
+		CNI:             cni,
+		Shutdown:        shutdown,
 	})
 	if err != nil {
 		return err
