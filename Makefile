@@ -12,7 +12,7 @@ KUBE_BIN  = $(shell hack/tools.sh dir kube)
 ETCD_BIN  = $(shell hack/tools.sh dir etcd)
 # main packages, per module, built into bin/
 CMDS := ztunnel/cmd/ztunnel ztunnel/cmd/ambit-cni waypoint/cmd/waypoint \
-	      controller/cmd/controller controller/cmd/ambitctl
+	      controller/cmd/controller controller/cmd/ambitctl integration/cmd/ambit-demo integration/cmd/ambit-pause
 
 .PHONY: help
 help: ## list the targets

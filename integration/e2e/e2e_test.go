@@ -444,4 +444,3 @@ func (e *env) dumpSystem() {
 	logs, _ := e.k("", "-n", systemNS, "logs", "-l", "app.kubernetes.io/part-of=ambit", "--tail=50", "--all-containers", "--prefix")
 	e.t.Log(logs)
 }
-
