@@ -35,6 +35,9 @@ var ErrDraining = errors.New("draining: shutting down")
 // finish.
 func (h *Health) Drain() { h.draining.Store(true) }
 
+// Draining reports whether Drain was called.
+func (h *Health) Draining() bool { return h.draining.Load() }
+
 // Ready returns nil when the waypoint is ready, else the first reason it
 // is not.
 func (h *Health) Ready() error {

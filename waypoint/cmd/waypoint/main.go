@@ -13,6 +13,7 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/attribute"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -136,6 +137,7 @@ func serve(ctx context.Context, o *options, log *slog.Logger, started func(liste
 			}
 		}},
 	)
+	registerHealthMetrics(tel.Registry, xc, store, health, func() bool { return certReady(certs, wid) == nil })
 	var side []*http.Server
 	var addrs listeners
 	for _, l := range []struct {
@@ -234,4 +236,28 @@ func certReady(m *identity.Manager, id identity.SPIFFEID) error {
 		break
 	}
 	return fmt.Errorf("no certificate for %s yet", id)
+}
+
+// registerHealthMetrics adds the waypoint's own gauges, read at scrape
+// time: xDS connection and source, certificate, readiness, drain and the
+// number of authorization policies in force.
+func registerHealthMetrics(reg *prometheus.Registry, xc *xds.Client, store *server.Store, h *admin.Health, certOK func() bool) {
+	gauge := func(name, help string, f func() float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
+	}
+	reg.MustRegister(
+		gauge("waypoint_xds_connected", "1 while the xDS stream to the controller is connected.", func() float64 { return b2f(xc.Status().Connected) }),
+		gauge("waypoint_xds_config_from_disk", "1 while the configuration in use was loaded from the state file.", func() float64 { return b2f(xc.Status().FromDisk) }),
+		gauge("waypoint_certificate_valid", "1 while the waypoint's certificate is issued and not expired.", func() float64 { return b2f(certOK()) }),
+		gauge("waypoint_ready", "1 while /healthz/ready answers 200.", func() float64 { return b2f(h.Ready() == nil) }),
+		gauge("waypoint_draining", "1 once SIGTERM started the drain.", func() float64 { return b2f(h.Draining()) }),
+		gauge("waypoint_authorization_policies", "Authorization policies in force at this waypoint.", func() float64 { return float64(store.Authorizations().Len()) }),
+	)
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -119,8 +119,16 @@ func TestServeReadinessAndDrain(t *testing.T) {
 		Scope: configv1alpha1.Authorization_SCOPE_WAYPOINT, Action: configv1alpha1.Authorization_ACTION_ALLOW, Targets: []string{"demo/waypoint"}}))
 	waitFor(t, "ready", func() bool { code, _ := httpGet(ready); return code == 200 })
 
-	if code, body := httpGet("http://" + l.metrics.String() + "/metrics"); code != 200 || !strings.Contains(body, "go_goroutines") {
-		t.Fatalf("metrics: %d", code)
+	waitFor(t, "the policy in force", func() bool {
+		_, body := httpGet("http://" + l.metrics.String() + "/metrics")
+		return strings.Contains(body, "\nwaypoint_authorization_policies 1\n")
+	})
+	code, body := httpGet("http://" + l.metrics.String() + "/metrics")
+	for _, want := range []string{"go_goroutines", "\nwaypoint_xds_connected 1\n", "\nwaypoint_certificate_valid 1\n", "\nwaypoint_ready 1\n",
+		"\nwaypoint_draining 0\n", "\nwaypoint_xds_config_from_disk 0\n"} {
+		if code != 200 || !strings.Contains(body, want) {
+			t.Fatalf("metrics (%d) lack %q:\n%s", code, want, body)
+		}
 	}
 
 	cancel() // SIGTERM
