@@ -2,8 +2,10 @@ package tracing
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"strings"
@@ -119,6 +121,30 @@ func endpointOptions(ep string) ([]otlptracegrpc.Option, error) {
 	return nil, fmt.Errorf("tracing: OTLP endpoint %q: scheme must be http or https", ep)
 }
 
+// start starts a span. Exporting, it is the SDK's recording span with
+// attrs; otherwise a non-recording span that only carries new IDs (the
+// parent's trace and sampling flag, or a new sampled trace), which is all
+// propagation needs and costs no recording.
+func (t *Tracer) start(ctx context.Context, name string, kind trace.SpanKind, attrs func() []attribute.KeyValue) (context.Context, trace.Span) {
+	if t.exporting {
+		return t.tracer.Start(ctx, name, trace.WithSpanKind(kind), trace.WithAttributes(attrs()...))
+	}
+	parent := trace.SpanContextFromContext(ctx)
+	cfg := trace.SpanContextConfig{TraceID: parent.TraceID(), TraceFlags: parent.TraceFlags(), TraceState: parent.TraceState()}
+	if !parent.IsValid() {
+		cfg = trace.SpanContextConfig{TraceFlags: trace.FlagsSampled}
+		for !cfg.TraceID.IsValid() {
+			binary.BigEndian.PutUint64(cfg.TraceID[:8], rand.Uint64())
+			binary.BigEndian.PutUint64(cfg.TraceID[8:], rand.Uint64())
+		}
+	}
+	for !cfg.SpanID.IsValid() {
+		binary.BigEndian.PutUint64(cfg.SpanID[:], rand.Uint64())
+	}
+	ctx = trace.ContextWithSpanContext(ctx, trace.NewSpanContext(cfg))
+	return ctx, trace.SpanFromContext(ctx)
+}
+
 // Exporting reports whether spans are exported.
 func (t *Tracer) Exporting() bool { return t.exporting }
 
@@ -168,12 +194,13 @@ func (t *Tracer) Handler(next http.Handler) http.Handler {
 		if svc, port, ok := proxy.DestinationFromContext(ctx); ok {
 			name = svc + ":" + strconv.FormatUint(uint64(port), 10)
 		}
-		ctx, span := t.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindServer),
-			trace.WithAttributes(
+		ctx, span := t.start(ctx, name, trace.SpanKindServer, func() []attribute.KeyValue {
+			return []attribute.KeyValue{
 				attribute.String("http.request.method", r.Method),
 				attribute.String("url.path", r.URL.Path),
 				attribute.String("network.protocol.version", fmt.Sprintf("%d.%d", r.ProtoMajor, r.ProtoMinor)),
-			))
+			}
+		})
 		st := &state{span: span, formats: formatsOf(r.Header)}
 		ctx = context.WithValue(ctx, stateKey{}, st)
 		defer span.End() // no-op when Finish ended it
@@ -189,6 +216,9 @@ func (t *Tracer) Finish(r *http.Request, res *proxy.Result) {
 		return
 	}
 	sp := st.span
+	if !sp.IsRecording() {
+		return
+	}
 	if res.Route != "" {
 		sp.SetName(r.Method + " " + res.Route)
 	}
@@ -241,13 +271,14 @@ func (tt *tracingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	if st == nil {
 		return tt.rt.RoundTrip(r)
 	}
-	ctx, span := tt.t.tracer.Start(r.Context(), "upstream "+tt.target.Service, trace.WithSpanKind(trace.SpanKindClient),
-		trace.WithAttributes(
+	ctx, span := tt.t.start(r.Context(), "upstream "+tt.target.Service, trace.SpanKindClient, func() []attribute.KeyValue {
+		return []attribute.KeyValue{
 			attribute.String("http.request.method", r.Method),
 			attribute.String("server.address", tt.target.Endpoint.Address),
 			attribute.String("ambit.upstream.backend", fmt.Sprintf("%s:%d", tt.target.Service, tt.target.Port)),
 			attribute.String("ambit.upstream.workload", tt.target.Endpoint.Workload),
-		))
+		}
+	})
 	defer span.End()
 	out := r.Clone(ctx) // a RoundTripper must not modify its request
 	for _, h := range traceHeaders {
@@ -264,6 +295,9 @@ func (tt *tracingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		b3Multi.Inject(ctx, carrier)
 	}
 	resp, err := tt.rt.RoundTrip(out)
+	if !span.IsRecording() {
+		return resp, err
+	}
 	if err != nil {
 		span.RecordError(err)
 		span.SetStatus(codes.Error, err.Error())
