@@ -64,7 +64,7 @@ func TestKustomize(t *testing.T) {
 	}
 	for kind, n := range map[string]int{
 		"Namespace": 1, "Deployment": 1, "DaemonSet": 1, "Service": 1, "PodDisruptionBudget": 1,
-		"ServiceAccount": 2, "ClusterRole": 1, "ClusterRoleBinding": 1, "Role": 2, "RoleBinding": 2,
+		"ServiceAccount": 2, "ClusterRole": 2, "ClusterRoleBinding": 2, "Role": 2, "RoleBinding": 2,
 	} {
 		if kinds[kind] != n {
 			t.Errorf("%d %s objects, want %d", kinds[kind], kind, n)
