@@ -401,6 +401,9 @@ func (c *Cluster) start(ctx context.Context) error {
 	if err := installCNI(rec, c.bins.cniDir, filepath.Join(p.CNI, "networks"), p.Host); err != nil {
 		return err
 	}
+	if err := ensureSharedNetns(rec, p.Host); err != nil {
+		return err
+	}
 	// all created host folders exist from here on, so a crash leaves a
 	// record of them.
 	for _, d := range hostDirs {

@@ -370,3 +370,14 @@ func TestNewRejectsBadStateDir(t *testing.T) {
 		}
 	}
 }
+
+func TestParseMounts(t *testing.T) {
+	info := `27 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+30 27 0:25 /run/netns /run/netns rw shared:5 - ext4 /dev/vda rw
+31 27 0:26 / /run/x\040y rw master:3 - tmpfs tmpfs rw
+`
+	got := parseMounts(info)
+	if len(got) != 3 || got[0].shared || !got[1].shared || got[1].point != "/run/netns" || got[2].shared || got[2].point != "/run/x y" {
+		t.Fatalf("parseMounts = %+v", got)
+	}
+}

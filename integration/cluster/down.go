@@ -83,6 +83,7 @@ func (c *Cluster) down(_ context.Context, quiet bool) error {
 	step("deleting nftables tables", deleteNFTables())
 
 	if rec != nil {
+		step("releasing "+NetnsDir, releaseNetns(rec))
 		step("restoring net.ipv4.ip_forward", restoreIPForward(rec.IPForward))
 		for _, f := range rec.Files {
 			if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {

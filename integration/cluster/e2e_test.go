@@ -85,6 +85,48 @@ func TestSmoke(t *testing.T) {
 		_ = cs.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{})
 	}()
 
+	kubectl, err := c.Kubectl()
+	if err != nil {
+		t.Fatal(err)
+	}
+	execIn := func(pod string, args ...string) (string, error) {
+		cmd := exec.CommandContext(ctx, kubectl, append([]string{"--kubeconfig", c.Kubeconfig(), "-n", ns,
+			"exec", pod, "--", "/usr/local/bin/tinyapp"}, args...)...)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+
+	// A privileged pod mounting /var/run/netns with HostToContainer
+	// propagation, as Ambit's ztunnel DaemonSet does, starts and sees the
+	// pod network namespaces created after it.
+	hostToContainer := corev1.MountPropagationHostToContainer
+	privileged := true
+	watch := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "netns-watch", Namespace: ns},
+		Spec: corev1.PodSpec{
+			Containers: []corev1.Container{{
+				Name: "watch", Image: TestImage, ImagePullPolicy: corev1.PullNever,
+				SecurityContext: &corev1.SecurityContext{Privileged: &privileged},
+				VolumeMounts: []corev1.VolumeMount{{Name: "netns", MountPath: "/var/run/netns",
+					MountPropagation: &hostToContainer}},
+			}},
+			Volumes: []corev1.Volume{{Name: "netns", VolumeSource: corev1.VolumeSource{
+				HostPath: &corev1.HostPathVolumeSource{Path: "/var/run/netns"}}}},
+		},
+	}
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, watch, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitPodReady(ctx, t, cs, ns, "netns-watch")
+	countNetns := func() int {
+		out, err := execIn("netns-watch", "cat", "/proc/self/mountinfo")
+		if err != nil {
+			t.Fatalf("reading mounts in netns-watch: %v: %s", err, out)
+		}
+		return strings.Count(out, " /var/run/netns/cni-")
+	}
+	netnsBefore := countNetns()
+
 	labels := map[string]string{"app": "echo"}
 	server := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: ns, Labels: labels},
@@ -127,16 +169,11 @@ func TestSmoke(t *testing.T) {
 		t.Fatalf("pod IP %q is outside the pod range %s", srv.Status.PodIP, PodCIDR)
 	}
 
-	kubectl, err := c.Kubectl()
-	if err != nil {
-		t.Fatal(err)
+	if n := countNetns(); n < netnsBefore+2 {
+		t.Fatalf("netns-watch sees %d pod network namespaces, %d before two more pods started: "+
+			"HostToContainer propagation of /var/run/netns does not work", n, netnsBefore)
 	}
-	inClient := func(args ...string) (string, error) {
-		cmd := exec.CommandContext(ctx, kubectl, append([]string{"--kubeconfig", c.Kubeconfig(), "-n", ns,
-			"exec", "client", "--", "/usr/local/bin/tinyapp"}, args...)...)
-		out, err := cmd.CombinedOutput()
-		return string(out), err
-	}
+	inClient := func(args ...string) (string, error) { return execIn("client", args...) }
 	urls := []string{
 		"http://" + svc.Spec.ClusterIP + "/via-ip",
 		"http://echo." + ns + ".svc.cluster.local/via-fqdn",
@@ -252,6 +289,17 @@ func downAndCheckClean(t *testing.T, c *Cluster) {
 	}
 	if exists(filepath.Join(CNIConfDir, CNIConfFile)) {
 		left = append(left, "CNI config")
+	}
+	if rec != nil && rec.NetnsMounted {
+		nested := false
+		for _, m := range parseMounts(string(info)) {
+			nested = nested || strings.HasPrefix(m.point, NetnsDir+"/")
+		}
+		for _, m := range parseMounts(string(info)) {
+			if m.point == NetnsDir && !nested {
+				left = append(left, "the shared bind mount of "+NetnsDir)
+			}
+		}
 	}
 	if rec != nil {
 		for _, p := range append(rec.Created, rec.Files...) {

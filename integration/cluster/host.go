@@ -29,6 +29,11 @@ type hostRecord struct {
 	// Files are files Up wrote into host folders that existed already
 	// (removed one by one by Down).
 	Files []string `json:"files"`
+	// NetnsDirCreated: Up created NetnsDir (Down removes it when empty).
+	NetnsDirCreated bool `json:"netnsDirCreated,omitempty"`
+	// NetnsMounted: Up bind-mounted NetnsDir onto itself as a shared mount
+	// (Down unmounts it when no namespace but the pods' is mounted inside).
+	NetnsMounted bool `json:"netnsMounted,omitempty"`
 }
 
 // hostDirs are the folders outside the state folder that the node uses:
@@ -478,4 +483,111 @@ func nodeAddrUsable() bool {
 		}
 	}
 	return false
+}
+
+// mountEntry is one line of /proc/self/mountinfo.
+type mountEntry struct {
+	point  string
+	shared bool
+}
+
+func readMounts() ([]mountEntry, error) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	return parseMounts(string(b)), nil
+}
+
+func parseMounts(info string) []mountEntry {
+	var out []mountEntry
+	for _, line := range strings.Split(info, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 7 {
+			continue
+		}
+		e := mountEntry{point: unescapeMount(f[4])}
+		// optional fields run from the 7th to the "-" separator
+		for _, o := range f[6:] {
+			if o == "-" {
+				break
+			}
+			if strings.HasPrefix(o, "shared:") {
+				e.shared = true
+			}
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// ensureSharedNetns makes NetnsDir a shared mount, as `ip netns add` does,
+// so that containers mounting it with HostToContainer propagation (Ambit's
+// ztunnel DaemonSet) see the pod namespaces created after they started.
+// It records what it changed in r and saves r to recordPath first.
+func ensureSharedNetns(r *hostRecord, recordPath string) error {
+	if !exists(NetnsDir) {
+		r.NetnsDirCreated = true
+		if err := r.save(recordPath); err != nil {
+			return err
+		}
+		if err := os.MkdirAll(NetnsDir, 0o755); err != nil {
+			return err
+		}
+	}
+	mounts, err := readMounts()
+	if err != nil {
+		return err
+	}
+	mounted := false
+	for _, m := range mounts {
+		if m.point == NetnsDir {
+			mounted = true
+			if m.shared {
+				return nil
+			}
+		}
+	}
+	if !mounted {
+		r.NetnsMounted = true
+		if err := r.save(recordPath); err != nil {
+			return err
+		}
+		if err := unix.Mount(NetnsDir, NetnsDir, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("bind-mounting %s onto itself: %w", NetnsDir, err)
+		}
+	}
+	if err := unix.Mount("", NetnsDir, "", unix.MS_SHARED, ""); err != nil {
+		return fmt.Errorf("making %s a shared mount: %w", NetnsDir, err)
+	}
+	return nil
+}
+
+// releaseNetns undoes ensureSharedNetns once nothing else is mounted in
+// NetnsDir (namespaces of other users keep it as it is).
+func releaseNetns(r *hostRecord) error {
+	if r.NetnsMounted {
+		mounts, err := readMounts()
+		if err != nil {
+			return err
+		}
+		for _, m := range mounts {
+			if strings.HasPrefix(m.point, NetnsDir+"/") {
+				return nil // someone else's namespace: leave the mount
+			}
+		}
+		for _, m := range mounts {
+			if m.point == NetnsDir {
+				if err := unix.Unmount(NetnsDir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+					return fmt.Errorf("unmount %s: %w", NetnsDir, err)
+				}
+			}
+		}
+	}
+	if r.NetnsDirCreated {
+		if err := unix.Rmdir(NetnsDir); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENOTEMPTY) && !errors.Is(err, unix.EBUSY) {
+			return fmt.Errorf("rmdir %s: %w", NetnsDir, err)
+		}
+	}
+	return nil
 }
