@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -69,6 +70,20 @@ func ReadyHandler(h *Health) http.Handler {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = w.Write([]byte("live\n"))
 	})
+	return mux
+}
+
+// AdminHandler serves GET /config_dump (the JSON document dump returns)
+// and GET /healthz/ready, for the localhost admin port.
+func AdminHandler(h *Health, dump func() any) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /config_dump", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(dump())
+	})
+	mux.Handle("GET /healthz/ready", ReadyHandler(h))
 	return mux
 }
 

@@ -77,3 +77,14 @@ func TestMetricsHandler(t *testing.T) {
 		t.Fatalf("metrics: %d %q", code, body)
 	}
 }
+
+func TestAdminHandler(t *testing.T) {
+	h := NewHealth()
+	ah := AdminHandler(h, func() any { return map[string]int{"routes": 3} })
+	if code, body := get(t, ah, "/config_dump"); code != 200 || !strings.Contains(body, `"routes": 3`) {
+		t.Fatalf("config_dump: %d %q", code, body)
+	}
+	if code, _ := get(t, ah, "/healthz/ready"); code != 200 {
+		t.Fatalf("ready: %d", code)
+	}
+}

@@ -116,6 +116,18 @@ func (p *Policies) Len() int {
 	return len(p.list)
 }
 
+// Names returns the names of the policies in force, sorted.
+func (p *Policies) Names() []string {
+	if p == nil {
+		return nil
+	}
+	out := make([]string, len(p.list))
+	for i, a := range p.list {
+		out[i] = a.GetName()
+	}
+	return out
+}
+
 // Applicable returns the policies that apply to a request for service at
 // the waypoint gateway ("<namespace>/<name>"): WAYPOINT policies that
 // target gateway (all of them when gateway is empty) and SERVICE policies

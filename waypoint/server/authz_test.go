@@ -151,3 +151,15 @@ func TestAuthorizationOverHBONE(t *testing.T) {
 		t.Fatalf("after a rejected update: status %d", resp.StatusCode)
 	}
 }
+
+func TestStoreDump(t *testing.T) {
+	e := setup(t)
+	if err := e.store.HandleAuthorizations(resources(t, map[string]proto.Message{"default/metrics-get-only": metricsGetOnly()})); err != nil {
+		t.Fatal(err)
+	}
+	d := e.store.Dump()
+	if len(d.Routes) != 1 || d.Routes[0] != (RouteDump{Service: "default/echo:80", Protocol: "HTTP", Rules: 2}) ||
+		d.Services != 3 || d.Workloads != 4 || fmt.Sprint(d.Authorizations) != "[default/metrics-get-only]" {
+		t.Fatalf("dump %+v", d)
+	}
+}

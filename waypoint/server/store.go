@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -297,4 +299,42 @@ func (s *Store) generation() uint64 { return s.snap.Load().gen }
 type upstream struct {
 	ip netip.Addr
 	id identity.SPIFFEID
+}
+
+// StoreDump is the store's state for the admin config dump.
+type StoreDump struct {
+	// Routes are the service ports of the route table with their protocol
+	// and rule count, sorted.
+	Routes []RouteDump `json:"routes"`
+	// Services and Workloads count the resources known.
+	Services  int `json:"services"`
+	Workloads int `json:"workloads"`
+	// Authorizations are the names of the policies in force.
+	Authorizations []string `json:"authorizations"`
+	// Generation counts Service and Workload updates.
+	Generation uint64 `json:"generation"`
+}
+
+// RouteDump is one service port of the route table.
+type RouteDump struct {
+	Service  string `json:"service"`
+	Protocol string `json:"protocol"`
+	Rules    int    `json:"rules"`
+}
+
+// Dump returns the store's state.
+func (s *Store) Dump() StoreDump {
+	snap := s.snap.Load()
+	d := StoreDump{Services: len(snap.services), Workloads: len(snap.workloads), Generation: snap.gen,
+		Authorizations: s.Authorizations().Names(), Routes: []RouteDump{}}
+	if d.Authorizations == nil {
+		d.Authorizations = []string{}
+	}
+	t := s.Table()
+	for _, k := range t.Keys() {
+		svc := t.Service(k.Service, k.Port)
+		d.Routes = append(d.Routes, RouteDump{Service: k.String(), Protocol: strings.TrimPrefix(svc.Protocol.String(), "PROTOCOL_"), Rules: len(svc.Rules)})
+	}
+	slices.SortFunc(d.Routes, func(a, b RouteDump) int { return strings.Compare(a.Service, b.Service) })
+	return d
 }

@@ -54,7 +54,7 @@ func run() error {
 
 // listeners are the addresses the waypoint listens on.
 type listeners struct {
-	hbone, metrics, ready net.Addr
+	hbone, metrics, ready, admin net.Addr
 }
 
 // serve runs the waypoint until ctx ends (SIGTERM), then drains: readiness
@@ -144,7 +144,11 @@ func serve(ctx context.Context, o *options, log *slog.Logger, started func(liste
 		addr string
 		h    http.Handler
 		to   *net.Addr
-	}{{o.metricsAddress, admin.MetricsHandler(tel.Registry), &addrs.metrics}, {o.readyAddress, admin.ReadyHandler(health), &addrs.ready}} {
+	}{
+		{o.metricsAddress, admin.MetricsHandler(tel.Registry), &addrs.metrics},
+		{o.readyAddress, admin.ReadyHandler(health), &addrs.ready},
+		{o.adminAddress, admin.AdminHandler(health, func() any { return dump(o, xc, certs, store, health) }), &addrs.admin},
+	} {
 		if l.addr == "" {
 			continue
 		}
@@ -260,4 +264,24 @@ func b2f(b bool) float64 {
 		return 1
 	}
 	return 0
+}
+
+// configDump is the admin /config_dump document (no private keys).
+type configDump struct {
+	Gateway      string                   `json:"gateway"`
+	Identity     string                   `json:"identity"`
+	Ready        string                   `json:"ready"`
+	XDS          xds.Status               `json:"xds"`
+	Config       server.StoreDump         `json:"config"`
+	Certificates identity.ManagerSnapshot `json:"certificates"`
+	Version      string                   `json:"version"`
+}
+
+func dump(o *options, xc *xds.Client, certs *identity.Manager, store *server.Store, h *admin.Health) configDump {
+	d := configDump{Gateway: o.gateway(), Identity: o.identity.String(), Ready: "ready", XDS: xc.Status(),
+		Config: store.Dump(), Certificates: certs.Snapshot(), Version: version.String("waypoint")}
+	if err := h.Ready(); err != nil {
+		d.Ready = err.Error()
+	}
+	return d
 }

@@ -75,7 +75,7 @@ func TestServeReadinessAndDrain(t *testing.T) {
 	o, err := parseOptions([]string{
 		"-local-ca-trust-domain", "example.org",
 		"-xds-address", xdsAddr,
-		"-hbone-address", "127.0.0.1:0", "-metrics-address", "127.0.0.1:0", "-ready-address", "127.0.0.1:0",
+		"-hbone-address", "127.0.0.1:0", "-metrics-address", "127.0.0.1:0", "-ready-address", "127.0.0.1:0", "-admin-address", "127.0.0.1:0",
 		"-shutdown-delay", "1s", "-shutdown-drain", "1s",
 	}, env(podEnv()), io.Discard)
 	if err != nil {
@@ -129,6 +129,16 @@ func TestServeReadinessAndDrain(t *testing.T) {
 		if code != 200 || !strings.Contains(body, want) {
 			t.Fatalf("metrics (%d) lack %q:\n%s", code, want, body)
 		}
+	}
+
+	code, body = httpGet("http://" + l.admin.String() + "/config_dump")
+	for _, want := range []string{`"gateway": "demo/waypoint"`, `"ready": "ready"`, `"demo/p"`, `"id": "spiffe://example.org/ns/demo/sa/waypoint"`, `"connected": true`} {
+		if code != 200 || !strings.Contains(body, want) {
+			t.Fatalf("config_dump (%d) lacks %s:\n%s", code, want, body)
+		}
+	}
+	if strings.Contains(body, "PRIVATE KEY") {
+		t.Fatal("config_dump shows a private key")
 	}
 
 	cancel() // SIGTERM

@@ -45,8 +45,8 @@ type options struct {
 	gatewayNamespace, gatewayName string
 	identity                      identity.SPIFFEID
 
-	hboneAddress, metricsAddress, readyAddress string
-	endpointHBONEPort                          uint16
+	hboneAddress, metricsAddress, readyAddress, adminAddress string
+	endpointHBONEPort                                        uint16
 
 	xdsAddress, xdsStateFile string
 
@@ -85,6 +85,7 @@ func parseOptions(args []string, getenv func(string) string, out io.Writer) (*op
 	listen := fs.String("hbone-address", fmt.Sprintf(":%d", hbone.Port), "HBONE listener")
 	metrics := fs.String("metrics-address", ":15020", "Prometheus /metrics listener; empty disables")
 	ready := fs.String("ready-address", ":15021", "/healthz/ready and /healthz/live listener; empty disables")
+	adminAddr := fs.String("admin-address", "localhost:15000", "/config_dump listener (keep it on localhost); empty disables")
 	hbonePort := fs.Uint("endpoint-hbone-port", hbone.Port, "HBONE port of endpoints")
 	xdsAddr := fs.String("xds-address", or(getenv(envXDSAddress), defaultXDSAddress), "controller xDS server, insecure gRPC ($"+envXDSAddress+")")
 	xdsState := fs.String("xds-state-file", defState, "last good configuration, read at start; empty disables (default $"+envStateDir+"/"+stateFileName+")")
@@ -106,7 +107,7 @@ func parseOptions(args []string, getenv func(string) string, out io.Writer) (*op
 		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
 	o := &options{
-		hboneAddress: *listen, metricsAddress: *metrics, readyAddress: *ready,
+		hboneAddress: *listen, metricsAddress: *metrics, readyAddress: *ready, adminAddress: *adminAddr,
 		xdsAddress: *xdsAddr, xdsStateFile: *xdsState,
 		caAddress: *caAddr, caRootFile: *caRoot, caTokenFile: *caToken, caServerName: *caName,
 		localCATrustDomain: *localCA, certValidity: *validity,

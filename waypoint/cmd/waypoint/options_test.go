@@ -46,6 +46,7 @@ func TestOptionsFromPodEnv(t *testing.T) {
 		"metrics":  {o.metricsAddress, ":15020"},
 		"ready":    {o.readyAddress, ":15021"},
 		"hbone":    {o.hboneAddress, ":15008"},
+		"admin":    {o.adminAddress, "localhost:15000"},
 		"otlp":     {o.otlpEndpoint, ""},
 	} {
 		if c[0] != c[1] {
