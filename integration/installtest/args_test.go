@@ -60,7 +60,9 @@ func TestArgsAcceptedByBinaries(t *testing.T) {
 			for _, e := range ctr.Env {
 				vars[e.Name] = "value-of-" + strings.ToLower(e.Name)
 			}
-			vars["POD_NAMESPACE"] = systemNS
+			if _, ok := vars["POD_NAMESPACE"]; ok {
+				vars["POD_NAMESPACE"] = systemNS
+			}
 			var args []string
 			for _, a := range ctr.Args {
 				for name, v := range vars {
