@@ -14,6 +14,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -94,6 +95,9 @@ func serve(ctx context.Context, o *options, log *slog.Logger, started func(liste
 		return err
 	}
 
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
+		log.Warn("tracing", "component", "otlp", "err", err)
+	}))
 	tracer, err := tracing.New(context.Background(), tracing.Config{
 		Endpoint:    o.otlpEndpoint,
 		ServiceName: o.gatewayName + ".waypoint",
@@ -129,11 +133,14 @@ func serve(ctx context.Context, o *options, log *slog.Logger, started func(liste
 			case <-xc.Ready():
 				return nil
 			default:
-				st := xc.Status()
-				if st.LastError != "" {
-					return fmt.Errorf("no configuration yet (from the controller or %q): %s", o.xdsStateFile, st.LastError)
+				from := "the controller"
+				if o.xdsStateFile != "" {
+					from += " or " + o.xdsStateFile
 				}
-				return errors.New("no configuration yet (from the controller or the state file)")
+				if st := xc.Status(); st.LastError != "" {
+					return fmt.Errorf("no configuration yet from %s: %s", from, st.LastError)
+				}
+				return fmt.Errorf("no configuration yet from %s", from)
 			}
 		}},
 	)
