@@ -11,7 +11,13 @@
 //   - resilience holds retry policies, the retry budget, outlier detection
 //     and request limits;
 //   - proxy is the http.Handler that ties them together, with hooks for the
-//     endpoint resolver, the upstream transport and per-request results.
+//     endpoint resolver, the upstream transport, authorization and
+//     per-request results.
+//
+// Around it: server (HBONE in and out, xDS store, TCP pass-through), authz
+// (L7 AuthorizationPolicy), telemetry (Istio-standard metrics, access
+// log), tracing (W3C/B3 propagation, OTLP spans) and admin (readiness,
+// metrics and config dump endpoints); cmd/waypoint wires them.
 //
 // docs/reference/waypoint.md describes the semantics and defaults.
 package waypoint

@@ -11,6 +11,10 @@
 // from a Transport factory. The waypoint binary plugs its tunnel in there;
 // tests use loopback HTTP.
 //
+// The client comes from the context too (WithSource): its verified
+// identity feeds the Authorize hook, which runs before routing and answers
+// 403 for a denied request.
+//
 // Every request ends with a Result handed to the OnResult hook, which is
 // where metrics, access logs and spans attach.
 package proxy
