@@ -25,4 +25,13 @@
 // until it is back). At start it loads the persisted xDS state, waits for the
 // configuration (from disk or the controller, at most Config.ResyncWait), and
 // calls enroll.Server.Resync, which replays every persisted pod.
+//
+// # Uninstall
+//
+// With Config.Shutdown (in Kubernetes a DaemonSetCheck on ztunnel's own
+// DaemonSet) a stop is first classified: a restart keeps everything as
+// above; an uninstall unchains the CNI plugin (Config.CNI), releases every
+// pod it knows (removing the rules, so applications talk directly again) and
+// removes the state files. Config.CNI, when set, also keeps the plugin
+// chained while ztunnel runs, and readiness waits for it.
 package daemon
