@@ -14,7 +14,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -51,7 +50,6 @@ type Cluster struct {
 	p    paths
 	bins binaries
 	logw io.Writer
-	mu   sync.Mutex
 }
 
 // binaries are the programs `make tools` built.
