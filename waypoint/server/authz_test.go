@@ -163,3 +163,29 @@ func TestStoreDump(t *testing.T) {
 		t.Fatalf("dump %+v", d)
 	}
 }
+
+// Before the first Authorization update the waypoint fails closed.
+func TestDeniedBeforePoliciesArrive(t *testing.T) {
+	fresh := NewStore(nil)
+	cfg := config("127.0.0.2", "127.0.0.3")
+	for _, typ := range fresh.Types() {
+		if typ.URL == configv1alpha1.TypeAuthorization {
+			continue
+		}
+		if err := typ.Handle(resources(t, cfg[typ.URL])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e := setup(t, func(c *Config) { c.Store = fresh })
+	c := e.httpClient("10.96.0.10:80", false)
+	defer c.CloseIdleConnections()
+	if resp, body := do(t, c, "GET", "/", nil); resp.StatusCode != 403 || body != "RBAC: access denied\n" {
+		t.Fatalf("before policies: %d %q", resp.StatusCode, body)
+	}
+	if err := fresh.HandleAuthorizations(nil); err != nil {
+		t.Fatal(err)
+	}
+	if resp, _ := do(t, c, "GET", "/", nil); resp.StatusCode != 200 {
+		t.Fatalf("after an empty policy set: %d", resp.StatusCode)
+	}
+}

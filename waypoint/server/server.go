@@ -198,9 +198,17 @@ func sourceOf(st *hbone.Stream) proxy.Source {
 }
 
 // authorize is the proxy's Authorize hook: the store's policies, evaluated
-// for this waypoint's Gateway.
+// for this waypoint's Gateway. Until the first Authorization update
+// (from the controller or the state file) every request is denied: the
+// waypoint fails closed rather than let through what a policy it has not
+// seen yet would refuse.
 func (s *Server) authorize(r *http.Request, service string, port uint32) proxy.AuthzDecision {
-	d := s.cfg.Store.Authorizations().Evaluate(s.cfg.Gateway, authz.Request{
+	policies := s.cfg.Store.Authorizations()
+	if policies == nil {
+		s.log.DebugContext(r.Context(), "request denied: authorization policies not received yet", "service", service, "port", port)
+		return proxy.AuthzDecision{}
+	}
+	d := policies.Evaluate(s.cfg.Gateway, authz.Request{
 		Peer: proxy.SourceFromContext(r.Context()).Identity, Service: service, Port: port,
 		Method: r.Method, Path: r.URL.Path, Header: r.Header,
 	})

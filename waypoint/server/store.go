@@ -90,8 +90,8 @@ func (s *Store) HandleAuthorizations(rs map[string]*anypb.Any) error {
 	return nil
 }
 
-// Authorizations returns the current policies (nil before the first
-// update: everything is allowed).
+// Authorizations returns the current policies; nil before the first
+// update (the server then denies every request).
 func (s *Store) Authorizations() *authz.Policies { return s.authz.Load() }
 
 // Table returns the current route table (nil before the first

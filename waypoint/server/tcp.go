@@ -31,9 +31,12 @@ func (s *Server) serveTCP(st *hbone.Stream, svc string, port uint32) {
 			s.cfg.OnConn(res, true)
 		}
 	}()
-	d := s.cfg.Store.Authorizations().Evaluate(s.cfg.Gateway, authz.Request{
-		Peer: res.Source.Identity, Service: svc, Port: port, L4: true,
-	})
+	d := authz.Decision{Reason: "authorization policies not received yet"}
+	if policies := s.cfg.Store.Authorizations(); policies != nil {
+		d = policies.Evaluate(s.cfg.Gateway, authz.Request{
+			Peer: res.Source.Identity, Service: svc, Port: port, L4: true,
+		})
+	}
 	res.Authz = proxy.AuthzDecision{Evaluated: true, Allow: d.Allow, Policy: d.Policy}
 	if !d.Allow {
 		res.Flags = proxy.FlagDenied
