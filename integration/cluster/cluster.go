@@ -293,6 +293,11 @@ func (c *Cluster) Up(ctx context.Context) error {
 	if err := c.findBinaries(); err != nil {
 		return err
 	}
+	if c.opts.PauseImage != "" {
+		if _, err := ArchiveImageName(c.opts.PauseImage); err != nil {
+			return fmt.Errorf("pause image: %w", err)
+		}
+	}
 	unlock, err := c.lock()
 	if err != nil {
 		return err
