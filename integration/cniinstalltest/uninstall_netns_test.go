@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -66,6 +67,25 @@ func (f files) conflist() string {
 	return filepath.Join(f.confDir(), "10-lab.conflist")
 }
 
+// newFiles makes a node's folders, a plugin binary to install and the
+// node's CNI configuration.
+func newFiles(t *testing.T) files {
+	t.Helper()
+	f := files{dir: t.TempDir()}
+	for _, d := range []string{f.binDir(), f.confDir(), filepath.Dir(f.socket()), filepath.Join(f.dir, "src")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(f.dir, "src", "ambit-cni"), []byte("#!/bin/sh\nexit 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(f.conflist(), []byte(labConflist), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
 type ztunnel struct {
 	d      *daemon.Daemon
 	cancel context.CancelFunc
@@ -74,7 +94,7 @@ type ztunnel struct {
 
 // startZtunnel runs an in-process ztunnel configured as the DaemonSet runs
 // it (CNI install on), whose stop is an uninstall when uninstall is true.
-func startZtunnel(t *testing.T, xdsAddr string, f files, ca *identity.Authority, resyncWait time.Duration, uninstall bool) *ztunnel {
+func startZtunnel(t *testing.T, xdsAddr string, f files, ca *identity.Authority, resyncWait time.Duration, uninstall bool, discoverDir string) *ztunnel {
 	t.Helper()
 	conn, err := grpc.NewClient(xdsAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -100,6 +120,9 @@ func startZtunnel(t *testing.T, xdsAddr string, f files, ca *identity.Authority,
 		MetricsAddr:   "127.0.0.1:0",
 		DialTimeout:   3 * time.Second,
 		CNI:           cni,
+
+		DiscoverNetnsDir:          discoverDir,
+		DiscoverExcludeNamespaces: []string{"kube-system"},
 		Shutdown: daemon.ShutdownFunc(func(context.Context) (bool, string) {
 			return uninstall, "decided by the test"
 		}),
@@ -117,6 +140,20 @@ func startZtunnel(t *testing.T, xdsAddr string, f files, ca *identity.Authority,
 	}()
 	t.Cleanup(z.stop)
 	return z
+}
+
+func startXDS(t *testing.T) (*xdsserver.Server, string) {
+	t.Helper()
+	srv := xdsserver.New(nil)
+	g := grpc.NewServer()
+	srv.Register(g)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = g.Serve(ln) }()
+	t.Cleanup(g.Stop)
+	return srv, ln.Addr().String()
 }
 
 func (z *ztunnel) stop() {
@@ -251,7 +288,13 @@ func rulesInstalled(t *testing.T, p *netlab.Pod) bool {
 // sandbox goes.
 func scratchNetns(t *testing.T) (string, func()) {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "netns-gone")
+	return scratchNetnsAt(t, filepath.Join(t.TempDir(), "netns-gone"), netip.Addr{})
+}
+
+// scratchNetnsAt is scratchNetns at path, with a dummy interface holding
+// addr (when valid).
+func scratchNetnsAt(t *testing.T, path string, addr netip.Addr) (string, func()) {
+	t.Helper()
 	if err := os.WriteFile(path, nil, 0o444); err != nil {
 		t.Fatal(err)
 	}
@@ -263,6 +306,12 @@ func scratchNetns(t *testing.T) (string, func()) {
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
 			errc <- err
 			return
+		}
+		if addr.IsValid() {
+			if err := addDummy(addr); err != nil {
+				errc <- err
+				return
+			}
 		}
 		errc <- unix.Mount(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()), path, "", unix.MS_BIND, "")
 	}()
@@ -278,6 +327,32 @@ func scratchNetns(t *testing.T) (string, func()) {
 	}
 	t.Cleanup(remove)
 	return path, remove
+}
+
+// addDummy adds an interface (eth0, one end of a veth pair) holding addr/24 in the calling thread's namespace.
+func addDummy(addr netip.Addr) error {
+	for _, name := range []string{"lo", "eth0"} {
+		if name == "eth0" {
+			// A veth pair (always available, unlike the dummy module).
+			if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: "peer0"}); err != nil {
+				return err
+			}
+		}
+		l, err := netlink.LinkByName(name)
+		if err != nil {
+			return err
+		}
+		if err := netlink.LinkSetUp(l); err != nil {
+			return err
+		}
+		if name == "eth0" {
+			a, _ := netlink.ParseAddr(netip.PrefixFrom(addr, 24).String())
+			if err := netlink.AddrAdd(l, a); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 func listPods(t *testing.T, path string) []string {
@@ -345,32 +420,13 @@ func TestRestartKeepsUninstallReleases(t *testing.T) {
 		t.Fatalf("before the mesh: %v", err)
 	}
 
-	f := files{dir: t.TempDir()}
-	for _, d := range []string{f.binDir(), f.confDir(), filepath.Dir(f.socket()), filepath.Join(f.dir, "src")} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := os.WriteFile(filepath.Join(f.dir, "src", "ambit-cni"), []byte("#!/bin/sh\nexit 1\n"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(f.conflist(), []byte(labConflist), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	f := newFiles(t)
 
 	ca, err := identity.NewRootAuthority(trustDomain, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := xdsserver.New(nil)
-	g := grpc.NewServer()
-	srv.Register(g)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = g.Serve(ln) }()
-	t.Cleanup(g.Stop)
+	srv, xdsAddr := startXDS(t)
 	goneIP := netip.MustParseAddr("10.250.99.9")
 	publish := func(goneEnrolled bool) {
 		srv.Publish(&translate.Output{
@@ -385,7 +441,7 @@ func TestRestartKeepsUninstallReleases(t *testing.T) {
 	publish(false)
 
 	// First ztunnel: chains the plugin, captures a and b.
-	z1 := startZtunnel(t, ln.Addr().String(), f, ca, 3*time.Second, false)
+	z1 := startZtunnel(t, xdsAddr, f, ca, 3*time.Second, false, "")
 	enrol(t, f.socket(), "a", a.NetnsPath(), a.IP)
 	enrol(t, f.socket(), "b", b.NetnsPath(), b.IP)
 	eventually(t, "a and b captured", func() bool { return z1.captured("a") && z1.captured("b") })
@@ -450,7 +506,7 @@ func TestRestartKeepsUninstallReleases(t *testing.T) {
 	if err := os.Rename(f.xds(), aside); err != nil {
 		t.Fatal(err)
 	}
-	z2 := startZtunnel(t, "127.0.0.1:1", f, ca, time.Minute, true)
+	z2 := startZtunnel(t, "127.0.0.1:1", f, ca, time.Minute, true, "")
 	eventually(t, "enrolment API up", func() bool {
 		pods, err := enroll.NewClient(f.socket()).ListPods(t.Context())
 		return err == nil && len(pods) == 2
@@ -495,4 +551,86 @@ func TestRestartKeepsUninstallReleases(t *testing.T) {
 			t.Fatalf("conf folder holds %d files", len(ents))
 		}
 	})
+}
+
+// TestDiscoversPodsStartedBefore: pods that ran before ztunnel started and
+// were never reported are found in the netns folder by address and
+// enrolled: captured when their Workload is enrolled, known (for a later
+// label change) otherwise; namespaces holding no workload of the node, and
+// workloads of excluded namespaces, are left alone.
+func TestDiscoversPodsStartedBefore(t *testing.T) {
+	tier.RequireRoot(t)
+	// A folder of the test's own, not /var/run/netns: other tests' labs
+	// there may use the same addresses.
+	dir := t.TempDir()
+	early := netip.MustParseAddr("10.250.201.5")
+	idle := netip.MustParseAddr("10.250.201.6")
+	system := netip.MustParseAddr("10.250.201.7")
+	stranger := netip.MustParseAddr("10.250.201.8")
+	earlyPath, _ := scratchNetnsAt(t, filepath.Join(dir, "cni-early"), early)
+	idlePath, _ := scratchNetnsAt(t, filepath.Join(dir, "cni-idle"), idle)
+	systemPath, _ := scratchNetnsAt(t, filepath.Join(dir, "cni-system"), system)
+	strangerPath, _ := scratchNetnsAt(t, filepath.Join(dir, "cni-stranger"), stranger)
+	if err := os.WriteFile(filepath.Join(dir, "not-a-netns"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	ca, err := identity.NewRootAuthority(trustDomain, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, xdsAddr := startXDS(t)
+	sys := workload("coredns", system, true)
+	sys.Namespace, sys.Name, sys.Uid = "kube-system", "kube-system/coredns", "uid-coredns"
+	other := workload("elsewhere", stranger, true)
+	other.Node = "node1" // the address is in our folder, but the pod is not ours
+	publish := func(idleEnrolled bool) {
+		srv.Publish(&translate.Output{
+			Workloads: []*configv1alpha1.Workload{workload("early", early, true), workload("idle", idle, idleEnrolled), sys, other},
+			Services:  []*configv1alpha1.Service{},
+			Authorizations: []*configv1alpha1.Authorization{{
+				Name: "ambit-system/noop", Namespace: "ambit-system",
+				Scope: configv1alpha1.Authorization_SCOPE_GLOBAL, Action: configv1alpha1.Authorization_ACTION_DENY,
+			}},
+		})
+	}
+	publish(false)
+	f := newFiles(t)
+	z := startZtunnel(t, xdsAddr, f, ca, 3*time.Second, false, dir)
+	eventually(t, "early discovered and captured", func() bool { return z.captured("early") })
+	eventually(t, "idle discovered", func() bool { _, ok := z.d.Enroll().Get("uid-idle"); return ok })
+	p, _ := z.d.Enroll().Get("uid-early")
+	if p.NetnsPath != earlyPath || len(p.PodIPs) != 1 || p.PodIPs[0] != early || p.Namespace != podNS || p.Name != "early" {
+		t.Fatalf("discovered pod %+v", p)
+	}
+	if p, _ := z.d.Enroll().Get("uid-idle"); p.NetnsPath != idlePath || z.captured("idle") {
+		t.Fatalf("idle pod %+v (captured %v)", p, z.captured("idle"))
+	}
+	ns, err := redirect.OpenNetns(earlyPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, err := redirect.Rules(t.Context(), ns)
+	ns.Close()
+	if err != nil || !rs.Installed {
+		t.Fatalf("rules in the discovered pod: %v %v", rs, err)
+	}
+	// Labelling later captures the discovered pod without a restart.
+	publish(true)
+	eventually(t, "idle captured after the label change", func() bool { return z.captured("idle") })
+	// Give discovery a few more passes, then check what it left alone.
+	time.Sleep(6 * time.Second)
+	for _, uid := range []string{"uid-coredns", "uid-elsewhere"} {
+		if p, ok := z.d.Enroll().Get(uid); ok {
+			t.Errorf("%s discovered: %+v", uid, p)
+		}
+	}
+	for _, p := range z.d.Enroll().Pods() {
+		if p.NetnsPath == systemPath || p.NetnsPath == strangerPath {
+			t.Errorf("pod enrolled with %s", p.NetnsPath)
+		}
+	}
+	if got := listPods(t, f.pods()); !slices.Equal(got, []string{"early", "idle"}) {
+		t.Fatalf("persisted pods %v", got)
+	}
 }

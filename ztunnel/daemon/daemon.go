@@ -101,6 +101,14 @@ type Config struct {
 	// ShutdownDecisionTimeout bounds Shutdown's decision; zero means
 	// DefaultShutdownDecisionTimeout.
 	ShutdownDecisionTimeout time.Duration
+	// DiscoverNetnsDir, when set, is the folder of the node's named network
+	// namespaces (the host's /var/run/netns): pods of this node that the
+	// configuration lists but nobody reported (they started before ztunnel)
+	// are looked for there by address and enrolled.
+	DiscoverNetnsDir string
+	// DiscoverExcludeNamespaces are never discovered (the CNI plugin's
+	// excluded namespaces).
+	DiscoverExcludeNamespaces []string
 }
 
 // CNIInstaller keeps the CNI plugin chained (see package cniinstall).
@@ -137,6 +145,9 @@ type Daemon struct {
 
 	httpMu    sync.Mutex
 	httpAddrs map[string]net.Addr
+
+	discoverMu sync.Mutex
+	discovered map[string]netnsInfo // by netns path
 }
 
 // capturedPod is what readiness needs to know of a captured pod.
@@ -170,7 +181,8 @@ func New(cfg Config) (*Daemon, error) {
 		log = slog.Default()
 	}
 	d := &Daemon{cfg: cfg, log: log, metrics: metrics.New(), resynced: make(chan struct{}),
-		pods: map[string]*podState{}, idRefs: map[identity.SPIFFEID]int{}, draining: map[*proxy.Pod]struct{}{}, httpAddrs: map[string]net.Addr{}}
+		pods: map[string]*podState{}, idRefs: map[identity.SPIFFEID]int{}, draining: map[*proxy.Pod]struct{}{}, httpAddrs: map[string]net.Addr{},
+		discovered: map[string]netnsInfo{}}
 	d.metrics.AccessLog = log.With("component", "access")
 	d.store = config.NewStore(log.With("component", "config"))
 	xc, err := xds.New(xds.Config{
@@ -346,6 +358,7 @@ func (d *Daemon) loop(ctx context.Context) {
 	}
 	close(d.resynced)
 	d.reconcileAll(ctx)
+	d.discover(ctx)
 	tick := time.NewTicker(retryInterval)
 	defer tick.Stop()
 	for {
@@ -354,10 +367,12 @@ func (d *Daemon) loop(ctx context.Context) {
 			return
 		case <-d.store.Changed():
 			d.reconcileAll(ctx)
+			d.discover(ctx)
 		case <-tick.C:
 			if d.hasFailures() {
 				d.reconcileAll(ctx)
 			}
+			d.discover(ctx)
 		}
 	}
 }

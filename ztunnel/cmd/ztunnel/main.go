@@ -18,6 +18,7 @@ import (
 	"github.com/ambit-mesh/ambit/pkg/caclient"
 	"github.com/ambit-mesh/ambit/pkg/identity"
 	"github.com/ambit-mesh/ambit/pkg/version"
+	cnipkg "github.com/ambit-mesh/ambit/ztunnel/cni"
 	"github.com/ambit-mesh/ambit/ztunnel/cniinstall"
 	"github.com/ambit-mesh/ambit/ztunnel/daemon"
 	"github.com/ambit-mesh/ambit/ztunnel/enroll"
@@ -60,6 +61,7 @@ func run() error {
 	cniExclude := fs.String("cni-exclude-namespaces", "", "comma-separated namespaces the plugin passes through; empty: the plugin's default (kube-system, ambit-system)")
 	cniTimeout := fs.String("cni-timeout", "", "bound on one plugin call to ztunnel (Go duration); empty: the plugin's default (10s)")
 	daemonSet := fs.String("daemonset", "", "<namespace>/<name> of ztunnel's DaemonSet: on SIGTERM, uninstall (release every pod, unchain the CNI plugin, remove the state) unless it still exists; empty: never uninstall (local mode)")
+	discoverDir := fs.String("discover-netns-dir", "auto", "folder of the node's named network namespaces where pods that started before ztunnel are looked for; auto: /var/run/netns with -daemonset, none otherwise; empty: none")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -82,6 +84,7 @@ func run() error {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	var cni daemon.CNIInstaller
+	exclude := cnipkg.DefaultExcludeNamespaces
 	if *cniBin != "" || *cniConf != "" {
 		if *cniBin == "" || *cniConf == "" {
 			return errors.New("-cni-bin-dir and -cni-conf-dir go together: set both to install the CNI plugin, or neither")
@@ -103,6 +106,7 @@ func run() error {
 					pc.ExcludeNamespaces = append(pc.ExcludeNamespaces, n)
 				}
 			}
+			exclude = pc.ExcludeNamespaces
 		}
 		inst, err := cniinstall.New(cniinstall.Options{BinDir: *cniBin, ConfDir: *cniConf, PluginBinary: plugin, Plugin: pc, Logger: log})
 		if err != nil {
@@ -122,6 +126,15 @@ func run() error {
 			return fmt.Errorf("-daemonset: %w", err)
 		}
 		shutdown = check
+	}
+	if *discoverDir == "auto" {
+		*discoverDir = ""
+		if *daemonSet != "" {
+			*discoverDir = "/var/run/netns"
+		}
+	}
+	if *discoverDir != "" && !filepath.IsAbs(*discoverDir) {
+		return fmt.Errorf("-discover-netns-dir %q must be an absolute path", *discoverDir)
 	}
 
 	fetcher, closeFetcher, err := caclient.NewFetcher(caclient.FetcherConfig{
@@ -155,6 +168,9 @@ func run() error {
 		Logger:          log,
 		CNI:             cni,
 		Shutdown:        shutdown,
+
+		DiscoverNetnsDir:          *discoverDir,
+		DiscoverExcludeNamespaces: exclude,
 	})
 	if err != nil {
 		return err
