@@ -50,6 +50,9 @@ type Cluster struct {
 	p    paths
 	bins binaries
 	logw io.Writer
+	// started is set by an Up that started the cluster (rather than
+	// finding it running).
+	started bool
 }
 
 // binaries are the programs `make tools` built.
@@ -96,6 +99,10 @@ func Up(ctx context.Context, opts Options) (*Cluster, error) {
 	}
 	return c, c.Up(ctx)
 }
+
+// Started reports whether Up started the cluster, rather than finding it
+// running: a test that did not start it should leave it up for its owner.
+func (c *Cluster) Started() bool { return c.started }
 
 // Kubeconfig is the path of the administrator's kubeconfig.
 func (c *Cluster) Kubeconfig() string { return c.p.Kubeconfig }
@@ -319,6 +326,7 @@ func (c *Cluster) Up(ctx context.Context) error {
 	if err := c.start(ctx); err != nil {
 		return fmt.Errorf("%w (component logs: %s)", err, c.p.Logs)
 	}
+	c.started = true
 	c.logf("up in %s; KUBECONFIG=%s", since(start), c.p.Kubeconfig)
 	return nil
 }
@@ -399,6 +407,12 @@ func (c *Cluster) start(ctx context.Context) error {
 		return err
 	}
 	if err := os.WriteFile(ipForwardPath, []byte("1\n"), 0o644); err != nil {
+		return err
+	}
+	if rec.BridgeNFCall == "" {
+		return fmt.Errorf("%s is missing: load br_netfilter (modprobe br_netfilter); pods reaching a Service on the same bridge need it", bridgeNFCallPath)
+	}
+	if err := os.WriteFile(bridgeNFCallPath, []byte("1\n"), 0o644); err != nil {
 		return err
 	}
 	if err := installCNI(rec, c.bins.cniDir, filepath.Join(p.CNI, "networks"), p.Host); err != nil {

@@ -85,6 +85,7 @@ func (c *Cluster) down(_ context.Context, quiet bool) error {
 	if rec != nil {
 		step("releasing "+NetnsDir, releaseNetns(rec))
 		step("restoring net.ipv4.ip_forward", restoreIPForward(rec.IPForward))
+		step("restoring net.bridge.bridge-nf-call-iptables", restoreSysctl(bridgeNFCallPath, rec.BridgeNFCall))
 		for _, f := range rec.Files {
 			if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
 				step("removing "+f, err)

@@ -52,8 +52,14 @@ func TestSmoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("up in %s", time.Since(start).Round(100*time.Millisecond))
-	keep := os.Getenv("AMBIT_E2E_KEEP") == "1"
-	if !keep {
+	// A cluster this test did not start belongs to someone else (another
+	// test package, a developer's make run): leave it up.
+	switch {
+	case os.Getenv("AMBIT_E2E_KEEP") == "1":
+		t.Logf("AMBIT_E2E_KEEP=1: leaving the cluster up; KUBECONFIG=%s", c.Kubeconfig())
+	case !c.Started():
+		t.Logf("the cluster was up before this test: leaving it up")
+	default:
 		defer downAndCheckClean(t, c)
 	}
 
@@ -309,6 +315,9 @@ func downAndCheckClean(t *testing.T, c *Cluster) {
 		}
 		if fwd, err := os.ReadFile(ipForwardPath); err != nil || strings.TrimSpace(string(fwd)) != rec.IPForward {
 			left = append(left, fmt.Sprintf("ip_forward %q, was %q", fwd, rec.IPForward))
+		}
+		if nf, err := os.ReadFile(bridgeNFCallPath); err != nil || strings.TrimSpace(string(nf)) != rec.BridgeNFCall {
+			left = append(left, fmt.Sprintf("bridge-nf-call-iptables %q, was %q", nf, rec.BridgeNFCall))
 		}
 	}
 	ents, err := os.ReadDir(c.p.State)

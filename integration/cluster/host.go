@@ -23,6 +23,9 @@ import (
 type hostRecord struct {
 	// IPForward is the value net.ipv4.ip_forward had.
 	IPForward string `json:"ipForward"`
+	// BridgeNFCall is the value net.bridge.bridge-nf-call-iptables had
+	// ("" when br_netfilter is not loaded).
+	BridgeNFCall string `json:"bridgeNFCall,omitempty"`
 	// Created are host paths outside the state folder that did not exist
 	// and that Up created (removed whole by Down).
 	Created []string `json:"created"`
@@ -44,6 +47,11 @@ var hostDirs = []string{CNIConfDir, CNIBinDir, "/var/lib/cni", "/var/lib/kubelet
 	"/var/log/pods", "/var/log/containers", "/run/containerd", "/run/ambit"}
 
 const ipForwardPath = "/proc/sys/net/ipv4/ip_forward"
+
+// bridgeNFCallPath makes bridged IPv4 traffic pass netfilter: a pod reaching
+// a Service whose endpoint is on the same bridge needs it, or the reply
+// bypasses the un-DNAT and the connection fails.
+const bridgeNFCallPath = "/proc/sys/net/bridge/bridge-nf-call-iptables"
 
 func readHostRecord(path string) (*hostRecord, error) {
 	b, err := os.ReadFile(path)
@@ -86,6 +94,9 @@ func recordHost() (*hostRecord, error) {
 		return nil, err
 	}
 	r := &hostRecord{IPForward: strings.TrimSpace(string(fwd))}
+	if b, err := os.ReadFile(bridgeNFCallPath); err == nil {
+		r.BridgeNFCall = strings.TrimSpace(string(b))
+	}
 	seen := map[string]bool{}
 	for _, d := range hostDirs {
 		if top := topMissing(d); top != "" && !seen[top] {
@@ -453,18 +464,22 @@ func removeCgroups() error {
 }
 
 // restoreIPForward writes back the recorded net.ipv4.ip_forward.
-func restoreIPForward(v string) error {
+func restoreIPForward(v string) error { return restoreSysctl(ipForwardPath, v) }
+
+// restoreSysctl writes v ("0" or "1"; anything else is left alone) to path
+// unless it holds it already.
+func restoreSysctl(path, v string) error {
 	if v != "0" && v != "1" {
 		return nil
 	}
-	cur, err := os.ReadFile(ipForwardPath)
+	cur, err := os.ReadFile(path)
 	if err != nil {
 		return err
 	}
 	if strings.TrimSpace(string(cur)) == v {
 		return nil
 	}
-	return os.WriteFile(ipForwardPath, []byte(v+"\n"), 0o644)
+	return os.WriteFile(path, []byte(v+"\n"), 0o644)
 }
 
 // nodeAddrUsable reports whether the node address is on the node link.
