@@ -148,6 +148,7 @@ type Daemon struct {
 
 	discoverMu sync.Mutex
 	discovered map[string]netnsInfo // by netns path
+	removed    map[string]time.Time // UIDs removed over the API, never discovered again
 }
 
 // capturedPod is what readiness needs to know of a captured pod.
@@ -182,7 +183,7 @@ func New(cfg Config) (*Daemon, error) {
 	}
 	d := &Daemon{cfg: cfg, log: log, metrics: metrics.New(), resynced: make(chan struct{}),
 		pods: map[string]*podState{}, idRefs: map[identity.SPIFFEID]int{}, draining: map[*proxy.Pod]struct{}{}, httpAddrs: map[string]net.Addr{},
-		discovered: map[string]netnsInfo{}}
+		discovered: map[string]netnsInfo{}, removed: map[string]time.Time{}}
 	d.metrics.AccessLog = log.With("component", "access")
 	d.store = config.NewStore(log.With("component", "config"))
 	xc, err := xds.New(xds.Config{

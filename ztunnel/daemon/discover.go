@@ -19,6 +19,32 @@ import (
 // discoverTimeout bounds one discovery pass.
 const discoverTimeout = 30 * time.Second
 
+// removedMemory is how long the UID of a removed pod is kept from discovery:
+// between a CNI DEL and the removal of the sandbox's namespace file, and
+// until the controller drops the pod's Workload, discovery would otherwise
+// find the pod again.
+const removedMemory = 10 * time.Minute
+
+// forget keeps a removed pod's UID from discovery for removedMemory.
+func (d *Daemon) forget(uid string) {
+	d.discoverMu.Lock()
+	defer d.discoverMu.Unlock()
+	now := time.Now()
+	for u, t := range d.removed {
+		if now.Sub(t) > removedMemory {
+			delete(d.removed, u)
+		}
+	}
+	d.removed[uid] = now
+}
+
+func (d *Daemon) recentlyRemoved(uid string) bool {
+	d.discoverMu.Lock()
+	defer d.discoverMu.Unlock()
+	t, ok := d.removed[uid]
+	return ok && time.Since(t) <= removedMemory
+}
+
 // netnsInfo is what discovery learned of one namespace file.
 type netnsInfo struct {
 	dev, ino uint64
@@ -28,7 +54,7 @@ type netnsInfo struct {
 // discover reports pods that run on this node but were never reported,
 // typically because they started before Ambit was installed: for every
 // Workload of this node whose UID nobody reported (and whose namespace is
-// not excluded), it looks for a namespace file in Config.DiscoverNetnsDir
+// not excluded, and that was not removed over the API lately), it looks for a namespace file in Config.DiscoverNetnsDir
 // holding one of the workload's addresses, and enrols the pod with that
 // path as if the CNI plugin had reported it. Namespaces already read are
 // remembered by inode, so a pass opens only new ones.
@@ -47,7 +73,7 @@ func (d *Daemon) discover(ctx context.Context) {
 	byIP := map[netip.Addr]*config.Workload{}
 	for _, w := range d.store.Snapshot().Workloads {
 		p := w.Proto
-		if p.GetNode() != d.cfg.NodeName || p.GetUid() == "" || reportedUID[p.GetUid()] ||
+		if p.GetNode() != d.cfg.NodeName || p.GetUid() == "" || reportedUID[p.GetUid()] || d.recentlyRemoved(p.GetUid()) ||
 			slices.Contains(d.cfg.DiscoverExcludeNamespaces, w.Namespace) {
 			continue
 		}

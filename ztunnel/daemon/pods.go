@@ -70,6 +70,7 @@ func (d *Daemon) onAdd(ctx context.Context, pod enroll.Pod) error {
 
 // onRemove is the enrolment OnRemove hook: release the pod and forget it.
 func (d *Daemon) onRemove(ctx context.Context, pod enroll.Pod) error {
+	d.forget(pod.UID)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	ps := d.pods[pod.UID]
