@@ -144,12 +144,18 @@ func NamespaceLabels() map[string]string {
 	}
 }
 
-// ClaimedFeatures are the features Ambit claims beyond the profiles' core
-// features (Mesh, HTTPRoute, GRPCRoute).
+// ClaimedFeatures are the features Ambit claims: the profiles' core
+// features (Mesh, HTTPRoute, GRPCRoute), the mesh Extended features, and the
+// HTTPRoute Extended features that mesh tests also need.
 var ClaimedFeatures = []features.FeatureName{
 	features.SupportMesh,
 	features.SupportHTTPRoute,
 	features.SupportGRPCRoute,
+	features.SupportHTTPRouteResponseHeaderModification,
+	features.SupportHTTPRouteParentRefPort,
+	features.SupportHTTPRoute303RedirectStatusCode,
+	features.SupportHTTPRoute307RedirectStatusCode,
+	features.SupportHTTPRoute308RedirectStatusCode,
 	features.SupportMeshClusterIPMatching,
 	features.SupportMeshConsumerRoute,
 	features.SupportMeshHTTPRouteRewritePath,
