@@ -185,8 +185,11 @@ func (s *Store) commit(set func()) {
 }
 
 func serviceName(resource string, m *configv1alpha1.Service) string {
-	if m.GetNamespace() != "" && m.GetName() != "" {
-		return m.GetNamespace() + "/" + m.GetName()
+	switch name := m.GetName(); {
+	case strings.Contains(name, "/"): // "<namespace>/<name>", as the controller sends it
+		return name
+	case m.GetNamespace() != "" && name != "":
+		return m.GetNamespace() + "/" + name
 	}
 	return resource
 }
