@@ -312,10 +312,19 @@ func (c *Cluster) Up(ctx context.Context) error {
 	defer unlock()
 	start := time.Now()
 	if all, _ := c.running(); all && nodeAddrUsable() && c.checkHealth(ctx) == nil {
-		if err := c.waitReady(ctx); err == nil {
+		// a running cluster gets a short grace to be ready (it may have
+		// just started); past that it is swept and started anew.
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := c.waitReady(rctx)
+		cancel()
+		if err == nil {
 			c.logf("already up (checked in %s); KUBECONFIG=%s", since(start), c.p.Kubeconfig)
 			return nil
 		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		c.logf("running but not ready (%v): starting anew", err)
 	}
 	if _, any := c.running(); any || exists(c.p.Host) {
 		c.logf("sweeping a previous run")
