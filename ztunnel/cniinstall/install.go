@@ -344,6 +344,16 @@ func (i *Installer) unchainFile(name string) error {
 			return fmt.Errorf("CNI config %s: converted from an invalid file name %q", path, rest.File)
 		}
 		orig := filepath.Join(i.opts.ConfDir, rest.File)
+		if _, err := os.Lstat(orig); err == nil && orig != path {
+			// The network plugin wrote its file again meanwhile: that one
+			// is newer than the copy kept here, so only the list goes.
+			if err := os.Remove(path); err != nil {
+				return fmt.Errorf("remove %s: %w", path, err)
+			}
+			syncDir(i.opts.ConfDir)
+			i.log.Info("unchained the CNI plugin: removed the converted config, the original exists again", "file", orig, "removed", path)
+			return nil
+		}
 		if err := writeAtomic(orig, rest.Content, mode); err != nil {
 			return err
 		}

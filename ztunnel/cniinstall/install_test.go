@@ -361,6 +361,46 @@ func TestRechainAfterRewrite(t *testing.T) {
 	}
 }
 
+func TestUninstallKeepsRewrittenOriginal(t *testing.T) {
+	e := newEnv(t)
+	e.write(t, "10-mynet.conf", bridgeConf)
+	e.reconcile(t, true)
+	// The network plugin's agent writes its file again, with new settings,
+	// and ztunnel stops before converting it again.
+	newer := strings.Replace(bridgeConf, "10.22.0.0/16", "10.23.0.0/16", 1)
+	e.write(t, "10-mynet.conf", newer)
+	if err := e.inst.Uninstall(); err != nil {
+		t.Fatal(err)
+	}
+	if fs := e.listFiles(t); len(fs) != 1 || fs[0] != "10-mynet.conf" {
+		t.Fatalf("conf folder = %v", fs)
+	}
+	if string(e.read(t, "10-mynet.conf")) != newer {
+		t.Fatal("the newer original was overwritten with the old copy")
+	}
+}
+
+func TestReconvertAfterOriginalRewritten(t *testing.T) {
+	e := newEnv(t)
+	e.write(t, "10-mynet.conf", bridgeConf)
+	e.reconcile(t, true)
+	newer := strings.Replace(bridgeConf, "10.22.0.0/16", "10.23.0.0/16", 1)
+	e.write(t, "10-mynet.conf", newer)
+	e.reconcile(t, true)
+	if fs := e.listFiles(t); len(fs) != 1 || fs[0] != "10-mynet.conflist" {
+		t.Fatalf("conf folder = %v", fs)
+	}
+	if !sameJSON(plugins(t, e.read(t, "10-mynet.conflist"))[0], []byte(newer)) {
+		t.Fatal("the converted list does not hold the newer config")
+	}
+	if err := e.inst.Uninstall(); err != nil {
+		t.Fatal(err)
+	}
+	if string(e.read(t, "10-mynet.conf")) != newer {
+		t.Fatal("uninstall did not restore the newer original")
+	}
+}
+
 func TestUninstallKeepsConvertedListThatChanged(t *testing.T) {
 	e := newEnv(t)
 	e.write(t, "10-mynet.conf", bridgeConf)
