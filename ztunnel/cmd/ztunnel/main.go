@@ -25,13 +25,13 @@ import (
 )
 
 func main() {
-	if err := run(); err != nil {
+	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "ztunnel:", err)
 		os.Exit(1)
 	}
 }
 
-func run() error {
+func run(args []string) error {
 	fs := flag.NewFlagSet("ztunnel", flag.ContinueOnError)
 	node := fs.String("node-name", os.Getenv("NODE_NAME"), "Kubernetes node this ztunnel serves (default $NODE_NAME)")
 	xdsAddr := fs.String("xds-address", "ambit-controller.ambit-system.svc:15010", "controller xDS server (insecure gRPC)")
@@ -64,7 +64,7 @@ func run() error {
 	discoverDir := fs.String("discover-netns-dir", "auto", "folder of the node's named network namespaces where pods that started before ztunnel are looked for; auto: /var/run/netns with -daemonset, none otherwise; empty: none")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	showVersion := fs.Bool("version", false, "print the version and exit")
-	if err := fs.Parse(os.Args[1:]); err != nil {
+	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *showVersion {
