@@ -381,3 +381,24 @@ func TestParseMounts(t *testing.T) {
 		t.Fatalf("parseMounts = %+v", got)
 	}
 }
+
+func TestIsComponentOf(t *testing.T) {
+	state := "/var/lib/ambit-cluster"
+	names := []string{"etcd", "kubelet"}
+	cases := []struct {
+		argv []string
+		want bool
+	}{
+		{[]string{"/t/etcd", "--name=ambit", "--data-dir=/var/lib/ambit-cluster/etcd"}, true},
+		{[]string{"/t/kubelet", "--config", "/var/lib/ambit-cluster/config/kubelet.yaml"}, true},
+		{[]string{"/t/etcd", "--data-dir=/var/lib/ambit-clusterX/etcd"}, false},
+		{[]string{"/t/etcd", "--data-dir=/tmp/envtest/etcd"}, false},
+		{[]string{"/t/ambit-cluster", "-state-dir", "/var/lib/ambit-cluster/x"}, false},
+		{nil, false},
+	}
+	for _, c := range cases {
+		if got := isComponentOf(c.argv, state, names); got != c.want {
+			t.Errorf("isComponentOf(%q) = %v, want %v", c.argv, got, c.want)
+		}
+	}
+}

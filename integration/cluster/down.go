@@ -65,10 +65,15 @@ func (c *Cluster) down(_ context.Context, quiet bool) error {
 		step("host record", err)
 	}
 	// the node's agents first, so that nothing restarts the pods
-	step("stopping kubelet and the controllers", stopProcs(procs("kubelet", "kube-proxy", "kube-scheduler", "kube-controller-manager"), 3*time.Second))
+	agents := []string{"kubelet", "kube-proxy", "kube-scheduler", "kube-controller-manager"}
+	step("stopping kubelet and the controllers", stopProcs(procs(agents...), 3*time.Second))
+	// components whose PID file is lost (found by an argument in the state folder)
+	step("killing unrecorded agents", killPIDs(componentsByArgs(c.p.State, agents)))
 	step("killing pod processes", killPods())
 	step("killing containerd shims", killPIDs(shimsOf(c.p.ContainerdSock)))
-	step("stopping containerd, kube-apiserver and etcd", stopProcs(procs("containerd", "kube-apiserver", "etcd"), 3*time.Second))
+	core := []string{"containerd", "kube-apiserver", "etcd"}
+	step("stopping containerd, kube-apiserver and etcd", stopProcs(procs(core...), 3*time.Second))
+	step("killing unrecorded components", killPIDs(componentsByArgs(c.p.State, core)))
 	// shims started while containerd stopped
 	step("killing containerd shims", killPIDs(shimsOf(c.p.ContainerdSock)))
 

@@ -228,3 +228,51 @@ func rssKiB(pid int) (int64, error) {
 	}
 	return 0, fmt.Errorf("pid %d: no VmRSS", pid)
 }
+
+// componentsByArgs returns the PIDs of processes running one of the named
+// programs with an argument inside the state folder state (every component
+// is started with one: its config, data or kubeconfig path). Down uses it
+// for components whose PID files are gone.
+func componentsByArgs(state string, names []string) []int {
+	ents, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || len(b) == 0 {
+			continue
+		}
+		if isComponentOf(strings.Split(strings.TrimRight(string(b), "\x00"), "\x00"), state, names) {
+			out = append(out, pid)
+		}
+	}
+	sort.Ints(out)
+	return out
+}
+
+func isComponentOf(argv []string, state string, names []string) bool {
+	if len(argv) == 0 {
+		return false
+	}
+	base := filepath.Base(argv[0])
+	known := false
+	for _, n := range names {
+		known = known || base == n
+	}
+	if !known {
+		return false
+	}
+	prefix := strings.TrimSuffix(state, "/") + "/"
+	for _, a := range argv[1:] {
+		if _, v, ok := strings.Cut(a, "="); ok {
+			a = v
+		}
+		if strings.HasPrefix(a, prefix) {
+			return true
+		}
+	}
+	return false
+}
