@@ -21,21 +21,33 @@ import (
 type result struct {
 	name     string
 	lat      latency
-	bulk     float64       // bytes per second
+	bulk     float64       // bytes per second (TCP paths)
 	cpu      time.Duration // proxy processes' CPU time during the fortio run
 	requests int64         // for cpu: requests during the fortio run(s)
 	proxies  int
+	// HTTP paths only.
+	maxQPS   float64       // max-requests/s run (direct, l4, waypoint)
+	wpCPU    time.Duration // the waypoint process's CPU time during the fortio run
+	wall     time.Duration // duration of the fortio run(s)
+	measured bool          // maxQPS was measured
 }
 
 func (r result) cpuPer1000() float64 {
 	return r.cpu.Seconds() / (float64(r.requests) / 1000)
 }
 
-// BenchmarkPaths measures the direct, HAProxy and mesh paths between the
-// same two pods in one run (see the package documentation): `rounds` rounds
-// of direct, haproxy, mesh, so that the paths interleave in time, and the
-// median round of each figure is reported. It runs once whatever b.N is:
-// the figures come from fortio and the bulk transfers, not from b.N
+// Paths, in report order.
+var (
+	tcpPaths  = []string{"direct", "haproxy", "mesh"}
+	httpPaths = []string{"http-direct", "http-haproxy-l7", "http-l4", "http-waypoint"}
+)
+
+// BenchmarkPaths measures the TCP paths (direct, HAProxy pair, mesh) and
+// the HTTP paths (direct, L7 HAProxy, mesh L4, mesh through the waypoint)
+// between the same two pods in one run (see the package documentation):
+// `rounds` rounds of every path, so that the paths interleave in time, and
+// the median round of each figure is reported. It runs once whatever b.N
+// is: the figures come from fortio and the bulk transfers, not from b.N
 // iterations. The report is printed, and also written to the file named by
 // $AMBIT_BENCH_REPORT when set.
 func BenchmarkPaths(b *testing.B) {
@@ -47,14 +59,15 @@ func BenchmarkPaths(b *testing.B) {
 	logDir := b.TempDir()
 
 	lab := netlab.New(b)
-	n0, err := lab.AddNode("node0")
-	if err != nil {
-		b.Fatal(err)
+	var nodes []*netlab.Node
+	for _, name := range []string{"node0", "node1", "node2"} {
+		n, err := lab.AddNode(name)
+		if err != nil {
+			b.Fatal(err)
+		}
+		nodes = append(nodes, n)
 	}
-	n1, err := lab.AddNode("node1")
-	if err != nil {
-		b.Fatal(err)
-	}
+	n0, n1, n2 := nodes[0], nodes[1], nodes[2]
 	client, err := n0.AddPod("client")
 	if err != nil {
 		b.Fatal(err)
@@ -63,42 +76,66 @@ func BenchmarkPaths(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	wpPod, err := n2.AddPod(waypointName)
+	if err != nil {
+		b.Fatal(err)
+	}
 	specs := []podSpec{
 		{name: "client", node: n0.Name, ip: client.IP, netns: client.NetnsPath()},
 		{name: "server", node: n1.Name, ip: server.IP, netns: server.NetnsPath()},
 	}
+	wpSpec := podSpec{name: waypointName, node: n2.Name, ip: wpPod.IP, netns: wpPod.NetnsPath()}
 
-	// The applications in the server pod: fortio's TCP echo and the sink.
+	// The applications in the server pod: fortio's TCP echo, its HTTP echo
+	// and the sink.
 	sp.start(b, server.Start, "fortio-tcp-echo", logDir, tl.fortio, "tcp-echo", "-tcp-port", fmt.Sprint(echoPort))
+	sp.start(b, server.Start, "fortio-http-echo", logDir, tl.fortio, "server", "-http-port", fmt.Sprint(httpPort),
+		"-grpc-port", "disabled", "-redirect-port", "disabled", "-tcp-port", "disabled", "-udp-port", "disabled")
 	serveSink(b, server)
 
 	// The mesh runs from the start, with the namespace not enrolled: its
 	// idle cost is present in every path, and it captures the pods only for
-	// the mesh path of each round.
-	mca := startCA(b, b.TempDir(), specs, []string{n0.Name, n1.Name})
+	// the mesh paths of each round. The waypoint (a pod of node2, not
+	// captured: the deployer labels it ambit.dev/dataplane-mode=none) runs
+	// throughout as well.
+	mca := startCA(b, b.TempDir(), append(slices.Clone(specs), wpSpec), []string{n0.Name, n1.Name})
 	cfg := configDir(b.TempDir())
 	cfg.write(b, "00-namespace.yaml", namespaceYAML(false))
 	cfg.write(b, "10-pods.yaml", podsYAML(specs))
+	cfg.write(b, "20-waypoint.yaml", waypointYAML(wpSpec, specs[1]))
 	xdsAddr := hostAddr(b, 1, 15010)
 	sp.start(b, nil, "controller", logDir, tl.controller, "--config-dir", string(cfg), "--xds-listen", xdsAddr)
 	z0 := startZtunnel(b, sp, tl.ztunnel, n0.Name, 10, xdsAddr, mca)
 	z1 := startZtunnel(b, sp, tl.ztunnel, n1.Name, 11, xdsAddr, mca)
 	z0.report(b, specs[0])
 	z1.report(b, specs[1])
+	wp := startWaypoint(b, sp, tl.waypoint, wpPod, xdsAddr, mca)
 	echoDst, sinkDst := addrPort(server.IP, echoPort), addrPort(server.IP, sinkPort)
+	httpDirect := "http://" + addrPort(server.IP, httpPort) + httpPath
+	httpWaypoint := "http://" + addrPort(httpVIP, httpServicePort) + httpPath
 	capture := func(on bool) {
 		cfg.write(b, "00-namespace.yaml", namespaceYAML(on))
 		z0.waitCaptured(b, "client", on)
 		z1.waitCaptured(b, "server", on)
 		waitEcho(b, client, echoDst)
+		waitHTTP(b, client, httpDirect)
+		if on {
+			waitHTTP(b, client, httpWaypoint)
+		}
 	}
 	capture(false)
+	wp.waitReady(b)
 
 	// The HAProxy pair runs through every round (it is used only while
-	// the pods are not captured).
+	// the pods are not captured), as does the L7 HAProxy in the waypoint's
+	// pod.
 	hp := startHAProxyPair(b, sp, tl.haproxy, client, server)
 	hpEcho, hpSink := fmt.Sprintf("127.0.0.1:%d", haproxyEchoIn), fmt.Sprintf("127.0.0.1:%d", haproxySinkIn)
 	waitEcho(b, client, hpEcho)
+	hl7 := startHAProxyL7(b, sp, tl.haproxy, wpPod, server)
+	httpHAProxy := "http://" + addrPort(wpPod.IP, haproxyL7Port) + httpPath
+	waitHTTP(b, client, httpHAProxy)
+
 	zt := []*process{z0.proc, z1.proc}
 	// ztMemory is the larger VmRSS and VmHWM of the two ztunnels.
 	ztMemory := func() (rss, hwm int64) {
@@ -113,12 +150,40 @@ func BenchmarkPaths(b *testing.B) {
 	measure := func(round int, name, echo, sink string, procs []*process) result {
 		r := result{name: name, proxies: len(procs)}
 		c0 := cpuTimes(b, procs)
-		r.lat = runFortio(b, sp, tl.fortio, client, echo, logDir, fmt.Sprintf("%s-%d", name, round))
+		r.lat = runFortio(b, sp, tl.fortio, client, logDir, fortioRun{name: fmt.Sprintf("%s-%d", name, round),
+			target: "tcp://" + echo, qps: loadQPS, conns: loadConns, dur: loadDuration})
 		r.cpu = cpuTimes(b, procs) - c0
 		r.requests = r.lat.requests
 		r.bulk = bulk(b, client, sink)
 		return r
 	}
+	// measureHTTP runs the fixed-rate HTTP load and, with maxRun, the
+	// max-requests/s run after it (not part of the CPU figures; its
+	// requests are added up in maxRequests).
+	maxRequests := map[string]int64{}
+	measureHTTP := func(round int, name, url string, procs []*process, maxRun bool) result {
+		r := result{name: name, proxies: len(procs)}
+		c0, w0, t0 := cpuTimes(b, procs), cpuTime(b, wp.proc.pid()), time.Now()
+		r.lat = runFortio(b, sp, tl.fortio, client, logDir, fortioRun{name: fmt.Sprintf("%s-%d", name, round),
+			target: url, qps: loadQPS, conns: loadConns, dur: loadDuration})
+		r.wall = time.Since(t0)
+		r.cpu = cpuTimes(b, procs) - c0
+		r.wpCPU = cpuTime(b, wp.proc.pid()) - w0
+		r.requests = r.lat.requests
+		if maxRun {
+			m := runFortio(b, sp, tl.fortio, client, logDir, fortioRun{name: fmt.Sprintf("%s-max-%d", name, round),
+				target: url, conns: maxConns, dur: maxDuration})
+			r.maxQPS, r.measured = m.qps, true
+			maxRequests[name] += m.requests
+		}
+		return r
+	}
+	clientID := fmt.Sprintf(`source_principal="spiffe://%s/ns/%s/sa/client"`, trustDomain, benchNS)
+	wpID := fmt.Sprintf(`source_principal="spiffe://%s/ns/%s/sa/%s"`, trustDomain, benchNS, waypointName)
+	wpServed := func() float64 {
+		return wp.requests(b, clientID, `destination_workload="server"`, `response_code="200"`)
+	}
+
 	perRound := map[string][]result{}
 	for round := range rounds {
 		if round > 0 {
@@ -126,24 +191,53 @@ func BenchmarkPaths(b *testing.B) {
 		}
 		perRound["direct"] = append(perRound["direct"], measure(round, "direct", echoDst, sinkDst, nil))
 		perRound["haproxy"] = append(perRound["haproxy"], measure(round, "haproxy", hpEcho, hpSink, hp))
+		perRound["http-direct"] = append(perRound["http-direct"], measureHTTP(round, "http-direct", httpDirect, nil, true))
+		perRound["http-haproxy-l7"] = append(perRound["http-haproxy-l7"],
+			measureHTTP(round, "http-haproxy-l7", httpHAProxy, []*process{hl7}, false))
+
 		capture(true)
 		tunnels0 := z1.mtlsConnections(b)
 		perRound["mesh"] = append(perRound["mesh"], measure(round, "mesh", echoDst, sinkDst, zt))
 		if got := z1.mtlsConnections(b) - tunnels0; got < loadConns+1 {
 			b.Fatalf("round %d: the server's ztunnel accepted %v mutual-TLS tunnels during the mesh path, want at least %d: traffic bypassed the mesh", round, got, loadConns+1)
 		}
+
+		// http-l4: tunnels from the client's identity, none through the
+		// waypoint.
+		tunnels0, served0 := z1.mtlsConnections(b, clientID), wp.requests(b)
+		perRound["http-l4"] = append(perRound["http-l4"], measureHTTP(round, "http-l4", httpDirect, zt, true))
+		if got := z1.mtlsConnections(b, clientID) - tunnels0; got < loadConns {
+			b.Fatalf("round %d: the server's ztunnel accepted %v mutual-TLS tunnels from the client during http-l4, want at least %d: traffic bypassed the mesh", round, got, loadConns)
+		}
+		if got := wp.requests(b) - served0; got != 0 {
+			b.Fatalf("round %d: the waypoint served %v requests during http-l4, want none", round, got)
+		}
+
+		// http-waypoint: every request counted by the waypoint as coming
+		// from the client's identity and answered 200 by the server pod.
+		served0, before := wpServed(), maxRequests["http-waypoint"]
+		r := measureHTTP(round, "http-waypoint", httpWaypoint, []*process{z0.proc, z1.proc, wp.proc}, true)
+		perRound["http-waypoint"] = append(perRound["http-waypoint"], r)
+		want := float64(r.lat.requests + maxRequests["http-waypoint"] - before)
+		if got := wpServed() - served0; got < want {
+			b.Fatalf("round %d: the waypoint counted %v requests from the client answered 200 by the server during http-waypoint, want at least %v (fortio's): traffic bypassed the waypoint", round, got, want)
+		}
+		if got := z1.mtlsConnections(b, wpID); got < 1 {
+			b.Fatalf("round %d: the server's ztunnel never accepted a tunnel from the waypoint", round)
+		}
 		if round == 0 {
 			_, firstHWM = ztMemory()
 		}
 	}
 	rss, hwm := ztMemory()
-	var results []result
-	for _, name := range []string{"direct", "haproxy", "mesh"} {
-		results = append(results, median(perRound[name]))
+	wpRSS, wpHWM := memory(b, wp.proc.pid())
+	d := reportData{perRound: perRound, results: map[string]result{}, ztRSS: rss, ztHWM: hwm, ztFirstHWM: firstHWM,
+		wpRSS: wpRSS, wpHWM: wpHWM, load0: load0, load1: loadAvg(), took: time.Since(begin)}
+	for _, name := range slices.Concat(tcpPaths, httpPaths) {
+		d.results[name] = median(perRound[name])
 	}
-	direct := results[0]
 
-	rep := report(results, perRound, rss, hwm, firstHWM, load0, loadAvg(), time.Since(begin))
+	rep := report(d)
 	fmt.Print(rep)
 	if path := os.Getenv("AMBIT_BENCH_REPORT"); path != "" {
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
@@ -154,19 +248,34 @@ func BenchmarkPaths(b *testing.B) {
 		}
 	}
 	b.ReportMetric(0, "ns/op")
-	for _, r := range results[1:] {
-		b.ReportMetric(float64(r.lat.p50-direct.lat.p50)/1e3, r.name+"-p50-added-µs")
-		b.ReportMetric(float64(r.lat.p99-direct.lat.p99)/1e3, r.name+"-p99-added-µs")
-		b.ReportMetric(r.bulk/direct.bulk, r.name+"-bulk/direct")
-		b.ReportMetric(r.cpuPer1000(), r.name+"-cpu-s/1000req")
+	for _, group := range [][]string{tcpPaths, httpPaths} {
+		base := d.results[group[0]]
+		for _, name := range group[1:] {
+			r := d.results[name]
+			b.ReportMetric(float64(r.lat.p50-base.lat.p50)/1e3, r.name+"-p50-added-µs")
+			b.ReportMetric(float64(r.lat.p99-base.lat.p99)/1e3, r.name+"-p99-added-µs")
+			if r.bulk > 0 {
+				b.ReportMetric(r.bulk/base.bulk, r.name+"-bulk/direct")
+			}
+			b.ReportMetric(r.cpuPer1000(), r.name+"-cpu-s/1000req")
+		}
+		for _, name := range group {
+			if r := d.results[name]; r.measured {
+				b.ReportMetric(r.maxQPS, r.name+"-max-req/s")
+			}
+		}
 	}
 	b.ReportMetric(float64(rss)/(1<<20), "ztunnel-rss-MiB")
 	b.ReportMetric(float64(hwm)/(1<<20), "ztunnel-hwm-MiB")
 	b.ReportMetric(float64(firstHWM)/(1<<20), "ztunnel-hwm-first-round-MiB")
+	w := d.results["http-waypoint"]
+	b.ReportMetric(w.wpCPU.Seconds()/w.wall.Seconds(), "waypoint-vCPU")
+	b.ReportMetric(float64(wpHWM)/(1<<20), "waypoint-hwm-MiB")
 }
 
-// median aggregates rounds: each percentile and the throughput are the
-// median over the rounds; CPU is the total over the total requests.
+// median aggregates rounds: each percentile, the throughput and the
+// max-requests/s are the median over the rounds; CPU is the total over the
+// total requests.
 func median(rs []result) result {
 	mid := func(f func(result) float64) float64 {
 		v := make([]float64, len(rs))
@@ -179,56 +288,113 @@ func median(rs []result) result {
 		}
 		return v[len(v)/2]
 	}
-	m := result{name: rs[0].name, proxies: rs[0].proxies}
+	m := result{name: rs[0].name, proxies: rs[0].proxies, measured: rs[0].measured}
 	m.lat.p50 = time.Duration(mid(func(r result) float64 { return float64(r.lat.p50) }))
 	m.lat.p90 = time.Duration(mid(func(r result) float64 { return float64(r.lat.p90) }))
 	m.lat.p99 = time.Duration(mid(func(r result) float64 { return float64(r.lat.p99) }))
 	m.bulk = mid(func(r result) float64 { return r.bulk })
+	m.maxQPS = mid(func(r result) float64 { return r.maxQPS })
 	for _, r := range rs {
 		m.lat.requests += r.lat.requests
 		m.requests += r.requests
 		m.cpu += r.cpu
+		m.wpCPU += r.wpCPU
+		m.wall += r.wall
 	}
 	return m
 }
 
-// Goals the mesh path is measured against (docs/reference/benchmarks.md).
+// Goals (docs/reference/benchmarks.md).
 const (
-	goalBulkShare = 0.30
-	goalRSS       = 30 << 20
+	goalBulkShare   = 0.30     // mesh single-stream throughput vs direct
+	goalRSS         = 30 << 20 // ztunnel VmHWM
+	goalL7Factor    = 3        // http-waypoint vs http-haproxy-l7: added p50, CPU per 1000 requests
+	goalWaypointCPU = 0.25     // waypoint vCPU at loadQPS
+	goalWaypointMem = 60e6     // waypoint VmHWM, bytes (60 MB)
 )
 
-// report renders the table and the goals.
-func report(rs []result, perRound map[string][]result, rss, hwm, firstHWM int64, load0, load1 string, took time.Duration) string {
-	direct, h, m := rs[0], rs[1], rs[2]
+// reportData is what the report shows.
+type reportData struct {
+	results      map[string]result // median of the rounds
+	perRound     map[string][]result
+	ztRSS, ztHWM int64
+	ztFirstHWM   int64
+	wpRSS, wpHWM int64
+	load0, load1 string
+	took         time.Duration
+}
+
+// report renders the tables and the goals.
+func report(d reportData) string {
 	var s strings.Builder
 	fmt.Fprintf(&s, "\nAmbit data-plane benchmark (integration/meshbench), %s\n", time.Now().UTC().Format(time.RFC3339))
-	fmt.Fprintf(&s, "load: fortio TCP, %d B echo, %d qps, %d connections, -uniform -nocatchup -r 0.00001, %v per path and round; bulk: %d MiB single stream\n",
-		payloadSize, loadQPS, loadConns, loadDuration, bulkBytes>>20)
-	fmt.Fprintf(&s, "%d rounds of direct, haproxy, mesh; each figure is the median round (CPU: total over all rounds)\n", rounds)
-	fmt.Fprintf(&s, "machine: %d CPUs; load average before %s, after %s; took %v\n\n", runtime.NumCPU(), load0, load1, took.Round(time.Second))
-	us := func(d time.Duration) string { return fmt.Sprintf("%.0f", float64(d)/1e3) }
-	fmt.Fprintf(&s, "| path | requests | p50 µs | p90 µs | p99 µs | p50 added | p99 added | bulk MB/s | bulk vs direct | proxy CPU-s per 1000 req |\n")
-	fmt.Fprintf(&s, "|---|---|---|---|---|---|---|---|---|---|\n")
-	for _, r := range rs {
-		added50, added99, cpu := "–", "–", "–"
-		if r.name != "direct" {
-			added50, added99 = us(r.lat.p50-direct.lat.p50), us(r.lat.p99-direct.lat.p99)
-			cpu = fmt.Sprintf("%.3f (%d processes)", r.cpuPer1000(), r.proxies)
+	fmt.Fprintf(&s, "load: fortio, %d B requests, %d qps, %d connections, -uniform -nocatchup -r 0.00001, %v per path and round; TCP: echo; HTTP: POST echoed by fortio's HTTP server; bulk: %d MiB single stream; max req/s: -qps 0 -c %d for %v\n",
+		payloadSize, loadQPS, loadConns, loadDuration, bulkBytes>>20, maxConns, maxDuration)
+	fmt.Fprintf(&s, "%d rounds of every path; each figure is the median round (CPU: total over all rounds)\n", rounds)
+	fmt.Fprintf(&s, "machine: %d CPUs; load average before %s, after %s; took %v\n\n", runtime.NumCPU(), d.load0, d.load1, d.took.Round(time.Second))
+	us := func(t time.Duration) string { return fmt.Sprintf("%.0f", float64(t)/1e3) }
+	added := func(r, base result) (string, string) {
+		if r.name == base.name {
+			return "–", "–"
 		}
-		fmt.Fprintf(&s, "| %s | %d | %s | %s | %s | %s | %s | %.0f | %.0f%% | %s |\n", r.name, r.lat.requests,
-			us(r.lat.p50), us(r.lat.p90), us(r.lat.p99), added50, added99, r.bulk/1e6, 100*r.bulk/direct.bulk, cpu)
+		return us(r.lat.p50 - base.lat.p50), us(r.lat.p99 - base.lat.p99)
 	}
-	fmt.Fprintf(&s, "\nrounds (p50 / p99 µs, bulk MB/s):\n")
-	for _, r := range rs {
-		fmt.Fprintf(&s, "- %-8s", r.name)
-		for i, x := range perRound[r.name] {
-			fmt.Fprintf(&s, " [%d] %s / %s, %.0f;", i+1, us(x.lat.p50), us(x.lat.p99), x.bulk/1e6)
+	cpu := func(r result) string {
+		if r.proxies == 0 {
+			return "–"
+		}
+		unit := "processes"
+		if r.proxies == 1 {
+			unit = "process"
+		}
+		return fmt.Sprintf("%.3f (%d %s)", r.cpuPer1000(), r.proxies, unit)
+	}
+	rs := d.results
+	direct := rs["direct"]
+	fmt.Fprintf(&s, "TCP:\n\n| path | requests | p50 µs | p90 µs | p99 µs | p50 added | p99 added | bulk MB/s | bulk vs direct | proxy CPU-s per 1000 req |\n")
+	fmt.Fprintf(&s, "|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, name := range tcpPaths {
+		r := rs[name]
+		a50, a99 := added(r, direct)
+		fmt.Fprintf(&s, "| %s | %d | %s | %s | %s | %s | %s | %.0f | %.0f%% | %s |\n", r.name, r.lat.requests,
+			us(r.lat.p50), us(r.lat.p90), us(r.lat.p99), a50, a99, r.bulk/1e6, 100*r.bulk/direct.bulk, cpu(r))
+	}
+	hd := rs["http-direct"]
+	fmt.Fprintf(&s, "\nHTTP:\n\n| path | requests | p50 µs | p90 µs | p99 µs | p50 added | p99 added | proxy CPU-s per 1000 req | max req/s |\n")
+	fmt.Fprintf(&s, "|---|---|---|---|---|---|---|---|---|\n")
+	for _, name := range httpPaths {
+		r := rs[name]
+		a50, a99 := added(r, hd)
+		maxQPS := "–"
+		if r.measured {
+			maxQPS = fmt.Sprintf("%.0f", r.maxQPS)
+		}
+		fmt.Fprintf(&s, "| %s | %d | %s | %s | %s | %s | %s | %s | %s |\n", r.name, r.lat.requests,
+			us(r.lat.p50), us(r.lat.p90), us(r.lat.p99), a50, a99, cpu(r), maxQPS)
+	}
+	fmt.Fprintf(&s, "\nrounds (p50 / p99 µs, then bulk MB/s or max req/s):\n")
+	for _, name := range slices.Concat(tcpPaths, httpPaths) {
+		fmt.Fprintf(&s, "- %-15s", name)
+		for i, x := range d.perRound[name] {
+			extra := ""
+			switch {
+			case x.bulk > 0:
+				extra = fmt.Sprintf(", %.0f", x.bulk/1e6)
+			case x.measured:
+				extra = fmt.Sprintf(", %.0f", x.maxQPS)
+			}
+			fmt.Fprintf(&s, " [%d] %s / %s%s;", i+1, us(x.lat.p50), us(x.lat.p99), extra)
 		}
 		fmt.Fprintln(&s)
 	}
-	fmt.Fprintf(&s, "\nztunnel memory (the larger of the two): VmRSS %.1f MiB, VmHWM %.1f MiB at the end (%d capture and release cycles); VmHWM %.1f MiB after the first mesh path\n\n",
-		float64(rss)/(1<<20), float64(hwm)/(1<<20), rounds, float64(firstHWM)/(1<<20))
+	fmt.Fprintf(&s, "\nztunnel memory (the larger of the two): VmRSS %.1f MiB, VmHWM %.1f MiB at the end (%d capture and release cycles); VmHWM %.1f MiB after the first round\n",
+		float64(d.ztRSS)/(1<<20), float64(d.ztHWM)/(1<<20), rounds, float64(d.ztFirstHWM)/(1<<20))
+	w, l4, hl7 := rs["http-waypoint"], rs["http-l4"], rs["http-haproxy-l7"]
+	wpVCPU := w.wpCPU.Seconds() / w.wall.Seconds()
+	fmt.Fprintf(&s, "waypoint: VmRSS %.1f MiB, VmHWM %.1f MiB (%.1f MB) at the end; the waypoint process alone: %.3f CPU-s per 1000 req, %.3f vCPU at %d req/s\n",
+		float64(d.wpRSS)/(1<<20), float64(d.wpHWM)/(1<<20), float64(d.wpHWM)/1e6, w.wpCPU.Seconds()/(float64(w.requests)/1000), wpVCPU, loadQPS)
+	fmt.Fprintf(&s, "the waypoint's share (http-waypoint minus http-l4): p50 %s µs, p99 %s µs, %.3f CPU-s per 1000 req\n\n",
+		us(w.lat.p50-l4.lat.p50), us(w.lat.p99-l4.lat.p99), w.cpuPer1000()-l4.cpuPer1000())
 	goal := func(ok bool, text string, args ...any) {
 		verdict := "NOT MET"
 		if ok {
@@ -236,6 +402,7 @@ func report(rs []result, perRound map[string][]result, rss, hwm, firstHWM int64,
 		}
 		fmt.Fprintf(&s, "- %-7s %s\n", verdict, fmt.Sprintf(text, args...))
 	}
+	h, m := rs["haproxy"], rs["mesh"]
 	fmt.Fprintf(&s, "goals:\n")
 	goal(m.lat.p50-direct.lat.p50 < h.lat.p50-direct.lat.p50, "mesh adds less p50 latency than the HAProxy pair: %s µs vs %s µs",
 		us(m.lat.p50-direct.lat.p50), us(h.lat.p50-direct.lat.p50))
@@ -244,7 +411,14 @@ func report(rs []result, perRound map[string][]result, rss, hwm, firstHWM int64,
 	goal(m.cpuPer1000() < h.cpuPer1000(), "mesh uses fewer CPU seconds per 1000 requests than the HAProxy pair: %.3f vs %.3f",
 		m.cpuPer1000(), h.cpuPer1000())
 	goal(m.bulk >= goalBulkShare*direct.bulk, "mesh single-stream throughput >= %.0f%% of direct: %.0f%%", 100*goalBulkShare, 100*m.bulk/direct.bulk)
-	goal(hwm < goalRSS, "ztunnel < %d MiB RSS (peak, VmHWM): %.1f MiB", goalRSS>>20, float64(hwm)/(1<<20))
+	goal(d.ztHWM < goalRSS, "ztunnel < %d MiB RSS (peak, VmHWM): %.1f MiB", goalRSS>>20, float64(d.ztHWM)/(1<<20))
+	wAdded, hAdded := w.lat.p50-hd.lat.p50, hl7.lat.p50-hd.lat.p50
+	goal(wAdded <= goalL7Factor*hAdded, "http-waypoint adds at most %dx the p50 latency of the L7 HAProxy: %s µs vs %s µs (%.1fx)",
+		goalL7Factor, us(wAdded), us(hAdded), float64(wAdded)/float64(hAdded))
+	goal(w.cpuPer1000() <= goalL7Factor*hl7.cpuPer1000(), "http-waypoint uses at most %dx the CPU per 1000 requests of the L7 HAProxy: %.3f vs %.3f (%.1fx; ztunnels and waypoint together)",
+		goalL7Factor, w.cpuPer1000(), hl7.cpuPer1000(), w.cpuPer1000()/hl7.cpuPer1000())
+	goal(wpVCPU < goalWaypointCPU, "waypoint < %.2f vCPU at %d req/s: %.3f", goalWaypointCPU, loadQPS, wpVCPU)
+	goal(float64(d.wpHWM) < goalWaypointMem, "waypoint < %.0f MB (peak, VmHWM): %.1f MB", goalWaypointMem/1e6, float64(d.wpHWM)/1e6)
 	return s.String()
 }
 

@@ -29,12 +29,13 @@ import (
 
 // tools are the external programs the benchmark runs.
 type tools struct {
-	fortio, haproxy     string
-	controller, ztunnel string
+	fortio, haproxy               string
+	controller, ztunnel, waypoint string
 }
 
 // findTools locates fortio (bin/tools/bench-<version>/fortio, or $FORTIO) and
-// haproxy, and builds the controller and ztunnel from the workspace. A
+// haproxy, and builds the controller, ztunnel and waypoint from the
+// workspace. A
 // missing program skips the benchmark, or fails it under CI=true.
 func findTools(b *testing.B) tools {
 	b.Helper()
@@ -61,12 +62,13 @@ func findTools(b *testing.B) tools {
 	dir := b.TempDir()
 	cmd := exec.Command(goTool, "build", "-trimpath", "-o", dir+string(filepath.Separator),
 		"github.com/ambit-mesh/ambit/controller/cmd/controller",
-		"github.com/ambit-mesh/ambit/ztunnel/cmd/ztunnel")
+		"github.com/ambit-mesh/ambit/ztunnel/cmd/ztunnel",
+		"github.com/ambit-mesh/ambit/waypoint/cmd/waypoint")
 	cmd.Dir = filepath.Join(root, "integration")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		b.Fatalf("go build controller and ztunnel: %v\n%s", err, out)
+		b.Fatalf("go build controller, ztunnel and waypoint: %v\n%s", err, out)
 	}
-	t.controller, t.ztunnel = filepath.Join(dir, "controller"), filepath.Join(dir, "ztunnel")
+	t.controller, t.ztunnel, t.waypoint = filepath.Join(dir, "controller"), filepath.Join(dir, "ztunnel"), filepath.Join(dir, "waypoint")
 	return t
 }
 
@@ -201,6 +203,24 @@ func hostAddr(b *testing.B, host, port int) string {
 type meshCA struct {
 	addr, rootFile string
 	tokens         map[string]string // node -> token file
+	waypointToken  string            // the waypoint's token file
+}
+
+// benchAuth stands for TokenReview: the ztunnels' tokens (castub.TokenAuth,
+// bound to a node) and the waypoint's, which authenticates as the
+// waypoint's own service account (bench/waypoint), as its projected token
+// does in a cluster.
+type benchAuth struct {
+	ztunnels      castub.TokenAuth
+	waypointToken string
+}
+
+func (a benchAuth) Authenticate(ctx context.Context, token string) (ca.Caller, error) {
+	if token == a.waypointToken {
+		return ca.Caller{Username: "system:serviceaccount:" + benchNS + ":" + waypointName,
+			Namespace: benchNS, ServiceAccount: waypointName, PodName: waypointName, PodUID: "uid-" + waypointName}, nil
+	}
+	return a.ztunnels.Authenticate(ctx, token)
 }
 
 func startCA(b *testing.B, dir string, pods []podSpec, nodes []string) *meshCA {
@@ -218,10 +238,14 @@ func startCA(b *testing.B, dir string, pods []podSpec, nodes []string) *meshCA {
 		})
 	}
 	m := &meshCA{rootFile: filepath.Join(dir, "root-cert.pem"), tokens: map[string]string{}}
-	auth := castub.TokenAuth{}
+	auth := benchAuth{ztunnels: castub.TokenAuth{}, waypointToken: "token-of-the-waypoint"}
+	m.waypointToken = filepath.Join(dir, "token-waypoint")
+	if err := os.WriteFile(m.waypointToken, []byte(auth.waypointToken), 0o600); err != nil {
+		b.Fatal(err)
+	}
 	for _, n := range nodes {
 		token := "token-of-ztunnel-on-" + n
-		auth[token] = n
+		auth.ztunnels[token] = n
 		m.tokens[n] = filepath.Join(dir, "token-"+n)
 		if err := os.WriteFile(m.tokens[n], []byte(token), 0o600); err != nil {
 			b.Fatal(err)

@@ -95,23 +95,55 @@ backend %[1]s_mtls
   server peer %[3]s ssl crt %[4]s ca-file %[5]s verify required
 `, p.name, p.in, addrPort(server.IP, p.tls), pem("client"), pem("ca"))
 	}
-	var procs []*process
-	for _, side := range []struct {
-		name, cfg string
-		pod       *netlab.Pod
-	}{{"haproxy-client", clientCfg, client}, {"haproxy-server", serverCfg, server}} {
-		cfgPath := filepath.Join(dir, side.name+".cfg")
-		if err := os.WriteFile(cfgPath, []byte(side.cfg), 0o600); err != nil {
-			b.Fatal(err)
-		}
-		check := sp.start(b, side.pod.Start, side.name+"-check", dir, bin, "-c", "-f", cfgPath)
-		<-check.done
-		if check.err != nil {
-			out, _ := os.ReadFile(check.logPath)
-			b.Fatalf("haproxy -c %s: %v\n%s\n%s", side.name, check.err, out, side.cfg)
-		}
-		// -db: stay in the foreground (no daemon, no master process).
-		procs = append(procs, sp.start(b, side.pod.Start, side.name, dir, bin, "-db", "-f", cfgPath))
+	return []*process{
+		startHAProxy(b, sp, bin, client, "haproxy-client", clientCfg, dir),
+		startHAProxy(b, sp, bin, server, "haproxy-server", serverCfg, dir),
 	}
-	return procs
+}
+
+// startHAProxy checks a configuration with `haproxy -c` and runs haproxy
+// with it in pod, in the foreground (-db: no daemon, no master process).
+func startHAProxy(b *testing.B, sp *spawner, bin string, pod *netlab.Pod, name, cfg, dir string) *process {
+	b.Helper()
+	cfgPath := filepath.Join(dir, name+".cfg")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	check := sp.start(b, pod.Start, name+"-check", dir, bin, "-c", "-f", cfgPath)
+	<-check.done
+	if check.err != nil {
+		out, _ := os.ReadFile(check.logPath)
+		b.Fatalf("haproxy -c %s: %v\n%s\n%s", name, check.err, out, cfg)
+	}
+	return sp.start(b, pod.Start, name, dir, bin, "-db", "-f", cfgPath)
+}
+
+// The L7 HAProxy: one plain HAProxy in `mode http` in the waypoint's pod,
+// between the client and the server pod's HTTP echo, with keep-alive on both
+// sides and a path rule, the outside baseline of the waypoint path.
+const haproxyL7Port = 18080 // waypoint pod: HTTP in, to the server pod's httpPort
+
+// startHAProxyL7 runs the L7 HAProxy in pod, forwarding requests under
+// httpPrefix (with a request header set, as the benchmark's HTTPRoute does)
+// to server:httpPort; anything else is answered 503.
+func startHAProxyL7(b *testing.B, sp *spawner, bin string, pod, server *netlab.Pod) *process {
+	b.Helper()
+	cfg := fmt.Sprintf(`global
+  maxconn 4096
+defaults
+  mode http
+  option http-keep-alive
+  timeout connect 5s
+  timeout client 2m
+  timeout server 2m
+  timeout http-keep-alive 2m
+frontend l7
+  bind %[1]s
+  acl bench path_beg %[2]s
+  http-request set-header %[3]s %[4]s if bench
+  use_backend app if bench
+backend app
+  server app %[5]s
+`, addrPort(pod.IP, haproxyL7Port), httpPrefix, routeHeader, routeHeaderValue, addrPort(server.IP, httpPort))
+	return startHAProxy(b, sp, bin, pod, "haproxy-l7", cfg, b.TempDir())
 }

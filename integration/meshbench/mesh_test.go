@@ -12,7 +12,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -170,26 +169,16 @@ func (z *ztunnel) waitCaptured(b *testing.B, pod string, want bool) {
 }
 
 // mtlsConnections sums istio_tcp_connections_opened_total samples this
-// ztunnel reported as destination over mutual TLS.
-func (z *ztunnel) mtlsConnections(b *testing.B) float64 {
+// ztunnel reported as destination over mutual TLS, of those whose labels
+// also include every one of want (name="value").
+func (z *ztunnel) mtlsConnections(b *testing.B, want ...string) float64 {
 	b.Helper()
 	code, body, err := httpGet("http://" + z.metrics + "/metrics")
 	if err != nil || code != http.StatusOK {
 		b.Fatalf("ztunnel-%s metrics: %d %v", z.node, code, err)
 	}
-	sum := 0.0
-	for _, line := range strings.Split(body, "\n") {
-		if !strings.HasPrefix(line, "istio_tcp_connections_opened_total{") ||
-			!strings.Contains(line, `reporter="destination"`) ||
-			!strings.Contains(line, `connection_security_policy="mutual_tls"`) {
-			continue
-		}
-		f := strings.Fields(line)
-		if v, err := strconv.ParseFloat(f[len(f)-1], 64); err == nil {
-			sum += v
-		}
-	}
-	return sum
+	return sumSamples(body, "istio_tcp_connections_opened_total",
+		append([]string{`reporter="destination"`, `connection_security_policy="mutual_tls"`}, want...)...)
 }
 
 var httpClient = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
