@@ -29,5 +29,5 @@ AMBIT_E2E_KUBECONFIG=$(hack/cluster.sh kubeconfig) \
 AMBIT_E2E_KUBECTL="$(hack/tools.sh dir kube)/kubectl" \
 AMBIT_E2E_VERSION=$version \
 AMBIT_E2E_KEEP=1 \
-GOTEST_PKGS="./e2e/ ./cluster/" GOTEST_TIMEOUT=30m \
+GOTEST_PKGS="./cluster/ ./e2e/" GOTEST_FLAGS="-p=1" GOTEST_TIMEOUT=30m \
   hack/gotest.sh e2e e2e integration

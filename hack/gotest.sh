@@ -3,7 +3,8 @@
 # usage: hack/gotest.sh TIER BUILD_TAGS MODULE...
 # The full -v log goes to bin/test-logs/TIER.log; the console shows results
 # and failures. Under CI=true a tier that ran no test fails. GOTEST_PKGS
-# narrows the packages (default ./...), GOTEST_TIMEOUT sets go test's -timeout.
+# narrows the packages (default ./...), GOTEST_TIMEOUT sets go test's -timeout,
+# GOTEST_FLAGS adds flags.
 set -euo pipefail
 tier=$1 tags=$2
 shift 2
@@ -15,6 +16,8 @@ log="$root/bin/test-logs/$tier.log"
 args=(-race -v)
 if [ -n "$tags" ]; then args+=(-tags "$tags" -count=1); fi
 [ -n "${GOTEST_TIMEOUT:-}" ] && args+=(-timeout "$GOTEST_TIMEOUT")
+# shellcheck disable=SC2206
+[ -n "${GOTEST_FLAGS:-}" ] && args+=(${GOTEST_FLAGS})
 
 status=0
 for m in "$@"; do

@@ -4,8 +4,12 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
+	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -65,9 +69,16 @@ spec:
 		fmt.Sprintf("apiVersion: v1\nkind: Namespace\nmetadata: {name: %s}\n", appNS),
 		fmt.Sprintf("apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: client, namespace: %s}\n", appNS),
 		fmt.Sprintf("apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: echo, namespace: %s}\n", appNS),
+		fmt.Sprintf("apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: flaky, namespace: %s}\n", appNS),
+		fmt.Sprintf("apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: other, namespace: %s}\n", appNS),
 		deploy("echo-v1", "echo", "v1", "app: echo, version: v1", `serve, -listen, ":8080", -service, echo`),
 		deploy("echo-v2", "echo", "v2", "app: echo, version: v2", `serve, -listen, ":8080", -service, echo`),
 		deploy("client", "client", "v1", "app: client", fmt.Sprintf(`load, -qps, "50", -concurrency, "16", -report, 30s, -metrics-listen, ":%d", %q`, loadPort, echoURL)),
+		// flaky answers a quarter of its requests with 503; other is a
+		// second identity to send requests from.
+		deploy("flaky", "flaky", "v1", "app: flaky", `serve, -listen, ":8080", -service, flaky, -fail-rate, "0.25"`),
+		deploy("other", "other", "v1", "app: other", `serve, -listen, ":8080", -service, other`),
+		svc("flaky", "app: flaky"),
 		svc("echo", "app: echo"),
 		svc("echo-v1", "app: echo, version: v1"),
 		svc("echo-v2", "app: echo, version: v2"),
@@ -76,8 +87,9 @@ spec:
 }
 
 func containerName(deployment string) string {
-	if deployment == "client" {
-		return "client"
+	switch deployment {
+	case "client", "flaky", "other":
+		return deployment
 	}
 	return "echo"
 }
@@ -98,6 +110,13 @@ func TestE2E(t *testing.T) {
 		})
 		e.mustK("", "-n", systemNS, "rollout", "status", "deployment/ambit-controller", "--timeout=180s")
 		e.mustK("", "-n", systemNS, "rollout", "status", "daemonset/ztunnel", "--timeout=180s")
+		// ztunnel chained its CNI plugin into the node's configuration.
+		if _, err := os.Stat("/opt/cni/bin/ambit-cni"); err != nil {
+			t.Errorf("ambit-cni not installed: %v", err)
+		}
+		if !chained() {
+			t.Error("no CNI config in /etc/cni/net.d chains ambit-cni")
+		}
 	})
 	if t.Failed() {
 		e.dumpSystem()
@@ -106,7 +125,7 @@ func TestE2E(t *testing.T) {
 
 	t.Run("AppWithoutMesh", func(t *testing.T) {
 		e.apply(app(e.version))
-		for _, d := range []string{"echo-v1", "echo-v2", "client"} {
+		for _, d := range []string{"echo-v1", "echo-v2", "client", "flaky", "other"} {
 			e.mustK("", "-n", appNS, "rollout", "status", "deployment/"+d, "--timeout=180s")
 		}
 		eventually(t, "client reaches echo in plaintext", time.Minute, func() error {
@@ -127,31 +146,42 @@ func TestE2E(t *testing.T) {
 	// happens in their running network namespaces.
 	before := e.podIdentity(appNS)
 
-	meshConns := func() float64 {
-		n, err := e.scrapeAll(systemNS, "app.kubernetes.io/name=ztunnel", 15020, "istio_tcp_connections_opened_total",
+	// meshConns counts mutual-TLS connections client -> echo in ztunnel's
+	// metrics; a failed scrape is an error, never a zero.
+	meshConns := func() (float64, error) {
+		return e.scrapeAll(systemNS, "app.kubernetes.io/name=ztunnel", 15020, "istio_tcp_connections_opened_total",
 			map[string]string{
 				"destination_workload_namespace": appNS,
 				"source_principal":               fmt.Sprintf("spiffe://%s/ns/%s/sa/client", trustDomain, appNS),
 				"destination_principal":          fmt.Sprintf("spiffe://%s/ns/%s/sa/echo", trustDomain, appNS),
 				"connection_security_policy":     "mutual_tls",
 			})
+	}
+	// newConnCounted opens one connection client -> echo and reports
+	// whether ztunnel counted a new mutual-TLS connection.
+	newConnCounted := func() (bool, error) {
+		start, err := meshConns()
 		if err != nil {
-			t.Logf("scrape ztunnel: %v", err)
+			return false, err
 		}
-		return n
+		if _, err := e.get(appNS, echoURL); err != nil {
+			return false, err
+		}
+		got, err := meshConns()
+		if err != nil {
+			return false, err
+		}
+		return got > start, nil
 	}
 
 	t.Run("EnrolRunningPods", func(t *testing.T) {
 		e.mustK("", "label", "namespace", appNS, "ambit.dev/dataplane-mode=ambient", "--overwrite")
 		eventually(t, "a new connection from client to echo goes through ztunnel with mTLS", 90*time.Second, func() error {
-			start := meshConns()
-			if _, err := e.get(appNS, echoURL); err != nil {
-				return err
+			counted, err := newConnCounted()
+			if err == nil && !counted {
+				err = errors.New("no new mutual_tls connection client->echo counted")
 			}
-			if got := meshConns(); got <= start {
-				return fmt.Errorf("mutual_tls connections client->echo: %v, want more than %v", got, start)
-			}
-			return nil
+			return err
 		})
 		logs := e.mustK("", "-n", systemNS, "logs", "-l", "app.kubernetes.io/name=ztunnel", "--tail=-1", "--all-containers")
 		for _, want := range []string{
@@ -169,38 +199,34 @@ func TestE2E(t *testing.T) {
 
 	t.Run("UnenrolReleasesPods", func(t *testing.T) {
 		e.mustK("", "label", "namespace", appNS, "ambit.dev/dataplane-mode-")
+		// Three requests in a row that ztunnel does not count: released.
 		eventually(t, "connections bypass ztunnel after the label is removed", 90*time.Second, func() error {
-			start := meshConns()
-			if _, err := e.get(appNS, echoURL); err != nil {
-				return err
-			}
-			if got := meshConns(); got != start {
-				return fmt.Errorf("mesh connections still counted (%v -> %v)", start, got)
+			for i := 0; i < 3; i++ {
+				counted, err := newConnCounted()
+				if err != nil {
+					return err
+				}
+				if counted {
+					return errors.New("ztunnel still counts new connections client->echo")
+				}
 			}
 			return nil
 		})
 		e.mustK("", "label", "namespace", appNS, "ambit.dev/dataplane-mode=ambient", "--overwrite")
 		eventually(t, "re-enrolled", 90*time.Second, func() error {
-			start := meshConns()
-			if _, err := e.get(appNS, echoURL); err != nil {
-				return err
+			counted, err := newConnCounted()
+			if err == nil && !counted {
+				err = errors.New("not captured again")
 			}
-			if got := meshConns(); got <= start {
-				return fmt.Errorf("not captured again (%v -> %v)", start, got)
-			}
-			return nil
+			return err
 		})
 		if after := e.podIdentity(appNS); !sameMap(before, after) {
 			t.Fatalf("pods changed (want no restart):\nbefore %v\nafter  %v", before, after)
 		}
 	})
 
-	waypointRequests := func(match map[string]string) float64 {
-		n, err := e.scrapeAll(appNS, "gateway.networking.k8s.io/gateway-name=waypoint", 15020, "istio_requests_total", match)
-		if err != nil {
-			t.Logf("scrape waypoint: %v", err)
-		}
-		return n
+	waypointRequests := func(match map[string]string) (float64, error) {
+		return e.scrapeAll(appNS, "gateway.networking.k8s.io/gateway-name=waypoint", 15020, "istio_requests_total", match)
 	}
 
 	t.Run("Waypoint", func(t *testing.T) {
@@ -228,13 +254,20 @@ spec:
 			"source_principal":         fmt.Sprintf("spiffe://%s/ns/%s/sa/client", trustDomain, appNS),
 			"response_code":            "200",
 		}
-		eventually(t, "requests to echo pass the waypoint", 90*time.Second, func() error {
-			start := waypointRequests(match)
+		eventually(t, "requests to echo pass the waypoint, seen in its metrics with Istio's labels", 90*time.Second, func() error {
+			start, err := waypointRequests(match)
+			if err != nil {
+				return err
+			}
 			if _, err := e.get(appNS, echoURL); err != nil {
 				return err
 			}
-			if got := waypointRequests(match); got <= start {
-				return fmt.Errorf("waypoint istio_requests_total %v -> %v", start, got)
+			got, err := waypointRequests(match)
+			if err != nil {
+				return err
+			}
+			if got <= start {
+				return fmt.Errorf("waypoint istio_requests_total%v %v -> %v", match, start, got)
 			}
 			return nil
 		})
@@ -275,6 +308,97 @@ spec:
 		if math.Abs(share-0.10) > 0.03 {
 			t.Fatalf("v2 share %.3f, want 0.10 +- 0.03", share)
 		}
+	})
+
+	t.Run("RetriesOn503", func(t *testing.T) {
+		flakyURL := "http://flaky." + appNS + ".svc.cluster.local:8080/"
+		failures := func(n int) int {
+			failed := 0
+			for i := 0; i < n; i++ {
+				code, _, err := e.request(appNS, "client", "GET", flakyURL)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if code != http.StatusOK {
+					failed++
+				}
+			}
+			return failed
+		}
+		// Without a route there are no retries (Ambit's default): about a
+		// quarter of the answers are 503 (at least 2 of 40 fail with
+		// probability 1 - 1e-4).
+		if f := failures(40); f < 2 {
+			t.Fatalf("without retries %d of 40 requests failed, want at least 2 (is flaky failing?)", f)
+		}
+		e.apply(fmt.Sprintf(`apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: flaky, namespace: %s}
+spec:
+  parentRefs: [{group: "", kind: Service, name: flaky, port: 8080}]
+  rules:
+  - backendRefs: [{name: flaky, port: 8080}]
+    retry: {codes: [503], attempts: 4, backoff: 10ms}
+`, appNS))
+		e.mustK("", "-n", appNS, "wait", "httproute/flaky", "--for=jsonpath={.status.parents[0].conditions[?(@.type==\"Accepted\")].status}=True", "--timeout=60s")
+		// With 4 retries a request fails with probability 0.25^5 = 0.001:
+		// at most 1 of 40 (2 or more: probability 7e-4).
+		eventually(t, "retries hide the 503s", time.Minute, func() error {
+			if f := failures(40); f > 1 {
+				return fmt.Errorf("%d of 40 requests failed with retries", f)
+			}
+			return nil
+		})
+	})
+
+	t.Run("Authorization", func(t *testing.T) {
+		// "client may only GET /metrics on echo": principals, methods and
+		// paths at the waypoint.
+		e.apply(fmt.Sprintf(`apiVersion: security.ambit.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: echo-metrics-get-only, namespace: %[1]s}
+spec:
+  targetRefs: [{group: "", kind: Service, name: echo}]
+  action: ALLOW
+  rules:
+  - from: [{principals: ["spiffe://%[2]s/ns/%[1]s/sa/client"]}]
+    to: [{methods: [GET], paths: [/metrics]}]
+`, appNS, trustDomain))
+		metricsURL := echoURL + "metrics"
+		eventually(t, "policy enforced", time.Minute, func() error {
+			for _, c := range []struct {
+				from, method string
+				want         int
+			}{
+				{"client", "GET", 200},
+				{"client", "POST", 403},
+				{"other", "GET", 403},
+			} {
+				code, body, err := e.request(appNS, c.from, c.method, metricsURL)
+				if err != nil {
+					return err
+				}
+				if code != c.want {
+					return fmt.Errorf("%s %s from %s: %d %q, want %d", c.method, metricsURL, c.from, code, body, c.want)
+				}
+				if code == 403 && !strings.Contains(body, "echo-metrics-get-only") {
+					return fmt.Errorf("403 body %q does not name the policy", body)
+				}
+			}
+			return nil
+		})
+		denied, err := waypointRequests(map[string]string{"destination_service_name": "echo", "response_code": "403"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if denied == 0 {
+			t.Fatal("the waypoint's istio_requests_total shows no 403 for echo")
+		}
+		e.mustK("", "-n", appNS, "delete", "authorizationpolicy", "echo-metrics-get-only")
+		eventually(t, "policy removed", time.Minute, func() error {
+			_, err := e.get(appNS, echoURL)
+			return err
+		})
 	})
 
 	t.Run("ControllerLoss", func(t *testing.T) {
@@ -359,11 +483,29 @@ spec:
 		if after := e.podIdentity(appNS); !sameMap(before, after) {
 			t.Fatalf("application pods changed during uninstall:\nbefore %v\nafter  %v", before, after)
 		}
+		// ztunnel removed its CNI plugin from the node on the way out.
+		if _, err := os.Stat("/opt/cni/bin/ambit-cni"); !os.IsNotExist(err) {
+			t.Errorf("/opt/cni/bin/ambit-cni still present after uninstall (%v)", err)
+		}
+		if chained() {
+			t.Error("a CNI config in /etc/cni/net.d still chains ambit-cni after uninstall")
+		}
 	})
 
 	if !t.Failed() {
 		_, _ = e.k("", "delete", "namespace", appNS, "--wait=false")
 	}
+}
+
+// chained reports whether a CNI config of the node names ambit-cni.
+func chained() bool {
+	confs, _ := filepath.Glob("/etc/cni/net.d/*")
+	for _, f := range confs {
+		if b, err := os.ReadFile(f); err == nil && strings.Contains(string(b), `"ambit-cni"`) {
+			return true
+		}
+	}
+	return false
 }
 
 // podIdentity maps each pod of ns to its UID and restart count.

@@ -151,22 +151,51 @@ type answer struct {
 }
 
 // get runs `ambit-demo get` inside the client pod of ns: a new connection
-// from inside the pod, as the application would open it.
+// from inside the pod, as the application would open it. Any status but 200
+// is an error.
 func (e *env) get(ns, url string, headers ...string) (answer, error) {
-	args := []string{"-n", ns, "exec", "deploy/client", "-c", "client", "--", "/usr/local/bin/ambit-demo", "get", "-timeout", "5s"}
+	code, body, err := e.request(ns, "client", "GET", url, headers...)
+	if err != nil {
+		return answer{}, err
+	}
+	if code != http.StatusOK {
+		return answer{}, fmt.Errorf("GET %s: status %d: %s", url, code, strings.TrimSpace(body))
+	}
+	var a answer
+	if err := json.Unmarshal([]byte(body), &a); err != nil {
+		return answer{}, fmt.Errorf("answer %q: %v", body, err)
+	}
+	return a, nil
+}
+
+// request sends one request from the first container of deployment deploy
+// in ns with `ambit-demo get` and returns the status code and body. err is
+// set only when no HTTP answer came (or kubectl failed).
+func (e *env) request(ns, deploy, method, url string, headers ...string) (int, string, error) {
+	args := []string{"--kubeconfig", e.kubeconfig, "-n", ns, "exec", "deploy/" + deploy, "--",
+		"/usr/local/bin/ambit-demo", "get", "-timeout", "5s", "-X", method}
 	for _, h := range headers {
 		args = append(args, "-H", h)
 	}
 	args = append(args, url)
-	out, err := e.k("", args...)
-	if err != nil {
-		return answer{}, err
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, e.kubectl, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	runErr := cmd.Run()
+	// ambit-demo get prints "HTTP/1.1 200 OK" to stderr when an answer came.
+	for _, line := range strings.Split(errb.String(), "\n") {
+		var proto string
+		var code int
+		if n, _ := fmt.Sscanf(line, "%s %d", &proto, &code); n == 2 && strings.HasPrefix(proto, "HTTP/") {
+			return code, out.String(), nil
+		}
 	}
-	var a answer
-	if err := json.Unmarshal([]byte(out), &a); err != nil {
-		return answer{}, fmt.Errorf("answer %q: %v", out, err)
+	if runErr == nil {
+		runErr = errors.New("no status line")
 	}
-	return a, nil
+	return 0, "", fmt.Errorf("%s %s from %s/%s: %v: %s", method, url, ns, deploy, runErr, strings.TrimSpace(errb.String()))
 }
 
 // pods returns the pods of ns matching selector.
