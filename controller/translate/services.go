@@ -47,7 +47,9 @@ func (b *builder) servicesIR() {
 			VIPs:     slices.Clone(clusterIPs(svc)),
 		}
 		for _, p := range svc.Spec.Ports {
-			if !validPort(p.Port) {
+			// The mesh carries TCP only: UDP and SCTP ports (DNS's 53/UDP
+			// beside 53/TCP) stay outside it and out of the config.
+			if !validPort(p.Port) || (p.Protocol != "" && p.Protocol != corev1.ProtocolTCP) {
 				continue
 			}
 			sp := ServicePort{Name: p.Name, Port: p.Port, AppProtocol: derefOr(p.AppProtocol, "")}
