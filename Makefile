@@ -35,8 +35,8 @@ build: ## build every binary into bin/
 	@echo "built: $$(cd $(BIN) && ls -p | grep -v / | tr '\n' ' ')"
 
 .PHONY: run
-run: build ## build Ambit and show what exists (becomes: cluster + Ambit + sample app)
-	@hack/run.sh
+run: deps tools build images ## one-machine Kubernetes + Ambit from manifests/ + the sample app; prints what to try; Ctrl-C tears down
+	@VERSION=$(VERSION) hack/run.sh
 
 .PHONY: images
 images: build ## build OCI image archives of Ambit and the demo apps into bin/images/ (PUSH=registry/prefix to push)
@@ -64,7 +64,7 @@ lint: tools ## gofmt, go vet, staticcheck and go mod tidy on every module
 	@hack/lint.sh "$(DEV_BIN)" $(MODULES)
 
 .PHONY: test
-test: deps tools test-unit test-envtest test-netns ## every tier: unit (-race), envtest, network namespaces
+test: deps tools test-unit test-envtest test-netns e2e ## every tier: unit (-race), envtest, network namespaces, e2e on the one-machine cluster
 
 .PHONY: test-unit
 test-unit: ## unit and fuzz-seed tests of every module, with -race

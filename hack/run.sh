@@ -1,14 +1,113 @@
 #!/usr/bin/env bash
-# `make run`: for now, shows the binaries that exist and where each feature
-# stands. It becomes "bring up a one-machine cluster with Ambit and a sample
-# application" when the local Kubernetes harness lands.
+# `make run`: Ambit's main job on one machine. Brings up the one-machine
+# Kubernetes (hack/cluster.sh), imports the images `make images` built,
+# installs Ambit from manifests/ (an overlay that sets the image tag), deploys
+# the sample application of examples/sample-app in the enrolled namespace
+# ambit-demo with its steady load generator, prints what to try, and stays up
+# until interrupted; then it tears everything down.
+#
+#   AMBIT_RUN_DETACH=1  return after printing the instructions and leave the
+#                       cluster running (`make cluster-down` removes it)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-echo "Ambit binaries in bin/:"
-for b in bin/controller bin/ambitctl bin/ztunnel bin/ambit-cni bin/waypoint; do
-  printf '  %-18s %s\n' "$b" "$("$b" -version 2>&1 | head -n 1 || true)"
+version=${VERSION:-$(git describe --tags --always --dirty 2>/dev/null || echo dev)}
+start=$(date +%s)
+say() { printf '\033[1mrun:\033[0m %s\n' "$*"; }
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "make run needs root: it starts a Kubernetes node (kubelet, containerd) on this machine" >&2
+  exit 1
+fi
+
+down() {
+  echo
+  say "tearing down (hack/cluster.sh down)"
+  hack/cluster.sh down
+}
+if [ "${AMBIT_RUN_DETACH:-}" != 1 ]; then
+  trap down EXIT
+  trap 'exit 130' INT TERM
+fi
+
+say "starting the one-machine Kubernetes"
+hack/cluster.sh up -pause-image bin/images/pause.tar >/dev/null
+kubeconfig=$(hack/cluster.sh kubeconfig)
+kubectl=("$(hack/tools.sh dir kube)/kubectl" --kubeconfig "$kubeconfig")
+say "importing images (tag $version)"
+hack/cluster.sh import bin/images/{controller,ztunnel,waypoint,demo}.tar >/dev/null
+
+# Installer overlays: manifests/ and examples/sample-app with the tag of this
+# build. They live in the cluster's state folder, next to its kubeconfig.
+work=$(dirname "$kubeconfig")/run
+mkdir -p "$work/ambit" "$work/sample-app"
+cat > "$work/ambit/kustomization.yaml" <<EOF
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+- $(realpath --relative-to="$work/ambit" "$root/manifests")
+images:
+- {name: docker.io/ambit/controller, newTag: "$version"}
+- {name: docker.io/ambit/ztunnel, newTag: "$version"}
+- {name: docker.io/ambit/waypoint, newTag: "$version"}
+EOF
+cat > "$work/sample-app/kustomization.yaml" <<EOF
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+- $(realpath --relative-to="$work/sample-app" "$root/examples/sample-app")
+images:
+- {name: docker.io/ambit/demo, newTag: "$version"}
+EOF
+
+say "installing Ambit from manifests/"
+for i in 1 2 3 4 5 6 7 8 9 10; do
+  # CRDs and the objects of their kinds go in one apply; a kind whose CRD is
+  # not established yet succeeds on the next pass.
+  if out=$("${kubectl[@]}" apply --server-side --force-conflicts -k "$work/ambit" 2>&1); then break; fi
+  [ "$i" -lt 10 ] || { echo "$out" >&2; exit 1; }
+  sleep 2
 done
-echo
-echo "Feature status (docs/features.md):"
-grep -E '^\| ' docs/features.md | sed 's/^/  /'
+"${kubectl[@]}" -n ambit-system rollout status deployment/ambit-controller --timeout=180s >/dev/null
+"${kubectl[@]}" -n ambit-system rollout status daemonset/ztunnel --timeout=180s >/dev/null
+
+say "deploying the sample application (namespace ambit-demo)"
+"${kubectl[@]}" apply --server-side --force-conflicts -k "$work/sample-app" >/dev/null
+for d in $("${kubectl[@]}" -n ambit-demo get deployments -o name); do
+  "${kubectl[@]}" -n ambit-demo rollout status "$d" --timeout=180s >/dev/null
+done
+ztunnel_ip=$("${kubectl[@]}" -n ambit-system get pods -l app.kubernetes.io/name=ztunnel -o jsonpath='{.items[0].status.podIP}')
+loadgen_ip=$("${kubectl[@]}" -n ambit-demo get pods -l app=loadgen -o jsonpath='{.items[0].status.podIP}')
+
+cat <<EOF
+
+Ambit $version is running on a one-machine Kubernetes (up in $(( $(date +%s) - start ))s).
+
+  export KUBECONFIG=$kubeconfig
+  export PATH=$(hack/tools.sh dir kube):\$PATH
+
+  kubectl get pods -A                                   # controller, ztunnel, sample app
+  kubectl -n ambit-demo logs deploy/loadgen -f          # steady traffic: codes and versions every 10 s
+
+Things to try (examples/, walked through in README.md):
+  kubectl apply -f examples/catalog-90-10.yaml          # HTTPRoute: catalog 90% v1, 10% v2
+  kubectl apply -f examples/waypoint.yaml               # a waypoint for ambit-demo ...
+  kubectl label namespace ambit-demo ambit.dev/use-waypoint=waypoint   # ... and use it
+  kubectl apply -f examples/catalog-header-v2.yaml      # x-version: v2 goes to v2
+  kubectl apply -f examples/authz-metrics-get-only.yaml # L7 policy at the waypoint
+
+Metrics (Prometheus text, reachable from this machine):
+  curl -s http://$ztunnel_ip:15020/metrics | grep istio_tcp       # ztunnel
+  curl -s http://$loadgen_ip:9090/metrics | grep ambit_demo_load   # the load generator's view
+  waypoint: curl http://<waypoint pod IP>:15020/metrics | grep istio_requests
+  controller: kubectl -n ambit-system port-forward deploy/ambit-controller 15020
+
+Cluster logs: $(dirname "$kubeconfig")/logs/   Docs: docs/reference/cluster.md
+EOF
+
+if [ "${AMBIT_RUN_DETACH:-}" = 1 ]; then
+  echo "Left running (AMBIT_RUN_DETACH=1): make cluster-down removes it."
+  exit 0
+fi
+echo "Press Ctrl-C to stop and tear everything down."
+while true; do sleep 3600 & wait $!; done
