@@ -84,21 +84,23 @@ say "cluster up and images imported in $(( $(date +%s) - start ))s"
 # Install Ambit: manifests/ with the images' tag.
 overlay=$(dirname "$kubeconfig")/conformance/ambit
 mkdir -p "$overlay"
+# kustomize takes only a relative path to a base.
 cat > "$overlay/kustomization.yaml" <<YAML
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 resources:
-- $root/manifests
+- $(realpath --relative-to="$overlay" "$root/manifests")
 images:
 - {name: docker.io/ambit/controller, newTag: "$version"}
 - {name: docker.io/ambit/ztunnel, newTag: "$version"}
 - {name: docker.io/ambit/waypoint, newTag: "$version"}
 YAML
 say "installing Ambit $version"
+"${kubectl[@]}" kustomize "$overlay" >/dev/null
 # The first apply can race the CRDs it creates (a GatewayClass before the
 # Gateway API CRDs are established): retry for a while.
 for i in $(seq 1 12); do
-  if "${kubectl[@]}" apply -k "$overlay" >/dev/null; then break; fi
+  if "${kubectl[@]}" apply --server-side --force-conflicts -k "$overlay" >/dev/null; then break; fi
   [ "$i" -lt 12 ] || { echo "conformance: kubectl apply -k failed" >&2; exit 1; }
   sleep 5
 done
