@@ -58,6 +58,10 @@ const (
 	ReasonResolvedWaypoints = "ResolvedWaypoints"
 	// ReasonNoWaypoint: the parent Service has no (ready) waypoint.
 	ReasonNoWaypoint = "NoWaypoint"
+	// ReasonInvalidWaypointFor is the Accepted=True reason of a waypoint
+	// Gateway whose ambit.dev/waypoint-for label has an unknown value (the
+	// message names it); the waypoint handles services.
+	ReasonInvalidWaypointFor = "InvalidWaypointFor"
 )
 
 // reasonOf is the route condition reason for err.

@@ -332,8 +332,9 @@ func (w *Waypoint) Validate() error {
 	}
 	var errs []error
 	for _, s := range w.Services {
-		if s.Protocol == configv1alpha1.ServiceRoutes_PROTOCOL_UNSPECIFIED {
-			errs = append(errs, invalid("waypoint %s service %s:%d has no protocol", w.Key, s.Service, s.Port))
+		// PROTOCOL_UNSPECIFIED is valid: the waypoint sniffs. Rules need HTTP.
+		if s.Protocol == configv1alpha1.ServiceRoutes_PROTOCOL_UNSPECIFIED && len(s.Rules) > 0 {
+			errs = append(errs, invalid("waypoint %s service %s:%d has rules but no protocol", w.Key, s.Service, s.Port))
 		}
 		for _, r := range s.Rules {
 			errs = append(errs, r.Validate())

@@ -314,7 +314,7 @@ func (b *builder) attach(cr *compiledRoute, parents []gwapiv1.ParentReference) [
 				}
 				st.Conditions = append(st.Conditions, condition(ConditionResolvedWaypoints, false,
 					string(gwapiv1.RouteReasonNoMatchingParent), msg, gen))
-			} else if _, _, werr := b.waypointFor(k.Namespace, labelOf(svc, LabelUseWaypoint)); werr != nil {
+			} else if _, _, werr := b.waypointFor(k.Namespace, labelOf(svc, LabelUseWaypoint), forService); werr != nil {
 				st.Conditions = append(st.Conditions, condition(ConditionResolvedWaypoints, false, ReasonNoWaypoint,
 					"the rules apply only at a waypoint: "+werr.Error(), gen))
 			} else {

@@ -64,7 +64,7 @@ func (b *builder) servicesIR() {
 		}
 		s.Endpoints = b.endpoints(svc, s.Ports)
 		if svc.Labels[LabelGatewayName] == "" {
-			_, s.Waypoint, _ = b.waypointFor(svc.Namespace, svc.Labels[LabelUseWaypoint])
+			_, s.Waypoint, _ = b.waypointFor(svc.Namespace, svc.Labels[LabelUseWaypoint], forService)
 		}
 		b.mesh.Services = append(b.mesh.Services, s)
 	}
@@ -123,7 +123,8 @@ func (b *builder) endpoints(svc *corev1.Service, ports []ServicePort) []Endpoint
 // grpc-web: GRPC; tcp and anything else: TCP), then, when it is empty, the
 // port name's Istio-style prefix (http, http2, h2c, grpc), then the routes
 // attached to the port (GRPCRoutes only: GRPC; any HTTPRoute: HTTP), and
-// TCP when nothing says the port speaks HTTP.
+// UNSPECIFIED when nothing declares the protocol: the waypoint then sniffs
+// the first bytes of each tunnel (HTTP/1.1, HTTP/2 or TCP).
 func portProtocol(p corev1.ServicePort, hasHTTP, hasGRPC bool) configv1alpha1.ServiceRoutes_Protocol {
 	const (
 		tcp   = configv1alpha1.ServiceRoutes_PROTOCOL_TCP
@@ -152,7 +153,7 @@ func portProtocol(p corev1.ServicePort, hasHTTP, hasGRPC bool) configv1alpha1.Se
 	case hasHTTP:
 		return http
 	}
-	return tcp
+	return configv1alpha1.ServiceRoutes_PROTOCOL_UNSPECIFIED
 }
 
 func derefOr[T any](p *T, def T) T {

@@ -22,9 +22,24 @@ const (
 	DataplaneModeAmbient = "ambient"
 	// DataplaneModeNone opts a pod out.
 	DataplaneModeNone = "none"
-	// LabelUseWaypoint on a Namespace or Service names the waypoint Gateway
-	// (same namespace) that serves it; the Service's label wins.
+	// LabelUseWaypoint on a Namespace, Service or Pod names the waypoint
+	// Gateway (same namespace) that serves it; the Service's or Pod's label
+	// wins over the Namespace's. Whether the waypoint takes a Service's or a
+	// Pod's traffic depends on its LabelWaypointFor.
 	LabelUseWaypoint = "ambit.dev/use-waypoint"
+	// LabelWaypointFor on a waypoint Gateway says what traffic it handles:
+	// WaypointForService (the default), WaypointForWorkload, WaypointForAll
+	// or WaypointForNone. Another value is treated as WaypointForService
+	// and reported in the Gateway's Accepted condition.
+	LabelWaypointFor = "ambit.dev/waypoint-for"
+	// WaypointForService: traffic addressed to Services (their VIPs).
+	WaypointForService = "service"
+	// WaypointForWorkload: traffic addressed to pods (their IPs).
+	WaypointForWorkload = "workload"
+	// WaypointForAll: both.
+	WaypointForAll = "all"
+	// WaypointForNone: neither; the waypoint is deployed but idle.
+	WaypointForNone = "none"
 	// WaypointClassName is the GatewayClass of waypoints.
 	WaypointClassName = "ambit-waypoint"
 	// ControllerName is the GatewayClass controllerName Ambit accepts.

@@ -12,6 +12,7 @@ import (
 	gwapiv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gwapiv1beta1 "sigs.k8s.io/gateway-api/apis/v1beta1"
 
+	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
 	securityv1alpha1 "github.com/ambit-mesh/ambit/apis/security/v1alpha1"
 	trafficv1alpha1 "github.com/ambit-mesh/ambit/apis/traffic/v1alpha1"
 )
@@ -153,3 +154,28 @@ func FuzzLoadAndTranslate(f *testing.F) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+func TestPortProtocol(t *testing.T) {
+	ap := func(s string) *string { return &s }
+	cases := []struct {
+		name            string
+		port            corev1.ServicePort
+		hasHTTP, hasGRP bool
+		want            configv1alpha1.ServiceRoutes_Protocol
+	}{
+		{"nothing declared: sniff", corev1.ServicePort{Name: "web", Port: 8080}, false, false, configv1alpha1.ServiceRoutes_PROTOCOL_UNSPECIFIED},
+		{"unnamed: sniff", corev1.ServicePort{Port: 8080}, false, false, configv1alpha1.ServiceRoutes_PROTOCOL_UNSPECIFIED},
+		{"appProtocol tcp: no sniffing", corev1.ServicePort{Name: "http", AppProtocol: ap("tcp")}, true, false, configv1alpha1.ServiceRoutes_PROTOCOL_TCP},
+		{"unknown appProtocol: TCP", corev1.ServicePort{AppProtocol: ap("mysql")}, false, false, configv1alpha1.ServiceRoutes_PROTOCOL_TCP},
+		{"appProtocol h2c", corev1.ServicePort{AppProtocol: ap("kubernetes.io/h2c")}, false, false, configv1alpha1.ServiceRoutes_PROTOCOL_HTTP},
+		{"name prefix http", corev1.ServicePort{Name: "http-api"}, false, false, configv1alpha1.ServiceRoutes_PROTOCOL_HTTP},
+		{"name prefix grpc", corev1.ServicePort{Name: "grpc"}, false, false, configv1alpha1.ServiceRoutes_PROTOCOL_GRPC},
+		{"HTTPRoute attached", corev1.ServicePort{Name: "web"}, true, false, configv1alpha1.ServiceRoutes_PROTOCOL_HTTP},
+		{"GRPCRoute attached", corev1.ServicePort{Name: "web"}, false, true, configv1alpha1.ServiceRoutes_PROTOCOL_GRPC},
+	}
+	for _, c := range cases {
+		if got := portProtocol(c.port, c.hasHTTP, c.hasGRP); got != c.want {
+			t.Errorf("%s: portProtocol = %v, want %v", c.name, got, c.want)
+		}
+	}
+}

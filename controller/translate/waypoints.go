@@ -1,6 +1,7 @@
 package translate
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 
@@ -26,6 +27,58 @@ type waypointState struct {
 	ref *WaypointRef
 	// routes are the routes ("<kind>/<ns>/<name>") contributing rules.
 	routes map[string]bool
+	// forServices and forWorkloads say what traffic the waypoint handles
+	// (its ambit.dev/waypoint-for label); badFor is the label's value when
+	// it is not one Ambit knows (the waypoint then handles services).
+	forServices, forWorkloads bool
+	badFor                    string
+}
+
+// target is the kind of traffic a waypoint is resolved for.
+type target int
+
+const (
+	forService target = iota
+	forWorkload
+)
+
+func (t target) String() string {
+	if t == forWorkload {
+		return "workload"
+	}
+	return "service"
+}
+
+// object is the kind of object whose label selects a waypoint for t.
+func (t target) object() string {
+	if t == forWorkload {
+		return "Pod"
+	}
+	return "Service"
+}
+
+// serves reports whether the waypoint handles traffic of kind t.
+func (ws *waypointState) serves(t target) bool {
+	if t == forWorkload {
+		return ws.forWorkloads
+	}
+	return ws.forServices
+}
+
+// parseWaypointFor reads a Gateway's ambit.dev/waypoint-for label into ws;
+// an unknown value means service and is kept in badFor.
+func parseWaypointFor(ws *waypointState, value string) {
+	switch value {
+	case "", WaypointForService:
+		ws.forServices = true
+	case WaypointForWorkload:
+		ws.forWorkloads = true
+	case WaypointForAll:
+		ws.forServices, ws.forWorkloads = true, true
+	case WaypointForNone:
+	default:
+		ws.forServices, ws.badFor = true, value
+	}
 }
 
 // gatewayClasses accepts ambit-waypoint; another class with Ambit's
@@ -112,6 +165,7 @@ func (b *builder) gateways() {
 		}
 		k := keyOf(gw)
 		ws := &waypointState{gw: gw, identity: b.spiffeID(gw.Namespace, gw.Name), routes: map[string]bool{}}
+		parseWaypointFor(ws, gw.Labels[LabelWaypointFor])
 		if svc := b.ix.servicesByKey[k]; svc != nil {
 			if ips := clusterIPs(svc); len(ips) > 0 {
 				ws.ref = &WaypointRef{Gateway: k, Address: ips[0], Identity: ws.identity}
@@ -121,16 +175,18 @@ func (b *builder) gateways() {
 	}
 }
 
-// waypointFor resolves the ambit.dev/use-waypoint label of a Service (or
-// "" to use only the namespace's). It returns the Gateway the label names
-// and the ready waypoint, or an error saying why there is none.
-func (b *builder) waypointFor(ns, serviceLabel string) (types.NamespacedName, *WaypointRef, error) {
-	name := serviceLabel
+// waypointFor resolves the ambit.dev/use-waypoint label of a Service or
+// Pod (or "" to use only the namespace's) for traffic of kind t. It
+// returns the Gateway the label names and the ready waypoint, or an error
+// saying why there is none (a waypoint whose ambit.dev/waypoint-for
+// excludes t is none).
+func (b *builder) waypointFor(ns, objectLabel string, t target) (types.NamespacedName, *WaypointRef, error) {
+	name := objectLabel
 	if name == "" {
 		name = b.ix.nsLabel(ns, LabelUseWaypoint)
 	}
 	if name == "" {
-		return types.NamespacedName{}, nil, fmt.Errorf("no %s label on the Service or its Namespace", LabelUseWaypoint)
+		return types.NamespacedName{}, nil, fmt.Errorf("no %s label on the %s or its Namespace", LabelUseWaypoint, t.object())
 	}
 	k := types.NamespacedName{Namespace: ns, Name: name}
 	ws := b.waypoints[k]
@@ -139,6 +195,8 @@ func (b *builder) waypointFor(ns, serviceLabel string) (types.NamespacedName, *W
 		return k, nil, fmt.Errorf("waypoint Gateway %s not found", k)
 	case ws == nil:
 		return k, nil, fmt.Errorf("the Gateway %s is not a valid %s Gateway", k, WaypointClassName)
+	case !ws.serves(t):
+		return k, nil, fmt.Errorf("waypoint %s does not handle %s traffic (%s: %s)", k, t, LabelWaypointFor, cmp.Or(ws.gw.Labels[LabelWaypointFor], "unset, service"))
 	case ws.ref == nil:
 		return k, nil, fmt.Errorf("waypoint %s has no Service address yet", k)
 	}
@@ -182,6 +240,11 @@ func (b *builder) gatewayStatus() {
 				st.Addresses = append(st.Addresses, gwapiv1.GatewayStatusAddress{Type: &ipType, Value: ip})
 			}
 		}
+		if err == nil && ws.badFor != "" {
+			st.Conditions[0] = condition(string(gwapiv1.GatewayConditionAccepted), true, ReasonInvalidWaypointFor,
+				fmt.Sprintf("Accepted as a waypoint, but %s=%q is not one of %s, %s, %s, %s: it handles %s traffic", LabelWaypointFor,
+					ws.badFor, WaypointForService, WaypointForWorkload, WaypointForAll, WaypointForNone, WaypointForService), gen)
+		}
 		for i := range gw.Spec.Listeners {
 			l := &gw.Spec.Listeners[i]
 			ls := gwapiv1.ListenerStatus{Name: l.Name, SupportedKinds: supported}
@@ -221,8 +284,9 @@ func (b *builder) gatewayStatus() {
 }
 
 // waypointsIR builds one Waypoint per valid waypoint Gateway, with a
-// ServiceRoutes per port of every Service whose label selects it (whether or
-// not the waypoint is ready yet, so that it starts with its configuration).
+// ServiceRoutes per port of every Service whose label selects it when it
+// handles services (whether or not the waypoint is ready yet, so that it
+// starts with its configuration).
 func (b *builder) waypointsIR() {
 	byGateway := map[types.NamespacedName]*Waypoint{}
 	for _, k := range sortedKeys(b.waypoints) {
@@ -234,9 +298,9 @@ func (b *builder) waypointsIR() {
 		if !meshService(svc) || svc.Labels[LabelGatewayName] != "" {
 			continue
 		}
-		gk, _, _ := b.waypointFor(svc.Namespace, svc.Labels[LabelUseWaypoint])
+		gk, _, _ := b.waypointFor(svc.Namespace, svc.Labels[LabelUseWaypoint], forService)
 		w := byGateway[gk]
-		if w == nil {
+		if w == nil || !b.waypoints[gk].serves(forService) {
 			continue
 		}
 		for _, p := range svc.Spec.Ports {

@@ -125,11 +125,12 @@ func (b *builder) workloadsIR() {
 		}
 		w.CanonicalName = cmp.Or(pod.Labels["app.kubernetes.io/name"], pod.Labels["app"], w.WorkloadName)
 		w.CanonicalRevision = cmp.Or(pod.Labels["app.kubernetes.io/version"], pod.Labels["version"], "latest")
-		// Only the namespace label gives a pod a waypoint (the Service
-		// label applies to traffic addressed to the Service); a waypoint's
-		// own pods never get one.
-		if pod.Labels[LabelGatewayName] == "" && b.ix.nsLabel(pod.Namespace, LabelUseWaypoint) != "" {
-			_, w.Waypoint, _ = b.waypointFor(pod.Namespace, "")
+		// The pod's or its namespace's label gives a pod a waypoint when
+		// that waypoint handles workload traffic (ambit.dev/waypoint-for
+		// workload or all; the Service label applies only to traffic
+		// addressed to the Service); a waypoint's own pods never get one.
+		if pod.Labels[LabelGatewayName] == "" {
+			_, w.Waypoint, _ = b.waypointFor(pod.Namespace, pod.Labels[LabelUseWaypoint], forWorkload)
 		}
 		for _, a := range b.mesh.Authorizations {
 			if a.Scope == configv1alpha1.Authorization_SCOPE_WORKLOAD_SELECTOR && a.Key.Namespace == pod.Namespace &&
