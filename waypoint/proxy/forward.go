@@ -50,6 +50,14 @@ func (p *Proxy) state(be *route.Backend) backendView {
 	}
 	p.stateMu.Lock()
 	defer p.stateMu.Unlock()
+	if be.Endpoint != "" {
+		// A workload destination: one endpoint, no policy; the budget is
+		// shared (direct rules never retry).
+		if p.direct == nil {
+			p.direct = &resilience.Budget{Now: p.Now}
+		}
+		return backendView{budget: p.direct, next: new(atomic.Uint64)}
+	}
 	k := be.Key()
 	st := p.states[k]
 	if st == nil {
@@ -162,7 +170,10 @@ func (x *exchange) try(ctx context.Context, st backendView) (resp *http.Response
 	if ctx.Err() != nil {
 		return nil, noop, noop, &tryError{http.StatusGatewayTimeout, FlagUpstreamTimeout}
 	}
-	eps := p.endpoints(ctx, be.Service, be.Port)
+	eps := []Endpoint{{Address: be.Endpoint, Workload: be.Workload}}
+	if be.Endpoint == "" {
+		eps = p.endpoints(ctx, be.Service, be.Port)
+	}
 	addrs := make([]string, len(eps))
 	for i, ep := range eps {
 		addrs[i] = ep.Address

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -83,6 +84,7 @@ type Proxy struct {
 
 	stateMu sync.Mutex
 	states  map[route.Key]*backendState
+	direct  *resilience.Budget // of workload destinations
 	mirrors chan struct{}
 	once    sync.Once
 }
@@ -191,6 +193,16 @@ func (x *exchange) serve() {
 		dest = func(r *http.Request) (string, uint32, bool) { return DestinationFromContext(r.Context()) }
 	}
 	svc, port, ok := dest(x.in)
+	var direct *route.Rule
+	if !ok {
+		// A request to a workload (pod IP:port) rather than a service.
+		if ep, wok := WorkloadDestinationFromContext(x.in.Context()); wok {
+			if ap, err := netip.ParseAddrPort(ep.Address); err == nil {
+				port, ok = uint32(ap.Port()), true
+				direct = route.DirectRule(ep.Address, ep.Workload, port)
+			}
+		}
+	}
 	res.Service, res.Port = svc, port
 	var table *route.Table
 	if p.Table != nil {
@@ -209,7 +221,10 @@ func (x *exchange) serve() {
 			return
 		}
 	}
-	rule, ok := table.Match(x.in, svc, port)
+	rule, ok := direct, direct != nil
+	if direct == nil {
+		rule, ok = table.Match(x.in, svc, port)
+	}
 	if !ok {
 		x.fail(http.StatusNotFound, FlagNoRoute)
 		return
@@ -241,7 +256,9 @@ func (x *exchange) serve() {
 		x.fail(http.StatusInternalServerError, FlagNoCluster)
 		return
 	}
-	res.Backend = x.be.Key().String()
+	if x.be.Endpoint == "" {
+		res.Backend = x.be.Key().String()
+	}
 	x.applyRequestFilters(x.be.Filters)
 	if x.fault(ctx, x.be.Filters.Fault) {
 		return

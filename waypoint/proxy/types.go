@@ -200,6 +200,23 @@ func DestinationFromContext(ctx context.Context) (service string, port uint32, o
 	return d.service, d.port, ok
 }
 
+type workloadDestinationKey struct{}
+
+// WithWorkloadDestination returns a context saying that the request was
+// sent to a workload rather than a service: the tunnel's authority was the
+// pod's IP:port (ep.Address) and ep.Workload names the pod. Such a request
+// has no service routes: after authorization it goes to that endpoint as it
+// is. A service destination (WithDestination) takes precedence.
+func WithWorkloadDestination(ctx context.Context, ep Endpoint) context.Context {
+	return context.WithValue(ctx, workloadDestinationKey{}, ep)
+}
+
+// WorkloadDestinationFromContext returns what WithWorkloadDestination stored.
+func WorkloadDestinationFromContext(ctx context.Context) (Endpoint, bool) {
+	ep, ok := ctx.Value(workloadDestinationKey{}).(Endpoint)
+	return ep, ok
+}
+
 // DefaultTransport reaches endpoints with plain HTTP/1.1, or HTTP/2 with
 // prior knowledge (h2c) when Target.HTTP2 is set. It is what a nil
 // Proxy.Transport uses.

@@ -78,13 +78,25 @@ type Backend struct {
 	Outlier *resilience.OutlierConfig
 	// Limits of the backend service (nil: none).
 	Limits *configv1alpha1.Limits
+	// Endpoint ("ip:port") and Workload are set, and Service is empty,
+	// for the backend of a DirectRule: that one endpoint, not a service.
+	Endpoint, Workload string
 }
 
 // Key returns the backend's service port.
 func (b *Backend) Key() Key { return Key{Service: b.Service, Port: b.Port} }
 
 // Unresolved reports whether the backend did not resolve (answer 500).
-func (b *Backend) Unresolved() bool { return b.Service == "" }
+func (b *Backend) Unresolved() bool { return b.Service == "" && b.Endpoint == "" }
+
+// DirectRule is the rule of a request addressed to a workload rather than
+// a service: every request goes to endpoint ("ip:port", the workload's
+// address) as it is, without filters, timeouts or retries.
+func DirectRule(endpoint, workload string, port uint32) *Rule {
+	return &Rule{Match: Match{path: pathMatch{kind: configv1alpha1.StringMatch_TYPE_PREFIX, value: "/"}},
+		Filters: &filter.Chain{}, Backends: []*Backend{{Port: port, Weight: 1, Filters: &filter.Chain{}, Endpoint: endpoint, Workload: workload}},
+		totalWeight: 1}
+}
 
 // Compile validates cfg and builds its Table. A nil cfg gives an empty
 // table.

@@ -62,14 +62,24 @@ func (l *streamListener) Addr() net.Addr { return l.addr }
 
 // streamConn is an accepted stream with the destination it was sent to.
 // done is closed by Close, so the hbone Handler can wait for the HTTP
-// server to finish with the stream.
+// server to finish with the stream. pre are bytes sniffing read, which the
+// first Reads return.
 type streamConn struct {
 	*hbone.Stream
-	service  string
-	port     uint32
+	dest     destination
 	source   proxy.Source
+	pre      []byte
 	done     chan struct{}
 	doneOnce sync.Once
+}
+
+func (c *streamConn) Read(p []byte) (int, error) {
+	if len(c.pre) > 0 {
+		n := copy(p, c.pre)
+		c.pre = c.pre[n:]
+		return n, nil
+	}
+	return c.Stream.Read(p)
 }
 
 func (c *streamConn) Close() error {

@@ -45,10 +45,14 @@ type Config struct {
 	// OnResult is the proxy's OnResult hook (metrics, access log); may be
 	// nil. It runs after the Tracer has finished the request's span.
 	OnResult func(*http.Request, *proxy.Result)
-	// OnConn reports TCP tunnels passed through (service ports whose
-	// protocol is TCP): with done=false once the tunnel is joined to an
+	// OnConn reports TCP tunnels passed through (ports whose protocol is
+	// TCP, or sniffed as not HTTP): with done=false once the tunnel is joined to an
 	// endpoint, with done=true when it ends or was refused. May be nil.
 	OnConn func(res *proxy.ConnResult, done bool)
+	// SniffTimeout bounds the wait for a tunnel's first bytes on a port
+	// whose protocol nothing declares (PROTOCOL_UNSPECIFIED); when it
+	// passes the tunnel is TCP. Zero means DefaultSniffTimeout.
+	SniffTimeout time.Duration
 	// Tracer creates a span per request and per try and propagates trace
 	// headers; nil leaves trace headers as the client sent them.
 	Tracer *tracing.Tracer
@@ -120,7 +124,11 @@ func New(cfg Config) (*Server, error) {
 	s.http = proxy.NewServer(h)
 	s.http.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
 		if sc, ok := c.(*streamConn); ok {
-			ctx = proxy.WithDestination(ctx, sc.service, sc.port)
+			if sc.dest.workload != nil {
+				ctx = proxy.WithWorkloadDestination(ctx, *sc.dest.workload)
+			} else {
+				ctx = proxy.WithDestination(ctx, sc.dest.service, sc.dest.port)
+			}
 			ctx = proxy.WithSource(ctx, sc.source)
 		}
 		return ctx
@@ -154,26 +162,61 @@ func (s *Server) startHTTP() {
 	})
 }
 
-// serveStream is the hbone Handler: it maps the tunnel's authority to a
-// service and hands the accepted stream to the HTTP server, then waits
-// until the HTTP server is done with it.
+// serveStream is the hbone Handler. The tunnel's authority is a service
+// VIP:port or, for a workload whose waypoint this is (ambit.dev/waypoint-for
+// workload or all), a pod IP:port. The port's protocol decides: TCP is
+// passed through; HTTP and gRPC go to the HTTP server; a port whose
+// protocol nothing declares is sniffed (HTTP/2 preface, HTTP/1.x request
+// line, else TCP), the bytes read replayed to whichever handles it.
 func (s *Server) serveStream(st *hbone.Stream) {
 	dst := st.Authority()
-	svc, ok := s.cfg.Store.ServiceByVIP(dst.Addr())
-	if !ok {
-		_ = st.Reject(http.StatusNotFound, "no service at "+dst.String())
-		return
-	}
-	if t := s.cfg.Store.Table(); t != nil {
-		if rs := t.Service(svc, uint32(dst.Port())); rs != nil && rs.Protocol == configv1alpha1.ServiceRoutes_PROTOCOL_TCP {
-			s.serveTCP(st, svc, uint32(dst.Port()))
+	d := destination{port: uint32(dst.Port())}
+	var protocol configv1alpha1.ServiceRoutes_Protocol
+	if svc, ok := s.cfg.Store.ServiceByVIP(dst.Addr()); ok {
+		d.service = svc
+		// A port missing from the table goes to the HTTP server, which
+		// answers 404 NR.
+		protocol = configv1alpha1.ServiceRoutes_PROTOCOL_HTTP
+		if rs := s.cfg.Store.Table().Service(svc, d.port); rs != nil {
+			protocol = rs.Protocol
+		}
+	} else if w := s.cfg.Store.WorkloadByAddress(dst.Addr()); w != nil {
+		if gw := w.GetWaypoint().GetGateway(); gw == "" || (s.cfg.Gateway != "" && gw != s.cfg.Gateway) {
+			_ = st.Reject(http.StatusNotFound, "workload "+w.GetName()+" does not use this waypoint")
 			return
 		}
+		d.workload = &proxy.Endpoint{Address: netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port()).String(), Workload: w.GetName()}
+		protocol = s.cfg.Store.workloadProtocol(w, d.port)
+	} else {
+		_ = st.Reject(http.StatusNotFound, "no service or workload at "+dst.String())
+		return
+	}
+	if protocol == configv1alpha1.ServiceRoutes_PROTOCOL_TCP {
+		s.serveTCP(st, d, nil, false)
+		return
 	}
 	if err := st.Accept(); err != nil {
 		return
 	}
-	c := &streamConn{Stream: st, service: svc, port: uint32(dst.Port()), source: sourceOf(st), done: make(chan struct{})}
+	var pre []byte
+	if protocol == configv1alpha1.ServiceRoutes_PROTOCOL_UNSPECIFIED {
+		timeout := s.cfg.SniffTimeout
+		if timeout <= 0 {
+			timeout = DefaultSniffTimeout
+		}
+		kind, b, err := sniff(st, timeout)
+		if err != nil {
+			_ = st.Reset()
+			return
+		}
+		s.log.Debug("tunnel protocol sniffed", "destination", dst.String(), "protocol", kind.String())
+		if kind == sniffTCP {
+			s.serveTCP(st, d, b, true)
+			return
+		}
+		pre = b
+	}
+	c := &streamConn{Stream: st, dest: d, source: sourceOf(st), pre: pre, done: make(chan struct{})}
 	if !s.ln.push(c) {
 		_ = st.Reset()
 		return
@@ -182,6 +225,14 @@ func (s *Server) serveStream(st *hbone.Stream) {
 	case <-c.done:
 	case <-st.Context().Done():
 	}
+}
+
+// destination is what a tunnel was sent to: a service port, or a workload
+// (workload set, service empty).
+type destination struct {
+	service  string
+	port     uint32
+	workload *proxy.Endpoint
 }
 
 // sourceOf describes a tunnel's client: its peer identity, its address

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -263,6 +264,77 @@ func (s *Store) Endpoints(_ context.Context, service string, port uint32) []prox
 	return eps
 }
 
+// workloadProtocol is the protocol of a workload's port for a tunnel
+// addressed to the workload: what the Service ports targeting that port
+// say (the route table's protocol for a service port the waypoint serves,
+// else the port's appProtocol, else its name's prefix), UNSPECIFIED (sniff)
+// when none says anything or they disagree.
+func (s *Store) workloadProtocol(w *configv1alpha1.Workload, port uint32) configv1alpha1.ServiceRoutes_Protocol {
+	snap, table := s.snap.Load(), s.Table()
+	addrs := map[string]bool{}
+	for _, a := range w.GetAddresses() {
+		if ip, err := netip.ParseAddr(a); err == nil {
+			addrs[ip.Unmap().String()] = true
+		}
+	}
+	found := configv1alpha1.ServiceRoutes_PROTOCOL_UNSPECIFIED
+	for name, svc := range snap.services {
+		for _, ep := range svc.GetEndpoints() {
+			ip, err := netip.ParseAddr(ep.GetAddress())
+			if ep.GetWorkload() != w.GetName() && (err != nil || !addrs[ip.Unmap().String()]) {
+				continue
+			}
+			for _, p := range svc.GetPorts() {
+				target := cmp.Or(ep.GetTargetPorts()[p.GetPort()], p.GetTargetPort(), p.GetPort())
+				if target != port {
+					continue
+				}
+				proto := configv1alpha1.ServiceRoutes_PROTOCOL_UNSPECIFIED
+				if rs := table.Service(name, p.GetPort()); rs != nil {
+					proto = rs.Protocol
+				}
+				if proto == configv1alpha1.ServiceRoutes_PROTOCOL_UNSPECIFIED {
+					proto = declaredProtocol(p.GetAppProtocol(), p.GetName())
+				}
+				switch {
+				case proto == configv1alpha1.ServiceRoutes_PROTOCOL_UNSPECIFIED:
+				case found == configv1alpha1.ServiceRoutes_PROTOCOL_UNSPECIFIED:
+					found = proto
+				case found != proto:
+					return configv1alpha1.ServiceRoutes_PROTOCOL_UNSPECIFIED
+				}
+			}
+		}
+	}
+	return found
+}
+
+// declaredProtocol is what a Service port's appProtocol, else its name's
+// prefix, declares, as the controller reads them: http, http2,
+// kubernetes.io/h2c and kubernetes.io/ws are HTTP; grpc, grpc-web and
+// kubernetes.io/grpc GRPC; any other appProtocol TCP; a name "http",
+// "http2", "h2c" or "grpc", alone or before "-", HTTP or GRPC; else
+// UNSPECIFIED.
+func declaredProtocol(appProtocol, name string) configv1alpha1.ServiceRoutes_Protocol {
+	switch strings.ToLower(appProtocol) {
+	case "http", "http2", "kubernetes.io/h2c", "kubernetes.io/ws":
+		return configv1alpha1.ServiceRoutes_PROTOCOL_HTTP
+	case "grpc", "grpc-web", "kubernetes.io/grpc":
+		return configv1alpha1.ServiceRoutes_PROTOCOL_GRPC
+	case "":
+	default:
+		return configv1alpha1.ServiceRoutes_PROTOCOL_TCP
+	}
+	prefix, _, _ := strings.Cut(strings.ToLower(name), "-")
+	switch prefix {
+	case "http", "http2", "h2c":
+		return configv1alpha1.ServiceRoutes_PROTOCOL_HTTP
+	case "grpc":
+		return configv1alpha1.ServiceRoutes_PROTOCOL_GRPC
+	}
+	return configv1alpha1.ServiceRoutes_PROTOCOL_UNSPECIFIED
+}
+
 var errNoWorkload = errors.New("unknown workload")
 
 // workloadIdentity returns the SPIFFE ID string of a workload.
@@ -275,7 +347,8 @@ func (s *Store) workloadIdentity(name string) (string, error) {
 }
 
 // upstreams returns the generation of the snapshot and the set of
-// (endpoint IP, workload identity) pairs its ready endpoints make.
+// (endpoint IP, workload identity) pairs its ready endpoints and the
+// workloads that have a waypoint make.
 func (s *Store) upstreams() (uint64, map[upstream]bool) {
 	snap := s.snap.Load()
 	set := map[upstream]bool{}
@@ -291,6 +364,22 @@ func (s *Store) upstreams() (uint64, map[upstream]bool) {
 				continue
 			}
 			set[upstream{ip: a.Unmap(), id: id}] = true
+		}
+	}
+	// Workloads this waypoint serves are reached directly (tunnels
+	// addressed to them).
+	for _, w := range snap.workloads {
+		if w.GetWaypoint() == nil {
+			continue
+		}
+		id, err := identity.ParseSPIFFEID(w.GetIdentity())
+		if err != nil {
+			continue
+		}
+		for _, a := range w.GetAddresses() {
+			if ip, err := netip.ParseAddr(a); err == nil {
+				set[upstream{ip: ip.Unmap(), id: id}] = true
+			}
 		}
 	}
 	return snap.gen, set

@@ -18,12 +18,16 @@ import (
 // tcpDialTimeout bounds opening the tunnel to an endpoint.
 const tcpDialTimeout = 10 * time.Second
 
-// serveTCP passes a tunnel to a TCP service port through to one of the
-// service's endpoints, over HBONE as the waypoint: L4 authorization
-// (principals, namespaces, ports), an endpoint in round robin, and the
-// bytes copied both ways with half-close. A refusal answers the CONNECT:
-// 403 for policy, 503 when no endpoint can be reached.
-func (s *Server) serveTCP(st *hbone.Stream, svc string, port uint32) {
+// serveTCP passes a tunnel through to one of the service's endpoints (or
+// to the workload it was addressed to), over HBONE as the waypoint: L4
+// authorization (principals, namespaces, ports), an endpoint in round
+// robin, and the bytes copied both ways with half-close. Before the tunnel
+// is accepted a refusal answers the CONNECT: 403 for policy, 503 when no
+// endpoint can be reached. After sniffing (accepted set, pre the bytes
+// read) the stream is accepted already: a refusal resets it, and pre is
+// sent to the endpoint first.
+func (s *Server) serveTCP(st *hbone.Stream, d destination, pre []byte, accepted bool) {
+	svc, port := d.service, d.port
 	res := &proxy.ConnResult{Service: svc, Port: port, Source: sourceOf(st), Start: time.Now()}
 	defer func() {
 		res.Duration = time.Since(res.Start)
@@ -31,26 +35,38 @@ func (s *Server) serveTCP(st *hbone.Stream, svc string, port uint32) {
 			s.cfg.OnConn(res, true)
 		}
 	}()
-	d := authz.Decision{Reason: "authorization policies not received yet"}
+	refuse := func(code int, msg string) {
+		if accepted {
+			_ = st.Reset()
+			return
+		}
+		_ = st.Reject(code, msg)
+	}
+	z := authz.Decision{Reason: "authorization policies not received yet"}
 	if policies := s.cfg.Store.Authorizations(); policies != nil {
-		d = policies.Evaluate(s.cfg.Gateway, authz.Request{
+		z = policies.Evaluate(s.cfg.Gateway, authz.Request{
 			Peer: res.Source.Identity, Service: svc, Port: port, L4: true,
 		})
 	}
-	res.Authz = proxy.AuthzDecision{Evaluated: true, Allow: d.Allow, Policy: d.Policy}
-	if !d.Allow {
+	res.Authz = proxy.AuthzDecision{Evaluated: true, Allow: z.Allow, Policy: z.Policy}
+	if !z.Allow {
 		res.Flags = proxy.FlagDenied
 		msg := "RBAC: access denied"
-		if d.Policy != "" {
-			msg += " by " + d.Policy
+		if z.Policy != "" {
+			msg += " by " + z.Policy
 		}
-		_ = st.Reject(http.StatusForbidden, msg)
+		refuse(http.StatusForbidden, msg)
 		return
 	}
-	eps := s.cfg.Store.Endpoints(st.Context(), svc, port)
+	var eps []proxy.Endpoint
+	if d.workload != nil {
+		eps = []proxy.Endpoint{*d.workload}
+	} else {
+		eps = s.cfg.Store.Endpoints(st.Context(), svc, port)
+	}
 	if len(eps) == 0 {
 		res.Flags = proxy.FlagNoHealthyUpstream
-		_ = st.Reject(http.StatusServiceUnavailable, "no healthy endpoint for "+svc)
+		refuse(http.StatusServiceUnavailable, "no healthy endpoint for "+svc)
 		return
 	}
 	ep := eps[int((s.tcpNext.Add(1)-1)%uint64(len(eps)))]
@@ -61,18 +77,20 @@ func (s *Server) serveTCP(st *hbone.Stream, svc string, port uint32) {
 	if err != nil {
 		s.log.Debug("tcp pass-through: endpoint unreachable", "service", svc, "endpoint", ep.Address, "err", err)
 		res.Flags = proxy.FlagUpstreamConnectionFailure
-		_ = st.Reject(http.StatusServiceUnavailable, "endpoint unreachable")
+		refuse(http.StatusServiceUnavailable, "endpoint unreachable")
 		return
 	}
 	defer up.Close()
-	if err := st.Accept(); err != nil {
-		return
+	if !accepted {
+		if err := st.Accept(); err != nil {
+			return
+		}
 	}
 	res.Opened = true
 	if s.cfg.OnConn != nil {
 		s.cfg.OnConn(res, false)
 	}
-	client := &countingConn{Conn: st}
+	client := &countingConn{Conn: &replayConn{Conn: st, pre: pre}}
 	upstream := &countingConn{Conn: up}
 	_, _ = hbone.Join(client, upstream)
 	_ = st.Close()
