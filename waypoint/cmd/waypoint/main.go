@@ -111,16 +111,17 @@ func serve(ctx context.Context, o *options, log *slog.Logger, started func(liste
 	}
 	tel := telemetry.New(store, log.With("component", "access"))
 	srv, err := server.New(server.Config{
-		Identity:  wid,
-		Cert:      certs.Cert(wid),
-		Roots:     certs.Roots(),
-		Store:     store,
-		Gateway:   o.gateway(),
-		HBONEPort: o.endpointHBONEPort,
-		Tracer:    tracer,
-		OnResult:  tel.Observe,
-		OnConn:    tel.ObserveConn,
-		Logger:    log,
+		Identity:     wid,
+		Cert:         certs.Cert(wid),
+		Roots:        certs.Roots(),
+		Store:        store,
+		Gateway:      o.gateway(),
+		HBONEPort:    o.endpointHBONEPort,
+		SniffTimeout: o.sniffTimeout,
+		Tracer:       tracer,
+		OnResult:     tel.Observe,
+		OnConn:       tel.ObserveConn,
+		Logger:       log,
 	})
 	if err != nil {
 		return err

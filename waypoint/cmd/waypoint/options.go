@@ -13,6 +13,7 @@ import (
 	"github.com/ambit-mesh/ambit/pkg/caclient"
 	"github.com/ambit-mesh/ambit/pkg/hbone"
 	"github.com/ambit-mesh/ambit/pkg/identity"
+	"github.com/ambit-mesh/ambit/waypoint/server"
 )
 
 // Environment variables of the waypoint pod contract (the controller's
@@ -56,6 +57,7 @@ type options struct {
 	otlpEndpoint  string
 	shutdownDrain time.Duration
 	shutdownDelay time.Duration
+	sniffTimeout  time.Duration
 	logLevel      slog.Level
 	showVersion   bool
 }
@@ -98,6 +100,7 @@ func parseOptions(args []string, getenv func(string) string, out io.Writer) (*op
 	otlp := fs.String("otlp-endpoint", getenv(envOTLPEndpoint), "OTLP/gRPC collector for spans, host:port or http(s)://host:port; empty exports none ($"+envOTLPEndpoint+")")
 	delay := fs.Duration("shutdown-delay", time.Second, "after SIGTERM, how long readiness fails while new tunnels are still accepted (the time to withdraw the pod from its Service)")
 	drain := fs.Duration("shutdown-drain", 5*time.Second, "after -shutdown-delay, how long open requests and tunnels may finish")
+	sniff := fs.Duration("sniff-timeout", server.DefaultSniffTimeout, "how long to wait for a tunnel's first bytes on a port whose protocol nothing declares before passing it through as TCP")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
@@ -111,7 +114,7 @@ func parseOptions(args []string, getenv func(string) string, out io.Writer) (*op
 		xdsAddress: *xdsAddr, xdsStateFile: *xdsState,
 		caAddress: *caAddr, caRootFile: *caRoot, caTokenFile: *caToken, caServerName: *caName,
 		localCATrustDomain: *localCA, certValidity: *validity,
-		otlpEndpoint: *otlp, shutdownDrain: *drain, shutdownDelay: *delay, showVersion: *showVersion,
+		otlpEndpoint: *otlp, shutdownDrain: *drain, shutdownDelay: *delay, sniffTimeout: *sniff, showVersion: *showVersion,
 	}
 	if o.showVersion {
 		return o, nil
@@ -126,6 +129,9 @@ func parseOptions(args []string, getenv func(string) string, out io.Writer) (*op
 	o.endpointHBONEPort = uint16(*hbonePort)
 	if *drain < 0 {
 		problems = append(problems, "-shutdown-drain must not be negative")
+	}
+	if *sniff <= 0 {
+		problems = append(problems, "-sniff-timeout must be positive")
 	}
 	if *delay < 0 {
 		problems = append(problems, "-shutdown-delay must not be negative")

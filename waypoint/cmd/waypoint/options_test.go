@@ -127,6 +127,7 @@ func TestInvalidValues(t *testing.T) {
 		"bad port":       {[]string{"-endpoint-hbone-port", "70000"}, nil, "-endpoint-hbone-port"},
 		"bad level":      {[]string{"-log-level", "loud"}, nil, "-log-level"},
 		"negative drain": {[]string{"-shutdown-drain", "-1s"}, nil, "-shutdown-drain"},
+		"zero sniff":     {[]string{"-sniff-timeout", "0s"}, nil, "-sniff-timeout"},
 		"extra args":     {[]string{"extra"}, nil, "unexpected arguments"},
 		"no ca root":     {[]string{"-ca-root-file", ""}, nil, "-ca-root-file"},
 	} {
