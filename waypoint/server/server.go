@@ -186,7 +186,7 @@ func (s *Server) serveStream(st *hbone.Stream) {
 			return
 		}
 		d.workload = &proxy.Endpoint{Address: netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port()).String(), Workload: w.GetName()}
-		protocol = s.cfg.Store.workloadProtocol(w, d.port)
+		protocol = s.cfg.Store.workloadProtocol(dst.Addr(), d.port)
 	} else {
 		_ = st.Reject(http.StatusNotFound, "no service or workload at "+dst.String())
 		return

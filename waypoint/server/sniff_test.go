@@ -428,3 +428,45 @@ func TestWorkloadAddressedTunnels(t *testing.T) {
 		t.Fatalf("the denied tunnel reached the pod (%d tunnels, was %d)", n, before)
 	}
 }
+
+// TestWorkloadProtocol: the protocol of a workload-addressed tunnel comes
+// from the Service ports that target the pod's port.
+func TestWorkloadProtocol(t *testing.T) {
+	st := NewStore(nil)
+	svc := func(name string, ports ...*configv1alpha1.ServicePort) *configv1alpha1.Service {
+		return &configv1alpha1.Service{Name: "ns/" + name, Vips: []string{"10.96.0.1"}, Ports: ports,
+			Endpoints: []*configv1alpha1.Endpoint{{Address: "10.1.0.1", Ready: true, TargetPorts: map[uint32]uint32{81: 8081}}}}
+	}
+	if err := st.HandleServices(resources(t, map[string]proto.Message{
+		"ns/a": svc("a", &configv1alpha1.ServicePort{Name: "web", Port: 80, TargetPort: 8080},
+			&configv1alpha1.ServicePort{Name: "http", Port: 81}, // the endpoint maps it to 8081
+			&configv1alpha1.ServicePort{Name: "db", Port: 5432, AppProtocol: "tcp"},
+			&configv1alpha1.ServicePort{Name: "grpc", Port: 9090},
+			&configv1alpha1.ServicePort{Name: "x", Port: 7000}),
+		"ns/b": svc("b", &configv1alpha1.ServicePort{Name: "grpc-x", Port: 7000}, &configv1alpha1.ServicePort{Name: "y", Port: 9090, AppProtocol: "http"}),
+	})); err != nil {
+		t.Fatal(err)
+	}
+	ip := netip.MustParseAddr("10.1.0.1")
+	want := map[uint32]configv1alpha1.ServiceRoutes_Protocol{
+		8080: configv1alpha1.ServiceRoutes_PROTOCOL_UNSPECIFIED, // nothing declares it
+		8081: configv1alpha1.ServiceRoutes_PROTOCOL_HTTP,
+		5432: configv1alpha1.ServiceRoutes_PROTOCOL_TCP,
+		7000: configv1alpha1.ServiceRoutes_PROTOCOL_GRPC,        // b declares, a does not
+		9090: configv1alpha1.ServiceRoutes_PROTOCOL_UNSPECIFIED, // GRPC and HTTP disagree
+		1234: configv1alpha1.ServiceRoutes_PROTOCOL_UNSPECIFIED, // no Service port
+	}
+	for port, w := range want {
+		if got := st.workloadProtocol(ip, port); got != w {
+			t.Errorf("port %d: %v, want %v", port, got, w)
+		}
+	}
+	// The route table's protocol of a served port wins.
+	if err := st.HandleWaypointConfig(resources(t, map[string]proto.Message{"ns/wp": &configv1alpha1.WaypointConfig{Name: "ns/wp",
+		Services: []*configv1alpha1.ServiceRoutes{{Service: "ns/a", Port: 80, Protocol: configv1alpha1.ServiceRoutes_PROTOCOL_HTTP}}}})); err != nil {
+		t.Fatal(err)
+	}
+	if got := st.workloadProtocol(ip, 8080); got != configv1alpha1.ServiceRoutes_PROTOCOL_HTTP {
+		t.Errorf("port 8080 with a route table entry: %v, want HTTP", got)
+	}
+}

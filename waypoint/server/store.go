@@ -45,6 +45,15 @@ type snapshot struct {
 	byVIP     map[netip.Addr]string              // VIP -> service name
 	workloads map[string]*configv1alpha1.Workload
 	byAddr    map[netip.Addr]*configv1alpha1.Workload
+	// targets are, by endpoint IP and target port, the Service ports that
+	// send to it (for the protocol of workload-addressed tunnels).
+	targets map[netip.Addr]map[uint32][]servicePort
+}
+
+// servicePort is one port of a Service, as an endpoint's target.
+type servicePort struct {
+	service string
+	port    *configv1alpha1.ServicePort
 }
 
 // NewStore returns an empty store. A nil logger means slog.Default().
@@ -167,7 +176,7 @@ func (s *Store) commit(set func()) {
 	set()
 	s.gen++
 	snap := &snapshot{gen: s.gen, services: s.services, workloads: s.workloads, byVIP: map[netip.Addr]string{},
-		byAddr: map[netip.Addr]*configv1alpha1.Workload{}}
+		byAddr: map[netip.Addr]*configv1alpha1.Workload{}, targets: map[netip.Addr]map[uint32][]servicePort{}}
 	for _, w := range s.workloads {
 		for _, a := range w.GetAddresses() {
 			if ip, err := netip.ParseAddr(a); err == nil {
@@ -179,6 +188,20 @@ func (s *Store) commit(set func()) {
 		for _, v := range svc.GetVips() {
 			if a, err := netip.ParseAddr(v); err == nil {
 				snap.byVIP[a.Unmap()] = name
+			}
+		}
+		for _, ep := range svc.GetEndpoints() {
+			ip, err := netip.ParseAddr(ep.GetAddress())
+			if err != nil {
+				continue
+			}
+			ip = ip.Unmap()
+			for _, p := range svc.GetPorts() {
+				target := cmp.Or(ep.GetTargetPorts()[p.GetPort()], p.GetTargetPort(), p.GetPort())
+				if snap.targets[ip] == nil {
+					snap.targets[ip] = map[uint32][]servicePort{}
+				}
+				snap.targets[ip][target] = append(snap.targets[ip][target], servicePort{service: name, port: p})
 			}
 		}
 	}
@@ -264,46 +287,28 @@ func (s *Store) Endpoints(_ context.Context, service string, port uint32) []prox
 	return eps
 }
 
-// workloadProtocol is the protocol of a workload's port for a tunnel
-// addressed to the workload: what the Service ports targeting that port
-// say (the route table's protocol for a service port the waypoint serves,
-// else the port's appProtocol, else its name's prefix), UNSPECIFIED (sniff)
-// when none says anything or they disagree.
-func (s *Store) workloadProtocol(w *configv1alpha1.Workload, port uint32) configv1alpha1.ServiceRoutes_Protocol {
-	snap, table := s.snap.Load(), s.Table()
-	addrs := map[string]bool{}
-	for _, a := range w.GetAddresses() {
-		if ip, err := netip.ParseAddr(a); err == nil {
-			addrs[ip.Unmap().String()] = true
-		}
-	}
+// workloadProtocol is the protocol of a tunnel addressed to a workload's
+// ip:port: what the Service ports targeting it say (the route table's
+// protocol for a service port the waypoint serves, else the port's
+// appProtocol, else its name's prefix), UNSPECIFIED (sniff) when none says
+// anything or they disagree.
+func (s *Store) workloadProtocol(ip netip.Addr, port uint32) configv1alpha1.ServiceRoutes_Protocol {
+	table := s.Table()
 	found := configv1alpha1.ServiceRoutes_PROTOCOL_UNSPECIFIED
-	for name, svc := range snap.services {
-		for _, ep := range svc.GetEndpoints() {
-			ip, err := netip.ParseAddr(ep.GetAddress())
-			if ep.GetWorkload() != w.GetName() && (err != nil || !addrs[ip.Unmap().String()]) {
-				continue
-			}
-			for _, p := range svc.GetPorts() {
-				target := cmp.Or(ep.GetTargetPorts()[p.GetPort()], p.GetTargetPort(), p.GetPort())
-				if target != port {
-					continue
-				}
-				proto := configv1alpha1.ServiceRoutes_PROTOCOL_UNSPECIFIED
-				if rs := table.Service(name, p.GetPort()); rs != nil {
-					proto = rs.Protocol
-				}
-				if proto == configv1alpha1.ServiceRoutes_PROTOCOL_UNSPECIFIED {
-					proto = declaredProtocol(p.GetAppProtocol(), p.GetName())
-				}
-				switch {
-				case proto == configv1alpha1.ServiceRoutes_PROTOCOL_UNSPECIFIED:
-				case found == configv1alpha1.ServiceRoutes_PROTOCOL_UNSPECIFIED:
-					found = proto
-				case found != proto:
-					return configv1alpha1.ServiceRoutes_PROTOCOL_UNSPECIFIED
-				}
-			}
+	for _, sp := range s.snap.Load().targets[ip.Unmap()][port] {
+		proto := configv1alpha1.ServiceRoutes_PROTOCOL_UNSPECIFIED
+		if rs := table.Service(sp.service, sp.port.GetPort()); rs != nil {
+			proto = rs.Protocol
+		}
+		if proto == configv1alpha1.ServiceRoutes_PROTOCOL_UNSPECIFIED {
+			proto = declaredProtocol(sp.port.GetAppProtocol(), sp.port.GetName())
+		}
+		switch {
+		case proto == configv1alpha1.ServiceRoutes_PROTOCOL_UNSPECIFIED:
+		case found == configv1alpha1.ServiceRoutes_PROTOCOL_UNSPECIFIED:
+			found = proto
+		case found != proto:
+			return configv1alpha1.ServiceRoutes_PROTOCOL_UNSPECIFIED
 		}
 	}
 	return found
