@@ -200,7 +200,7 @@ func echoThrough(t *testing.T, c *hbone.Conn, payload []byte) (greeting string, 
 // bytes replayed; a client that sends nothing (a server-first protocol) is
 // passed through once the sniff timeout passes.
 func TestSniffedProtocols(t *testing.T) {
-	const sniffTimeout = 300 * time.Millisecond
+	const sniffTimeout = time.Second
 	rs, conns := &results{}, &connResults{}
 	e := setup(t, func(c *Config) {
 		c.Gateway = "default/waypoint"
