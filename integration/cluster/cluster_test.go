@@ -4,10 +4,12 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -27,6 +29,32 @@ func TestParseStat(t *testing.T) {
 	for _, bad := range []string{"", "1 (x", "1 (x) S 1 2", "1 (x) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 notanumber 1"} {
 		if _, _, err := parseStat([]byte(bad)); err == nil {
 			t.Errorf("parseStat(%q) gave no error", bad)
+		}
+	}
+}
+
+// A descriptor the caller inherited without close-on-exec (a lock file, a
+// pipe) is not passed on to the cluster's components.
+func TestInheritedDescriptorsNotPassedOn(t *testing.T) {
+	dir := t.TempDir()
+	lockPath := filepath.Join(dir, "caller.lock")
+	fd, err := syscall.Open(lockPath, syscall.O_CREAT|syscall.O_RDWR, 0o600) // no O_CLOEXEC
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(fd)
+	id, err := startProcess("/bin/sleep", []string{"60"}, nil, filepath.Join(dir, "sleep.log"), filepath.Join(dir, "sleep.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = stopProcs([]procID{id}, 2*time.Second) }()
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", id.PID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fds {
+		if target, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", id.PID, f.Name())); target == lockPath {
+			t.Fatalf("the started process holds the caller's descriptor %s (fd %s)", lockPath, f.Name())
 		}
 	}
 }

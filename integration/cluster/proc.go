@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // procID names one process across PID reuse: its PID and its start time in
@@ -59,10 +61,20 @@ func (p procID) alive() bool {
 	return err == nil && start == p.Start && state != 'Z' && state != 'X'
 }
 
+// closeInheritedFDs marks every descriptor above stderr close-on-exec: the
+// ones this process inherited (a caller's lock file, a CI step's pipe) must
+// not stay open in the cluster's long-lived components after the caller is
+// gone (a leaked pipe keeps a CI step waiting, a leaked lock blocks the next
+// user of the lock). Descriptors Go opens are close-on-exec already.
+func closeInheritedFDs() {
+	_ = unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
+}
+
 // startProcess starts bin detached from the caller (its own session, output
 // to logFile, appended) and records it in pidFile. The process outlives the
 // caller; when the caller is its parent, a goroutine reaps it.
 func startProcess(bin string, args, env []string, logFile, pidFile string) (procID, error) {
+	closeInheritedFDs()
 	if err := os.MkdirAll(filepath.Dir(logFile), 0o755); err != nil {
 		return procID{}, err
 	}
