@@ -116,6 +116,15 @@ AMBIT_CONFORMANCE_VERSION=$version \
 AMBIT_CONFORMANCE_REPORT=$report \
 GOTEST_PKGS=./conformance/ GOTEST_TIMEOUT=60m \
   hack/gotest.sh conformance conformance integration || status=$?
+# Judge from the log as well: the suite must have run and no test failed.
+log=bin/test-logs/conformance.log
+if grep -qE '^[[:space:]]*--- FAIL|^FAIL' "$log" || ! grep -qE '^--- PASS: TestMeshConformance ' "$log"; then
+  status=1
+fi
+if [ "$status" -ne 0 ]; then
+  say "FAILED:"
+  grep -E '^[[:space:]]*--- FAIL: TestMeshConformance/[^/ ]+ ' "$log" | sed 's/^[[:space:]]*/  /' || true
+fi
 say "suite ran in $(( $(date +%s) - suite_start ))s (log: bin/test-logs/conformance.log, report: $report)"
 
 if [ "${AMBIT_CONFORMANCE_KEEP:-}" != 1 ]; then
