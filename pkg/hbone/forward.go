@@ -16,11 +16,24 @@ import (
 // DefaultUpstreamDialTimeout bounds a Forwarder's dial unless configured.
 const DefaultUpstreamDialTimeout = 5 * time.Second
 
-// copyBufferSize is the buffer Join copies through: large enough that a
-// tunnel write fills a 256 KiB DATA frame.
-const copyBufferSize = 256 << 10
+// Join copies through a small buffer until a read fills it, then through a
+// large one until reads get small again: a connection that carries requests
+// and responses (or waits) holds smallCopyBufferSize per direction, a bulk
+// transfer gets copyBufferSize, large enough that a tunnel write fills a 256
+// KiB DATA frame.
+const (
+	smallCopyBufferSize = 16 << 10
+	copyBufferSize      = 256 << 10
+	// shrinkBelow: a read shorter than this on the large buffer goes back
+	// to the small one.
+	shrinkBelow = 4 << 10
+)
 
-var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}
+var (
+	smallCopyBuffers = sync.Pool{New: func() any { b := make([]byte, smallCopyBufferSize); return &b }}
+	copyBuffers      = sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}
+	errInvalidWrite  = errors.New("hbone: invalid write result")
+)
 
 // Forwarder is a Handler that connects a Stream to its Authority over TCP:
 // it dials, answers 200 (or 503 if the dial fails) and copies bytes both
@@ -111,11 +124,7 @@ func copyHalf(dst, src net.Conn) error {
 			defer st.setSink(nil)
 		}
 	}
-	bp := copyBuffers.Get().(*[]byte)
-	// Hide ReadFrom/WriteTo so that io.CopyBuffer uses the large buffer.
-	_, err := io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *bp)
-	copyBuffers.Put(bp)
-	if err != nil {
+	if err := copyAdaptive(dst, src); err != nil {
 		if errors.Is(err, net.ErrClosed) {
 			return nil // closed by the other direction's failure
 		}
@@ -125,4 +134,48 @@ func copyHalf(dst, src net.Conn) error {
 		return hc.CloseWrite()
 	}
 	return dst.Close()
+}
+
+// copyAdaptive copies src to dst until EOF, like io.Copy, through a buffer
+// sized to the traffic (see smallCopyBufferSize).
+func copyAdaptive(dst io.Writer, src io.Reader) error {
+	small := smallCopyBuffers.Get().(*[]byte)
+	defer smallCopyBuffers.Put(small)
+	var large *[]byte
+	defer func() {
+		if large != nil {
+			copyBuffers.Put(large)
+		}
+	}()
+	buf := *small
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			w, werr := dst.Write(buf[:n])
+			if werr != nil {
+				return werr
+			}
+			if w != n {
+				if w < 0 || w > n {
+					return errInvalidWrite
+				}
+				return io.ErrShortWrite
+			}
+			switch {
+			case large == nil && n == len(buf):
+				large = copyBuffers.Get().(*[]byte)
+				buf = *large
+			case large != nil && n < shrinkBelow:
+				copyBuffers.Put(large)
+				large = nil
+				buf = *small
+			}
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
 }
