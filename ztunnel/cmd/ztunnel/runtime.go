@@ -20,7 +20,7 @@ const (
 	defaultGOMAXPROCS = 1
 	// defaultGOGC is the GC target percentage unless -gc-percent or $GOGC
 	// says otherwise.
-	defaultGOGC = 100
+	defaultGOGC = 50
 )
 
 func defaultMaxProcs() int {
