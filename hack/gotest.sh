@@ -22,10 +22,16 @@ if [ -n "$tags" ]; then args+=(-tags "$tags" -count=1); fi
 status=0
 for m in "$@"; do
   echo "== $tier: $m"
+  # go test's status is read from PIPESTATUS right after the pipeline (grep
+  # exits 1 when it prints nothing, which is fine); `|| true` here would
+  # replace PIPESTATUS with true's and hide every failure.
+  set +e
   # shellcheck disable=SC2086
   (cd "$root/$m" && go test "${args[@]}" ${GOTEST_PKGS:-./...}) 2>&1 | tee -a "$log" |
-    grep -vE '^[[:space:]]*(=== (RUN|PAUSE|CONT|NAME)|--- PASS|--- SKIP)|^(PASS|ok[[:space:]].*no test files)' || true
-  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+    grep -vE '^[[:space:]]*(=== (RUN|PAUSE|CONT|NAME)|--- PASS|--- SKIP)|^(PASS|ok[[:space:]].*no test files)'
+  rc=${PIPESTATUS[0]}
+  set -e
+  [ "$rc" -eq 0 ] || status=1
 done
 
 passed=$(grep -cE '^[[:space:]]*--- PASS' "$log" || true)
@@ -33,7 +39,8 @@ failed=$(grep -cE '^[[:space:]]*--- FAIL' "$log" || true)
 skipped=$(grep -cE '^[[:space:]]*--- SKIP' "$log" || true)
 if [ "$skipped" -gt 0 ]; then grep -E '^[[:space:]]*--- SKIP' -A1 "$log" | sed 's/^/  /'; fi
 echo "$tier: $passed passed, $failed failed, $skipped skipped"
-if [ "$status" -ne 0 ]; then exit 1; fi
+# A failed test fails the tier even if go test's status were lost.
+if [ "$status" -ne 0 ] || [ "$failed" -gt 0 ]; then exit 1; fi
 if [ "${CI:-}" = true ] && [ "$passed" -eq 0 ]; then
   echo "$tier: no test ran (CI=true)" >&2; exit 1
 fi
