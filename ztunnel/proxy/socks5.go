@@ -9,9 +9,11 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/ambit-mesh/ambit/ztunnel/config"
 	"github.com/ambit-mesh/ambit/ztunnel/metrics"
 )
 
@@ -19,92 +21,244 @@ import (
 const (
 	socksSucceeded          = 0x00
 	socksNotAllowed         = 0x02
+	socksHostUnreachable    = 0x04
 	socksRefused            = 0x05
 	socksCommandUnsupported = 0x07
 	socksAddrUnsupported    = 0x08
 )
 
+// SOCKS5 address types.
+const (
+	socksIPv4   = 0x01
+	socksDomain = 0x03
+	socksIPv6   = 0x04
+)
+
 // socksHandshakeTimeout bounds the SOCKS5 negotiation.
 const socksHandshakeTimeout = 10 * time.Second
 
-// SOCKS5 serves ztunnel's explicit mode: an application that is not
-// captured (or a tool on the node) connects to a SOCKS5 listener and asks
-// for a destination; ztunnel routes it exactly as it routes a captured
-// outbound connection, as the source workload the SOCKS5 server was made
-// for. Only CONNECT with no authentication and IP address types is
-// supported: domain names are refused (ztunnel resolves no names).
+// SOCKS5 serves ztunnel's explicit mode: an application connects to a
+// SOCKS5 listener and asks for a destination; ztunnel routes it exactly as
+// it routes a captured outbound connection, as the source workload the
+// SOCKS5 server was made for. Only CONNECT with no authentication is
+// supported. Destinations are IPv4 or IPv6 addresses, or the hostname of a
+// service of the mesh (see resolveName): ztunnel queries no DNS server.
 type SOCKS5 struct {
-	out *Outbound
-	log *slog.Logger
+	out   *Outbound
+	log   *slog.Logger
+	srcIP netip.Addr
 
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu sync.Mutex
+	// conns maps each client connection being served to its upstream
+	// (nil until opened): Close closes both.
+	conns  map[net.Conn]net.Conn
+	closed bool
 }
 
-// NewSOCKS5 returns a SOCKS5 server acting for the workload named source
-// ("<namespace>/<pod>"), whose certificate it obtains from env.Certs on
-// first use. Upstream sockets are opened with dial (nil: a plain
-// net.Dialer, in ztunnel's own network namespace).
+// NewSOCKS5 returns a node-level SOCKS5 server acting for the workload
+// named source ("<namespace>/<pod>"), whose certificate it obtains from
+// env.Certs on first use. Upstream sockets are opened with dial (nil: a
+// plain net.Dialer, in ztunnel's own network namespace).
 func NewSOCKS5(env *Env, source string, dial func(ctx context.Context, network, address string) (net.Conn, error)) *SOCKS5 {
+	s := newSOCKS5(env, source, netip.Addr{}, dial)
+	s.out.ensureCert = env.Certs.Add
+	return s
+}
+
+// NewPodSOCKS5 returns the SOCKS5 server of one captured pod: source is the
+// pod's Workload name, srcIP its address (what the destination is told the
+// connection came from, as for captured traffic), and dial opens sockets in
+// the pod's namespace. The caller keeps the pod's certificate in env.Certs
+// while the server runs.
+func NewPodSOCKS5(env *Env, source string, srcIP netip.Addr, dial func(ctx context.Context, network, address string) (net.Conn, error)) *SOCKS5 {
+	return newSOCKS5(env, source, srcIP, dial)
+}
+
+func newSOCKS5(env *Env, source string, srcIP netip.Addr, dial func(ctx context.Context, network, address string) (net.Conn, error)) *SOCKS5 {
 	o := NewOutbound(env, source, dial)
-	o.ensureCert = env.Certs.Add
-	return &SOCKS5{out: o, log: o.log.With("listener", "socks5", "source", source), conns: map[net.Conn]struct{}{}}
+	s := &SOCKS5{out: o, log: o.log.With("listener", "socks5", "source", source), srcIP: srcIP, conns: map[net.Conn]net.Conn{}}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	return s
 }
 
 // Serve accepts SOCKS5 clients on ln until ctx ends or ln fails; it then
-// closes ln and every connection being served.
+// closes ln and every connection being served (Close).
 func (s *SOCKS5) Serve(ctx context.Context, ln net.Listener) error {
 	stop := context.AfterFunc(ctx, func() { _ = ln.Close() })
 	defer stop()
-	var wg sync.WaitGroup
-	defer func() {
-		s.mu.Lock()
-		for c := range s.conns {
-			_ = c.Close()
-		}
-		s.mu.Unlock()
-		wg.Wait()
-		_ = s.out.Close()
-	}()
+	err := s.Accept(ln)
+	if ctx.Err() != nil {
+		err = nil
+	}
+	_ = s.Close()
+	return err
+}
+
+// Accept serves SOCKS5 clients on ln until ln is closed (it then returns
+// nil) or fails. The connections being served go on: Drain or Close ends
+// them.
+func (s *SOCKS5) Accept(ln net.Listener) error {
+	var delay time.Duration
 	for {
 		c, err := ln.Accept()
 		if err != nil {
-			if ctx.Err() != nil {
+			if errors.Is(err, net.ErrClosed) || s.ctx.Err() != nil {
 				return nil
 			}
-			return err
+			if !isTemporary(err) {
+				return err
+			}
+			// Temporary failure (e.g. EMFILE): back off and go on.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.log.Warn("accept failed", "err", err, "retry", delay)
+			select {
+			case <-time.After(delay):
+				continue
+			case <-s.ctx.Done():
+				return nil
+			}
 		}
-		s.mu.Lock()
-		s.conns[c] = struct{}{}
-		s.mu.Unlock()
-		wg.Add(1)
+		delay = 0
+		if !s.track(c) {
+			_ = c.Close()
+			return nil
+		}
+		s.wg.Add(1)
 		go func() {
-			defer wg.Done()
-			defer func() {
-				s.mu.Lock()
-				delete(s.conns, c)
-				s.mu.Unlock()
-				_ = c.Close()
-			}()
-			s.serve(ctx, c)
+			defer s.wg.Done()
+			defer s.untrack(c)
+			s.serve(c)
 		}()
 	}
 }
 
-func (s *SOCKS5) serve(ctx context.Context, c net.Conn) {
+// isTemporary reports the accept errors worth retrying.
+func isTemporary(err error) bool {
+	var t interface{ Temporary() bool }
+	return errors.As(err, &t) && t.Temporary()
+}
+
+// Active counts the connections being served.
+func (s *SOCKS5) Active() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+// Drain lets the connections being served finish for up to timeout, then
+// closes whatever is left as Close does; the returned channel is closed
+// when that is done. Close the listener first.
+func (s *SOCKS5) Drain(timeout time.Duration) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		ctx, cancel := context.WithTimeout(s.ctx, timeout)
+		defer cancel()
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for s.Active() > 0 && ctx.Err() == nil {
+			select {
+			case <-ctx.Done():
+			case <-tick.C:
+			}
+		}
+		if n := s.Active(); n > 0 {
+			s.log.Info("drain ended; closing connections", "open", n)
+		}
+		_ = s.Close()
+	}()
+	return done
+}
+
+// Close aborts every connection being served, waits for their goroutines
+// and closes the pooled tunnels. Accept returns nil afterwards.
+func (s *SOCKS5) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	conns := s.conns
+	s.conns = nil
+	s.mu.Unlock()
+	s.cancel()
+	for c, up := range conns {
+		_ = c.Close()
+		if up != nil {
+			_ = up.Close()
+		}
+	}
+	s.wg.Wait()
+	return s.out.Close()
+}
+
+func (s *SOCKS5) track(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.conns[c] = nil
+	return true
+}
+
+// setUpstream records the upstream of c; false when closed.
+func (s *SOCKS5) setUpstream(c, up net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.conns[c] = up
+	return true
+}
+
+func (s *SOCKS5) untrack(c net.Conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conns != nil {
+		delete(s.conns, c)
+	}
+	_ = c.Close()
+}
+
+func (s *SOCKS5) serve(c net.Conn) {
 	_ = c.SetDeadline(time.Now().Add(socksHandshakeTimeout))
-	dst, err := socksHandshake(c)
+	req, err := socksHandshake(c)
 	if err != nil {
 		s.log.Debug("socks5 handshake failed", "err", err)
 		return
 	}
-	up, labels, err := s.out.Open(ctx, dst, netip.Addr{})
+	dst := req.addr
+	if req.name != "" {
+		a, ok := resolveName(s.out.env.Config(), s.out.source, req.name)
+		if !ok {
+			s.log.Info("socks5 destination name is not a service of the mesh", "name", req.name)
+			s.out.env.Metrics.OutboundErrors.WithLabelValues("socks5_unknown_name").Inc()
+			_ = socksReply(c, socksHostUnreachable)
+			return
+		}
+		dst = netip.AddrPortFrom(a, req.addr.Port())
+	}
+	up, labels, err := s.out.Open(s.ctx, dst, s.srcIP)
 	if err != nil {
 		code := byte(socksRefused)
-		if labels.ResponseFlags == metrics.FlagDenied {
+		switch labels.ResponseFlags {
+		case metrics.FlagDenied:
 			code = socksNotAllowed
+		case metrics.FlagNoHealthyUpstream:
+			code = socksHostUnreachable
 		}
 		_ = socksReply(c, code)
+		return
+	}
+	if !s.setUpstream(c, up) {
+		_ = up.Close()
 		return
 	}
 	if err := socksReply(c, socksSucceeded); err != nil {
@@ -115,19 +269,66 @@ func (s *SOCKS5) serve(ctx context.Context, c net.Conn) {
 	s.out.Join(c, up, labels)
 }
 
+// resolveName maps a destination name to an address the way the mesh
+// knows it: an IP literal is itself; a service hostname
+// ("<name>.<namespace>.svc.cluster.local", as Service.hostname says, any
+// case, with or without the final dot) and the short forms
+// "<name>.<namespace>", "<name>.<namespace>.svc" and, in the source
+// workload's namespace, "<name>" are the service's first VIP (IPv4
+// preferred). Anything else is not resolved.
+func resolveName(snap *config.Snapshot, source, name string) (netip.Addr, bool) {
+	name = strings.ToLower(strings.TrimSuffix(name, "."))
+	if a, err := netip.ParseAddr(strings.Trim(name, "[]")); err == nil {
+		return a.Unmap(), true
+	}
+	if name == "" {
+		return netip.Addr{}, false
+	}
+	srcNS, _, _ := strings.Cut(source, "/")
+	var best *config.Service
+	for _, svc := range snap.Services {
+		if len(svc.VIPs) == 0 {
+			continue
+		}
+		short, _ := strings.CutPrefix(svc.Name, svc.Namespace+"/")
+		match := strings.EqualFold(svc.Proto.GetHostname(), name) ||
+			name == short+"."+svc.Namespace ||
+			name == short+"."+svc.Namespace+".svc" ||
+			name == short && svc.Namespace == srcNS
+		if match && (best == nil || svc.Name < best.Name) {
+			best = svc
+		}
+	}
+	if best == nil {
+		return netip.Addr{}, false
+	}
+	for _, a := range best.VIPs {
+		if a.Unmap().Is4() {
+			return a.Unmap(), true
+		}
+	}
+	return best.VIPs[0], true
+}
+
+// socksRequest is a CONNECT request: addr, or name with addr's port.
+type socksRequest struct {
+	addr netip.AddrPort
+	name string
+}
+
 // socksHandshake negotiates "no authentication" and reads a CONNECT
 // request, answering the errors it finds itself.
-func socksHandshake(c net.Conn) (netip.AddrPort, error) {
+func socksHandshake(c net.Conn) (socksRequest, error) {
 	var hdr [2]byte
 	if _, err := io.ReadFull(c, hdr[:]); err != nil {
-		return netip.AddrPort{}, err
+		return socksRequest{}, fmt.Errorf("method negotiation: %w", err)
 	}
 	if hdr[0] != 5 {
-		return netip.AddrPort{}, fmt.Errorf("SOCKS version %d", hdr[0])
+		return socksRequest{}, fmt.Errorf("SOCKS version %d", hdr[0])
 	}
 	methods := make([]byte, hdr[1])
 	if _, err := io.ReadFull(c, methods); err != nil {
-		return netip.AddrPort{}, err
+		return socksRequest{}, fmt.Errorf("method negotiation: %w", err)
 	}
 	noAuth := false
 	for _, m := range methods {
@@ -135,49 +336,69 @@ func socksHandshake(c net.Conn) (netip.AddrPort, error) {
 	}
 	if !noAuth {
 		_, _ = c.Write([]byte{5, 0xff})
-		return netip.AddrPort{}, errors.New("client offers no acceptable authentication method")
+		return socksRequest{}, errors.New("client offers no acceptable authentication method")
 	}
 	if _, err := c.Write([]byte{5, 0}); err != nil {
-		return netip.AddrPort{}, err
+		return socksRequest{}, err
 	}
 	var req [4]byte
 	if _, err := io.ReadFull(c, req[:]); err != nil {
-		return netip.AddrPort{}, err
+		return socksRequest{}, fmt.Errorf("request: %w", err)
 	}
 	if req[0] != 5 {
-		return netip.AddrPort{}, fmt.Errorf("SOCKS version %d in request", req[0])
+		return socksRequest{}, fmt.Errorf("SOCKS version %d in request", req[0])
 	}
 	if req[1] != 1 {
 		_ = socksReply(c, socksCommandUnsupported)
-		return netip.AddrPort{}, fmt.Errorf("SOCKS command %d not supported", req[1])
+		return socksRequest{}, fmt.Errorf("SOCKS command %d not supported", req[1])
 	}
+	var r socksRequest
 	var addr netip.Addr
 	switch req[3] {
-	case 1:
+	case socksIPv4:
 		var b [4]byte
 		if _, err := io.ReadFull(c, b[:]); err != nil {
-			return netip.AddrPort{}, err
+			return socksRequest{}, fmt.Errorf("request: %w", err)
 		}
 		addr = netip.AddrFrom4(b)
-	case 4:
+	case socksIPv6:
 		var b [16]byte
 		if _, err := io.ReadFull(c, b[:]); err != nil {
-			return netip.AddrPort{}, err
+			return socksRequest{}, fmt.Errorf("request: %w", err)
 		}
 		addr = netip.AddrFrom16(b).Unmap()
+	case socksDomain:
+		var n [1]byte
+		if _, err := io.ReadFull(c, n[:]); err != nil {
+			return socksRequest{}, fmt.Errorf("request: %w", err)
+		}
+		b := make([]byte, n[0])
+		if _, err := io.ReadFull(c, b); err != nil {
+			return socksRequest{}, fmt.Errorf("request: %w", err)
+		}
+		if n[0] == 0 {
+			_ = socksReply(c, socksHostUnreachable)
+			return socksRequest{}, errors.New("empty SOCKS domain name")
+		}
+		r.name = string(b)
 	default:
 		_ = socksReply(c, socksAddrUnsupported)
-		return netip.AddrPort{}, fmt.Errorf("SOCKS address type %d not supported", req[3])
+		return socksRequest{}, fmt.Errorf("SOCKS address type %d not supported", req[3])
 	}
 	var port [2]byte
 	if _, err := io.ReadFull(c, port[:]); err != nil {
-		return netip.AddrPort{}, err
+		return socksRequest{}, fmt.Errorf("request: %w", err)
 	}
-	return netip.AddrPortFrom(addr, binary.BigEndian.Uint16(port[:])), nil
+	r.addr = netip.AddrPortFrom(addr, binary.BigEndian.Uint16(port[:]))
+	if r.addr.Port() == 0 {
+		_ = socksReply(c, socksHostUnreachable)
+		return socksRequest{}, errors.New("SOCKS destination port 0")
+	}
+	return r, nil
 }
 
 // socksReply answers a request with code and an unspecified bound address.
 func socksReply(c net.Conn, code byte) error {
-	_, err := c.Write([]byte{5, code, 0, 1, 0, 0, 0, 0, 0, 0})
+	_, err := c.Write([]byte{5, code, 0, socksIPv4, 0, 0, 0, 0, 0, 0})
 	return err
 }
