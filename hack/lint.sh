@@ -6,7 +6,7 @@ set -euo pipefail
 dev=$1
 shift
 root=$(cd "$(dirname "$0")/.." && pwd)
-tags=envtest,netns
+tags=envtest,netns,e2e,conformance
 status=0
 fail() { echo "lint: $*" >&2; status=1; }
 
