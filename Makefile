@@ -87,6 +87,10 @@ bench: deps tools ## Go benchmarks of every module, then the data-plane benchmar
 e2e: deps tools build images ## end-to-end tests on the one-machine Kubernetes, Ambit installed from manifests/ (root)
 	@VERSION=$(VERSION) hack/e2e.sh
 
+.PHONY: conformance
+conformance: deps tools build images ## Gateway API conformance suite (Mesh profile) on the one-machine cluster (root); report in docs/conformance/
+	@hack/conformance.sh
+
 .PHONY: clean
 clean: ## remove built binaries (keeps bin/tools)
 	@find $(BIN) -maxdepth 1 -type f -delete 2>/dev/null || true
