@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -71,12 +72,17 @@ type Config struct {
 	// AdminAddr, MetricsAddr and ReadyAddr are the HTTP listeners (admin
 	// config dump, Prometheus metrics, readiness); empty disables one.
 	AdminAddr, MetricsAddr, ReadyAddr string
-	// SOCKS5Addr is the explicit-mode SOCKS5 listener (e.g.
-	// "127.0.0.1:15080"); it serves only when SOCKS5Workload is set too.
+	// SOCKS5Addr is the node-level explicit-mode SOCKS5 listener (e.g.
+	// "127.0.0.1:15080", in ztunnel's own network namespace); it serves only
+	// when SOCKS5Workload is set too. It is meant for hosts without
+	// Kubernetes: a pod uses its own listener (PodSOCKS5Addr).
 	SOCKS5Addr string
 	// SOCKS5Workload is the Workload ("<namespace>/<pod>") whose identity
-	// SOCKS5 clients act as.
+	// the node-level listener's clients act as.
 	SOCKS5Workload string
+	// DisablePodSOCKS5 turns off the SOCKS5 listener ztunnel otherwise opens
+	// on PodSOCKS5Addr inside every captured pod.
+	DisablePodSOCKS5 bool
 	// DrainTimeout bounds how long the connections of a pod whose identity
 	// changed may go on with the old one; zero means DefaultDrainTimeout.
 	// The connections of a pod that leaves the mesh, and all connections at
@@ -138,7 +144,7 @@ type Daemon struct {
 	mu       sync.Mutex // serialises enrolment decisions
 	pods     map[string]*podState
 	idRefs   map[identity.SPIFFEID]int
-	draining map[*proxy.Pod]struct{}
+	draining map[io.Closer]struct{} // *proxy.Pod and *proxy.SOCKS5 draining
 	drainWG  sync.WaitGroup
 	runCtx   context.Context
 	stopping bool
@@ -182,7 +188,7 @@ func New(cfg Config) (*Daemon, error) {
 		log = slog.Default()
 	}
 	d := &Daemon{cfg: cfg, log: log, metrics: metrics.New(), resynced: make(chan struct{}),
-		pods: map[string]*podState{}, idRefs: map[identity.SPIFFEID]int{}, draining: map[*proxy.Pod]struct{}{}, httpAddrs: map[string]net.Addr{},
+		pods: map[string]*podState{}, idRefs: map[identity.SPIFFEID]int{}, draining: map[io.Closer]struct{}{}, httpAddrs: map[string]net.Addr{},
 		discovered: map[string]netnsInfo{}, removed: map[string]time.Time{}}
 	d.metrics.AccessLog = log.With("component", "access")
 	d.store = config.NewStore(log.With("component", "config"))

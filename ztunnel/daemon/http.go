@@ -121,6 +121,8 @@ type PodDump struct {
 	Identity string            `json:"identity,omitempty"`
 	Error    string            `json:"error,omitempty"`
 	Rules    *redirect.Ruleset `json:"rules,omitempty"`
+	// SOCKS5 is the pod's SOCKS5 listener (in its namespace), if open.
+	SOCKS5 string `json:"socks5,omitempty"`
 }
 
 // Dump builds the admin config dump (no private keys).
@@ -153,6 +155,9 @@ func (d *Daemon) Dump(ctx context.Context) ConfigDump {
 		pd := PodDump{Pod: ps.pod, Captured: ps.proxy != nil, Error: ps.lastErr}
 		if ps.proxy != nil {
 			pd.Identity = ps.id.String()
+			if ps.socks != nil {
+				pd.SOCKS5 = ps.socks.ln.Addr().String()
+			}
 			rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 			if rs, err := redirect.Rules(rctx, ps.ns); err == nil {
 				pd.Rules = rs

@@ -29,6 +29,8 @@ type podState struct {
 	ns    *redirect.Netns
 	proxy *proxy.Pod
 	id    identity.SPIFFEID
+	// socks is the pod's SOCKS5 listener, nil when there is none.
+	socks *podSOCKS
 	// released is true once the rules were removed because the
 	// configuration says the pod is not enrolled.
 	released bool
@@ -241,6 +243,9 @@ func (d *Daemon) capture(ctx context.Context, ps *podState, w *config.Workload) 
 	}
 	ps.ns, ps.id, ps.released = ns, w.Identity, false
 	ps.proxy = proxy.StartPod(d.env, proxy.PodConfig{Name: w.Name, IPs: ips, Identity: w.Identity, Netns: ns, Listeners: ls})
+	if !d.cfg.DisablePodSOCKS5 {
+		ps.socks = d.startPodSOCKS(ctx, ns, w, ips)
+	}
 	d.log.Info("pod captured", "pod", pod.Key(), "identity", w.Identity.String(), "ips", fmtAddrs(ips))
 	return nil
 }
@@ -285,10 +290,26 @@ func (d *Daemon) release(ctx context.Context, ps *podState, removeRules, drain b
 			_ = p.Close()
 			_ = ns.Close()
 		}
+		if sk := ps.socks; sk != nil {
+			if drain {
+				done := sk.drain(d.cfg.DrainTimeout)
+				d.draining[sk.server] = struct{}{}
+				d.drainWG.Add(1)
+				go func() {
+					defer d.drainWG.Done()
+					<-done
+					d.mu.Lock()
+					delete(d.draining, sk.server)
+					d.mu.Unlock()
+				}()
+			} else {
+				sk.close()
+			}
+		}
 		d.unref(ps.id)
 		d.log.Info("pod released", "pod", ps.pod.Key(), "rulesRemoved", removeRules, "drain", drain)
 	}
-	ps.proxy, ps.ns, ps.id = nil, nil, identity.SPIFFEID{}
+	ps.proxy, ps.ns, ps.id, ps.socks = nil, nil, identity.SPIFFEID{}, nil
 	return err
 }
 
@@ -348,6 +369,15 @@ func (d *Daemon) stopAll() {
 				_ = ns.Close()
 			}()
 			ps.proxy, ps.ns = nil, nil
+		}
+		if ps.socks != nil {
+			done := ps.socks.drain(d.cfg.ShutdownDrain)
+			d.drainWG.Add(1)
+			go func() {
+				defer d.drainWG.Done()
+				<-done
+			}()
+			ps.socks = nil
 		}
 	}
 }

@@ -1,0 +1,271 @@
+//go:build netns
+
+package ztunneltest
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"syscall"
+	"testing"
+	"time"
+
+	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
+	"github.com/ambit-mesh/ambit/controller/translate"
+	"github.com/ambit-mesh/ambit/integration/internal/tier"
+	"github.com/ambit-mesh/ambit/integration/netlab"
+	"github.com/ambit-mesh/ambit/pkg/identity"
+	"github.com/ambit-mesh/ambit/ztunnel/daemon"
+)
+
+// socksDial connects, from inside pod p, to the pod's own SOCKS5 listener
+// and asks for dst: an "ip:port" or a "name:port". It returns the
+// connection and the reply code (the connection is closed unless the code
+// is 0).
+func socksDial(p *netlab.Pod, dst string) (net.Conn, byte, error) {
+	var c net.Conn
+	if err := p.Do(func() (err error) {
+		c, err = net.DialTimeout("tcp", daemon.PodSOCKS5Addr, 3*time.Second)
+		return err
+	}); err != nil {
+		return nil, 0, err
+	}
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	host, port, err := net.SplitHostPort(dst)
+	if err != nil {
+		c.Close()
+		return nil, 0, err
+	}
+	var pn uint16
+	if _, err := fmt.Sscan(port, &pn); err != nil {
+		c.Close()
+		return nil, 0, err
+	}
+	req := []byte{5, 1, 0, 5, 1, 0}
+	if a, err := netip.ParseAddr(host); err == nil && a.Is4() {
+		req = append(append(req, 1), a.AsSlice()...)
+	} else if err == nil {
+		req = append(append(req, 4), a.AsSlice()...)
+	} else {
+		req = append(append(req, 3, byte(len(host))), host...)
+	}
+	req = binary.BigEndian.AppendUint16(req, pn)
+	if _, err := c.Write(req); err != nil {
+		c.Close()
+		return nil, 0, err
+	}
+	var rep [12]byte
+	if _, err := io.ReadFull(c, rep[:]); err != nil {
+		c.Close()
+		return nil, 0, fmt.Errorf("SOCKS5 reply: %w", err)
+	}
+	if rep[0] != 5 || rep[1] != 0 || rep[2] != 5 {
+		c.Close()
+		return nil, 0, fmt.Errorf("SOCKS5 reply %v", rep)
+	}
+	if rep[3] != 0 {
+		c.Close()
+		return nil, rep[3], nil
+	}
+	_ = c.SetDeadline(time.Time{})
+	return c, 0, nil
+}
+
+// socksEcho sends a message through a SOCKS5 connection and expects it back.
+func socksEcho(c net.Conn) error {
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	msg := bytes.Repeat([]byte("through socks5 "), 2000)
+	go func() {
+		_, _ = c.Write(msg)
+		_ = c.(*net.TCPConn).CloseWrite()
+	}()
+	got, err := io.ReadAll(c)
+	if err != nil {
+		return fmt.Errorf("read: %w (after %d bytes)", err, len(got))
+	}
+	if !bytes.Equal(got, msg) {
+		return fmt.Errorf("echo returned %d bytes, want %d", len(got), len(msg))
+	}
+	return nil
+}
+
+// TestPodSOCKS5 checks the SOCKS5 listener ztunnel opens on 127.0.0.1:15080
+// inside every captured pod: a client in pod a reaches pod b's service
+// (by VIP and by name) on another node through ztunnel, the server-side
+// ztunnel sees a's identity, the connection to 127.0.0.1:15080 itself is
+// not captured, and the listener goes away (with its connections) when the
+// pod is released and comes back when it is captured again.
+func TestPodSOCKS5(t *testing.T) {
+	tier.RequireRoot(t)
+	lab := netlab.New(t)
+	n0, err := lab.AddNode("node0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n1, err := lab.AddNode("node1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := n0.AddPod("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := n0.AddPod("u")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := n1.AddPod("b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveEcho(t, b, echoPort)
+	ca, err := identity.NewRootAuthority(trustDomain, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svcVIP := netip.MustParseAddr("10.250.255.20")
+	x := startXDS(t)
+	workloads := map[string]*configv1alpha1.Workload{
+		"a": workload(a, "node0", true),
+		"u": workload(u, "node0", false),
+		"b": workload(b, "node1", true),
+	}
+	publish := func() {
+		out := &translate.Output{Services: []*configv1alpha1.Service{{
+			Name: ns + "/echo", Namespace: ns, Hostname: "echo.shop.svc.cluster.local", Vips: []string{svcVIP.String()},
+			Ports:     []*configv1alpha1.ServicePort{{Name: "tcp", Port: 80, TargetPort: echoPort}},
+			Endpoints: []*configv1alpha1.Endpoint{{Workload: ns + "/b", Address: b.IP.String(), TargetPorts: map[uint32]uint32{80: echoPort}, Ready: true}},
+		}}}
+		for _, n := range []string{"a", "u", "b"} {
+			out.Workloads = append(out.Workloads, workloads[n])
+		}
+		out.Authorizations = []*configv1alpha1.Authorization{{
+			Name: "ambit-system/noop", Namespace: "ambit-system",
+			Scope: configv1alpha1.Authorization_SCOPE_GLOBAL, Action: configv1alpha1.Authorization_ACTION_DENY,
+		}}
+		x.srv.Publish(out)
+	}
+	publish()
+	z0 := startZtunnel(t, "node0", x.addr, ztunnelFiles{dir: t.TempDir()}, ca)
+	z1 := startZtunnel(t, "node1", x.addr, ztunnelFiles{dir: t.TempDir()}, ca)
+	z0.enrol(t, a)
+	z0.enrol(t, u)
+	z1.enrol(t, b)
+	eventually(t, "pods captured", func() bool { return z0.captured("a") && z1.captured("b") && !z0.captured("u") })
+	eventually(t, "ztunnels ready", func() bool { return z0.d.Ready() == nil && z1.d.Ready() == nil })
+
+	aID, bID := spiffe("a"), spiffe("b")
+	connections := 0
+	for _, dst := range []string{
+		netip.AddrPortFrom(svcVIP, 80).String(),     // service VIP -> endpoint
+		"echo.shop.svc.cluster.local:80",            // its hostname
+		"echo:80",                                   // short name, a's namespace
+		netip.AddrPortFrom(b.IP, echoPort).String(), // pod address -> HBONE
+	} {
+		c, code, err := socksDial(a, dst)
+		if err != nil || code != 0 {
+			t.Fatalf("SOCKS5 CONNECT %s from pod a: code %d, %v", dst, code, err)
+		}
+		err = socksEcho(c)
+		c.Close()
+		if err != nil {
+			t.Fatalf("echo through SOCKS5 to %s: %v", dst, err)
+		}
+		connections++
+	}
+	// The destination ztunnel verified pod a's certificate on each tunnel.
+	eventually(t, "destination ztunnel counts a's tunnels", func() bool {
+		return metricValue(t, z1, "istio_tcp_connections_closed_total", map[string]string{
+			"reporter": "destination", "source_principal": aID, "destination_principal": bID,
+			"source_workload": "a-deploy", "connection_security_policy": "mutual_tls", "response_flags": "-",
+		}) == float64(connections)
+	})
+	// The source ztunnel reports them as a's outbound connections, exactly
+	// once each: the client's connection to 127.0.0.1:15080 was not
+	// redirected to the outbound listener (that would count another,
+	// plaintext connection of a).
+	eventually(t, "source ztunnel counts a's connections", func() bool {
+		return metricValue(t, z0, "istio_tcp_connections_closed_total", map[string]string{
+			"reporter": "source", "source_workload": "a-deploy", "source_principal": aID,
+		}) == float64(connections)
+	})
+	if v := metricValue(t, z0, "istio_tcp_connections_opened_total", map[string]string{
+		"reporter": "source", "source_workload": "a-deploy", "source_principal": aID,
+		"destination_principal": bID, "destination_workload": "b-deploy",
+		"destination_service": "echo.shop.svc.cluster.local", "connection_security_policy": "mutual_tls",
+	}); v != 3 {
+		t.Errorf("source ztunnel counted %v connections to the echo service, want 3", v)
+	}
+	if v := metricValue(t, z0, "istio_tcp_connections_opened_total", map[string]string{"reporter": "source", "source_workload": "a-deploy"}); v != float64(connections) {
+		t.Errorf("source ztunnel counted %v connections of a, want %d", v, connections)
+	}
+
+	t.Run("errors", func(t *testing.T) {
+		if _, code, err := socksDial(a, "nowhere.shop.svc.cluster.local:80"); err != nil || code != 4 {
+			t.Errorf("unknown name: code %d, %v; want 4", code, err)
+		}
+		if _, code, err := socksDial(a, netip.AddrPortFrom(b.IP, 1).String()); err != nil || code != 5 {
+			t.Errorf("closed port: code %d, %v; want 5", code, err)
+		}
+	})
+
+	t.Run("no listener in a pod that is not captured", func(t *testing.T) {
+		if _, _, err := socksDial(u, "10.0.0.1:80"); !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Errorf("SOCKS5 in pod u: %v, want connection refused", err)
+		}
+	})
+
+	t.Run("released with the pod", func(t *testing.T) {
+		open, code, err := socksDial(a, netip.AddrPortFrom(svcVIP, 80).String())
+		if err != nil || code != 0 {
+			t.Fatalf("SOCKS5 CONNECT: code %d, %v", code, err)
+		}
+		defer open.Close()
+		if dump := podDump(z0, "a"); dump.SOCKS5 != daemon.PodSOCKS5Addr {
+			t.Errorf("admin dump of a: socks5 %q", dump.SOCKS5)
+		}
+		workloads["a"] = workload(a, "node0", false)
+		publish()
+		eventually(t, "pod a released", func() bool { return !z0.captured("a") })
+		if _, _, err := socksDial(a, "10.0.0.1:80"); !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Errorf("SOCKS5 after release: %v, want connection refused", err)
+		}
+		// The connection being served was closed with the pod's listeners.
+		_ = open.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := open.Read(make([]byte, 1)); err == nil || errors.Is(err, context.DeadlineExceeded) || isTimeout(err) {
+			t.Errorf("SOCKS5 connection after release: read %v, want EOF or reset", err)
+		}
+
+		workloads["a"] = workload(a, "node0", true)
+		publish()
+		eventually(t, "pod a captured again", func() bool { return z0.captured("a") })
+		eventually(t, "ztunnel ready again", func() bool { return z0.d.Ready() == nil })
+		c, code, err := socksDial(a, netip.AddrPortFrom(svcVIP, 80).String())
+		if err != nil || code != 0 {
+			t.Fatalf("SOCKS5 CONNECT after capture again: code %d, %v", code, err)
+		}
+		defer c.Close()
+		if err := socksEcho(c); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func podDump(z *ztunnel, name string) daemon.PodDump {
+	for _, p := range z.d.Dump(context.Background()).Pods {
+		if p.Pod.Name == name {
+			return p
+		}
+	}
+	return daemon.PodDump{}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
