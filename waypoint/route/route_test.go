@@ -248,3 +248,26 @@ func FuzzMatch(f *testing.F) {
 		}
 	})
 }
+
+func TestTableWith(t *testing.T) {
+	a, err := Compile(&configv1alpha1.WaypointConfig{Name: "ns/wp", Services: []*configv1alpha1.ServiceRoutes{{Service: "ns/a", Port: 80}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Compile(&configv1alpha1.WaypointConfig{Services: []*configv1alpha1.ServiceRoutes{
+		{Service: "ns/a", Port: 80, Protocol: configv1alpha1.ServiceRoutes_PROTOCOL_TCP}, {Service: "ns/b", Port: 81}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := a.With([]*Service{b.Service("ns/a", 80), b.Service("ns/b", 81), nil})
+	if m.Name != "ns/wp" || len(m.Keys()) != 2 || m.Service("ns/a", 80) != a.Service("ns/a", 80) || m.Service("ns/b", 81) != b.Service("ns/b", 81) {
+		t.Fatalf("merged table %+v", m)
+	}
+	if len(a.Keys()) != 1 {
+		t.Fatal("With changed its receiver")
+	}
+	var none *Table
+	if n := none.With([]*Service{b.Service("ns/b", 81)}); n.Service("ns/b", 81) == nil || len(n.Keys()) != 1 {
+		t.Fatalf("nil table With: %v", n.Keys())
+	}
+}

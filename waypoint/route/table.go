@@ -240,3 +240,22 @@ func (t *Table) Keys() []Key {
 	}
 	return out
 }
+
+// With returns a table that has t's service ports plus those of extra
+// that t lacks (t's win); t is not changed. A nil t gives a table of extra
+// alone.
+func (t *Table) With(extra []*Service) *Table {
+	out := &Table{services: map[Key]*Service{}}
+	if t != nil {
+		out.Name, out.Identity = t.Name, t.Identity
+		for k, s := range t.services {
+			out.services[k] = s
+		}
+	}
+	for _, s := range extra {
+		if s != nil && out.services[s.Key] == nil {
+			out.services[s.Key] = s
+		}
+	}
+	return out
+}

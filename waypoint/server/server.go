@@ -116,12 +116,13 @@ func New(cfg Config) (*Server, error) {
 		OnResult:  s.onResult,
 		Logger:    log.With("component", "proxy"),
 	}
+	cfg.Store.setGateway(cfg.Gateway)
 	s.ln = newStreamListener(nil)
 	var h http.Handler = s.proxy
 	if cfg.Tracer != nil {
 		h = cfg.Tracer.Handler(h)
 	}
-	s.http = proxy.NewServer(h)
+	s.http = proxy.NewServer(s.drainMark(h))
 	s.http.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
 		if sc, ok := c.(*streamConn); ok {
 			if sc.dest.workload != nil {
@@ -248,13 +249,14 @@ func sourceOf(st *hbone.Stream) proxy.Source {
 	return src
 }
 
-// authorize is the proxy's Authorize hook: the store's policies, evaluated
+// authorize is the proxy's Authorize hook: the store's policies (for a
+// draining service port, those in force when its drain started), evaluated
 // for this waypoint's Gateway. Until the first Authorization update
 // (from the controller or the state file) every request is denied: the
 // waypoint fails closed rather than let through what a policy it has not
 // seen yet would refuse.
 func (s *Server) authorize(r *http.Request, service string, port uint32) proxy.AuthzDecision {
-	policies := s.cfg.Store.Authorizations()
+	policies := s.cfg.Store.policiesFor(service, port)
 	if policies == nil {
 		s.log.DebugContext(r.Context(), "request denied: authorization policies not received yet", "service", service, "port", port)
 		return proxy.AuthzDecision{}

@@ -37,6 +37,11 @@ type Store struct {
 	services  map[string]*configv1alpha1.Service
 	workloads map[string]*configv1alpha1.Workload
 	gen       uint64
+
+	// current is the WaypointConfig's table; table is current plus the
+	// service ports that are draining (see drain.go).
+	current *route.Table
+	drains
 }
 
 type snapshot struct {
@@ -62,6 +67,7 @@ func NewStore(log *slog.Logger) *Store {
 		log = slog.Default()
 	}
 	s := &Store{log: log}
+	s.drains.init()
 	s.snap.Store(&snapshot{})
 	return s
 }
@@ -127,7 +133,9 @@ func (s *Store) HandleWaypointConfig(rs map[string]*anypb.Any) error {
 		}
 	}
 	s.mu.Lock()
-	s.table.Store(t)
+	old := s.current
+	s.current = t
+	s.drainRoutesLocked(old, t)
 	s.mu.Unlock()
 	s.log.Debug("route table applied", "configs", len(rs))
 	return nil
@@ -148,7 +156,10 @@ func (s *Store) HandleServices(rs map[string]*anypb.Any) error {
 		}
 		ss[serviceName(name, m)] = m
 	}
-	s.commit(func() { s.services = ss })
+	s.commit(func() {
+		s.drainServicesLocked(s.services, ss)
+		s.services = ss
+	})
 	return nil
 }
 
@@ -166,7 +177,10 @@ func (s *Store) HandleWorkloads(rs map[string]*anypb.Any) error {
 		}
 		ws[n] = m
 	}
-	s.commit(func() { s.workloads = ws })
+	s.commit(func() {
+		s.drainWorkloadsLocked(s.workloads, ws)
+		s.workloads = ws
+	})
 	return nil
 }
 
@@ -174,17 +188,33 @@ func (s *Store) commit(set func()) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	set()
+	s.commitLocked()
+}
+
+// commitLocked publishes a snapshot of the Services and Workloads, with
+// those that are draining (the last version the waypoint served).
+func (s *Store) commitLocked() {
 	s.gen++
-	snap := &snapshot{gen: s.gen, services: s.services, workloads: s.workloads, byVIP: map[netip.Addr]string{},
+	services, workloads := s.withDrainingLocked()
+	snap := &snapshot{gen: s.gen, services: services, workloads: workloads, byVIP: map[netip.Addr]string{},
 		byAddr: map[netip.Addr]*configv1alpha1.Workload{}, targets: map[netip.Addr]map[uint32][]servicePort{}}
-	for _, w := range s.workloads {
+	for _, w := range workloads {
 		for _, a := range w.GetAddresses() {
 			if ip, err := netip.ParseAddr(a); err == nil {
 				snap.byAddr[ip.Unmap()] = w
 			}
 		}
 	}
-	for name, svc := range s.services {
+	// A draining workload's addresses are its own, whatever else claims
+	// them meanwhile.
+	for name := range s.drainWorkloads {
+		for _, a := range workloads[name].GetAddresses() {
+			if ip, err := netip.ParseAddr(a); err == nil {
+				snap.byAddr[ip.Unmap()] = workloads[name]
+			}
+		}
+	}
+	for name, svc := range services {
 		for _, v := range svc.GetVips() {
 			if a, err := netip.ParseAddr(v); err == nil {
 				snap.byVIP[a.Unmap()] = name
@@ -410,6 +440,10 @@ type StoreDump struct {
 	Authorizations []string `json:"authorizations"`
 	// Generation counts Service and Workload updates.
 	Generation uint64 `json:"generation"`
+	// Draining are the service ports ("<namespace>/<name>:<port>"),
+	// Services and workloads ("workload <namespace>/<pod>") that left the
+	// configuration and are still served until their drain ends, sorted.
+	Draining []string `json:"draining"`
 }
 
 // RouteDump is one service port of the route table.
@@ -427,7 +461,10 @@ func (s *Store) Dump() StoreDump {
 	if d.Authorizations == nil {
 		d.Authorizations = []string{}
 	}
-	t := s.Table()
+	d.Draining = s.drainingNames()
+	s.mu.Lock()
+	t := s.current
+	s.mu.Unlock()
 	for _, k := range t.Keys() {
 		svc := t.Service(k.Service, k.Port)
 		d.Routes = append(d.Routes, RouteDump{Service: k.String(), Protocol: strings.TrimPrefix(svc.Protocol.String(), "PROTOCOL_"), Rules: len(svc.Rules)})

@@ -43,7 +43,7 @@ func (s *Server) serveTCP(st *hbone.Stream, d destination, pre []byte, accepted 
 		_ = st.Reject(code, msg)
 	}
 	z := authz.Decision{Reason: "authorization policies not received yet"}
-	if policies := s.cfg.Store.Authorizations(); policies != nil {
+	if policies := s.cfg.Store.policiesFor(svc, port); policies != nil {
 		z = policies.Evaluate(s.cfg.Gateway, authz.Request{
 			Peer: res.Source.Identity, Service: svc, Port: port, L4: true,
 		})

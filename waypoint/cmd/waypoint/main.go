@@ -84,6 +84,7 @@ func serve(ctx context.Context, o *options, log *slog.Logger, started func(liste
 	}
 	defer conn.Close()
 	store := server.NewStore(log.With("component", "config"))
+	store.SetDrainPeriod(o.drainRemoved)
 	xc, err := xds.New(xds.Config{
 		Conn:      conn,
 		Node:      &corev3.Node{Id: configv1alpha1.WaypointNodeID(o.gatewayNamespace, o.gatewayName)},
@@ -264,6 +265,8 @@ func registerHealthMetrics(reg *prometheus.Registry, xc *xds.Client, store *serv
 		gauge("waypoint_ready", "1 while /healthz/ready answers 200.", func() float64 { return b2f(h.Ready() == nil) }),
 		gauge("waypoint_draining", "1 once SIGTERM started the drain.", func() float64 { return b2f(h.Draining()) }),
 		gauge("waypoint_authorization_policies", "Authorization policies in force at this waypoint.", func() float64 { return float64(store.Authorizations().Len()) }),
+		gauge("waypoint_draining_services", "Services that left the waypoint's configuration and are still served until -drain-removed passes.", func() float64 { s, _ := store.Draining(); return float64(s) }),
+		gauge("waypoint_draining_workloads", "Workloads that stopped using this waypoint and are still served until -drain-removed passes.", func() float64 { _, w := store.Draining(); return float64(w) }),
 	)
 }
 

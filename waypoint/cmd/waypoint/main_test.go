@@ -125,7 +125,7 @@ func TestServeReadinessAndDrain(t *testing.T) {
 	})
 	code, body := httpGet("http://" + l.metrics.String() + "/metrics")
 	for _, want := range []string{"go_goroutines", "\nwaypoint_xds_connected 1\n", "\nwaypoint_certificate_valid 1\n", "\nwaypoint_ready 1\n",
-		"\nwaypoint_draining 0\n", "\nwaypoint_xds_config_from_disk 0\n"} {
+		"\nwaypoint_draining 0\n", "\nwaypoint_xds_config_from_disk 0\n", "\nwaypoint_draining_services 0\n", "\nwaypoint_draining_workloads 0\n"} {
 		if code != 200 || !strings.Contains(body, want) {
 			t.Fatalf("metrics (%d) lack %q:\n%s", code, want, body)
 		}

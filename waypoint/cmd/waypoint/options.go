@@ -58,6 +58,7 @@ type options struct {
 	shutdownDrain time.Duration
 	shutdownDelay time.Duration
 	sniffTimeout  time.Duration
+	drainRemoved  time.Duration
 	logLevel      slog.Level
 	showVersion   bool
 }
@@ -101,6 +102,7 @@ func parseOptions(args []string, getenv func(string) string, out io.Writer) (*op
 	delay := fs.Duration("shutdown-delay", time.Second, "after SIGTERM, how long readiness fails while new tunnels are still accepted (the time to withdraw the pod from its Service)")
 	drain := fs.Duration("shutdown-drain", 5*time.Second, "after -shutdown-delay, how long open requests and tunnels may finish")
 	sniff := fs.Duration("sniff-timeout", server.DefaultSniffTimeout, "how long to wait for a tunnel's first bytes on a port whose protocol nothing declares before passing it through as TCP")
+	drainRemoved := fs.Duration("drain-removed", server.DefaultDrainRemoved, "how long a service (or workload) that leaves the waypoint's configuration is still served, its answers telling clients to reconnect (HTTP/1.1 Connection: close, HTTP/2 GOAWAY); 0 stops serving it at once")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
@@ -114,7 +116,7 @@ func parseOptions(args []string, getenv func(string) string, out io.Writer) (*op
 		xdsAddress: *xdsAddr, xdsStateFile: *xdsState,
 		caAddress: *caAddr, caRootFile: *caRoot, caTokenFile: *caToken, caServerName: *caName,
 		localCATrustDomain: *localCA, certValidity: *validity,
-		otlpEndpoint: *otlp, shutdownDrain: *drain, shutdownDelay: *delay, sniffTimeout: *sniff, showVersion: *showVersion,
+		otlpEndpoint: *otlp, shutdownDrain: *drain, shutdownDelay: *delay, sniffTimeout: *sniff, drainRemoved: *drainRemoved, showVersion: *showVersion,
 	}
 	if o.showVersion {
 		return o, nil
@@ -135,6 +137,9 @@ func parseOptions(args []string, getenv func(string) string, out io.Writer) (*op
 	}
 	if *delay < 0 {
 		problems = append(problems, "-shutdown-delay must not be negative")
+	}
+	if *drainRemoved < 0 {
+		problems = append(problems, "-drain-removed must not be negative")
 	}
 
 	ns, name, ok := strings.Cut(*gateway, "/")

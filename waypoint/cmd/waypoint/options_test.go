@@ -65,13 +65,14 @@ func TestFlagsOverrideEnv(t *testing.T) {
 	o, err := parseOptions([]string{
 		"-gateway", "other/wp", "-identity", "spiffe://td/ns/other/sa/wp",
 		"-xds-state-file", "", "-ca-root-file", "/tmp/root.pem", "-xds-address", "127.0.0.1:1",
-		"-otlp-endpoint", "127.0.0.1:4317", "-shutdown-drain", "1s",
+		"-otlp-endpoint", "127.0.0.1:4317", "-shutdown-drain", "1s", "-drain-removed", "5s",
 	}, env(e), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if o.gateway() != "other/wp" || o.identity.String() != "spiffe://td/ns/other/sa/wp" || o.xdsStateFile != "" ||
-		o.caRootFile != "/tmp/root.pem" || o.xdsAddress != "127.0.0.1:1" || o.otlpEndpoint != "127.0.0.1:4317" || o.shutdownDrain != time.Second {
+		o.caRootFile != "/tmp/root.pem" || o.xdsAddress != "127.0.0.1:1" || o.otlpEndpoint != "127.0.0.1:4317" || o.shutdownDrain != time.Second ||
+		o.drainRemoved != 5*time.Second {
 		t.Fatalf("flags did not override: %+v", o)
 	}
 	// SPIFFE_ID wins over the pod's namespace and service account.
@@ -90,7 +91,7 @@ func TestDefaultsWithoutEnv(t *testing.T) {
 		t.Fatal(err)
 	}
 	if o.identity.String() != "spiffe://cluster.local/ns/a/sa/b" || o.caRootFile != "/etc/ambit/ca/root-cert.pem" ||
-		o.xdsStateFile != "" || o.xdsAddress != "ambit-controller.ambit-system.svc:15010" {
+		o.xdsStateFile != "" || o.xdsAddress != "ambit-controller.ambit-system.svc:15010" || o.drainRemoved != 30*time.Second {
 		t.Fatalf("defaults: %+v", o)
 	}
 }
@@ -120,16 +121,17 @@ func TestInvalidValues(t *testing.T) {
 		mod  func(map[string]string)
 		want string
 	}{
-		"bad gateway":    {[]string{"-gateway", "nonamespace"}, nil, `gateway "nonamespace"`},
-		"half gateway":   {nil, func(e map[string]string) { delete(e, "AMBIT_GATEWAY_NAME") }, `gateway "demo/"`},
-		"bad identity":   {[]string{"-identity", "http://x"}, nil, "-identity"},
-		"bad namespace":  {nil, func(e map[string]string) { e["POD_NAMESPACE"] = "a/b" }, "identity from"},
-		"bad port":       {[]string{"-endpoint-hbone-port", "70000"}, nil, "-endpoint-hbone-port"},
-		"bad level":      {[]string{"-log-level", "loud"}, nil, "-log-level"},
-		"negative drain": {[]string{"-shutdown-drain", "-1s"}, nil, "-shutdown-drain"},
-		"zero sniff":     {[]string{"-sniff-timeout", "0s"}, nil, "-sniff-timeout"},
-		"extra args":     {[]string{"extra"}, nil, "unexpected arguments"},
-		"no ca root":     {[]string{"-ca-root-file", ""}, nil, "-ca-root-file"},
+		"bad gateway":            {[]string{"-gateway", "nonamespace"}, nil, `gateway "nonamespace"`},
+		"half gateway":           {nil, func(e map[string]string) { delete(e, "AMBIT_GATEWAY_NAME") }, `gateway "demo/"`},
+		"bad identity":           {[]string{"-identity", "http://x"}, nil, "-identity"},
+		"bad namespace":          {nil, func(e map[string]string) { e["POD_NAMESPACE"] = "a/b" }, "identity from"},
+		"bad port":               {[]string{"-endpoint-hbone-port", "70000"}, nil, "-endpoint-hbone-port"},
+		"bad level":              {[]string{"-log-level", "loud"}, nil, "-log-level"},
+		"negative drain":         {[]string{"-shutdown-drain", "-1s"}, nil, "-shutdown-drain"},
+		"zero sniff":             {[]string{"-sniff-timeout", "0s"}, nil, "-sniff-timeout"},
+		"negative drain-removed": {[]string{"-drain-removed", "-1s"}, nil, "-drain-removed"},
+		"extra args":             {[]string{"extra"}, nil, "unexpected arguments"},
+		"no ca root":             {[]string{"-ca-root-file", ""}, nil, "-ca-root-file"},
 	} {
 		e := podEnv()
 		if c.mod != nil {
