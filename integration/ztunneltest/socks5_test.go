@@ -11,9 +11,13 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
 	"github.com/ambit-mesh/ambit/controller/translate"
@@ -21,6 +25,7 @@ import (
 	"github.com/ambit-mesh/ambit/integration/netlab"
 	"github.com/ambit-mesh/ambit/pkg/identity"
 	"github.com/ambit-mesh/ambit/ztunnel/daemon"
+	"github.com/ambit-mesh/ambit/ztunnel/enroll"
 )
 
 // socksDial connects, from inside pod p, to the pod's own SOCKS5 listener
@@ -220,6 +225,43 @@ func TestPodSOCKS5(t *testing.T) {
 		}
 	})
 
+	t.Run("identity change", func(t *testing.T) {
+		old, code, err := socksDial(a, netip.AddrPortFrom(svcVIP, 80).String())
+		if err != nil || code != 0 {
+			t.Fatalf("SOCKS5 CONNECT: code %d, %v", code, err)
+		}
+		defer old.Close()
+		moved := workload(a, "node0", true)
+		moved.ServiceAccount, moved.Identity = "a2", spiffe("a2")
+		workloads["a"] = moved
+		publish()
+		eventually(t, "pod a captured with its new identity", func() bool { return podDump(z0, "a").Identity == spiffe("a2") })
+		eventually(t, "ztunnel ready", func() bool { return z0.d.Ready() == nil })
+		// The listener was reopened with the new identity...
+		c, code, err := socksDial(a, netip.AddrPortFrom(svcVIP, 80).String())
+		if err != nil || code != 0 {
+			t.Fatalf("SOCKS5 CONNECT after the identity change: code %d, %v", code, err)
+		}
+		err = socksEcho(c)
+		c.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "destination sees the new identity", func() bool {
+			return metricValue(t, z1, "istio_tcp_connections_closed_total", map[string]string{
+				"reporter": "destination", "source_principal": spiffe("a2"), "destination_principal": bID,
+			}) == 1
+		})
+		// ...while the connection made with the old one goes on (drain).
+		if err := socksEcho(old); err != nil {
+			t.Fatalf("connection from before the identity change: %v", err)
+		}
+		workloads["a"] = workload(a, "node0", true)
+		publish()
+		eventually(t, "pod a back to its identity", func() bool { return podDump(z0, "a").Identity == aID })
+		eventually(t, "ztunnel ready", func() bool { return z0.d.Ready() == nil })
+	})
+
 	t.Run("released with the pod", func(t *testing.T) {
 		open, code, err := socksDial(a, netip.AddrPortFrom(svcVIP, 80).String())
 		if err != nil || code != 0 {
@@ -268,4 +310,70 @@ func podDump(z *ztunnel, name string) daemon.PodDump {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// TestPodSOCKS5Disabled checks that Config.DisablePodSOCKS5
+// (-socks5-per-pod=false) captures pods without the SOCKS5 listener.
+func TestPodSOCKS5Disabled(t *testing.T) {
+	tier.RequireRoot(t)
+	lab := netlab.New(t)
+	n0, err := lab.AddNode("node0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := n0.AddPod("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := identity.NewRootAuthority(trustDomain, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := startXDS(t)
+	x.srv.Publish(&translate.Output{Workloads: []*configv1alpha1.Workload{workload(a, "node0", true)}})
+	dir := t.TempDir()
+	conn, err := grpc.NewClient(x.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	d, err := daemon.New(daemon.Config{
+		NodeName:         "node0",
+		XDSConn:          conn,
+		Fetcher:          identity.AuthorityFetcher{Authority: ca},
+		Enroll:           enroll.Options{SocketPath: filepath.Join(dir, "ztunnel.sock"), StateFile: filepath.Join(dir, "pods.json")},
+		ResyncWait:       3 * time.Second,
+		DisablePodSOCKS5: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := d.Run(ctx); err != nil {
+			t.Errorf("ztunnel: %v", err)
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	z := &ztunnel{d: d, client: enroll.NewClient(filepath.Join(dir, "ztunnel.sock"))}
+	z.enrol(t, a)
+	eventually(t, "pod captured", func() bool { return z.captured("a") })
+	if _, _, err := socksDial(a, "10.0.0.1:80"); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("SOCKS5 in a captured pod with the listener disabled: %v, want connection refused", err)
+	}
+	if s := podDump(z, "a").SOCKS5; s != "" {
+		t.Errorf("admin dump: socks5 %q", s)
+	}
+	// The pod is captured all the same: its outbound listener is there.
+	if err := a.Do(func() error {
+		c, err := net.DialTimeout("tcp", "127.0.0.1:15001", 3*time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}); err != nil {
+		t.Errorf("outbound listener of the captured pod: %v", err)
+	}
 }
