@@ -156,7 +156,8 @@ func TestPodSOCKS5(t *testing.T) {
 		x.srv.Publish(out)
 	}
 	publish()
-	z0 := startZtunnel(t, "node0", x.addr, ztunnelFiles{dir: t.TempDir()}, ca)
+	files0 := ztunnelFiles{dir: t.TempDir()}
+	z0 := startZtunnel(t, "node0", x.addr, files0, ca)
 	z1 := startZtunnel(t, "node1", x.addr, ztunnelFiles{dir: t.TempDir()}, ca)
 	z0.enrol(t, a)
 	z0.enrol(t, u)
@@ -290,6 +291,24 @@ func TestPodSOCKS5(t *testing.T) {
 		c, code, err := socksDial(a, netip.AddrPortFrom(svcVIP, 80).String())
 		if err != nil || code != 0 {
 			t.Fatalf("SOCKS5 CONNECT after capture again: code %d, %v", code, err)
+		}
+		defer c.Close()
+		if err := socksEcho(c); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("after a ztunnel restart", func(t *testing.T) {
+		z0.stop()
+		if _, _, err := socksDial(a, "10.0.0.1:80"); !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Errorf("SOCKS5 while ztunnel is stopped: %v, want connection refused", err)
+		}
+		z0 = startZtunnel(t, "node0", x.addr, files0, ca)
+		eventually(t, "pod a captured by the new ztunnel", func() bool { return z0.captured("a") })
+		eventually(t, "ztunnel ready", func() bool { return z0.d.Ready() == nil })
+		c, code, err := socksDial(a, "echo.shop.svc.cluster.local:80")
+		if err != nil || code != 0 {
+			t.Fatalf("SOCKS5 CONNECT after the restart: code %d, %v", code, err)
 		}
 		defer c.Close()
 		if err := socksEcho(c); err != nil {
