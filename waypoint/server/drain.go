@@ -2,7 +2,9 @@ package server
 
 import (
 	"maps"
+	"net"
 	"net/http"
+	"net/netip"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -35,6 +37,7 @@ type drains struct {
 	drainServices  map[string]*drainedService
 	drainWorkloads map[string]*drainedWorkload
 	view           atomic.Pointer[drainView]
+	onExpire       []func() // run after drains ended, without the lock
 }
 
 type drainedRoutes struct {
@@ -232,7 +235,23 @@ func (s *Store) scheduleExpiry(d time.Duration) {
 // workloads leave the served configuration.
 func (s *Store) expire() {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	ended, hooks := s.expireLocked(), s.onExpire
+	s.mu.Unlock()
+	if ended {
+		for _, f := range hooks {
+			f()
+		}
+	}
+}
+
+// addOnExpire adds f to what runs after drains ended.
+func (s *Store) addOnExpire(f func()) {
+	s.mu.Lock()
+	s.onExpire = append(s.onExpire, f)
+	s.mu.Unlock()
+}
+
+func (s *Store) expireLocked() bool {
 	now := time.Now()
 	var routes, services, workloads bool
 	for k, d := range s.drainRoutes {
@@ -263,6 +282,7 @@ func (s *Store) expire() {
 		s.commitLocked()
 		s.publishViewLocked()
 	}
+	return routes || services || workloads
 }
 
 // Draining returns the number of Services (by name, whether one of their
@@ -365,3 +385,54 @@ func (w *drainWriter) Flush() {
 
 // Unwrap lets http.ResponseController reach the server's writer.
 func (w *drainWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// trackConn is the HTTP server's ConnState hook: it keeps the state of
+// the tunnels it serves.
+func (s *Server) trackConn(c net.Conn, st http.ConnState) {
+	sc, ok := c.(*streamConn)
+	if !ok {
+		return
+	}
+	s.connMu.Lock()
+	defer s.connMu.Unlock()
+	switch st {
+	case http.StateClosed, http.StateHijacked:
+		delete(s.conns, sc)
+	default:
+		s.conns[sc] = st
+	}
+}
+
+// closeIdleUnserved closes the idle HTTP connections whose destination is
+// no longer served (a drain ended): a client that kept one idle for the
+// whole drain reconnects, as after any server's idle timeout, rather than
+// get 404 on it.
+func (s *Server) closeIdleUnserved() {
+	var idle []*streamConn
+	s.connMu.Lock()
+	for c, st := range s.conns {
+		if st == http.StateIdle && !s.serves(c.dest) {
+			idle = append(idle, c)
+		}
+	}
+	s.connMu.Unlock()
+	for _, c := range idle {
+		s.log.Debug("closing an idle connection whose destination is no longer served", "service", c.dest.service, "port", c.dest.port)
+		_ = c.Close()
+	}
+}
+
+// serves reports whether the configuration (with what is draining) still
+// serves d.
+func (s *Server) serves(d destination) bool {
+	if d.workload != nil {
+		ap, err := netip.ParseAddrPort(d.workload.Address)
+		if err != nil {
+			return false
+		}
+		w := s.cfg.Store.WorkloadByAddress(ap.Addr())
+		gw := w.GetWaypoint().GetGateway()
+		return gw != "" && (s.cfg.Gateway == "" || gw == s.cfg.Gateway)
+	}
+	return s.cfg.Store.Table().Service(d.service, d.port) != nil
+}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -487,4 +488,50 @@ func TestDrainKeepsPolicies(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("during the drain")
+}
+
+// TestDrainClosesIdleAtEnd: a keep-alive connection left idle for the
+// whole drain is closed when the drain ends, so its client reconnects
+// rather than get 404 on it.
+func TestDrainClosesIdleAtEnd(t *testing.T) {
+	e := setup(t)
+	e.store.SetDrainPeriod(300 * time.Millisecond)
+	idle := func(vip string) (*bufio.Reader, *hbone.Conn) {
+		t.Helper()
+		conn, err := e.client.Dial(context.Background(), hbone.Request{
+			Source: e.clientID, Destination: sa("waypoint"),
+			Address: e.wpAddr, Authority: netip.MustParseAddrPort(vip),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = conn.Close() })
+		br := bufio.NewReader(conn)
+		if _, err := io.WriteString(conn, "GET /hello HTTP/1.1\r\nHost: echo.default.svc\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close()
+		return br, conn
+	}
+	e.mesh(t, nil) // echo:80, echo-v1:80, raw:9000
+	gone, goneConn := idle("10.96.0.10:80")
+	kept, keptConn := idle("10.96.0.11:80")
+	e.mesh(t, func(m map[string]map[string]proto.Message) {
+		wc := m[configv1alpha1.TypeWaypointConfig]["default/waypoint"].(*configv1alpha1.WaypointConfig)
+		wc.Services = wc.Services[1:] // echo leaves
+	})
+	waitFor(t, "the drain to end", func() bool { s, _ := e.store.Draining(); return s == 0 })
+	_ = goneConn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := gone.Read(make([]byte, 1)); n != 0 || !errors.Is(err, io.EOF) {
+		t.Fatalf("idle connection of the drained service: read %d, %v; want EOF", n, err)
+	}
+	_ = keptConn.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if _, err := kept.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("idle connection of a service still served: %v, want it left open", err)
+	}
 }

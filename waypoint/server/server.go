@@ -74,6 +74,9 @@ type Server struct {
 	transports map[transportKey]*http.Transport
 	prunedGen  uint64 // store generation the transports were pruned at
 
+	connMu sync.Mutex
+	conns  map[*streamConn]http.ConnState // the HTTP server's tunnels
+
 	serveOnce sync.Once
 	httpDone  chan struct{}
 	tcpNext   atomic.Uint64 // round robin over TCP endpoints
@@ -100,7 +103,8 @@ func New(cfg Config) (*Server, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Server{cfg: cfg, log: log, transports: map[transportKey]*http.Transport{}, httpDone: make(chan struct{})}
+	s := &Server{cfg: cfg, log: log, transports: map[transportKey]*http.Transport{}, httpDone: make(chan struct{}),
+		conns: map[*streamConn]http.ConnState{}}
 	s.dialer = &hbone.Dialer{
 		TLSConfig: func(src, dst identity.SPIFFEID) (*tls.Config, error) {
 			return identity.ClientConfig(cfg.Cert, cfg.Roots, dst), nil
@@ -135,6 +139,8 @@ func New(cfg Config) (*Server, error) {
 		return ctx
 	}
 	s.http.ErrorLog = slog.NewLogLogger(log.Handler(), slog.LevelDebug)
+	s.http.ConnState = s.trackConn
+	cfg.Store.addOnExpire(s.closeIdleUnserved)
 	s.hbone = &hbone.Server{
 		Handler:   s.serveStream,
 		TLSConfig: identity.ServerConfig(cfg.Cert, cfg.Roots, nil),
