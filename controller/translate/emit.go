@@ -126,6 +126,13 @@ func emitWaypoint(w *Waypoint) *configv1alpha1.WaypointConfig {
 		for _, r := range s.Rules {
 			sr.Rules = append(sr.Rules, emitRule(r))
 		}
+		for _, c := range s.Consumers {
+			cr := &configv1alpha1.ConsumerRoutes{Namespace: c.Namespace}
+			for _, r := range c.Rules {
+				cr.Rules = append(cr.Rules, emitRule(r))
+			}
+			sr.Consumers = append(sr.Consumers, cr)
+		}
 		out.Services = append(out.Services, sr)
 	}
 	return out

@@ -101,7 +101,19 @@ type ServiceRoutes struct {
 	Service  types.NamespacedName
 	Port     int32
 	Protocol configv1alpha1.ServiceRoutes_Protocol
-	Rules    []*RouteRule
+	// Rules of the producer routes (in the Service's namespace).
+	Rules []*RouteRule
+	// Consumers are the rules of consumer routes (GAMMA: routes in another
+	// namespace), by namespace in name order; for requests from that
+	// namespace they replace Rules.
+	Consumers []ConsumerRoutes
+}
+
+// ConsumerRoutes are the rules of one namespace's consumer routes for a
+// Service port, in precedence order.
+type ConsumerRoutes struct {
+	Namespace string
+	Rules     []*RouteRule
 }
 
 // RouteRule is one rule of an HTTPRoute or GRPCRoute with one of its matches.
@@ -333,11 +345,26 @@ func (w *Waypoint) Validate() error {
 	var errs []error
 	for _, s := range w.Services {
 		// PROTOCOL_UNSPECIFIED is valid: the waypoint sniffs. Rules need HTTP.
-		if s.Protocol == configv1alpha1.ServiceRoutes_PROTOCOL_UNSPECIFIED && len(s.Rules) > 0 {
+		if s.Protocol == configv1alpha1.ServiceRoutes_PROTOCOL_UNSPECIFIED && (len(s.Rules) > 0 || len(s.Consumers) > 0) {
 			errs = append(errs, invalid("waypoint %s service %s:%d has rules but no protocol", w.Key, s.Service, s.Port))
 		}
 		for _, r := range s.Rules {
 			errs = append(errs, r.Validate())
+		}
+		seen := map[string]bool{}
+		for _, c := range s.Consumers {
+			switch {
+			case c.Namespace == "" || c.Namespace == s.Service.Namespace:
+				errs = append(errs, invalid("waypoint %s service %s:%d: consumer namespace %q is empty or the service's own", w.Key, s.Service, s.Port, c.Namespace))
+			case seen[c.Namespace]:
+				errs = append(errs, invalid("waypoint %s service %s:%d: consumer namespace %s listed twice", w.Key, s.Service, s.Port, c.Namespace))
+			case len(c.Rules) == 0:
+				errs = append(errs, invalid("waypoint %s service %s:%d: consumer namespace %s has no rules", w.Key, s.Service, s.Port, c.Namespace))
+			}
+			seen[c.Namespace] = true
+			for _, r := range c.Rules {
+				errs = append(errs, r.Validate())
+			}
 		}
 	}
 	return errors.Join(errs...)

@@ -33,6 +33,10 @@ type compiledRoute struct {
 	// dropped are the errors of invalid rules, which are left out.
 	dropped []error
 	total   int
+	// consumerOf are the parent Services of a consumer route: one whose
+	// Service parentRefs are all in other namespaces. Its backendRefs to
+	// them need no ReferenceGrant (see resolveBackend).
+	consumerOf map[types.NamespacedName]bool
 }
 
 // attachment is a route attached to some ports of a Service.
@@ -46,8 +50,10 @@ type attachment struct {
 
 // attachedRoute is what serviceRoutes sees of an attachment.
 type attachedRoute struct {
-	kind  routeKind
-	id    string
+	kind routeKind
+	id   string
+	// ns is the route's namespace.
+	ns    string
 	rules []*RouteRule
 }
 
@@ -61,7 +67,7 @@ type backendSpec struct {
 func (b *builder) routes() {
 	b.attachments = map[types.NamespacedName][]attachment{}
 	for _, r := range b.ix.httpRoutes {
-		cr := b.newRoute(kindHTTPRoute, r)
+		cr := b.newRoute(kindHTTPRoute, r, r.Spec.ParentRefs)
 		for i := range r.Spec.Rules {
 			rule := &r.Spec.Rules[i]
 			var backends []backendSpec
@@ -82,7 +88,7 @@ func (b *builder) routes() {
 		b.status.HTTPRoutes[keyOf(r)] = b.attach(cr, r.Spec.ParentRefs)
 	}
 	for _, r := range b.ix.grpcRoutes {
-		cr := b.newRoute(kindGRPCRoute, r)
+		cr := b.newRoute(kindGRPCRoute, r, r.Spec.ParentRefs)
 		for i := range r.Spec.Rules {
 			rule := &r.Spec.Rules[i]
 			var backends []backendSpec
@@ -115,8 +121,23 @@ func (b *builder) routes() {
 	}
 }
 
-func (b *builder) newRoute(kind routeKind, obj metav1.Object) *compiledRoute {
-	return &compiledRoute{kind: kind, obj: obj, id: fmt.Sprintf("%s/%s/%s", kind, obj.GetNamespace(), obj.GetName())}
+func (b *builder) newRoute(kind routeKind, obj metav1.Object, parents []gwapiv1.ParentReference) *compiledRoute {
+	cr := &compiledRoute{kind: kind, obj: obj, id: fmt.Sprintf("%s/%s/%s", kind, obj.GetNamespace(), obj.GetName())}
+	consumerOf := map[types.NamespacedName]bool{}
+	for _, pr := range parents {
+		if derefOr(pr.Group, gwapiv1.GroupName) != "" || derefOr(pr.Kind, "Gateway") != "Service" {
+			continue
+		}
+		ns := string(derefOr(pr.Namespace, gwapiv1.Namespace(obj.GetNamespace())))
+		if ns == obj.GetNamespace() {
+			return cr
+		}
+		consumerOf[types.NamespacedName{Namespace: ns, Name: string(pr.Name)}] = true
+	}
+	if len(consumerOf) > 0 {
+		cr.consumerOf = consumerOf
+	}
+	return cr
 }
 
 // grpcFilters are GRPCRoute filters as HTTPRoute filters (same fields).
@@ -146,7 +167,7 @@ func (b *builder) compileRule(cr *compiledRoute, i int, matches []matchResult, f
 	backends []backendSpec, timeouts *gwapiv1.HTTPRouteTimeouts, retry *gwapiv1.HTTPRouteRetry) {
 	cr.total++
 	var refErrs []error
-	c := ruleContext{kind: cr.kind, ns: cr.obj.GetNamespace(), refErrs: &refErrs}
+	c := ruleContext{kind: cr.kind, ns: cr.obj.GetNamespace(), consumerOf: cr.consumerOf, refErrs: &refErrs}
 	rule, err := b.ruleTemplate(c, filters, backends, timeouts, retry)
 	var expanded []*RouteRule
 	for j, m := range matches {
@@ -256,7 +277,9 @@ func timeout(d *gwapiv1.Duration) (*time.Duration, error) {
 
 // attach attaches a compiled route to its Service parents and returns the
 // RouteParentStatus of every parentRef Ambit owns: Services (GAMMA) and
-// ambit-waypoint Gateways (whose mesh listener accepts no routes).
+// ambit-waypoint Gateways (whose mesh listener accepts no routes). A parent
+// Service in another namespace makes a consumer route (GAMMA), which
+// applies only to clients in the route's namespace (see serviceRoutes).
 func (b *builder) attach(cr *compiledRoute, parents []gwapiv1.ParentReference) []gwapiv1.RouteParentStatus {
 	var out []gwapiv1.RouteParentStatus
 	gen := cr.obj.GetGeneration()
@@ -293,8 +316,6 @@ func (b *builder) attach(cr *compiledRoute, parents []gwapiv1.ParentReference) [
 				reject(gwapiv1.RouteReasonNoMatchingParent, fmt.Sprintf("parent Service %s not found", k))
 			case !meshService(svc):
 				reject(gwapiv1.RouteReasonNoMatchingParent, fmt.Sprintf("parent Service %s has no cluster IP (headless or ExternalName)", k))
-			case k.Namespace != cr.obj.GetNamespace():
-				reject(gwapiv1.RouteReasonUnsupportedValue, fmt.Sprintf("consumer routes (a parent Service in another namespace, %s) are not supported yet", k.Namespace))
 			case len(ports) == 0:
 				reject(gwapiv1.RouteReasonNoMatchingParent, fmt.Sprintf("parent Service %s has no port matching the parentRef's port/sectionName", k))
 			case len(cr.rules) == 0 && len(cr.dropped) > 0:
@@ -391,7 +412,7 @@ func (b *builder) attachedRules(svc types.NamespacedName, port int32) []attached
 			continue
 		}
 		seen[a.route.id] = true
-		out = append(out, attachedRoute{kind: a.route.kind, id: a.route.id, rules: a.route.rules})
+		out = append(out, attachedRoute{kind: a.route.kind, id: a.route.id, ns: a.route.obj.GetNamespace(), rules: a.route.rules})
 	}
 	return out
 }

@@ -15,6 +15,8 @@ import (
 type ruleContext struct {
 	kind routeKind
 	ns   string
+	// consumerOf are the parent Services of a consumer route.
+	consumerOf map[types.NamespacedName]bool
 	// refErrs collects unresolved references (ResolvedRefs=False): the rule
 	// stays, and what the reference would have served answers 500.
 	refErrs *[]error
@@ -142,7 +144,10 @@ func (b *builder) resolveBackend(c ruleContext, ref *gwapiv1.BackendObjectRefere
 	if group != "" || kind != "Service" {
 		return k, 0, fmt.Errorf("%w: backendRef %s: %s/%s is not a core Service", ErrInvalidKind, k, group, kind)
 	}
-	if k.Namespace != c.ns && !b.ix.grantAllows(string(c.kind), c.ns, k) {
+	// A consumer route may send its clients to its parent Services without
+	// a ReferenceGrant: they reach them anyway (GAMMA: a mesh route needs
+	// a grant only where it widens what a client can reach).
+	if k.Namespace != c.ns && !c.consumerOf[k] && !b.ix.grantAllows(string(c.kind), c.ns, k) {
 		return k, 0, fmt.Errorf("%w: backendRef to Service %s: no ReferenceGrant in %s allows %s from %s", ErrRefNotPermitted, k, k.Namespace, c.kind, c.ns)
 	}
 	svc := b.ix.servicesByKey[k]

@@ -9,6 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	gwapiv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gwapiv1beta1 "sigs.k8s.io/gateway-api/apis/v1beta1"
 
@@ -177,5 +178,35 @@ func TestPortProtocol(t *testing.T) {
 		if got := portProtocol(c.port, c.hasHTTP, c.hasGRP); got != c.want {
 			t.Errorf("%s: portProtocol = %v, want %v", c.name, got, c.want)
 		}
+	}
+}
+
+// TestConsumerRoutesValidate checks that a waypoint's consumer entries
+// must name another namespace, once each, with rules.
+func TestConsumerRoutesValidate(t *testing.T) {
+	rule := &RouteRule{Route: "HTTPRoute/a/r/0", InvalidBackends: true,
+		Match: Match{Path: &StringMatch{Type: configv1alpha1.StringMatch_TYPE_PREFIX, Value: "/"}}}
+	svc := func(c ...ConsumerRoutes) *Waypoint {
+		return &Waypoint{Key: types.NamespacedName{Namespace: "mesh", Name: "wp"}, Identity: "spiffe://example.org/ns/mesh/sa/wp",
+			Services: []*ServiceRoutes{{Service: types.NamespacedName{Namespace: "mesh", Name: "echo"}, Port: 80,
+				Protocol: configv1alpha1.ServiceRoutes_PROTOCOL_HTTP, Consumers: c}}}
+	}
+	if err := svc(ConsumerRoutes{Namespace: "a", Rules: []*RouteRule{rule}}, ConsumerRoutes{Namespace: "b", Rules: []*RouteRule{rule}}).Validate(); err != nil {
+		t.Errorf("valid consumers: %v", err)
+	}
+	for name, c := range map[string][]ConsumerRoutes{
+		"empty namespace": {{Rules: []*RouteRule{rule}}},
+		"own namespace":   {{Namespace: "mesh", Rules: []*RouteRule{rule}}},
+		"twice":           {{Namespace: "a", Rules: []*RouteRule{rule}}, {Namespace: "a", Rules: []*RouteRule{rule}}},
+		"no rules":        {{Namespace: "a"}},
+	} {
+		if err := svc(c...).Validate(); err == nil || !strings.Contains(err.Error(), "consumer namespace") {
+			t.Errorf("%s: got %v, want a consumer namespace error", name, err)
+		}
+	}
+	w := svc(ConsumerRoutes{Namespace: "a", Rules: []*RouteRule{rule}})
+	w.Services[0].Protocol = configv1alpha1.ServiceRoutes_PROTOCOL_UNSPECIFIED
+	if err := w.Validate(); err == nil || !strings.Contains(err.Error(), "no protocol") {
+		t.Errorf("consumer rules without protocol: got %v", err)
 	}
 }

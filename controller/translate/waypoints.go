@@ -3,6 +3,7 @@ package translate
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"slices"
 
 	corev1 "k8s.io/api/core/v1"
@@ -312,37 +313,69 @@ func (b *builder) waypointsIR() {
 	}
 }
 
-// serviceRoutes compiles the rules of one Service port.
+// serviceRoutes compiles the rules of one Service port: those of producer
+// routes (in the Service's namespace) and, per namespace, those of consumer
+// routes (GAMMA: routes in another namespace, which apply only to clients
+// in theirs and, for them, replace the producer routes). The port's
+// protocol follows the routes of both.
 func (b *builder) serviceRoutes(svc *corev1.Service, p corev1.ServicePort, ws *waypointState) *ServiceRoutes {
 	sr := &ServiceRoutes{Service: keyOf(svc), Port: p.Port}
 	attached := b.attachedRules(keyOf(svc), p.Port)
-	var http, grpc []*RouteRule
+	type kinds struct{ http, grpc []*RouteRule }
+	byNS := map[string]*kinds{}
+	var hasHTTP, hasGRPC bool
 	for _, r := range attached {
+		k := byNS[r.ns]
+		if k == nil {
+			k = &kinds{}
+			byNS[r.ns] = k
+		}
 		if r.kind == kindGRPCRoute {
-			grpc = append(grpc, r.rules...)
+			k.grpc = append(k.grpc, r.rules...)
+			hasGRPC = true
 		} else {
-			http = append(http, r.rules...)
+			k.http = append(k.http, r.rules...)
+			hasHTTP = true
 		}
 	}
-	sr.Protocol = portProtocol(p, len(http) > 0, len(grpc) > 0)
-	switch sr.Protocol {
-	case configv1alpha1.ServiceRoutes_PROTOCOL_GRPC:
-		sr.Rules = grpc
-		if len(grpc) == 0 {
-			sr.Rules = http
+	sr.Protocol = portProtocol(p, hasHTTP, hasGRPC)
+	pick := func(k *kinds) []*RouteRule {
+		if k == nil {
+			return nil
 		}
-	case configv1alpha1.ServiceRoutes_PROTOCOL_HTTP:
-		// GRPCRoute rules are path matches an HTTP port serves as well.
-		sr.Rules = http
-		if len(http) == 0 {
-			sr.Rules = grpc
+		var rules []*RouteRule
+		switch sr.Protocol {
+		case configv1alpha1.ServiceRoutes_PROTOCOL_GRPC:
+			rules = k.grpc
+			if len(rules) == 0 {
+				rules = k.http
+			}
+		case configv1alpha1.ServiceRoutes_PROTOCOL_HTTP:
+			// GRPCRoute rules are path matches an HTTP port serves as well.
+			rules = k.http
+			if len(rules) == 0 {
+				rules = k.grpc
+			}
+		}
+		sortRules(rules)
+		return rules
+	}
+	used := map[*RouteRule]bool{}
+	for _, ns := range slices.Sorted(maps.Keys(byNS)) {
+		rules := pick(byNS[ns])
+		for _, r := range rules {
+			used[r] = true
+		}
+		if ns == svc.Namespace {
+			sr.Rules = rules
+		} else if len(rules) > 0 {
+			sr.Consumers = append(sr.Consumers, ConsumerRoutes{Namespace: ns, Rules: rules})
 		}
 	}
 	for _, r := range attached {
-		if len(sr.Rules) > 0 && slices.Contains(sr.Rules, r.rules[0]) {
+		if used[r.rules[0]] {
 			ws.routes[r.id] = true
 		}
 	}
-	sortRules(sr.Rules)
 	return sr
 }

@@ -297,7 +297,7 @@ func (x StringMatch_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use StringMatch_Type.Descriptor instead.
 func (StringMatch_Type) EnumDescriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{11, 0}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{12, 0}
 }
 
 // Workload is one pod (or other addressable workload) the mesh knows.
@@ -1017,7 +1017,12 @@ type ServiceRoutes struct {
 	// rules in precedence order as Gateway API defines it (the controller has
 	// sorted them); the first whose match fits the request wins. Empty: the
 	// request goes to the service itself.
-	Rules         []*RouteRule `protobuf:"bytes,4,rep,name=rules,proto3" json:"rules,omitempty"`
+	Rules []*RouteRule `protobuf:"bytes,4,rep,name=rules,proto3" json:"rules,omitempty"`
+	// consumers are the rules of consumer routes (GAMMA): routes in another
+	// namespace whose parentRef names this service. They apply only to
+	// requests from clients in their namespace and, for those clients,
+	// replace rules entirely. At most one entry per namespace.
+	Consumers     []*ConsumerRoutes `protobuf:"bytes,5,rep,name=consumers,proto3" json:"consumers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1080,6 +1085,69 @@ func (x *ServiceRoutes) GetRules() []*RouteRule {
 	return nil
 }
 
+func (x *ServiceRoutes) GetConsumers() []*ConsumerRoutes {
+	if x != nil {
+		return x.Consumers
+	}
+	return nil
+}
+
+// ConsumerRoutes are the rules of the consumer routes of one client
+// namespace for a service port.
+type ConsumerRoutes struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// namespace of the routes, hence of the clients they apply to.
+	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// rules in precedence order, as ServiceRoutes.rules; never empty.
+	Rules         []*RouteRule `protobuf:"bytes,2,rep,name=rules,proto3" json:"rules,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConsumerRoutes) Reset() {
+	*x = ConsumerRoutes{}
+	mi := &file_config_v1alpha1_config_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConsumerRoutes) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConsumerRoutes) ProtoMessage() {}
+
+func (x *ConsumerRoutes) ProtoReflect() protoreflect.Message {
+	mi := &file_config_v1alpha1_config_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConsumerRoutes.ProtoReflect.Descriptor instead.
+func (*ConsumerRoutes) Descriptor() ([]byte, []int) {
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ConsumerRoutes) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *ConsumerRoutes) GetRules() []*RouteRule {
+	if x != nil {
+		return x.Rules
+	}
+	return nil
+}
+
 // RouteRule is one compiled HTTPRoute or GRPCRoute rule with one match.
 type RouteRule struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1102,7 +1170,7 @@ type RouteRule struct {
 
 func (x *RouteRule) Reset() {
 	*x = RouteRule{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[9]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1114,7 +1182,7 @@ func (x *RouteRule) String() string {
 func (*RouteRule) ProtoMessage() {}
 
 func (x *RouteRule) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[9]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1127,7 +1195,7 @@ func (x *RouteRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteRule.ProtoReflect.Descriptor instead.
 func (*RouteRule) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{9}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RouteRule) GetRoute() string {
@@ -1201,7 +1269,7 @@ type RouteMatch struct {
 
 func (x *RouteMatch) Reset() {
 	*x = RouteMatch{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[10]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1213,7 +1281,7 @@ func (x *RouteMatch) String() string {
 func (*RouteMatch) ProtoMessage() {}
 
 func (x *RouteMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[10]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1226,7 +1294,7 @@ func (x *RouteMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteMatch.ProtoReflect.Descriptor instead.
 func (*RouteMatch) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{10}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RouteMatch) GetPath() *StringMatch {
@@ -1268,7 +1336,7 @@ type StringMatch struct {
 
 func (x *StringMatch) Reset() {
 	*x = StringMatch{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[11]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1280,7 +1348,7 @@ func (x *StringMatch) String() string {
 func (*StringMatch) ProtoMessage() {}
 
 func (x *StringMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[11]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1293,7 +1361,7 @@ func (x *StringMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StringMatch.ProtoReflect.Descriptor instead.
 func (*StringMatch) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{11}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *StringMatch) GetType() StringMatch_Type {
@@ -1321,7 +1389,7 @@ type HeaderMatch struct {
 
 func (x *HeaderMatch) Reset() {
 	*x = HeaderMatch{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[12]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1333,7 +1401,7 @@ func (x *HeaderMatch) String() string {
 func (*HeaderMatch) ProtoMessage() {}
 
 func (x *HeaderMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[12]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1346,7 +1414,7 @@ func (x *HeaderMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderMatch.ProtoReflect.Descriptor instead.
 func (*HeaderMatch) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{12}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *HeaderMatch) GetName() string {
@@ -1381,7 +1449,7 @@ type Filter struct {
 
 func (x *Filter) Reset() {
 	*x = Filter{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[13]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1393,7 +1461,7 @@ func (x *Filter) String() string {
 func (*Filter) ProtoMessage() {}
 
 func (x *Filter) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[13]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1406,7 +1474,7 @@ func (x *Filter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Filter.ProtoReflect.Descriptor instead.
 func (*Filter) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{13}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Filter) GetKind() isFilter_Kind {
@@ -1521,7 +1589,7 @@ type HeaderModifier struct {
 
 func (x *HeaderModifier) Reset() {
 	*x = HeaderModifier{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[14]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1533,7 +1601,7 @@ func (x *HeaderModifier) String() string {
 func (*HeaderModifier) ProtoMessage() {}
 
 func (x *HeaderModifier) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[14]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1546,7 +1614,7 @@ func (x *HeaderModifier) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderModifier.ProtoReflect.Descriptor instead.
 func (*HeaderModifier) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{14}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *HeaderModifier) GetSet() map[string]string {
@@ -1584,7 +1652,7 @@ type Redirect struct {
 
 func (x *Redirect) Reset() {
 	*x = Redirect{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[15]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1596,7 +1664,7 @@ func (x *Redirect) String() string {
 func (*Redirect) ProtoMessage() {}
 
 func (x *Redirect) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[15]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1609,7 +1677,7 @@ func (x *Redirect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Redirect.ProtoReflect.Descriptor instead.
 func (*Redirect) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{15}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Redirect) GetScheme() string {
@@ -1657,7 +1725,7 @@ type Rewrite struct {
 
 func (x *Rewrite) Reset() {
 	*x = Rewrite{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[16]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1669,7 +1737,7 @@ func (x *Rewrite) String() string {
 func (*Rewrite) ProtoMessage() {}
 
 func (x *Rewrite) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[16]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1682,7 +1750,7 @@ func (x *Rewrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rewrite.ProtoReflect.Descriptor instead.
 func (*Rewrite) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{16}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Rewrite) GetHostname() string {
@@ -1712,7 +1780,7 @@ type PathModifier struct {
 
 func (x *PathModifier) Reset() {
 	*x = PathModifier{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[17]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1724,7 +1792,7 @@ func (x *PathModifier) String() string {
 func (*PathModifier) ProtoMessage() {}
 
 func (x *PathModifier) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[17]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1737,7 +1805,7 @@ func (x *PathModifier) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PathModifier.ProtoReflect.Descriptor instead.
 func (*PathModifier) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{17}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PathModifier) GetKind() isPathModifier_Kind {
@@ -1792,7 +1860,7 @@ type Mirror struct {
 
 func (x *Mirror) Reset() {
 	*x = Mirror{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[18]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1804,7 +1872,7 @@ func (x *Mirror) String() string {
 func (*Mirror) ProtoMessage() {}
 
 func (x *Mirror) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[18]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1817,7 +1885,7 @@ func (x *Mirror) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mirror.ProtoReflect.Descriptor instead.
 func (*Mirror) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{18}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Mirror) GetBackend() *WeightedBackend {
@@ -1847,7 +1915,7 @@ type Fault struct {
 
 func (x *Fault) Reset() {
 	*x = Fault{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[19]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1859,7 +1927,7 @@ func (x *Fault) String() string {
 func (*Fault) ProtoMessage() {}
 
 func (x *Fault) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[19]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1872,7 +1940,7 @@ func (x *Fault) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fault.ProtoReflect.Descriptor instead.
 func (*Fault) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{19}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Fault) GetDelay() *durationpb.Duration {
@@ -1930,7 +1998,7 @@ type WeightedBackend struct {
 
 func (x *WeightedBackend) Reset() {
 	*x = WeightedBackend{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[20]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1942,7 +2010,7 @@ func (x *WeightedBackend) String() string {
 func (*WeightedBackend) ProtoMessage() {}
 
 func (x *WeightedBackend) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[20]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1955,7 +2023,7 @@ func (x *WeightedBackend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WeightedBackend.ProtoReflect.Descriptor instead.
 func (*WeightedBackend) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{20}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WeightedBackend) GetService() string {
@@ -2012,7 +2080,7 @@ type Retry struct {
 
 func (x *Retry) Reset() {
 	*x = Retry{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[21]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2024,7 +2092,7 @@ func (x *Retry) String() string {
 func (*Retry) ProtoMessage() {}
 
 func (x *Retry) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[21]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2037,7 +2105,7 @@ func (x *Retry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Retry.ProtoReflect.Descriptor instead.
 func (*Retry) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{21}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Retry) GetCodes() []uint32 {
@@ -2073,7 +2141,7 @@ type OutlierDetection struct {
 
 func (x *OutlierDetection) Reset() {
 	*x = OutlierDetection{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[22]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2085,7 +2153,7 @@ func (x *OutlierDetection) String() string {
 func (*OutlierDetection) ProtoMessage() {}
 
 func (x *OutlierDetection) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[22]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2098,7 +2166,7 @@ func (x *OutlierDetection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutlierDetection.ProtoReflect.Descriptor instead.
 func (*OutlierDetection) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{22}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *OutlierDetection) GetConsecutive_5XxErrors() uint32 {
@@ -2140,7 +2208,7 @@ type Limits struct {
 
 func (x *Limits) Reset() {
 	*x = Limits{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[23]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2152,7 +2220,7 @@ func (x *Limits) String() string {
 func (*Limits) ProtoMessage() {}
 
 func (x *Limits) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[23]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2165,7 +2233,7 @@ func (x *Limits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Limits.ProtoReflect.Descriptor instead.
 func (*Limits) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{23}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Limits) GetMaxConnections() uint32 {
@@ -2201,7 +2269,7 @@ type AuthorizationRule_Source struct {
 
 func (x *AuthorizationRule_Source) Reset() {
 	*x = AuthorizationRule_Source{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[25]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2213,7 +2281,7 @@ func (x *AuthorizationRule_Source) String() string {
 func (*AuthorizationRule_Source) ProtoMessage() {}
 
 func (x *AuthorizationRule_Source) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[25]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2271,7 +2339,7 @@ type AuthorizationRule_Operation struct {
 
 func (x *AuthorizationRule_Operation) Reset() {
 	*x = AuthorizationRule_Operation{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[26]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2283,7 +2351,7 @@ func (x *AuthorizationRule_Operation) String() string {
 func (*AuthorizationRule_Operation) ProtoMessage() {}
 
 func (x *AuthorizationRule_Operation) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[26]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2351,7 +2419,7 @@ type AuthorizationRule_HeaderMatch struct {
 
 func (x *AuthorizationRule_HeaderMatch) Reset() {
 	*x = AuthorizationRule_HeaderMatch{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[27]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2363,7 +2431,7 @@ func (x *AuthorizationRule_HeaderMatch) String() string {
 func (*AuthorizationRule_HeaderMatch) ProtoMessage() {}
 
 func (x *AuthorizationRule_HeaderMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[27]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2485,17 +2553,21 @@ const file_config_v1alpha1_config_proto_rawDesc = "" +
 	"\x0eWaypointConfig\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bidentity\x18\x02 \x01(\tR\bidentity\x12@\n" +
-	"\bservices\x18\x03 \x03(\v2$.ambit.config.v1alpha1.ServiceRoutesR\bservices\"\x9e\x02\n" +
+	"\bservices\x18\x03 \x03(\v2$.ambit.config.v1alpha1.ServiceRoutesR\bservices\"\xe3\x02\n" +
 	"\rServiceRoutes\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12I\n" +
 	"\bprotocol\x18\x03 \x01(\x0e2-.ambit.config.v1alpha1.ServiceRoutes.ProtocolR\bprotocol\x126\n" +
-	"\x05rules\x18\x04 \x03(\v2 .ambit.config.v1alpha1.RouteRuleR\x05rules\"\\\n" +
+	"\x05rules\x18\x04 \x03(\v2 .ambit.config.v1alpha1.RouteRuleR\x05rules\x12C\n" +
+	"\tconsumers\x18\x05 \x03(\v2%.ambit.config.v1alpha1.ConsumerRoutesR\tconsumers\"\\\n" +
 	"\bProtocol\x12\x18\n" +
 	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fPROTOCOL_TCP\x10\x01\x12\x11\n" +
 	"\rPROTOCOL_HTTP\x10\x02\x12\x11\n" +
-	"\rPROTOCOL_GRPC\x10\x03\"\xcd\x03\n" +
+	"\rPROTOCOL_GRPC\x10\x03\"f\n" +
+	"\x0eConsumerRoutes\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x126\n" +
+	"\x05rules\x18\x02 \x03(\v2 .ambit.config.v1alpha1.RouteRuleR\x05rules\"\xcd\x03\n" +
 	"\tRouteRule\x12\x14\n" +
 	"\x05route\x18\x01 \x01(\tR\x05route\x127\n" +
 	"\x05match\x18\x02 \x01(\v2!.ambit.config.v1alpha1.RouteMatchR\x05match\x127\n" +
@@ -2604,7 +2676,7 @@ func file_config_v1alpha1_config_proto_rawDescGZIP() []byte {
 }
 
 var file_config_v1alpha1_config_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_config_v1alpha1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_config_v1alpha1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_config_v1alpha1_config_proto_goTypes = []any{
 	(MTLSMode)(0),                         // 0: ambit.config.v1alpha1.MTLSMode
 	(Authorization_Scope)(0),              // 1: ambit.config.v1alpha1.Authorization.Scope
@@ -2620,28 +2692,29 @@ var file_config_v1alpha1_config_proto_goTypes = []any{
 	(*AuthorizationRule)(nil),             // 11: ambit.config.v1alpha1.AuthorizationRule
 	(*WaypointConfig)(nil),                // 12: ambit.config.v1alpha1.WaypointConfig
 	(*ServiceRoutes)(nil),                 // 13: ambit.config.v1alpha1.ServiceRoutes
-	(*RouteRule)(nil),                     // 14: ambit.config.v1alpha1.RouteRule
-	(*RouteMatch)(nil),                    // 15: ambit.config.v1alpha1.RouteMatch
-	(*StringMatch)(nil),                   // 16: ambit.config.v1alpha1.StringMatch
-	(*HeaderMatch)(nil),                   // 17: ambit.config.v1alpha1.HeaderMatch
-	(*Filter)(nil),                        // 18: ambit.config.v1alpha1.Filter
-	(*HeaderModifier)(nil),                // 19: ambit.config.v1alpha1.HeaderModifier
-	(*Redirect)(nil),                      // 20: ambit.config.v1alpha1.Redirect
-	(*Rewrite)(nil),                       // 21: ambit.config.v1alpha1.Rewrite
-	(*PathModifier)(nil),                  // 22: ambit.config.v1alpha1.PathModifier
-	(*Mirror)(nil),                        // 23: ambit.config.v1alpha1.Mirror
-	(*Fault)(nil),                         // 24: ambit.config.v1alpha1.Fault
-	(*WeightedBackend)(nil),               // 25: ambit.config.v1alpha1.WeightedBackend
-	(*Retry)(nil),                         // 26: ambit.config.v1alpha1.Retry
-	(*OutlierDetection)(nil),              // 27: ambit.config.v1alpha1.OutlierDetection
-	(*Limits)(nil),                        // 28: ambit.config.v1alpha1.Limits
-	nil,                                   // 29: ambit.config.v1alpha1.Endpoint.TargetPortsEntry
-	(*AuthorizationRule_Source)(nil),      // 30: ambit.config.v1alpha1.AuthorizationRule.Source
-	(*AuthorizationRule_Operation)(nil),   // 31: ambit.config.v1alpha1.AuthorizationRule.Operation
-	(*AuthorizationRule_HeaderMatch)(nil), // 32: ambit.config.v1alpha1.AuthorizationRule.HeaderMatch
-	nil,                                   // 33: ambit.config.v1alpha1.HeaderModifier.SetEntry
-	nil,                                   // 34: ambit.config.v1alpha1.HeaderModifier.AddEntry
-	(*durationpb.Duration)(nil),           // 35: google.protobuf.Duration
+	(*ConsumerRoutes)(nil),                // 14: ambit.config.v1alpha1.ConsumerRoutes
+	(*RouteRule)(nil),                     // 15: ambit.config.v1alpha1.RouteRule
+	(*RouteMatch)(nil),                    // 16: ambit.config.v1alpha1.RouteMatch
+	(*StringMatch)(nil),                   // 17: ambit.config.v1alpha1.StringMatch
+	(*HeaderMatch)(nil),                   // 18: ambit.config.v1alpha1.HeaderMatch
+	(*Filter)(nil),                        // 19: ambit.config.v1alpha1.Filter
+	(*HeaderModifier)(nil),                // 20: ambit.config.v1alpha1.HeaderModifier
+	(*Redirect)(nil),                      // 21: ambit.config.v1alpha1.Redirect
+	(*Rewrite)(nil),                       // 22: ambit.config.v1alpha1.Rewrite
+	(*PathModifier)(nil),                  // 23: ambit.config.v1alpha1.PathModifier
+	(*Mirror)(nil),                        // 24: ambit.config.v1alpha1.Mirror
+	(*Fault)(nil),                         // 25: ambit.config.v1alpha1.Fault
+	(*WeightedBackend)(nil),               // 26: ambit.config.v1alpha1.WeightedBackend
+	(*Retry)(nil),                         // 27: ambit.config.v1alpha1.Retry
+	(*OutlierDetection)(nil),              // 28: ambit.config.v1alpha1.OutlierDetection
+	(*Limits)(nil),                        // 29: ambit.config.v1alpha1.Limits
+	nil,                                   // 30: ambit.config.v1alpha1.Endpoint.TargetPortsEntry
+	(*AuthorizationRule_Source)(nil),      // 31: ambit.config.v1alpha1.AuthorizationRule.Source
+	(*AuthorizationRule_Operation)(nil),   // 32: ambit.config.v1alpha1.AuthorizationRule.Operation
+	(*AuthorizationRule_HeaderMatch)(nil), // 33: ambit.config.v1alpha1.AuthorizationRule.HeaderMatch
+	nil,                                   // 34: ambit.config.v1alpha1.HeaderModifier.SetEntry
+	nil,                                   // 35: ambit.config.v1alpha1.HeaderModifier.AddEntry
+	(*durationpb.Duration)(nil),           // 36: google.protobuf.Duration
 }
 var file_config_v1alpha1_config_proto_depIdxs = []int32{
 	6,  // 0: ambit.config.v1alpha1.Workload.waypoint:type_name -> ambit.config.v1alpha1.WaypointRef
@@ -2649,50 +2722,52 @@ var file_config_v1alpha1_config_proto_depIdxs = []int32{
 	8,  // 2: ambit.config.v1alpha1.Service.ports:type_name -> ambit.config.v1alpha1.ServicePort
 	9,  // 3: ambit.config.v1alpha1.Service.endpoints:type_name -> ambit.config.v1alpha1.Endpoint
 	6,  // 4: ambit.config.v1alpha1.Service.waypoint:type_name -> ambit.config.v1alpha1.WaypointRef
-	29, // 5: ambit.config.v1alpha1.Endpoint.target_ports:type_name -> ambit.config.v1alpha1.Endpoint.TargetPortsEntry
+	30, // 5: ambit.config.v1alpha1.Endpoint.target_ports:type_name -> ambit.config.v1alpha1.Endpoint.TargetPortsEntry
 	1,  // 6: ambit.config.v1alpha1.Authorization.scope:type_name -> ambit.config.v1alpha1.Authorization.Scope
 	2,  // 7: ambit.config.v1alpha1.Authorization.action:type_name -> ambit.config.v1alpha1.Authorization.Action
 	11, // 8: ambit.config.v1alpha1.Authorization.rules:type_name -> ambit.config.v1alpha1.AuthorizationRule
-	30, // 9: ambit.config.v1alpha1.AuthorizationRule.from:type_name -> ambit.config.v1alpha1.AuthorizationRule.Source
-	31, // 10: ambit.config.v1alpha1.AuthorizationRule.to:type_name -> ambit.config.v1alpha1.AuthorizationRule.Operation
+	31, // 9: ambit.config.v1alpha1.AuthorizationRule.from:type_name -> ambit.config.v1alpha1.AuthorizationRule.Source
+	32, // 10: ambit.config.v1alpha1.AuthorizationRule.to:type_name -> ambit.config.v1alpha1.AuthorizationRule.Operation
 	13, // 11: ambit.config.v1alpha1.WaypointConfig.services:type_name -> ambit.config.v1alpha1.ServiceRoutes
 	3,  // 12: ambit.config.v1alpha1.ServiceRoutes.protocol:type_name -> ambit.config.v1alpha1.ServiceRoutes.Protocol
-	14, // 13: ambit.config.v1alpha1.ServiceRoutes.rules:type_name -> ambit.config.v1alpha1.RouteRule
-	15, // 14: ambit.config.v1alpha1.RouteRule.match:type_name -> ambit.config.v1alpha1.RouteMatch
-	18, // 15: ambit.config.v1alpha1.RouteRule.filters:type_name -> ambit.config.v1alpha1.Filter
-	25, // 16: ambit.config.v1alpha1.RouteRule.backends:type_name -> ambit.config.v1alpha1.WeightedBackend
-	35, // 17: ambit.config.v1alpha1.RouteRule.request_timeout:type_name -> google.protobuf.Duration
-	35, // 18: ambit.config.v1alpha1.RouteRule.backend_request_timeout:type_name -> google.protobuf.Duration
-	26, // 19: ambit.config.v1alpha1.RouteRule.retry:type_name -> ambit.config.v1alpha1.Retry
-	16, // 20: ambit.config.v1alpha1.RouteMatch.path:type_name -> ambit.config.v1alpha1.StringMatch
-	17, // 21: ambit.config.v1alpha1.RouteMatch.headers:type_name -> ambit.config.v1alpha1.HeaderMatch
-	17, // 22: ambit.config.v1alpha1.RouteMatch.query_params:type_name -> ambit.config.v1alpha1.HeaderMatch
-	4,  // 23: ambit.config.v1alpha1.StringMatch.type:type_name -> ambit.config.v1alpha1.StringMatch.Type
-	16, // 24: ambit.config.v1alpha1.HeaderMatch.value:type_name -> ambit.config.v1alpha1.StringMatch
-	19, // 25: ambit.config.v1alpha1.Filter.request_header_modifier:type_name -> ambit.config.v1alpha1.HeaderModifier
-	19, // 26: ambit.config.v1alpha1.Filter.response_header_modifier:type_name -> ambit.config.v1alpha1.HeaderModifier
-	20, // 27: ambit.config.v1alpha1.Filter.request_redirect:type_name -> ambit.config.v1alpha1.Redirect
-	21, // 28: ambit.config.v1alpha1.Filter.url_rewrite:type_name -> ambit.config.v1alpha1.Rewrite
-	23, // 29: ambit.config.v1alpha1.Filter.request_mirror:type_name -> ambit.config.v1alpha1.Mirror
-	24, // 30: ambit.config.v1alpha1.Filter.fault:type_name -> ambit.config.v1alpha1.Fault
-	33, // 31: ambit.config.v1alpha1.HeaderModifier.set:type_name -> ambit.config.v1alpha1.HeaderModifier.SetEntry
-	34, // 32: ambit.config.v1alpha1.HeaderModifier.add:type_name -> ambit.config.v1alpha1.HeaderModifier.AddEntry
-	22, // 33: ambit.config.v1alpha1.Redirect.path:type_name -> ambit.config.v1alpha1.PathModifier
-	22, // 34: ambit.config.v1alpha1.Rewrite.path:type_name -> ambit.config.v1alpha1.PathModifier
-	25, // 35: ambit.config.v1alpha1.Mirror.backend:type_name -> ambit.config.v1alpha1.WeightedBackend
-	35, // 36: ambit.config.v1alpha1.Fault.delay:type_name -> google.protobuf.Duration
-	18, // 37: ambit.config.v1alpha1.WeightedBackend.filters:type_name -> ambit.config.v1alpha1.Filter
-	27, // 38: ambit.config.v1alpha1.WeightedBackend.outlier_detection:type_name -> ambit.config.v1alpha1.OutlierDetection
-	28, // 39: ambit.config.v1alpha1.WeightedBackend.limits:type_name -> ambit.config.v1alpha1.Limits
-	35, // 40: ambit.config.v1alpha1.Retry.backoff:type_name -> google.protobuf.Duration
-	35, // 41: ambit.config.v1alpha1.OutlierDetection.interval:type_name -> google.protobuf.Duration
-	35, // 42: ambit.config.v1alpha1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	32, // 43: ambit.config.v1alpha1.AuthorizationRule.Operation.headers:type_name -> ambit.config.v1alpha1.AuthorizationRule.HeaderMatch
-	44, // [44:44] is the sub-list for method output_type
-	44, // [44:44] is the sub-list for method input_type
-	44, // [44:44] is the sub-list for extension type_name
-	44, // [44:44] is the sub-list for extension extendee
-	0,  // [0:44] is the sub-list for field type_name
+	15, // 13: ambit.config.v1alpha1.ServiceRoutes.rules:type_name -> ambit.config.v1alpha1.RouteRule
+	14, // 14: ambit.config.v1alpha1.ServiceRoutes.consumers:type_name -> ambit.config.v1alpha1.ConsumerRoutes
+	15, // 15: ambit.config.v1alpha1.ConsumerRoutes.rules:type_name -> ambit.config.v1alpha1.RouteRule
+	16, // 16: ambit.config.v1alpha1.RouteRule.match:type_name -> ambit.config.v1alpha1.RouteMatch
+	19, // 17: ambit.config.v1alpha1.RouteRule.filters:type_name -> ambit.config.v1alpha1.Filter
+	26, // 18: ambit.config.v1alpha1.RouteRule.backends:type_name -> ambit.config.v1alpha1.WeightedBackend
+	36, // 19: ambit.config.v1alpha1.RouteRule.request_timeout:type_name -> google.protobuf.Duration
+	36, // 20: ambit.config.v1alpha1.RouteRule.backend_request_timeout:type_name -> google.protobuf.Duration
+	27, // 21: ambit.config.v1alpha1.RouteRule.retry:type_name -> ambit.config.v1alpha1.Retry
+	17, // 22: ambit.config.v1alpha1.RouteMatch.path:type_name -> ambit.config.v1alpha1.StringMatch
+	18, // 23: ambit.config.v1alpha1.RouteMatch.headers:type_name -> ambit.config.v1alpha1.HeaderMatch
+	18, // 24: ambit.config.v1alpha1.RouteMatch.query_params:type_name -> ambit.config.v1alpha1.HeaderMatch
+	4,  // 25: ambit.config.v1alpha1.StringMatch.type:type_name -> ambit.config.v1alpha1.StringMatch.Type
+	17, // 26: ambit.config.v1alpha1.HeaderMatch.value:type_name -> ambit.config.v1alpha1.StringMatch
+	20, // 27: ambit.config.v1alpha1.Filter.request_header_modifier:type_name -> ambit.config.v1alpha1.HeaderModifier
+	20, // 28: ambit.config.v1alpha1.Filter.response_header_modifier:type_name -> ambit.config.v1alpha1.HeaderModifier
+	21, // 29: ambit.config.v1alpha1.Filter.request_redirect:type_name -> ambit.config.v1alpha1.Redirect
+	22, // 30: ambit.config.v1alpha1.Filter.url_rewrite:type_name -> ambit.config.v1alpha1.Rewrite
+	24, // 31: ambit.config.v1alpha1.Filter.request_mirror:type_name -> ambit.config.v1alpha1.Mirror
+	25, // 32: ambit.config.v1alpha1.Filter.fault:type_name -> ambit.config.v1alpha1.Fault
+	34, // 33: ambit.config.v1alpha1.HeaderModifier.set:type_name -> ambit.config.v1alpha1.HeaderModifier.SetEntry
+	35, // 34: ambit.config.v1alpha1.HeaderModifier.add:type_name -> ambit.config.v1alpha1.HeaderModifier.AddEntry
+	23, // 35: ambit.config.v1alpha1.Redirect.path:type_name -> ambit.config.v1alpha1.PathModifier
+	23, // 36: ambit.config.v1alpha1.Rewrite.path:type_name -> ambit.config.v1alpha1.PathModifier
+	26, // 37: ambit.config.v1alpha1.Mirror.backend:type_name -> ambit.config.v1alpha1.WeightedBackend
+	36, // 38: ambit.config.v1alpha1.Fault.delay:type_name -> google.protobuf.Duration
+	19, // 39: ambit.config.v1alpha1.WeightedBackend.filters:type_name -> ambit.config.v1alpha1.Filter
+	28, // 40: ambit.config.v1alpha1.WeightedBackend.outlier_detection:type_name -> ambit.config.v1alpha1.OutlierDetection
+	29, // 41: ambit.config.v1alpha1.WeightedBackend.limits:type_name -> ambit.config.v1alpha1.Limits
+	36, // 42: ambit.config.v1alpha1.Retry.backoff:type_name -> google.protobuf.Duration
+	36, // 43: ambit.config.v1alpha1.OutlierDetection.interval:type_name -> google.protobuf.Duration
+	36, // 44: ambit.config.v1alpha1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	33, // 45: ambit.config.v1alpha1.AuthorizationRule.Operation.headers:type_name -> ambit.config.v1alpha1.AuthorizationRule.HeaderMatch
+	46, // [46:46] is the sub-list for method output_type
+	46, // [46:46] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_config_v1alpha1_config_proto_init() }
@@ -2700,7 +2775,7 @@ func file_config_v1alpha1_config_proto_init() {
 	if File_config_v1alpha1_config_proto != nil {
 		return
 	}
-	file_config_v1alpha1_config_proto_msgTypes[13].OneofWrappers = []any{
+	file_config_v1alpha1_config_proto_msgTypes[14].OneofWrappers = []any{
 		(*Filter_RequestHeaderModifier)(nil),
 		(*Filter_ResponseHeaderModifier)(nil),
 		(*Filter_RequestRedirect)(nil),
@@ -2708,7 +2783,7 @@ func file_config_v1alpha1_config_proto_init() {
 		(*Filter_RequestMirror)(nil),
 		(*Filter_Fault)(nil),
 	}
-	file_config_v1alpha1_config_proto_msgTypes[17].OneofWrappers = []any{
+	file_config_v1alpha1_config_proto_msgTypes[18].OneofWrappers = []any{
 		(*PathModifier_ReplaceFullPath)(nil),
 		(*PathModifier_ReplacePrefixMatch)(nil),
 	}
@@ -2718,7 +2793,7 @@ func file_config_v1alpha1_config_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_config_v1alpha1_config_proto_rawDesc), len(file_config_v1alpha1_config_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   30,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
