@@ -223,7 +223,9 @@ func (x *exchange) serve() {
 	}
 	rule, ok := direct, direct != nil
 	if direct == nil {
-		rule, ok = table.Match(x.in, svc, port)
+		// Consumer routes (GAMMA) apply by the client's namespace, from
+		// the identity its tunnel proved.
+		rule, ok = table.MatchFrom(x.in, svc, port, res.Source.Identity.Namespace)
 	}
 	if !ok {
 		x.fail(http.StatusNotFound, FlagNoRoute)

@@ -193,19 +193,38 @@ func requestPath(r *http.Request) string {
 	return r.URL.Path
 }
 
-// Match finds the rule for a request sent to service:port: the first
-// matching rule, or the default route when the service port has no rules.
-// It returns false when the service port is unknown or no rule matches
-// (the proxy answers 404 with flag "NR").
+// Match finds the rule for a request sent to service:port by a client of
+// unknown namespace: MatchFrom with none, so only producer routes apply.
 func (t *Table) Match(r *http.Request, service string, port uint32) (*Rule, bool) {
+	return t.MatchFrom(r, service, port, "")
+}
+
+// RulesFor returns the rules for a request from a client in namespace ns:
+// ns's consumer routes when it has any (GAMMA: they take precedence over
+// the producer routes, which then do not apply at all), else the producer
+// rules. An empty ns (client unknown) gets the producer rules.
+func (s *Service) RulesFor(ns string) []*Rule {
+	if c := s.Consumers[ns]; ns != "" && len(c) > 0 {
+		return c
+	}
+	return s.Rules
+}
+
+// MatchFrom finds the rule for a request sent to service:port by a client
+// in namespace clientNS (from its verified identity; empty when unknown):
+// the first matching rule of RulesFor, or the default route when there is
+// none. It returns false when the service port is unknown or no rule
+// matches (the proxy answers 404 with flag "NR").
+func (t *Table) MatchFrom(r *http.Request, service string, port uint32, clientNS string) (*Rule, bool) {
 	s := t.Service(service, port)
 	if s == nil {
 		return nil, false
 	}
-	if len(s.Rules) == 0 {
+	rules := s.RulesFor(clientNS)
+	if len(rules) == 0 {
 		return s.Default, true
 	}
-	for _, rule := range s.Rules {
+	for _, rule := range rules {
 		if rule.Match.Matches(r) {
 			return rule, true
 		}

@@ -271,3 +271,95 @@ func TestTableWith(t *testing.T) {
 		t.Fatalf("nil table With: %v", n.Keys())
 	}
 }
+
+// consumerTable has producer rules for ns/svc:80 (/p) and consumer rules
+// of namespaces a (/a exact, then /) and b (/b only).
+func consumerTable(t testing.TB) *Table {
+	t.Helper()
+	tb, err := Compile(&configv1alpha1.WaypointConfig{Name: "ns/wp", Services: []*configv1alpha1.ServiceRoutes{
+		{Service: "ns/svc", Port: 80, Protocol: configv1alpha1.ServiceRoutes_PROTOCOL_HTTP,
+			Rules: []*configv1alpha1.RouteRule{rule("producer", &configv1alpha1.RouteMatch{Path: sm(prefix, "/p")})},
+			Consumers: []*configv1alpha1.ConsumerRoutes{
+				{Namespace: "a", Rules: []*configv1alpha1.RouteRule{
+					rule("a-exact", &configv1alpha1.RouteMatch{Path: sm(exact, "/a")}),
+					rule("a-all", &configv1alpha1.RouteMatch{Path: sm(prefix, "/")}),
+				}},
+				{Namespace: "b", Rules: []*configv1alpha1.RouteRule{rule("b-only", &configv1alpha1.RouteMatch{Path: sm(prefix, "/b")})}},
+			}},
+		{Service: "ns/plain", Port: 8080, Protocol: configv1alpha1.ServiceRoutes_PROTOCOL_HTTP,
+			Consumers: []*configv1alpha1.ConsumerRoutes{{Namespace: "a", Rules: []*configv1alpha1.RouteRule{
+				rule("plain-a", &configv1alpha1.RouteMatch{Path: sm(prefix, "/")})}}}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tb
+}
+
+// TestConsumerPrecedence: a namespace's consumer rules replace the
+// producer rules for its clients only; other namespaces, the service's own
+// and unknown clients get the producer rules (or the default route).
+func TestConsumerPrecedence(t *testing.T) {
+	tb := consumerTable(t)
+	for _, c := range []struct {
+		ns, svc, path string
+		port          uint32
+		want          string // rule name; "-" no match; "" default route
+	}{
+		{"a", "ns/svc", "/a", 80, "a-exact"},
+		{"a", "ns/svc", "/p", 80, "a-all"}, // the producer rule does not apply
+		{"a", "ns/svc", "/x", 80, "a-all"},
+		{"b", "ns/svc", "/b/1", 80, "b-only"},
+		{"b", "ns/svc", "/p", 80, "-"}, // b's rules replace, no fallback to the producer
+		{"ns", "ns/svc", "/p", 80, "producer"},
+		{"ns", "ns/svc", "/a", 80, "-"},
+		{"c", "ns/svc", "/p", 80, "producer"},
+		{"c", "ns/svc", "/a", 80, "-"},
+		{"", "ns/svc", "/p", 80, "producer"},
+		{"", "ns/svc", "/x", 80, "-"},
+		{"a", "ns/plain", "/x", 8080, "plain-a"},
+		{"c", "ns/plain", "/x", 8080, ""}, // no producer rules: the default route
+		{"", "ns/plain", "/x", 8080, ""},
+	} {
+		r, ok := tb.MatchFrom(httptest.NewRequest("GET", c.path, nil), c.svc, c.port, c.ns)
+		got := "-"
+		if ok {
+			got = r.Name
+		}
+		if got != c.want {
+			t.Errorf("from %q %s:%d %s: rule %q, want %q", c.ns, c.svc, c.port, c.path, got, c.want)
+		}
+	}
+	// Match is MatchFrom with an unknown client.
+	if r, ok := tb.Match(httptest.NewRequest("GET", "/p", nil), "ns/svc", 80); !ok || r.Name != "producer" {
+		t.Errorf("Match: %+v %v", r, ok)
+	}
+	if r, ok := tb.Match(httptest.NewRequest("GET", "/a", nil), "ns/svc", 80); ok {
+		t.Errorf("Match applied a consumer rule: %s", r.Name)
+	}
+	if got := len(tb.Service("ns/svc", 80).RulesFor("a")); got != 2 {
+		t.Errorf("RulesFor(a): %d rules, want 2", got)
+	}
+}
+
+func TestConsumerCompileErrors(t *testing.T) {
+	ok := []*configv1alpha1.RouteRule{rule("r", nil)}
+	for name, c := range map[string]struct {
+		consumers []*configv1alpha1.ConsumerRoutes
+		want      string
+	}{
+		"no namespace":  {[]*configv1alpha1.ConsumerRoutes{{Rules: ok}}, "is not a namespace name"},
+		"slash":         {[]*configv1alpha1.ConsumerRoutes{{Namespace: "a/b", Rules: ok}}, "is not a namespace name"},
+		"own namespace": {[]*configv1alpha1.ConsumerRoutes{{Namespace: "ns", Rules: ok}}, "the service's own"},
+		"twice":         {[]*configv1alpha1.ConsumerRoutes{{Namespace: "a", Rules: ok}, {Namespace: "a", Rules: ok}}, "listed twice"},
+		"no rules":      {[]*configv1alpha1.ConsumerRoutes{{Namespace: "a"}}, "has no rules"},
+		"bad rule": {[]*configv1alpha1.ConsumerRoutes{{Namespace: "a", Rules: []*configv1alpha1.RouteRule{
+			rule("bad", &configv1alpha1.RouteMatch{Path: sm(regex, "(")})}}}, "ns/svc:80: bad:"},
+	} {
+		_, err := Compile(&configv1alpha1.WaypointConfig{Services: []*configv1alpha1.ServiceRoutes{{Service: "ns/svc", Port: 80,
+			Protocol: configv1alpha1.ServiceRoutes_PROTOCOL_HTTP, Consumers: c.consumers}}})
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: got %v, want an error with %q", name, err, c.want)
+		}
+	}
+}

@@ -39,6 +39,10 @@ type Service struct {
 	Rules []*Rule
 	// Default is the route to the service itself, used when Rules is empty.
 	Default *Rule
+	// Consumers are the rules of consumer routes (GAMMA) by client
+	// namespace, each non-empty and in precedence order: for a request from
+	// that namespace they replace Rules (see RulesFor).
+	Consumers map[string][]*Rule
 }
 
 // Rule is one compiled route rule.
@@ -113,16 +117,12 @@ func Compile(cfg *configv1alpha1.WaypointConfig) (*Table, error) {
 			return nil, fmt.Errorf("services[%d]: %s listed twice", i, k)
 		}
 		s := &Service{Key: k, Protocol: sr.GetProtocol(), Default: defaultRule(k)}
-		for j, r := range sr.GetRules() {
-			cr, err := compileRule(r)
-			if err != nil {
-				name := r.GetRoute()
-				if name == "" {
-					name = fmt.Sprintf("rules[%d]", j)
-				}
-				return nil, fmt.Errorf("%s: %s: %w", k, name, err)
-			}
-			s.Rules = append(s.Rules, cr)
+		var err error
+		if s.Rules, err = compileRules(k, "rules", sr.GetRules()); err != nil {
+			return nil, err
+		}
+		if s.Consumers, err = compileConsumers(k, sr.GetConsumers()); err != nil {
+			return nil, err
 		}
 		t.services[k] = s
 	}
@@ -142,6 +142,53 @@ func defaultRule(k Key) *Rule {
 	return &Rule{Match: Match{path: pathMatch{kind: configv1alpha1.StringMatch_TYPE_PREFIX, value: "/"}},
 		Filters: &filter.Chain{}, Backends: []*Backend{{Service: k.Service, Port: k.Port, Weight: 1, Filters: &filter.Chain{}}},
 		totalWeight: 1}
+}
+
+// compileRules compiles the rules of service port k; field names them in
+// errors.
+func compileRules(k Key, field string, rules []*configv1alpha1.RouteRule) ([]*Rule, error) {
+	var out []*Rule
+	for j, r := range rules {
+		cr, err := compileRule(r)
+		if err != nil {
+			name := r.GetRoute()
+			if name == "" {
+				name = fmt.Sprintf("%s[%d]", field, j)
+			}
+			return nil, fmt.Errorf("%s: %s: %w", k, name, err)
+		}
+		out = append(out, cr)
+	}
+	return out, nil
+}
+
+// compileConsumers compiles the consumer routes of service port k: one
+// entry per namespace other than the service's, each with rules.
+func compileConsumers(k Key, in []*configv1alpha1.ConsumerRoutes) (map[string][]*Rule, error) {
+	if len(in) == 0 {
+		return nil, nil
+	}
+	own, _, _ := strings.Cut(k.Service, "/")
+	out := map[string][]*Rule{}
+	for i, c := range in {
+		ns := c.GetNamespace()
+		switch {
+		case ns == "" || strings.Contains(ns, "/"):
+			return nil, fmt.Errorf("%s: consumers[%d]: namespace %q is not a namespace name", k, i, ns)
+		case ns == own:
+			return nil, fmt.Errorf("%s: consumers[%d]: namespace %s is the service's own (its routes are rules)", k, i, ns)
+		case out[ns] != nil:
+			return nil, fmt.Errorf("%s: consumers[%d]: namespace %s listed twice", k, i, ns)
+		case len(c.GetRules()) == 0:
+			return nil, fmt.Errorf("%s: consumers[%d]: namespace %s has no rules", k, i, ns)
+		}
+		rules, err := compileRules(k, fmt.Sprintf("consumers[%d].rules", i), c.GetRules())
+		if err != nil {
+			return nil, err
+		}
+		out[ns] = rules
+	}
+	return out, nil
 }
 
 func compileRule(r *configv1alpha1.RouteRule) (*Rule, error) {
