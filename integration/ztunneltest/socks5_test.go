@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -33,9 +34,14 @@ import (
 // connection and the reply code (the connection is closed unless the code
 // is 0).
 func socksDial(p *netlab.Pod, dst string) (net.Conn, byte, error) {
+	return socksDialVia(p, daemon.PodSOCKS5Addr, dst)
+}
+
+// socksDialVia is socksDial through the SOCKS5 listener at proxy.
+func socksDialVia(p *netlab.Pod, proxy, dst string) (net.Conn, byte, error) {
 	var c net.Conn
 	if err := p.Do(func() (err error) {
-		c, err = net.DialTimeout("tcp", daemon.PodSOCKS5Addr, 3*time.Second)
+		c, err = net.DialTimeout("tcp", proxy, 3*time.Second)
 		return err
 	}); err != nil {
 		return nil, 0, err
@@ -211,6 +217,18 @@ func TestPodSOCKS5(t *testing.T) {
 		t.Errorf("source ztunnel counted %v connections of a, want %d", v, connections)
 	}
 
+	t.Run("IPv6 loopback", func(t *testing.T) {
+		c, code, err := socksDialVia(a, daemon.PodSOCKS5Addr6, "echo.shop.svc.cluster.local:80")
+		if err != nil || code != 0 {
+			t.Fatalf("SOCKS5 CONNECT through %s: code %d, %v", daemon.PodSOCKS5Addr6, code, err)
+		}
+		defer c.Close()
+		if err := socksEcho(c); err != nil {
+			t.Fatal(err)
+		}
+		connections++
+	})
+
 	t.Run("errors", func(t *testing.T) {
 		if _, code, err := socksDial(a, "nowhere.shop.svc.cluster.local:80"); err != nil || code != 4 {
 			t.Errorf("unknown name: code %d, %v; want 4", code, err)
@@ -269,14 +287,16 @@ func TestPodSOCKS5(t *testing.T) {
 			t.Fatalf("SOCKS5 CONNECT: code %d, %v", code, err)
 		}
 		defer open.Close()
-		if dump := podDump(z0, "a"); dump.SOCKS5 != daemon.PodSOCKS5Addr {
+		if dump := podDump(z0, "a"); !slices.Equal(dump.SOCKS5, []string{daemon.PodSOCKS5Addr, daemon.PodSOCKS5Addr6}) {
 			t.Errorf("admin dump of a: socks5 %q", dump.SOCKS5)
 		}
 		workloads["a"] = workload(a, "node0", false)
 		publish()
 		eventually(t, "pod a released", func() bool { return !z0.captured("a") })
-		if _, _, err := socksDial(a, "10.0.0.1:80"); !errors.Is(err, syscall.ECONNREFUSED) {
-			t.Errorf("SOCKS5 after release: %v, want connection refused", err)
+		for _, addr := range []string{daemon.PodSOCKS5Addr, daemon.PodSOCKS5Addr6} {
+			if _, _, err := socksDialVia(a, addr, "10.0.0.1:80"); !errors.Is(err, syscall.ECONNREFUSED) {
+				t.Errorf("SOCKS5 on %s after release: %v, want connection refused", addr, err)
+			}
 		}
 		// The connection being served was closed with the pod's listeners.
 		_ = open.SetDeadline(time.Now().Add(5 * time.Second))
@@ -382,7 +402,7 @@ func TestPodSOCKS5Disabled(t *testing.T) {
 	if _, _, err := socksDial(a, "10.0.0.1:80"); !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Errorf("SOCKS5 in a captured pod with the listener disabled: %v, want connection refused", err)
 	}
-	if s := podDump(z, "a").SOCKS5; s != "" {
+	if s := podDump(z, "a").SOCKS5; len(s) != 0 {
 		t.Errorf("admin dump: socks5 %q", s)
 	}
 	// The pod is captured all the same: its outbound listener is there.

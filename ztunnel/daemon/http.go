@@ -121,8 +121,8 @@ type PodDump struct {
 	Identity string            `json:"identity,omitempty"`
 	Error    string            `json:"error,omitempty"`
 	Rules    *redirect.Ruleset `json:"rules,omitempty"`
-	// SOCKS5 is the pod's SOCKS5 listener (in its namespace), if open.
-	SOCKS5 string `json:"socks5,omitempty"`
+	// SOCKS5 are the pod's SOCKS5 listeners (in its namespace), if open.
+	SOCKS5 []string `json:"socks5,omitempty"`
 }
 
 // Dump builds the admin config dump (no private keys).
@@ -156,7 +156,7 @@ func (d *Daemon) Dump(ctx context.Context) ConfigDump {
 		if ps.proxy != nil {
 			pd.Identity = ps.id.String()
 			if ps.socks != nil {
-				pd.SOCKS5 = ps.socks.ln.Addr().String()
+				pd.SOCKS5 = ps.socks.addrs()
 			}
 			rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 			if rs, err := redirect.Rules(rctx, ps.ns); err == nil {

@@ -49,7 +49,7 @@ func run(args []string) error {
 	ready := fs.String("ready-address", daemon.DefaultReadyAddr, "readiness listener; empty disables")
 	socksAddr := fs.String("socks5-address", daemon.DefaultSOCKS5Addr, "explicit-mode SOCKS5 listener, used with -socks5-workload")
 	socksWorkload := fs.String("socks5-workload", "", "workload (<namespace>/<pod>) whose identity SOCKS5 clients use; empty disables SOCKS5")
-	socksPerPod := fs.Bool("socks5-per-pod", true, "open a SOCKS5 listener on "+daemon.PodSOCKS5Addr+" inside every captured pod")
+	socksPerPod := fs.Bool("socks5-per-pod", true, "open a SOCKS5 listener on "+daemon.PodSOCKS5Addr+" (and "+daemon.PodSOCKS5Addr6+") inside every captured pod")
 	validity := fs.Duration("cert-validity", identity.DefaultCertLifetime, "workload certificate lifetime asked of the CA")
 	shutdownDrain := fs.Duration("shutdown-drain", daemon.DefaultShutdownDrain, "after SIGTERM, how long open connections may finish (listeners close at once); negative closes them at once")
 	cniBin := fs.String("cni-bin-dir", "", "CNI bin folder to install ambit-cni into (the host's /opt/cni/bin as mounted); empty, with -cni-conf-dir, installs nothing")
