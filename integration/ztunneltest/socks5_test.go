@@ -146,6 +146,7 @@ func TestPodSOCKS5(t *testing.T) {
 		"u": workload(u, "node0", false),
 		"b": workload(b, "node1", true),
 	}
+	var authz []*configv1alpha1.Authorization
 	publish := func() {
 		out := &translate.Output{Services: []*configv1alpha1.Service{{
 			Name: ns + "/echo", Namespace: ns, Hostname: "echo.shop.svc.cluster.local", Vips: []string{svcVIP.String()},
@@ -155,10 +156,10 @@ func TestPodSOCKS5(t *testing.T) {
 		for _, n := range []string{"a", "u", "b"} {
 			out.Workloads = append(out.Workloads, workloads[n])
 		}
-		out.Authorizations = []*configv1alpha1.Authorization{{
+		out.Authorizations = append([]*configv1alpha1.Authorization{{
 			Name: "ambit-system/noop", Namespace: "ambit-system",
 			Scope: configv1alpha1.Authorization_SCOPE_GLOBAL, Action: configv1alpha1.Authorization_ACTION_DENY,
-		}}
+		}}, authz...)
 		x.srv.Publish(out)
 	}
 	publish()
@@ -236,6 +237,42 @@ func TestPodSOCKS5(t *testing.T) {
 		if _, code, err := socksDial(a, netip.AddrPortFrom(b.IP, 1).String()); err != nil || code != 5 {
 			t.Errorf("closed port: code %d, %v; want 5", code, err)
 		}
+	})
+
+	t.Run("denied by the destination's policy", func(t *testing.T) {
+		authz = []*configv1alpha1.Authorization{{
+			Name: ns + "/deny-a", Namespace: ns, Scope: configv1alpha1.Authorization_SCOPE_WORKLOAD_SELECTOR,
+			Action: configv1alpha1.Authorization_ACTION_DENY,
+			Rules:  []*configv1alpha1.AuthorizationRule{{From: []*configv1alpha1.AuthorizationRule_Source{{Principals: []string{aID}}}}},
+		}}
+		denied := workload(b, "node1", true)
+		denied.AuthorizationPolicies = []string{ns + "/deny-a"}
+		workloads["b"] = denied
+		publish()
+		var code byte
+		eventually(t, "SOCKS5 refused with code 2", func() bool {
+			c, got, err := socksDial(a, "echo.shop.svc.cluster.local:80")
+			if err == nil && got == 0 {
+				c.Close()
+			}
+			code = got
+			return err == nil && got == 2
+		})
+		if v := metricValue(t, z0, "istio_tcp_connections_opened_total", map[string]string{
+			"reporter": "source", "source_workload": "a-deploy", "response_flags": "DENY",
+		}); v < 1 {
+			t.Errorf("source ztunnel counted %v denied connections of a (last code %d)", v, code)
+		}
+		authz = nil
+		workloads["b"] = workload(b, "node1", true)
+		publish()
+		eventually(t, "policy removed", func() bool {
+			c, got, err := socksDial(a, "echo.shop.svc.cluster.local:80")
+			if err == nil && got == 0 {
+				c.Close()
+			}
+			return err == nil && got == 0
+		})
 	})
 
 	t.Run("no listener in a pod that is not captured", func(t *testing.T) {
