@@ -354,15 +354,22 @@ func (b *builder) attach(cr *compiledRoute, parents []gwapiv1.ParentReference) [
 // kinds on a listener: the oldest route's, then the first by
 // "<namespace>/<name>"; in GAMMA a Service port plays the listener. Routes
 // of the other kind lose the port; a route that loses every port of a
-// parentRef is Accepted=False (Conflicted) for it.
+// parentRef is Accepted=False (Conflicted) for it. Producer routes and the
+// consumer routes of each namespace are settled apart: they never apply to
+// the same requests (GAMMA merges routes only within such a group).
 func (b *builder) kindConflicts() {
+	type groupPort struct {
+		ns   string
+		port int32
+	}
 	for _, svc := range sortedKeys(b.attachments) {
 		atts := b.attachments[svc]
-		winner := map[int32]*compiledRoute{}
+		winner := map[groupPort]*compiledRoute{}
 		for _, a := range atts {
 			for p := range a.ports {
-				if w := winner[p]; w == nil || olderFirst(a.route.obj, w.obj) < 0 {
-					winner[p] = a.route
+				gp := groupPort{a.route.obj.GetNamespace(), p}
+				if w := winner[gp]; w == nil || olderFirst(a.route.obj, w.obj) < 0 {
+					winner[gp] = a.route
 				}
 			}
 		}
@@ -370,7 +377,7 @@ func (b *builder) kindConflicts() {
 		for _, a := range atts {
 			var lostTo *compiledRoute
 			for _, p := range slices.Sorted(maps.Keys(a.ports)) {
-				if w := winner[p]; w.kind != a.route.kind {
+				if w := winner[groupPort{a.route.obj.GetNamespace(), p}]; w.kind != a.route.kind {
 					delete(a.ports, p)
 					lostTo = w
 				}
