@@ -454,6 +454,49 @@ spec:
 		})
 	})
 
+	t.Run("WaypointOptOut", func(t *testing.T) {
+		// Removing ambit.dev/use-waypoint returns the namespace to direct L4:
+		// new connections go straight to echo, none fails, and the waypoint
+		// sees no more requests from them.
+		fromOther := map[string]string{
+			"destination_service_name": "echo",
+			"source_principal":         fmt.Sprintf("spiffe://%s/ns/%s/sa/other", trustDomain, appNS),
+		}
+		// other's requests passed the waypoint so far (the Authorization
+		// step), so the counter below is a real one.
+		if n, err := waypointRequests(fromOther); err != nil || n == 0 {
+			t.Fatalf("waypoint requests from other before opting out: %v (%v), want > 0", n, err)
+		}
+		errBefore := e.loadErrors(t)
+		e.mustK("", "label", "namespace", appNS, "ambit.dev/use-waypoint-")
+		eventually(t, "requests from other bypass the waypoint", 90*time.Second, func() error {
+			for i := 0; i < 3; i++ {
+				start, err := waypointRequests(fromOther)
+				if err != nil {
+					return err
+				}
+				code, body, err := e.request(appNS, "other", "GET", echoURL)
+				if err != nil {
+					return err
+				}
+				if code != http.StatusOK {
+					return fmt.Errorf("GET from other: %d %q", code, body)
+				}
+				got, err := waypointRequests(fromOther)
+				if err != nil {
+					return err
+				}
+				if got != start {
+					return fmt.Errorf("the waypoint still counts requests from other (%v -> %v)", start, got)
+				}
+			}
+			return nil
+		})
+		if got := e.loadErrors(t); got != errBefore {
+			t.Errorf("loadgen saw %v failed requests while the namespace left the waypoint", got-errBefore)
+		}
+	})
+
 	t.Run("Uninstall", func(t *testing.T) {
 		e.mustK("", "delete", "-k", e.overlay, "--ignore-not-found", "--wait=true", "--timeout=180s")
 		eventually(t, "namespace ambit-system gone", 2*time.Minute, func() error {
