@@ -64,7 +64,7 @@ lint: tools ## gofmt, go vet, staticcheck and go mod tidy on every module
 	@hack/lint.sh "$(DEV_BIN)" $(MODULES)
 
 .PHONY: test
-test: deps tools test-unit test-envtest test-netns e2e ## every tier: unit (-race), envtest, network namespaces, e2e on the one-machine cluster
+test: deps tools test-unit test-envtest test-netns e2e test-conformance ## every tier: unit (-race), envtest, network namespaces, e2e and Gateway API conformance on the one-machine cluster
 
 .PHONY: test-unit
 test-unit: ## unit and fuzz-seed tests of every module, with -race
@@ -90,6 +90,10 @@ e2e: deps tools build images ## end-to-end tests on the one-machine Kubernetes, 
 .PHONY: conformance
 conformance: deps tools build images ## Gateway API conformance suite (Mesh profile) on the one-machine cluster (root); report in docs/conformance/
 	@hack/conformance.sh
+
+.PHONY: test-conformance
+test-conformance: deps tools build images ## make conformance as a test tier: the report goes to bin/conformance/, not docs/
+	@AMBIT_CONFORMANCE_REPORT=bin/conformance/mesh-report.yaml hack/conformance.sh
 
 .PHONY: clean
 clean: ## remove built binaries (keeps bin/tools)
