@@ -8,6 +8,7 @@ import (
 	"net/textproto"
 	"os"
 	"strings"
+	"sync"
 )
 
 // hopHeaders are removed from requests and responses that the proxy
@@ -43,6 +44,13 @@ func httpTokenContains(v, token string) bool {
 	return false
 }
 
+// copyBufs holds the buffers responses are copied through: a 32 KiB
+// allocation per request was most of the proxy's garbage.
+var copyBufs = sync.Pool{New: func() any {
+	b := make([]byte, 32<<10)
+	return &b
+}}
+
 // writeResponse streams an upstream response to the client: headers
 // without hop-by-hop ones, the response header filters, the body (flushed
 // as it arrives when its length is unknown) and the trailers.
@@ -68,7 +76,9 @@ func (x *exchange) writeResponse(resp *http.Response) {
 	if flush {
 		_ = rc.Flush()
 	}
-	buf := make([]byte, 32<<10)
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
 	for {
 		n, rerr := resp.Body.Read(buf)
 		if n > 0 {
