@@ -2,10 +2,16 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -58,4 +64,95 @@ func BenchmarkRequestOverHBONE(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkPacedRequests sends b.N GETs through the observed waypoint at
+// 1,000 requests/s over 8 kept-alive client connections, as make bench's
+// load does, and reports the process's CPU time per request (client,
+// waypoint and backend together: at a paced rate the goroutine wake-ups
+// and syscalls per request dominate, which BenchmarkRequestOverHBONE's
+// back-to-back loop hides) and the waypoint's upstream dials (which must
+// stay at the pool's size, not grow with requests). Run it with
+// -benchtime 2000x or more.
+func BenchmarkPacedRequests(b *testing.B) {
+	const conns, rate = 8, 1000
+	var dials atomic.Int64
+	tr, err := tracing.New(context.Background(), tracing.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	e := setup(b, func(c *Config) {
+		tel := telemetry.New(c.Store, slog.New(slog.NewJSONHandler(io.Discard, nil)))
+		c.Tracer, c.OnResult, c.Gateway = tr, tel.Observe, "default/waypoint"
+		dial := c.DialContext
+		if dial == nil {
+			dial = (&net.Dialer{}).DialContext
+		}
+		c.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			dials.Add(1)
+			return dial(ctx, network, addr)
+		}
+	})
+	if err := e.store.HandleAuthorizations(resources(b, map[string]proto.Message{"default/metrics-get-only": metricsGetOnly()})); err != nil {
+		b.Fatal(err)
+	}
+	c := e.httpClient("10.96.0.10:80", false)
+	defer c.CloseIdleConnections()
+	get := func() error {
+		req, _ := http.NewRequest(http.MethodGet, "http://echo.default.svc/metrics", nil)
+		resp, err := c.Do(req)
+		if err != nil {
+			return err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return nil
+	}
+	for range conns * 2 { // warm the pools
+		if err := get(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	dials0 := dials.Load()
+	if dials0 == 0 {
+		b.Fatal("the waypoint dialled no endpoint: the counting dialer is not in use")
+	}
+	cpu0 := cpuTime(b)
+	b.ResetTimer()
+	var wg sync.WaitGroup
+	errs := make(chan error, conns)
+	per := (b.N + conns - 1) / conns
+	start := time.Now()
+	for i := range conns {
+		wg.Go(func() {
+			for n := range per {
+				due := start.Add(time.Duration(n*conns+i) * time.Second / rate)
+				time.Sleep(time.Until(due))
+				if err := get(); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	b.StopTimer()
+	close(errs)
+	for err := range errs {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(cpuTime(b)-cpu0)/float64(time.Microsecond)/float64(per*conns), "cpu-µs/req")
+	b.ReportMetric(float64(dials.Load()-dials0), "upstream-dials")
+}
+
+// cpuTime is the process's user and system CPU time so far.
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
