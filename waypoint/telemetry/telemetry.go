@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -75,6 +76,32 @@ type Telemetry struct {
 	respBytes *prometheus.HistogramVec
 
 	tcpOpened, tcpClosed, tcpSent, tcpReceived *prometheus.CounterVec
+
+	// children caches the four request series of each label set: looking
+	// them up by 19 label values hashed them four times per request.
+	children sync.Map // RequestLabels -> *requestSeries
+}
+
+// requestSeries are the request metrics of one label set.
+type requestSeries struct {
+	requests                      prometheus.Counter
+	duration, reqBytes, respBytes prometheus.Observer
+}
+
+// series returns the request metrics of l, creating them once.
+func (t *Telemetry) series(l RequestLabels) *requestSeries {
+	if s, ok := t.children.Load(l); ok {
+		return s.(*requestSeries)
+	}
+	vs := l.values()
+	s := &requestSeries{
+		requests:  t.requests.WithLabelValues(vs...),
+		duration:  t.duration.WithLabelValues(vs...),
+		reqBytes:  t.reqBytes.WithLabelValues(vs...),
+		respBytes: t.respBytes.WithLabelValues(vs...),
+	}
+	got, _ := t.children.LoadOrStore(l, s)
+	return got.(*requestSeries)
 }
 
 // New registers the request metrics in a new registry (with the Go and
@@ -136,11 +163,11 @@ func (l RequestLabels) values() []string {
 // Observe records one request: the four metrics and an access-log line.
 func (t *Telemetry) Observe(r *http.Request, res *proxy.Result) {
 	l := t.Labels(r, res)
-	vs := l.values()
-	t.requests.WithLabelValues(vs...).Inc()
-	t.duration.WithLabelValues(vs...).Observe(float64(res.Duration) / float64(time.Millisecond))
-	t.reqBytes.WithLabelValues(vs...).Observe(float64(res.BytesReceived))
-	t.respBytes.WithLabelValues(vs...).Observe(float64(res.BytesSent))
+	s := t.series(l)
+	s.requests.Inc()
+	s.duration.Observe(float64(res.Duration) / float64(time.Millisecond))
+	s.reqBytes.Observe(float64(res.BytesReceived))
+	s.respBytes.Observe(float64(res.BytesSent))
 	if t.access != nil {
 		t.log(r, res, l)
 	}
