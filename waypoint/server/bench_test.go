@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -71,8 +72,9 @@ func BenchmarkRequestOverHBONE(b *testing.B) {
 // load does, and reports the process's CPU time per request (client,
 // waypoint and backend together: at a paced rate the goroutine wake-ups
 // and syscalls per request dominate, which BenchmarkRequestOverHBONE's
-// back-to-back loop hides) and the waypoint's upstream dials (which must
-// stay at the pool's size, not grow with requests). Run it with
+// back-to-back loop hides), the median latency and the waypoint's
+// upstream dials after warm-up (which must stay at the pool's size, not
+// grow with requests). Run it with
 // -benchtime 2000x or more.
 func BenchmarkPacedRequests(b *testing.B) {
 	const conns, rate = 8, 1000
@@ -126,15 +128,18 @@ func BenchmarkPacedRequests(b *testing.B) {
 	errs := make(chan error, conns)
 	per := (b.N + conns - 1) / conns
 	start := time.Now()
+	lat := make([][]time.Duration, conns)
 	for i := range conns {
 		wg.Go(func() {
 			for n := range per {
 				due := start.Add(time.Duration(n*conns+i) * time.Second / rate)
 				time.Sleep(time.Until(due))
+				t0 := time.Now()
 				if err := get(); err != nil {
 					errs <- err
 					return
 				}
+				lat[i] = append(lat[i], time.Since(t0))
 			}
 		})
 	}
@@ -146,6 +151,9 @@ func BenchmarkPacedRequests(b *testing.B) {
 	}
 	b.ReportMetric(float64(cpuTime(b)-cpu0)/float64(time.Microsecond)/float64(per*conns), "cpu-µs/req")
 	b.ReportMetric(float64(dials.Load()-dials0), "upstream-dials")
+	all := slices.Concat(lat...)
+	slices.Sort(all)
+	b.ReportMetric(float64(all[len(all)/2])/float64(time.Microsecond), "p50-µs")
 }
 
 // cpuTime is the process's user and system CPU time so far.
