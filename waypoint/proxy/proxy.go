@@ -358,7 +358,7 @@ func (x *exchange) bufferBody(want bool) error {
 		return nil
 	}
 	orig := x.out.Body
-	data, err := io.ReadAll(io.LimitReader(orig, limit+1))
+	data, err := readAll(io.LimitReader(orig, limit+1), x.out.ContentLength)
 	if err != nil {
 		return err
 	}
@@ -373,6 +373,29 @@ func (x *exchange) bufferBody(want bool) error {
 	x.out.ContentLength = int64(len(data))
 	x.out.Body = nil
 	return nil
+}
+
+// readAll is io.ReadAll with a first buffer for size bytes (the request's
+// Content-Length; -1 when unknown) and one more, so that a body of the
+// announced size is read into a single allocation.
+func readAll(r io.Reader, size int64) ([]byte, error) {
+	if size < 0 || size >= DefaultMaxRetryBody {
+		return io.ReadAll(r)
+	}
+	b := make([]byte, 0, size+1)
+	for {
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
+		}
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+	}
 }
 
 // fail answers with a status and flag of the proxy's own.
