@@ -191,7 +191,7 @@ func (t *Tracer) Handler(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx := extractor.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
 		name := "waypoint"
-		if svc, port, ok := proxy.DestinationFromContext(ctx); ok {
+		if svc, port, ok := proxy.DestinationFromContext(ctx); ok && t.exporting {
 			name = svc + ":" + strconv.FormatUint(uint64(port), 10)
 		}
 		ctx, span := t.start(ctx, name, trace.SpanKindServer, func() []attribute.KeyValue {
@@ -271,7 +271,11 @@ func (tt *tracingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	if st == nil {
 		return tt.rt.RoundTrip(r)
 	}
-	ctx, span := tt.t.start(r.Context(), "upstream "+tt.target.Service, trace.SpanKindClient, func() []attribute.KeyValue {
+	name := "" // only a recording span has a name
+	if tt.t.exporting {
+		name = "upstream " + tt.target.Service
+	}
+	ctx, span := tt.t.start(r.Context(), name, trace.SpanKindClient, func() []attribute.KeyValue {
 		return []attribute.KeyValue{
 			attribute.String("http.request.method", r.Method),
 			attribute.String("server.address", tt.target.Endpoint.Address),
@@ -280,7 +284,11 @@ func (tt *tracingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		}
 	})
 	defer span.End()
-	out := r.Clone(ctx) // a RoundTripper must not modify its request
+	// A RoundTripper must not modify its request: the trace headers are
+	// rewritten on a copy of the header (a full Clone also copied the
+	// URL and the rest, which stay as they are).
+	out := r.WithContext(ctx)
+	out.Header = r.Header.Clone()
 	for _, h := range traceHeaders {
 		out.Header.Del(h)
 	}
