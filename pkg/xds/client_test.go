@@ -292,10 +292,12 @@ func TestCorruptStateFileIsIgnored(t *testing.T) {
 	var rs, ri recorder
 	newClient(t, cp.addr, state, &rs, &ri)
 	eventually(t, "sync from the controller", func() bool { return equalMaps(rs.snapshot(), map[string]string{"a": "x"}) })
-	// The good state replaced the corrupt file.
-	if msgs, err := readState(state); err != nil || len(msgs) != 2 {
-		t.Errorf("state file after sync: %d records, %v", len(msgs), err)
-	}
+	// The good state replaces the corrupt file (written after the handler
+	// ran, so wait for it).
+	eventually(t, "state file rewritten", func() bool {
+		msgs, err := readState(state)
+		return err == nil && len(msgs) == 2
+	})
 }
 
 func TestBackoffBounds(t *testing.T) {
