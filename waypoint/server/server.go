@@ -72,7 +72,8 @@ type Server struct {
 
 	mu         sync.Mutex
 	transports map[transportKey]*http.Transport
-	prunedGen  uint64 // store generation the transports were pruned at
+	byTarget   map[targetKey]*http.Transport // transports by the proxy's Target, cleared with each store generation
+	prunedGen  uint64                        // store generation the transports were pruned at
 
 	connMu sync.Mutex
 	conns  map[*streamConn]http.ConnState // the HTTP server's tunnels
@@ -80,6 +81,12 @@ type Server struct {
 	serveOnce sync.Once
 	httpDone  chan struct{}
 	tcpNext   atomic.Uint64 // round robin over TCP endpoints
+}
+
+// targetKey is a proxy.Target as the proxy names it.
+type targetKey struct {
+	address, workload string
+	http2             bool
 }
 
 type transportKey struct {
@@ -103,8 +110,9 @@ func New(cfg Config) (*Server, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Server{cfg: cfg, log: log, transports: map[transportKey]*http.Transport{}, httpDone: make(chan struct{}),
-		conns: map[*streamConn]http.ConnState{}}
+	s := &Server{cfg: cfg, log: log, transports: map[transportKey]*http.Transport{}, byTarget: map[targetKey]*http.Transport{},
+		httpDone: make(chan struct{}),
+		conns:    map[*streamConn]http.ConnState{}}
 	s.dialer = &hbone.Dialer{
 		TLSConfig: func(src, dst identity.SPIFFEID) (*tls.Config, error) {
 			return identity.ClientConfig(cfg.Cert, cfg.Roots, dst), nil
@@ -297,8 +305,27 @@ func (s *Server) transport(t proxy.Target) http.RoundTripper {
 }
 
 // hboneTransport returns one pooled http.Transport per (endpoint identity,
-// endpoint, protocol), dialling through HBONE.
+// endpoint, protocol), dialling through HBONE. It is called on every try:
+// the transport of a target is looked up once per store generation.
 func (s *Server) hboneTransport(t proxy.Target) http.RoundTripper {
+	tk := targetKey{address: t.Endpoint.Address, workload: t.Endpoint.Workload, http2: t.HTTP2}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if g := s.cfg.Store.generation(); g != s.prunedGen {
+		s.pruneLocked()
+	}
+	if tr := s.byTarget[tk]; tr != nil {
+		return tr
+	}
+	rt := s.newHBONETransportLocked(t)
+	if tr, ok := rt.(*http.Transport); ok {
+		s.byTarget[tk] = tr
+	}
+	return rt
+}
+
+// newHBONETransportLocked finds or makes the pooled transport of t.
+func (s *Server) newHBONETransportLocked(t proxy.Target) http.RoundTripper {
 	ep, err := netip.ParseAddrPort(t.Endpoint.Address)
 	if err != nil {
 		return errTransport{fmt.Errorf("endpoint %q: %w", t.Endpoint.Address, err)}
@@ -312,11 +339,6 @@ func (s *Server) hboneTransport(t proxy.Target) http.RoundTripper {
 		return errTransport{fmt.Errorf("workload %s identity: %w", t.Endpoint.Workload, err)}
 	}
 	k := transportKey{dst: dst, endpoint: ep, http2: t.HTTP2}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if g := s.cfg.Store.generation(); g != s.prunedGen {
-		s.pruneLocked()
-	}
 	if tr := s.transports[k]; tr != nil {
 		return tr
 	}
@@ -355,6 +377,7 @@ func (s *Server) pruneLocked() {
 			delete(s.transports, k)
 		}
 	}
+	clear(s.byTarget) // identities may have changed
 	s.prunedGen = gen
 }
 

@@ -537,3 +537,40 @@ func TestEndpointIdentityEnforced(t *testing.T) {
 		t.Fatalf("status %d from %q, want 503 from the waypoint", resp.StatusCode, resp.Header.Get("X-Backend"))
 	}
 }
+
+// The transport of a target is looked up once per store generation: the
+// same endpoint and workload get the same pooled transport, until an
+// update changes the workload's identity.
+func TestTransportLookupFollowsIdentity(t *testing.T) {
+	e := setup(t)
+	target := proxy.Target{Service: "default/echo", Port: 80, Endpoint: proxy.Endpoint{Address: "127.0.0.2:8080", Workload: "default/v1-pod"}}
+	first := e.wp.hboneTransport(target)
+	tr, ok := first.(*http.Transport)
+	if !ok {
+		t.Fatalf("transport %T, want *http.Transport", first)
+	}
+	if again := e.wp.hboneTransport(target); again != first {
+		t.Fatal("a second lookup of the same target made a new transport")
+	}
+	cfg := config("127.0.0.2", "127.0.0.3")
+	w := proto.Clone(cfg[configv1alpha1.TypeWorkload]["default/v1-pod"]).(*configv1alpha1.Workload)
+	w.Identity = sa("echo-v1-renamed").String()
+	cfg[configv1alpha1.TypeWorkload]["default/v1-pod"] = w
+	if err := e.store.HandleWorkloads(resources(t, cfg[configv1alpha1.TypeWorkload])); err != nil {
+		t.Fatal(err)
+	}
+	next := e.wp.hboneTransport(target)
+	if next == first {
+		t.Fatal("the workload's identity changed and its target kept the old identity's transport")
+	}
+	e.wp.mu.Lock()
+	defer e.wp.mu.Unlock()
+	for k, v := range e.wp.transports {
+		if v == next && k.dst != sa("echo-v1-renamed") {
+			t.Fatalf("the new transport is for %v, want %v", k.dst, sa("echo-v1-renamed"))
+		}
+		if v == tr {
+			t.Fatalf("the old identity's transport is still pooled under %v", k)
+		}
+	}
+}
