@@ -59,7 +59,7 @@ func (x *exchange) writeResponse(resp *http.Response) {
 	removeHopHeaders(resp.Header)
 	h := x.w.Header()
 	for k, vv := range resp.Header {
-		h[k] = append(h[k][:0:0], vv...)
+		h[k] = vv // resp is the proxy's own and done with after this
 	}
 	announced := len(resp.Trailer)
 	if announced > 0 {
