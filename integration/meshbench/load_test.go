@@ -118,9 +118,12 @@ func runFortio(b *testing.B, sp *spawner, fortio string, client *netlab.Pod, log
 			l.p99 = d
 		}
 	}
-	want := int64(float64(run.qps) * run.dur.Seconds() * 0.9)
-	if l.errors != 0 || l.requests < max(want, 1) {
+	if l.errors != 0 {
 		b.Fatalf("fortio %s: %d requests, %v errors (codes %v): the path is broken", run.name, l.requests, l.errors, r.RetCodes)
+	}
+	if want := int64(float64(run.qps) * run.dur.Seconds() * 0.9); l.requests < max(want, 1) {
+		b.Fatalf("fortio %s: %d requests without errors, want at least %d: the path or the load generator stalled (load average %s; with -nocatchup a stall loses its requests)",
+			run.name, l.requests, max(want, 1), loadAvg())
 	}
 	return l
 }
