@@ -26,7 +26,7 @@ import (
 // clientStreamWindow. WINDOW_UPDATEs go out in batches, once a quarter of
 // a window has been read, not after every Read.
 const (
-	clientStreamWindow          = 4 << 20
+	clientStreamWindow          = 2 << 20
 	clientConnWindow            = 1 << 30
 	clientStreamUpdateThreshold = clientStreamWindow / 4
 	clientConnUpdateThreshold   = clientStreamWindow

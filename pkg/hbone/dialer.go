@@ -21,7 +21,7 @@ const (
 	DefaultClientIdleTimeout = 90 * time.Second
 	// clientMaxFrameSize is the client's SETTINGS_MAX_FRAME_SIZE: the
 	// largest DATA frame the server may send us (see serverMaxFrameSize).
-	// The receive windows are in clientconn.go: 4 MiB per stream and 1 GiB
+	// The receive windows are in clientconn.go: 2 MiB per stream and 1 GiB
 	// per connection.
 	clientMaxFrameSize = 256 << 10
 	// maxDialAttempts bounds retries of a CONNECT refused by a connection

@@ -52,8 +52,8 @@
 //
 // # Tuning
 //
-// The server advertises a 4 MiB stream window, a 16 MiB connection window
-// and 256 KiB frames; the client accepts 256 KiB frames with a 4 MiB stream
+// The server advertises a 2 MiB stream window, a 16 MiB connection window
+// and 256 KiB frames; the client accepts 256 KiB frames with a 2 MiB stream
 // and 1 GiB connection window; Join copies through 16 KiB buffers that grow
 // to 256 KiB while reads fill them, and when
 // a Forwarder's copier waits for the client's bytes, the server's read loop

@@ -31,11 +31,13 @@ const (
 	DefaultHandshakeTimeout = 10 * time.Second
 
 	// serverStreamWindow (SETTINGS_INITIAL_WINDOW_SIZE) is how many bytes a
-	// client may send on one stream before the handler reads them: 4 MiB
-	// covers the bandwidth-delay product of a 10 Gbit/s, 3 ms path.
-	serverStreamWindow = 4 << 20
+	// client may send on one stream before the handler reads them: 2 MiB
+	// covers the bandwidth-delay product of a 10 Gbit/s, 1.6 ms path, and
+	// bounds what a bulk stream whose reader lags keeps buffered, most of
+	// ztunnel's heap during a bulk transfer.
+	serverStreamWindow = 2 << 20
 	// serverConnWindow is the connection-level receive window, shared by
-	// all streams: 16 MiB, i.e. four streams at full window.
+	// all streams: 16 MiB, i.e. eight streams at full window.
 	serverConnWindow = 16 << 20
 	// serverMaxFrameSize (SETTINGS_MAX_FRAME_SIZE) is the largest DATA frame
 	// the server accepts: 256 KiB frames cut per-frame work (header, flow
