@@ -124,7 +124,9 @@ func TestLoadH2CAndHeaders(t *testing.T) {
 	defer srv.Close()
 	l := newTestLoader(t, io.Discard, "-qps", "50", "-duration", "500ms", "-h2c", "-H", "X-User: tester", "-url", srv.URL+"/x")
 	l.run(context.Background())
-	if total.Load() < 10 || h2.Load() != total.Load() || !sawHeader.Load() {
+	// About 25 requests at 50/s for 500 ms; a loaded machine sends fewer,
+	// and this test is about the protocol and the header, not the rate.
+	if total.Load() < 3 || h2.Load() != total.Load() || !sawHeader.Load() {
 		t.Errorf("%d requests, %d over HTTP/2, header seen %v", total.Load(), h2.Load(), sawHeader.Load())
 	}
 	if c := l.totals(); c.versions["h2@v1"] != uint64(total.Load()) {
