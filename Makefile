@@ -93,7 +93,7 @@ conformance: deps tools build images ## Gateway API conformance suite (Mesh prof
 
 .PHONY: test-conformance
 test-conformance: deps tools build images ## make conformance as a test tier: the report goes to bin/conformance/, not docs/
-	@AMBIT_CONFORMANCE_REPORT=bin/conformance/mesh-report.yaml hack/conformance.sh
+	@AMBIT_CONFORMANCE_REPORT=$(CURDIR)/bin/conformance/mesh-report.yaml hack/conformance.sh
 
 .PHONY: clean
 clean: ## remove built binaries (keeps bin/tools)

@@ -108,6 +108,8 @@ done
 "${kubectl[@]}" -n ambit-system rollout status daemonset/ztunnel --timeout=300s
 
 report=${AMBIT_CONFORMANCE_REPORT:-$root/docs/conformance/mesh-report.yaml}
+# The suite runs in integration/conformance: a relative path is the caller's.
+report=$(realpath -m "$report")
 mkdir -p "$(dirname "$report")"
 suite_start=$(date +%s)
 status=0
