@@ -120,6 +120,17 @@ func (d *Daemon) discover(ctx context.Context) {
 			d.log.Warn("pod discovery: enrolment failed", "pod", pod.Key(), "err", err)
 			continue
 		}
+		// A CNI DEL may have removed the pod between this pass's snapshot
+		// and the Add: Remove forgets the UID under the same per-pod lock
+		// that Add takes, so once Add returns a racing removal is visible.
+		// Undo the enrolment then.
+		if d.recentlyRemoved(pod.UID) {
+			d.log.Info("pod discovery: the pod was removed meanwhile; undoing its enrolment", "pod", pod.Key())
+			if _, err := d.enroll.Remove(ctx, pod.UID, ""); err != nil {
+				d.log.Warn("pod discovery: undoing the enrolment failed", "pod", pod.Key(), "err", err)
+			}
+			continue
+		}
 		for _, a := range w.Addresses {
 			delete(byIP, a)
 		}
