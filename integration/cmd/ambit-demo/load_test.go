@@ -129,8 +129,10 @@ func TestLoadH2CAndHeaders(t *testing.T) {
 	if total.Load() < 3 || h2.Load() != total.Load() || !sawHeader.Load() {
 		t.Errorf("%d requests, %d over HTTP/2, header seen %v", total.Load(), h2.Load(), sawHeader.Load())
 	}
-	if c := l.totals(); c.versions["h2@v1"] != uint64(total.Load()) {
-		t.Errorf("versions %v for %d requests", c.versions, total.Load())
+	// Every answer the loader read is counted; a request still in flight
+	// when -duration ends reaches the server but not the counts.
+	if c, n := l.totals(), uint64(total.Load()); c.versions["h2@v1"] > n || c.versions["h2@v1"]+3 < n {
+		t.Errorf("versions %v for %d requests", c.versions, n)
 	}
 }
 
