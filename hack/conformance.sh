@@ -82,30 +82,9 @@ kubectl=("$(hack/tools.sh dir kube)/kubectl" --kubeconfig "$kubeconfig")
 say "cluster up and images imported in $(( $(date +%s) - start ))s"
 
 # Install Ambit: manifests/ with the images' tag.
-overlay=$(dirname "$kubeconfig")/conformance/ambit
-mkdir -p "$overlay"
-# kustomize takes only a relative path to a base.
-cat > "$overlay/kustomization.yaml" <<YAML
-apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-resources:
-- $(realpath --relative-to="$overlay" "$root/manifests")
-images:
-- {name: docker.io/ambit/controller, newTag: "$version"}
-- {name: docker.io/ambit/ztunnel, newTag: "$version"}
-- {name: docker.io/ambit/waypoint, newTag: "$version"}
-YAML
 say "installing Ambit $version"
-"${kubectl[@]}" kustomize "$overlay" >/dev/null
-# The first apply can race the CRDs it creates (a GatewayClass before the
-# Gateway API CRDs are established): retry for a while.
-for i in $(seq 1 12); do
-  if "${kubectl[@]}" apply --server-side --force-conflicts -k "$overlay" >/dev/null; then break; fi
-  [ "$i" -lt 12 ] || { echo "conformance: kubectl apply -k failed" >&2; exit 1; }
-  sleep 5
-done
-"${kubectl[@]}" -n ambit-system rollout status deployment/ambit-controller --timeout=300s
-"${kubectl[@]}" -n ambit-system rollout status daemonset/ztunnel --timeout=300s
+overlay=$(dirname "$kubeconfig")/conformance/ambit
+hack/install-ambit.sh "$kubeconfig" "$overlay" "$version" 300s
 
 report=${AMBIT_CONFORMANCE_REPORT:-$root/docs/conformance/mesh-report.yaml}
 # The suite runs in integration/conformance: a relative path is the caller's.

@@ -40,17 +40,7 @@ hack/cluster.sh import bin/images/{controller,ztunnel,waypoint,demo}.tar >/dev/n
 # Installer overlays: manifests/ and examples/sample-app with the tag of this
 # build. They live in the cluster's state folder, next to its kubeconfig.
 work=$(dirname "$kubeconfig")/run
-mkdir -p "$work/ambit" "$work/sample-app"
-cat > "$work/ambit/kustomization.yaml" <<EOF
-apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-resources:
-- $(realpath --relative-to="$work/ambit" "$root/manifests")
-images:
-- {name: docker.io/ambit/controller, newTag: "$version"}
-- {name: docker.io/ambit/ztunnel, newTag: "$version"}
-- {name: docker.io/ambit/waypoint, newTag: "$version"}
-EOF
+mkdir -p "$work/sample-app"
 cat > "$work/sample-app/kustomization.yaml" <<EOF
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
@@ -61,15 +51,7 @@ images:
 EOF
 
 say "installing Ambit from manifests/"
-for i in 1 2 3 4 5 6 7 8 9 10; do
-  # CRDs and the objects of their kinds go in one apply; a kind whose CRD is
-  # not established yet succeeds on the next pass.
-  if out=$("${kubectl[@]}" apply --server-side --force-conflicts -k "$work/ambit" 2>&1); then break; fi
-  [ "$i" -lt 10 ] || { echo "$out" >&2; exit 1; }
-  sleep 2
-done
-"${kubectl[@]}" -n ambit-system rollout status deployment/ambit-controller --timeout=180s >/dev/null
-"${kubectl[@]}" -n ambit-system rollout status daemonset/ztunnel --timeout=180s >/dev/null
+hack/install-ambit.sh "$kubeconfig" "$work/ambit" "$version"
 
 say "deploying the sample application (namespace ambit-demo)"
 "${kubectl[@]}" apply --server-side --force-conflicts -k "$work/sample-app" >/dev/null
