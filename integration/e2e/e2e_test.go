@@ -101,7 +101,8 @@ func TestE2E(t *testing.T) {
 	// Leftovers of an interrupted run go first, so the steps start clean.
 	_, _ = e.k("", "delete", "namespace", appNS, "--ignore-not-found", "--wait=true", "--timeout=120s")
 
-	t.Run("Install", func(t *testing.T) {
+	e.step(t, "Install", func(t *testing.T) {
+		e := e.sub(t)
 		// The CRDs and the GatewayClass are in one apply: a GatewayClass
 		// whose CRD is not established yet is retried, as an installer would.
 		eventually(t, "kubectl apply -k manifests/ (overlay)", 2*time.Minute, func() error {
@@ -119,11 +120,11 @@ func TestE2E(t *testing.T) {
 		}
 	})
 	if t.Failed() {
-		e.dumpSystem()
 		t.FailNow()
 	}
 
-	t.Run("AppWithoutMesh", func(t *testing.T) {
+	e.step(t, "AppWithoutMesh", func(t *testing.T) {
+		e := e.sub(t)
 		e.apply(app(e.version))
 		for _, d := range []string{"echo-v1", "echo-v2", "client", "flaky", "other"} {
 			e.mustK("", "-n", appNS, "rollout", "status", "deployment/"+d, "--timeout=180s")
@@ -174,7 +175,8 @@ func TestE2E(t *testing.T) {
 		return got > start, nil
 	}
 
-	t.Run("EnrolRunningPods", func(t *testing.T) {
+	e.step(t, "EnrolRunningPods", func(t *testing.T) {
+		e := e.sub(t)
 		e.mustK("", "label", "namespace", appNS, "ambit.dev/dataplane-mode=ambient", "--overwrite")
 		eventually(t, "a new connection from client to echo goes through ztunnel with mTLS", 90*time.Second, func() error {
 			counted, err := newConnCounted()
@@ -197,7 +199,8 @@ func TestE2E(t *testing.T) {
 		}
 	})
 
-	t.Run("UnenrolReleasesPods", func(t *testing.T) {
+	e.step(t, "UnenrolReleasesPods", func(t *testing.T) {
+		e := e.sub(t)
 		e.mustK("", "label", "namespace", appNS, "ambit.dev/dataplane-mode-")
 		// Three requests in a row that ztunnel does not count: released.
 		eventually(t, "connections bypass ztunnel after the label is removed", 90*time.Second, func() error {
@@ -229,7 +232,8 @@ func TestE2E(t *testing.T) {
 		return e.scrapeAll(appNS, "gateway.networking.k8s.io/gateway-name=waypoint", 15020, "istio_requests_total", match)
 	}
 
-	t.Run("Waypoint", func(t *testing.T) {
+	e.step(t, "Waypoint", func(t *testing.T) {
+		e := e.sub(t)
 		e.apply(fmt.Sprintf(`apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {name: waypoint, namespace: %s}
@@ -273,7 +277,8 @@ spec:
 		})
 	})
 
-	t.Run("WeightedSplit", func(t *testing.T) {
+	e.step(t, "WeightedSplit", func(t *testing.T) {
+		e := e.sub(t)
 		e.apply(fmt.Sprintf(`apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: echo, namespace: %s}
@@ -310,7 +315,8 @@ spec:
 		}
 	})
 
-	t.Run("RetriesOn503", func(t *testing.T) {
+	e.step(t, "RetriesOn503", func(t *testing.T) {
+		e := e.sub(t)
 		flakyURL := "http://flaky." + appNS + ".svc.cluster.local:8080/"
 		failures := func(n int) int {
 			failed := 0
@@ -351,7 +357,8 @@ spec:
 		})
 	})
 
-	t.Run("Authorization", func(t *testing.T) {
+	e.step(t, "Authorization", func(t *testing.T) {
+		e := e.sub(t)
 		// "client may only GET /metrics on echo": principals, methods and
 		// paths at the waypoint.
 		e.apply(fmt.Sprintf(`apiVersion: security.ambit.dev/v1alpha1
@@ -401,7 +408,8 @@ spec:
 		})
 	})
 
-	t.Run("ControllerLoss", func(t *testing.T) {
+	e.step(t, "ControllerLoss", func(t *testing.T) {
+		e := e.sub(t)
 		okBefore := e.loadCount(t, "200")
 		errBefore := e.loadErrors(t)
 		e.mustK("", "-n", systemNS, "delete", "pod", "-l", "app.kubernetes.io/name=ambit-controller", "--wait=false")
@@ -454,7 +462,8 @@ spec:
 		})
 	})
 
-	t.Run("WaypointOptOut", func(t *testing.T) {
+	e.step(t, "WaypointOptOut", func(t *testing.T) {
+		e := e.sub(t)
 		// Removing ambit.dev/use-waypoint returns the namespace to direct L4:
 		// new connections go straight to echo, none fails, and the waypoint
 		// sees no more requests from them.
@@ -497,7 +506,8 @@ spec:
 		}
 	})
 
-	t.Run("Uninstall", func(t *testing.T) {
+	e.step(t, "Uninstall", func(t *testing.T) {
+		e := e.sub(t)
 		e.mustK("", "delete", "-k", e.overlay, "--ignore-not-found", "--wait=true", "--timeout=180s")
 		eventually(t, "namespace ambit-system gone", 2*time.Minute, func() error {
 			_, err := e.kube.CoreV1().Namespaces().Get(ctx, systemNS, metav1.GetOptions{})
@@ -620,12 +630,4 @@ func (e *env) loadErrors(t *testing.T) float64 {
 		t.Fatal(err)
 	}
 	return sum(fams, "ambit_demo_load_requests_total", nil) - sum(fams, "ambit_demo_load_requests_total", map[string]string{"code": "200"})
-}
-
-// dumpSystem logs the state of ambit-system when installation failed.
-func (e *env) dumpSystem() {
-	out, _ := e.k("", "-n", systemNS, "get", "pods,deploy,ds,events", "-o", "wide")
-	e.t.Log(out)
-	logs, _ := e.k("", "-n", systemNS, "logs", "-l", "app.kubernetes.io/part-of=ambit", "--tail=50", "--all-containers", "--prefix")
-	e.t.Log(logs)
 }

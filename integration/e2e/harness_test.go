@@ -37,6 +37,8 @@ type env struct {
 	root       string
 	overlay    string
 	kube       kubernetes.Interface
+	// diagnosed is set once a failed step saved the cluster's state.
+	diagnosed bool
 }
 
 func newEnv(t *testing.T) *env {
@@ -73,6 +75,14 @@ func newEnv(t *testing.T) *env {
 	}
 	e.overlay = e.writeOverlay()
 	return e
+}
+
+// sub is e for the subtest t: helpers that fail fail the subtest, not its
+// parent (FailNow must be called from the test's own goroutine).
+func (e *env) sub(t *testing.T) *env {
+	c := *e
+	c.t = t
+	return &c
 }
 
 // writeOverlay writes the kustomization an installer uses: manifests/ as the
@@ -281,4 +291,86 @@ func (e *env) scrapeAll(ns, selector string, port int, name string, match map[st
 		return 0, fmt.Errorf("no running pod of %s/%s answered: %v", ns, selector, errors.Join(errs...))
 	}
 	return total, errors.Join(errs...)
+}
+
+// step runs one step of the scenario as a subtest; the first step that fails
+// saves the cluster's state for diagnosis (see diagnose).
+func (e *env) step(t *testing.T, name string, f func(t *testing.T)) bool {
+	ok := t.Run(name, f)
+	if !ok && !e.diagnosed {
+		e.diagnosed = true
+		e.diagnose(name)
+	}
+	return ok
+}
+
+// diagnose saves what is needed to understand a failed step, before later
+// steps change the cluster: every pod, workload and event, the full logs of
+// Ambit's pods and the test application, ztunnel's enrolment state and CNI
+// log, and the tails of the kubelet's and containerd's logs, into
+// bin/test-logs/e2e-diag/<step>/. The test log gets a summary (pods, recent
+// events, ztunnel's last lines), which is what CI keeps.
+func (e *env) diagnose(stepName string) {
+	dir := filepath.Join(e.root, "bin", "test-logs", "e2e-diag", stepName)
+	_ = os.RemoveAll(dir)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		e.t.Logf("diagnostics: %v", err)
+		return
+	}
+	save := func(name, content string) {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			e.t.Logf("diagnostics: %v", err)
+		}
+	}
+	kout := func(args ...string) string {
+		out, err := e.k("", args...)
+		if err != nil {
+			out += "\n" + err.Error()
+		}
+		return out
+	}
+	pods := kout("get", "pods,deployments,daemonsets,services,gateways", "-A", "-o", "wide")
+	save("objects.txt", pods)
+	events := kout("get", "events", "-A", "--sort-by=.lastTimestamp")
+	save("events.txt", events)
+	var ztunnelLog string
+	for _, ns := range []string{systemNS, appNS} {
+		l, err := e.kube.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{})
+		if err != nil {
+			e.t.Logf("diagnostics: pods of %s: %v", ns, err)
+			continue
+		}
+		for _, p := range l.Items {
+			out := kout("-n", ns, "logs", p.Name, "--all-containers", "--prefix", "--tail=-1", "--timestamps")
+			save("logs-"+ns+"-"+p.Name+".txt", out)
+			if strings.HasPrefix(p.Name, "ztunnel-") {
+				ztunnelLog += out
+			}
+		}
+	}
+	// The node's side: ztunnel's state (host path /var/run/ambit) and the
+	// cluster's component logs (next to the kubeconfig).
+	for _, f := range []string{"/var/run/ambit/pods.json", "/var/run/ambit/cni.log"} {
+		if b, err := os.ReadFile(f); err == nil {
+			save("node-"+filepath.Base(f), string(b))
+		}
+	}
+	clusterLogs := filepath.Join(filepath.Dir(e.kubeconfig), "logs")
+	for _, f := range []string{"kubelet.log", "containerd.log"} {
+		if b, err := os.ReadFile(filepath.Join(clusterLogs, f)); err == nil {
+			save("node-"+f, tail(string(b), 3000))
+		}
+	}
+	cniLog, _ := os.ReadFile("/var/run/ambit/cni.log")
+	e.t.Logf("diagnostics of step %s saved in %s\n== objects\n%s\n== recent events\n%s\n== ztunnel (last lines)\n%s\n== CNI plugin log (last lines)\n%s",
+		stepName, dir, pods, tail(events, 40), tail(ztunnelLog, 80), tail(string(cniLog), 20))
+}
+
+// tail returns the last n lines of s.
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }
