@@ -132,6 +132,8 @@ func TestInvalidValues(t *testing.T) {
 		"negative drain-removed": {[]string{"-drain-removed", "-1s"}, nil, "-drain-removed"},
 		"extra args":             {[]string{"extra"}, nil, "unexpected arguments"},
 		"no ca root":             {[]string{"-ca-root-file", ""}, nil, "-ca-root-file"},
+		"negative gomaxprocs":    {[]string{"-gomaxprocs", "-2"}, nil, "-gomaxprocs"},
+		"bad memory limit":       {[]string{"-memory-limit", "12 apples"}, nil, "-memory-limit"},
 	} {
 		e := podEnv()
 		if c.mod != nil {
