@@ -95,6 +95,14 @@ func TestEndpointsWithoutController(t *testing.T) {
 	if err := json.Unmarshal([]byte(body), &dump); code != 200 || err != nil || dump.Node != "node-a" {
 		t.Errorf("config dump: %d %v %+v", code, err, dump)
 	}
+	// Goroutine dumps for diagnosing a stuck ztunnel, on the admin port only.
+	code, body = get(t, "http://"+d.HTTPAddr("admin").String()+"/debug/pprof/goroutine?debug=2")
+	if code != 200 || !strings.Contains(body, "goroutine ") || !strings.Contains(body, "daemon.(*Daemon).Run") {
+		t.Errorf("admin goroutine dump: %d\n%.300s", code, body)
+	}
+	if code, _ = get(t, "http://"+d.HTTPAddr("metrics").String()+"/debug/pprof/goroutine"); code != http.StatusNotFound {
+		t.Errorf("metrics port serves profiles: %d", code)
+	}
 	// The enrolment API is up: a pod can be listed (none yet).
 	pods, err := enroll.NewClient(filepath.Join(dir, "zt.sock")).ListPods(t.Context())
 	if err != nil || len(pods) != 0 {

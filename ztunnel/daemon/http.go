@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"net/http/pprof"
 	"sort"
 	"time"
 
@@ -32,6 +33,13 @@ func (d *Daemon) httpHandler(name string) http.Handler {
 	case "admin":
 		mux.HandleFunc("GET /config_dump", d.serveConfigDump)
 		mux.HandleFunc("GET /healthz/ready", d.serveReady)
+		// Go's profiles (goroutines, heap, CPU) for diagnosing a stuck or
+		// busy ztunnel; the admin listener is on localhost only.
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	}
 	return mux
 }
