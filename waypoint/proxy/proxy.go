@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -267,8 +268,15 @@ func (x *exchange) serve() {
 	}
 	mirrors := append(append([]*filter.Mirror(nil), rule.Filters.Mirrors...), x.be.Filters.Mirrors...)
 	canRetry := rule.Retry != nil && rule.Retry.MethodAllowed(x.in.Method)
-	if err := x.bufferBody(canRetry || len(mirrors) > 0); err != nil {
-		x.fail(http.StatusBadRequest, FlagDownstreamTermination)
+	if err := x.bufferBody(ctx, canRetry || len(mirrors) > 0); err != nil {
+		switch {
+		case errors.Is(err, errBodyTimeout):
+			x.fail(http.StatusGatewayTimeout, FlagUpstreamTimeout)
+		case ctx.Err() != nil:
+			x.ctxFailed(ctx)
+		default:
+			x.fail(http.StatusBadRequest, FlagDownstreamTermination)
+		}
 		return
 	}
 	for _, m := range mirrors {
@@ -343,9 +351,24 @@ func (x *exchange) fault(ctx context.Context, f *filter.Fault) bool {
 	return false
 }
 
+// smallBody is the largest request body of announced length that is read
+// before the request goes upstream even when nothing needs it again: the
+// upstream request then goes out in one write (headers and body share the
+// upstream transport's 4 KiB write buffer), where a streamed body is a
+// second write to the tunnel, and a second read and wake-up at the other
+// end.
+const smallBody = 3 << 10
+
+// errBodyTimeout is bufferBody's error when the route's request timeout
+// passed while the body was read.
+var errBodyTimeout = errors.New("request timeout while reading the request body")
+
 // bufferBody reads up to MaxRetryBody of the request body when want is
-// set, so that the request can be retried and mirrored.
-func (x *exchange) bufferBody(want bool) error {
+// set, so that the request can be retried and mirrored, and a body of
+// announced length up to smallBody in any case, unless the client waits
+// for "100 Continue" before sending it or MaxRetryBody is negative. A
+// deadline of ctx (the route's request timeout) aborts the read.
+func (x *exchange) bufferBody(ctx context.Context, want bool) error {
 	if x.out.Body == nil {
 		x.replayable = true
 		return nil
@@ -354,11 +377,23 @@ func (x *exchange) bufferBody(want bool) error {
 	if limit == 0 {
 		limit = DefaultMaxRetryBody
 	}
-	if !want || limit < 0 || x.out.ContentLength > limit {
+	if limit < 0 || x.out.ContentLength > limit {
 		return nil
+	}
+	if !want && (x.out.ContentLength <= 0 || x.out.ContentLength > smallBody || expectsContinue(x.in)) {
+		return nil
+	}
+	stop := func() bool { return true }
+	if _, ok := ctx.Deadline(); ok {
+		// Without a deadline the read ends when the client goes away.
+		rc := http.NewResponseController(x.w)
+		stop = context.AfterFunc(ctx, func() { _ = rc.SetReadDeadline(time.Unix(1, 0)) })
 	}
 	orig := x.out.Body
 	data, err := readAll(io.LimitReader(orig, limit+1), x.out.ContentLength)
+	if fired := !stop(); fired && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return errBodyTimeout
+	}
 	if err != nil {
 		return err
 	}
@@ -373,6 +408,17 @@ func (x *exchange) bufferBody(want bool) error {
 	x.out.ContentLength = int64(len(data))
 	x.out.Body = nil
 	return nil
+}
+
+// expectsContinue reports whether the client waits for "100 Continue"
+// before it sends the body.
+func expectsContinue(r *http.Request) bool {
+	for _, v := range r.Header.Values("Expect") {
+		if strings.EqualFold(strings.TrimSpace(v), "100-continue") {
+			return true
+		}
+	}
+	return false
 }
 
 // readAll is io.ReadAll with a first buffer for size bytes (the request's

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
 	"github.com/ambit-mesh/ambit/waypoint/telemetry"
 	"github.com/ambit-mesh/ambit/waypoint/tracing"
 )
@@ -67,16 +69,35 @@ func BenchmarkRequestOverHBONE(b *testing.B) {
 	}
 }
 
-// BenchmarkPacedRequests sends b.N GETs through the observed waypoint at
-// 1,000 requests/s over 8 kept-alive client connections, as make bench's
-// load does, and reports the process's CPU time per request (client,
-// waypoint and backend together: at a paced rate the goroutine wake-ups
-// and syscalls per request dominate, which BenchmarkRequestOverHBONE's
-// back-to-back loop hides), the median latency and the waypoint's
-// upstream dials after warm-up (which must stay at the pool's size, not
-// grow with requests). Run it with
-// -benchtime 2000x or more.
+// BenchmarkPacedRequests sends b.N requests through the observed waypoint
+// at 1,000 requests/s over 8 kept-alive client connections, as make
+// bench's load does, and reports the process's CPU time per request
+// (client, waypoint and backend together: at a paced rate the goroutine
+// wake-ups and syscalls per request dominate, which
+// BenchmarkRequestOverHBONE's back-to-back loop hides), the median latency
+// and the waypoint's upstream dials after warm-up (which must stay at the
+// pool's size, not grow with requests). "get" sends GETs with an empty
+// body; "post1k" sends make bench's request, a POST of 1 KiB that the
+// backend echoes. Run it with -benchtime 2000x or more.
 func BenchmarkPacedRequests(b *testing.B) {
+	b.Run("get", func(b *testing.B) { pacedRequests(b, http.MethodGet, "/metrics", 0) })
+	b.Run("post1k", func(b *testing.B) { pacedRequests(b, http.MethodPost, "/echo", 1024) })
+}
+
+// echoPost allows the client's POSTs to /echo.
+func echoPost() *configv1alpha1.Authorization {
+	return &configv1alpha1.Authorization{
+		Name: "default/echo-post", Namespace: "default",
+		Scope: configv1alpha1.Authorization_SCOPE_SERVICE, Action: configv1alpha1.Authorization_ACTION_ALLOW,
+		Targets: []string{"default/echo"},
+		Rules: []*configv1alpha1.AuthorizationRule{{
+			From: []*configv1alpha1.AuthorizationRule_Source{{Principals: []string{sa("client").String()}}},
+			To:   []*configv1alpha1.AuthorizationRule_Operation{{Methods: []string{"POST"}, Paths: []string{"/echo"}}},
+		}},
+	}
+}
+
+func pacedRequests(b *testing.B, method, path string, size int) {
 	const conns, rate = 8, 1000
 	var dials atomic.Int64
 	tr, err := tracing.New(context.Background(), tracing.Config{})
@@ -95,26 +116,36 @@ func BenchmarkPacedRequests(b *testing.B) {
 			return dial(ctx, network, addr)
 		}
 	})
-	if err := e.store.HandleAuthorizations(resources(b, map[string]proto.Message{"default/metrics-get-only": metricsGetOnly()})); err != nil {
+	if err := e.store.HandleAuthorizations(resources(b, map[string]proto.Message{
+		"default/metrics-get-only": metricsGetOnly(), "default/echo-post": echoPost(),
+	})); err != nil {
 		b.Fatal(err)
 	}
 	c := e.httpClient("10.96.0.10:80", false)
 	defer c.CloseIdleConnections()
-	get := func() error {
-		req, _ := http.NewRequest(http.MethodGet, "http://echo.default.svc/metrics", nil)
+	payload := bytes.Repeat([]byte("x"), size)
+	do := func() error {
+		var body io.Reader
+		if size > 0 {
+			body = bytes.NewReader(payload)
+		}
+		req, _ := http.NewRequest(method, "http://echo.default.svc"+path, body)
 		resp, err := c.Do(req)
 		if err != nil {
 			return err
 		}
-		_, _ = io.Copy(io.Discard, resp.Body)
+		n, _ := io.Copy(io.Discard, resp.Body)
 		_ = resp.Body.Close()
 		if resp.StatusCode != http.StatusOK {
 			return fmt.Errorf("status %d", resp.StatusCode)
 		}
+		if size > 0 && n != int64(size) {
+			return fmt.Errorf("echoed %d bytes, want %d", n, size)
+		}
 		return nil
 	}
 	for range conns * 2 { // warm the pools
-		if err := get(); err != nil {
+		if err := do(); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -135,7 +166,7 @@ func BenchmarkPacedRequests(b *testing.B) {
 				due := start.Add(time.Duration(n*conns+i) * time.Second / rate)
 				time.Sleep(time.Until(due))
 				t0 := time.Now()
-				if err := get(); err != nil {
+				if err := do(); err != nil {
 					errs <- err
 					return
 				}

@@ -53,6 +53,14 @@ func startBackend(t testing.TB, ca *identity.Authority, name string, id identity
 	b := &backend{name: name, peers: map[string]int{}}
 	ln := newStreamListener(l.Addr())
 	b.http = proxy.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/echo" {
+			// The body back, with its length, as make bench's echo
+			// server does.
+			body, _ := io.ReadAll(r.Body)
+			w.Header().Set("Content-Length", fmt.Sprint(len(body)))
+			_, _ = w.Write(body)
+			return
+		}
 		_, _ = io.Copy(io.Discard, r.Body)
 		peer, _ := r.Context().Value(peerKey{}).(string)
 		w.Header().Set("X-Backend", name)
