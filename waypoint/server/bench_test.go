@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"slices"
@@ -39,7 +38,8 @@ func BenchmarkRequestOverHBONE(b *testing.B) {
 					b.Fatal(err)
 				}
 				opts = append(opts, func(c *Config) {
-					tel := telemetry.New(c.Store, slog.New(slog.NewJSONHandler(io.Discard, nil)))
+					tel := telemetry.New(c.Store, nil)
+					tel.SetAccessWriter(io.Discard, "component", "access") // as the binary
 					c.Tracer, c.OnResult, c.Gateway = tr, tel.Observe, "default/waypoint"
 				})
 			}
@@ -105,7 +105,8 @@ func pacedRequests(b *testing.B, method, path string, size int) {
 		b.Fatal(err)
 	}
 	e := setup(b, func(c *Config) {
-		tel := telemetry.New(c.Store, slog.New(slog.NewJSONHandler(io.Discard, nil)))
+		tel := telemetry.New(c.Store, nil)
+		tel.SetAccessWriter(io.Discard, "component", "access") // as the binary
 		c.Tracer, c.OnResult, c.Gateway = tr, tel.Observe, "default/waypoint"
 		dial := c.DialContext
 		if dial == nil {

@@ -3,7 +3,6 @@ package server
 import (
 	"bytes"
 	"encoding/json"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -96,7 +95,8 @@ func TestMetricsAfterRequests(t *testing.T) {
 	var tel *telemetry.Telemetry
 	logs := &syncBuffer{}
 	e := setup(t, func(c *Config) {
-		tel = telemetry.New(c.Store, slog.New(slog.NewJSONHandler(logs, nil)))
+		tel = telemetry.New(c.Store, nil)
+		tel.SetAccessWriter(logs, "component", "access") // as the binary
 		c.OnResult = tel.Observe
 		c.Gateway = "default/waypoint"
 	})

@@ -68,12 +68,13 @@ type Telemetry struct {
 	// Registry holds the metrics (serve it on /metrics).
 	Registry *prometheus.Registry
 
-	meta      Metadata
-	access    *slog.Logger
-	requests  *prometheus.CounterVec
-	duration  *prometheus.HistogramVec
-	reqBytes  *prometheus.HistogramVec
-	respBytes *prometheus.HistogramVec
+	meta       Metadata
+	access     *slog.Logger
+	accessJSON *jsonLog // set by SetAccessWriter, instead of access
+	requests   *prometheus.CounterVec
+	duration   *prometheus.HistogramVec
+	reqBytes   *prometheus.HistogramVec
+	respBytes  *prometheus.HistogramVec
 
 	tcpOpened, tcpClosed, tcpSent, tcpReceived *prometheus.CounterVec
 
@@ -168,7 +169,7 @@ func (t *Telemetry) Observe(r *http.Request, res *proxy.Result) {
 	s.duration.Observe(float64(res.Duration) / float64(time.Millisecond))
 	s.reqBytes.Observe(float64(res.BytesReceived))
 	s.respBytes.Observe(float64(res.BytesSent))
-	if t.access != nil {
+	if t.access != nil || t.accessJSON != nil {
 		t.log(r, res, l)
 	}
 }
@@ -197,31 +198,50 @@ func (t *Telemetry) ObserveConn(res *proxy.ConnResult, done bool) {
 	t.tcpClosed.WithLabelValues(vs...).Inc()
 	t.tcpSent.WithLabelValues(vs...).Add(float64(res.BytesSent))
 	t.tcpReceived.WithLabelValues(vs...).Add(float64(res.BytesReceived))
-	if t.access != nil {
-		authz := "allow"
-		if !res.Authz.Allow {
-			authz = "deny"
-		}
-		src := ""
-		if res.Source.Address.IsValid() {
-			src = res.Source.Address.String()
-		}
-		t.access.LogAttrs(context.Background(), slog.LevelInfo, "connection",
-			slog.String("service", res.Service),
-			slog.Uint64("port", uint64(res.Port)),
-			slog.String("endpoint", res.Endpoint),
-			slog.String("flags", l.Flags),
-			slog.Int64("received_bytes", res.BytesReceived),
-			slog.Int64("sent_bytes", res.BytesSent),
-			slog.Duration("duration", res.Duration),
-			slog.String("source_address", src),
-			slog.String("source_principal", l.Source.Principal),
-			slog.String("source_workload", l.Source.Workload),
-			slog.String("destination_principal", l.Destination.Principal),
-			slog.String("authz", authz),
-			slog.String("authz_policy", res.Authz.Policy),
-		)
+	if t.access == nil && t.accessJSON == nil {
+		return
 	}
+	authz := "allow"
+	if !res.Authz.Allow {
+		authz = "deny"
+	}
+	src := ""
+	if res.Source.Address.IsValid() {
+		src = res.Source.Address.String()
+	}
+	if t.accessJSON != nil {
+		ln := t.accessJSON.start("connection")
+		ln.str("service", res.Service)
+		ln.uint("port", uint64(res.Port))
+		ln.str("endpoint", res.Endpoint)
+		ln.str("flags", l.Flags)
+		ln.int("received_bytes", res.BytesReceived)
+		ln.int("sent_bytes", res.BytesSent)
+		ln.int("duration", int64(res.Duration))
+		ln.str("source_address", src)
+		ln.str("source_principal", l.Source.Principal)
+		ln.str("source_workload", l.Source.Workload)
+		ln.str("destination_principal", l.Destination.Principal)
+		ln.str("authz", authz)
+		ln.str("authz_policy", res.Authz.Policy)
+		ln.end()
+		return
+	}
+	t.access.LogAttrs(context.Background(), slog.LevelInfo, "connection",
+		slog.String("service", res.Service),
+		slog.Uint64("port", uint64(res.Port)),
+		slog.String("endpoint", res.Endpoint),
+		slog.String("flags", l.Flags),
+		slog.Int64("received_bytes", res.BytesReceived),
+		slog.Int64("sent_bytes", res.BytesSent),
+		slog.Duration("duration", res.Duration),
+		slog.String("source_address", src),
+		slog.String("source_principal", l.Source.Principal),
+		slog.String("source_workload", l.Source.Workload),
+		slog.String("destination_principal", l.Destination.Principal),
+		slog.String("authz", authz),
+		slog.String("authz_policy", res.Authz.Policy),
+	)
 }
 
 func (t *Telemetry) connLabels(res *proxy.ConnResult) RequestLabels {
@@ -369,6 +389,33 @@ func (t *Telemetry) log(r *http.Request, res *proxy.Result, l RequestLabels) {
 	src := ""
 	if res.Source.Address.IsValid() {
 		src = res.Source.Address.String()
+	}
+	if t.accessJSON != nil {
+		ln := t.accessJSON.start("request")
+		ln.str("method", r.Method)
+		ln.str("path", r.URL.Path)
+		ln.str("protocol", r.Proto)
+		ln.str("service", res.Service)
+		ln.uint("port", uint64(res.Port))
+		ln.str("route", res.Route)
+		ln.str("backend", res.Backend)
+		ln.str("endpoint", res.Endpoint)
+		ln.int("code", int64(res.Code))
+		ln.str("grpc_status", res.GRPCStatus)
+		ln.str("flags", l.Flags)
+		ln.int("attempts", int64(res.Attempts))
+		ln.int("request_bytes", res.BytesReceived)
+		ln.int("response_bytes", res.BytesSent)
+		ln.int("duration", int64(res.Duration))
+		ln.str("source_address", src)
+		ln.str("source_principal", l.Source.Principal)
+		ln.str("source_workload", l.Source.Workload)
+		ln.str("destination_principal", l.Destination.Principal)
+		ln.str("authz", authz)
+		ln.str("authz_policy", res.Authz.Policy)
+		ln.str("trace_id", tracing.TraceID(r.Context()))
+		ln.end()
+		return
 	}
 	t.access.LogAttrs(r.Context(), slog.LevelInfo, "request",
 		slog.String("method", r.Method),

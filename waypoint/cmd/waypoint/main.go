@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -55,7 +56,7 @@ func run() error {
 	slog.SetDefault(log)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return serve(ctx, o, log, nil)
+	return serve(ctx, o, log, lw, nil)
 }
 
 // listeners are the addresses the waypoint listens on.
@@ -65,9 +66,11 @@ type listeners struct {
 
 // serve runs the waypoint until ctx ends (SIGTERM), then drains: readiness
 // fails at once, the HBONE listener keeps accepting for -shutdown-delay,
-// then open requests and tunnels get -shutdown-drain to finish. started,
-// if not nil, is called once every listener is open.
-func serve(ctx context.Context, o *options, log *slog.Logger, started func(listeners)) error {
+// then open requests and tunnels get -shutdown-drain to finish. accessOut,
+// if not nil, is where log writes its JSON lines: the access log's lines
+// go there directly, in the same format. started, if not nil, is called
+// once every listener is open.
+func serve(ctx context.Context, o *options, log *slog.Logger, accessOut io.Writer, started func(listeners)) error {
 	wid := o.identity
 
 	fetcher, closeFetcher, err := caclient.NewFetcher(caclient.FetcherConfig{
@@ -116,6 +119,11 @@ func serve(ctx context.Context, o *options, log *slog.Logger, started func(liste
 		return err
 	}
 	tel := telemetry.New(store, log.With("component", "access"))
+	if accessOut != nil && o.logLevel <= slog.LevelInfo {
+		// The access log's lines, as the logger would write them, without
+		// its per-attribute work.
+		tel.SetAccessWriter(accessOut, "component", "access")
+	}
 	srv, err := server.New(server.Config{
 		Identity:     wid,
 		Cert:         certs.Cert(wid),

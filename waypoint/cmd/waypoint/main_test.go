@@ -87,7 +87,7 @@ func TestServeReadinessAndDrain(t *testing.T) {
 	addrs := make(chan listeners, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- serve(ctx, o, slog.New(slog.NewTextHandler(io.Discard, nil)), func(l listeners) { addrs <- l })
+		done <- serve(ctx, o, slog.New(slog.NewTextHandler(io.Discard, nil)), nil, func(l listeners) { addrs <- l })
 	}()
 	var l listeners
 	select {
