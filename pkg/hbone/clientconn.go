@@ -360,8 +360,20 @@ func (cc *clientConn) processData(fh http2.FrameHeader, f *http2.DataFrame) erro
 		}
 	} else if n > 0 {
 		dst := c.recv.reserve(int(n))
+		// The stream's reader waits for data to copy to its sink: write
+		// the payload there directly, sparing the hand-off to the reader
+		// (as the server does). The reserved chunk stays ours until commit
+		// or abandon.
+		sink := c.sink
+		if !c.sinkWaiting || c.recv.Len() > 0 || n > maxDirectWrite {
+			sink = nil
+		}
 		cc.mu.Unlock()
 		_, err := io.ReadFull(cc.conn, dst)
+		written := 0
+		if err == nil && sink != nil {
+			written = sink.tryWrite(dst)
+		}
 		cc.mu.Lock()
 		if err != nil || c.localAbort {
 			c.recv.abandon()
@@ -373,6 +385,27 @@ func (cc *clientConn) processData(fh http2.FrameHeader, f *http2.DataFrame) erro
 			return err
 		}
 		c.recv.commit(int(n))
+		if written > 0 {
+			c.recv.skip(written)
+			streamIncr := c.inflow.consume(int64(written), clientStreamUpdateThreshold)
+			connIncr := cc.inflow.consume(int64(written), clientConnUpdateThreshold)
+			if streamIncr > 0 || connIncr > 0 {
+				cc.mu.Unlock()
+				if err := cc.writeFrames(func(fr *http2.Framer) error { return writeWindowUpdates(fr, c.id, streamIncr, connIncr) }); err != nil {
+					return err
+				}
+				cc.mu.Lock()
+			}
+			if written == int(n) && !fh.Flags.Has(http2.FlagDataEndStream) {
+				// Nothing for the reader to do; see serverConn.processData
+				// for the wake-up.
+				cc.mu.Unlock()
+				if cc.wakeAfterDirectWrite {
+					c.wakeReader()
+				}
+				return nil
+			}
+		}
 	}
 	if fh.Flags.Has(http2.FlagDataEndStream) {
 		c.remoteClosed = true

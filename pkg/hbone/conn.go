@@ -45,6 +45,11 @@ type Conn struct {
 	retry        bool  // refused before processing: Dial may retry
 	err          error // what Read/Write return once reset
 	removed      bool  // out of cc.streams
+	// sink is where the stream's reader copies the bytes it reads (set by
+	// Join): while that reader waits in Read with nothing buffered
+	// (sinkWaiting), the read loop writes new DATA to sink itself.
+	sink        *rawWriter
+	sinkWaiting bool
 
 	closed      atomic.Bool
 	deadlineHit atomic.Bool
@@ -111,12 +116,28 @@ func (c *Conn) Read(p []byte) (int, error) {
 			cc.mu.Unlock()
 			return 0, c.mapErr(err)
 		}
+		c.sinkWaiting = c.sink != nil
 		cc.mu.Unlock()
 		select {
 		case <-c.readCh:
 		case <-c.abortCh:
 		}
+		if c.sink != nil {
+			cc.mu.Lock()
+			c.sinkWaiting = false
+			cc.mu.Unlock()
+		}
 	}
+}
+
+// setSink declares that the bytes Read returns are written to w, and that
+// nothing else writes to w meanwhile; nil ends that.
+func (c *Conn) setSink(w *rawWriter) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	c.cc.mu.Lock()
+	c.sink = w
+	c.cc.mu.Unlock()
 }
 
 func (c *Conn) wakeReader() {

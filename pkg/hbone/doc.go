@@ -56,9 +56,14 @@
 // and 256 KiB frames; the client accepts 256 KiB frames with a 2 MiB stream
 // and 1 GiB connection window; Join copies through 16 KiB buffers that grow
 // to 256 KiB while reads fill them, and when
-// a Forwarder's copier waits for the client's bytes, the server's read loop
-// writes a small DATA frame to the upstream socket itself (one non-blocking
-// attempt), so that the request does not wait for a goroutine switch. Under both sides' TLS, the
+// Join's copier waits for a tunnel's bytes (a *Stream or a *Conn joined to a
+// *net.TCPConn), the connection's read loop writes a small DATA frame to the
+// TCP socket itself (one non-blocking attempt), so that a message does not
+// wait for a goroutine switch; JoinCounting counts bytes for callers without
+// a wrapper that would hide the socket. Socket reads and writes on the data
+// path (under TLS, and Join's copies to and from TCP) are raw system calls
+// on the non-blocking socket (rawio_linux.go), which spares the wake-up of
+// the Go runtime's monitor thread after every idle period. Under both sides' TLS, the
 // records of one Write leave in one write system call of up to 128 KiB
 // instead of one per 16 KiB record (tlsconn.go). See the constants in
 // server.go, dialer.go and clientconn.go, and bench_test.go for the

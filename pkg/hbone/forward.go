@@ -97,17 +97,30 @@ type halfCloser interface {
 // direction (nil for a clean EOF): aToB is about reading a or writing b.
 // It does not close a or b after a clean finish; callers do.
 func Join(a, b net.Conn) (aToB, bToA error) {
+	return JoinCounting(a, b, nil, nil)
+}
+
+// JoinCounting is Join that reports the bytes it copies: countAToB(n) once
+// n more bytes read from a have been written to b, countBToA the other way
+// (either may be nil). Counting here rather than in a wrapper around a or b
+// keeps the tunnel's direct path: when a or b is a *Stream or a *Conn and
+// the other a *net.TCPConn, the tunnel's read loop writes small DATA
+// payloads to the TCP connection itself while the copier waits, which a
+// wrapper would hide. The functions are called from the copying goroutines
+// and from the tunnel connection's read loop: they must be safe for
+// concurrent use and must not block.
+func JoinCounting(a, b net.Conn, countAToB, countBToA func(int)) (aToB, bToA error) {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		bToA = copyHalf(a, b)
+		bToA = copyHalf(a, b, countBToA)
 		if bToA != nil {
 			a.Close()
 			b.Close()
 		}
 	}()
-	aToB = copyHalf(b, a)
+	aToB = copyHalf(b, a, countAToB)
 	if aToB != nil {
 		a.Close()
 		b.Close()
@@ -116,15 +129,29 @@ func Join(a, b net.Conn) (aToB, bToA error) {
 	return aToB, bToA
 }
 
-// copyHalf copies src to dst, then half-closes dst.
-func copyHalf(dst, src net.Conn) error {
-	if st, ok := src.(*Stream); ok {
-		if w := sinkFor(dst); w != nil {
-			st.setSink(w)
-			defer st.setSink(nil)
+// sinkSetter is a tunnel end whose read loop can write to a sink (*Stream,
+// *Conn).
+type sinkSetter interface {
+	setSink(w *rawWriter)
+}
+
+// copyHalf copies src to dst, counting, then half-closes dst.
+func copyHalf(dst, src net.Conn, count func(int)) error {
+	if s, ok := src.(sinkSetter); ok {
+		if w := sinkFor(dst, count); w != nil {
+			s.setSink(w)
+			defer s.setSink(nil)
 		}
 	}
-	if err := copyAdaptive(dst, src); err != nil {
+	var r io.Reader = src
+	if rr := newRawReader(src); rr != nil {
+		r = rr
+	}
+	var w io.Writer = dst
+	if rw := newRawWriter(dst); rw != nil {
+		w = rw
+	}
+	if err := copyAdaptive(w, r, count); err != nil {
 		if errors.Is(err, net.ErrClosed) {
 			return nil // closed by the other direction's failure
 		}
@@ -137,8 +164,9 @@ func copyHalf(dst, src net.Conn) error {
 }
 
 // copyAdaptive copies src to dst until EOF, like io.Copy, through a buffer
-// sized to the traffic (see smallCopyBufferSize).
-func copyAdaptive(dst io.Writer, src io.Reader) error {
+// sized to the traffic (see smallCopyBufferSize), calling count (if not
+// nil) after each write.
+func copyAdaptive(dst io.Writer, src io.Reader, count func(int)) error {
 	small := smallCopyBuffers.Get().(*[]byte)
 	defer smallCopyBuffers.Put(small)
 	var large *[]byte
@@ -160,6 +188,9 @@ func copyAdaptive(dst io.Writer, src io.Reader) error {
 					return errInvalidWrite
 				}
 				return io.ErrShortWrite
+			}
+			if count != nil {
+				count(n)
 			}
 			switch {
 			case large == nil && n == len(buf):

@@ -49,7 +49,7 @@ func TestCopyAdaptiveGrowsAndShrinks(t *testing.T) {
 	}
 	r := &chunkReader{data: data, sizes: sizes}
 	var out bytes.Buffer
-	if err := copyAdaptive(&out, r); err != nil {
+	if err := copyAdaptive(&out, r, nil); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(out.Bytes(), data) {
@@ -82,20 +82,20 @@ func (w failWriter) Write([]byte) (int, error) { return 0, w.err }
 
 func TestCopyAdaptiveWriteErrors(t *testing.T) {
 	src := func() io.Reader { return bytes.NewReader([]byte("hello")) }
-	if err := copyAdaptive(shortWriter{}, src()); !errors.Is(err, io.ErrShortWrite) {
+	if err := copyAdaptive(shortWriter{}, src(), nil); !errors.Is(err, io.ErrShortWrite) {
 		t.Fatalf("short write: got %v", err)
 	}
-	if err := copyAdaptive(badWriter{}, src()); !errors.Is(err, errInvalidWrite) {
+	if err := copyAdaptive(badWriter{}, src(), nil); !errors.Is(err, errInvalidWrite) {
 		t.Fatalf("invalid write: got %v", err)
 	}
 	boom := errors.New("boom")
-	if err := copyAdaptive(failWriter{boom}, src()); !errors.Is(err, boom) {
+	if err := copyAdaptive(failWriter{boom}, src(), nil); !errors.Is(err, boom) {
 		t.Fatalf("failing write: got %v", err)
 	}
 	readErr := errors.New("read failed")
 	r := io.MultiReader(bytes.NewReader([]byte("abc")), iotestErrReader{readErr})
 	var out bytes.Buffer
-	if err := copyAdaptive(&out, r); !errors.Is(err, readErr) || out.String() != "abc" {
+	if err := copyAdaptive(&out, r, nil); !errors.Is(err, readErr) || out.String() != "abc" {
 		t.Fatalf("failing read: got %v, copied %q", err, out.String())
 	}
 }

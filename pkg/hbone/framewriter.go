@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"net"
+	"runtime"
 	"sync"
 
 	"golang.org/x/net/http2"
@@ -24,6 +25,9 @@ type frameWriter struct {
 	hbuf     bytes.Buffer
 	dataHdr  [9]byte
 	writeErr error
+	// wakeAfterDirectWrite: the process has more than one P (see
+	// serverConn.processData).
+	wakeAfterDirectWrite bool
 	// onWriteError is called (in its own goroutine) once a write fails: the
 	// stream of frames is broken and the connection must end.
 	onWriteError func(error)
@@ -38,6 +42,7 @@ func (w *frameWriter) init(c net.Conn, maxReadFrame uint32, onWriteError func(er
 	w.fr.MaxHeaderListSize = maxHeaderListSize
 	w.henc = hpack.NewEncoder(&w.hbuf)
 	w.onWriteError = onWriteError
+	w.wakeAfterDirectWrite = runtime.GOMAXPROCS(0) > 1
 }
 
 // writeFrames runs fn with the write lock held, then flushes.

@@ -389,13 +389,18 @@ func (sc *serverConn) processData(fh http2.FrameHeader, f *http2.DataFrame) erro
 			connIncr := sc.inflow.consume(int64(written), connUpdateThreshold)
 			if written == int(n) && !fh.Flags.Has(http2.FlagDataEndStream) {
 				sc.mu.Unlock()
-				// The reader has nothing to do, but wake it all the same:
-				// readying a goroutine makes the runtime wake an idle P,
-				// which then polls the network and runs the upstream's
-				// answer at once. Without it the answer often waits for an
-				// idle (halted) CPU to wake up: on 2 vCPUs that made the
-				// 1 KiB round trip about 10 µs slower in a third of the runs.
-				st.wakeReader()
+				// The reader has nothing to do, but with more than one P
+				// wake it all the same: readying a goroutine makes the
+				// runtime wake an idle P, which then polls the network and
+				// runs the upstream's answer at once. Without it the answer
+				// often waits for an idle (halted) CPU to wake up: on 2
+				// vCPUs that made the 1 KiB round trip about 10 µs slower in
+				// a third of the runs. With one P (ztunnel's default) there
+				// is no other P to wake, and the wake-up is a wasted
+				// goroutine switch.
+				if sc.wakeAfterDirectWrite {
+					st.wakeReader()
+				}
 				if streamIncr > 0 || connIncr > 0 {
 					return sc.writeFrames(func(fr *http2.Framer) error { return writeWindowUpdates(fr, st.id, streamIncr, connIncr) })
 				}

@@ -20,9 +20,12 @@ const (
 
 var batchBuffers = sync.Pool{New: func() any { b := make([]byte, 0, batchSize+1024); return &b }}
 
-// batchConn is the TCP conn under a TLS conn.
+// batchConn is the TCP conn under a TLS conn. Its reads and writes use
+// raw system calls (rawio_linux.go) when it is a *net.TCPConn.
 type batchConn struct {
 	net.Conn
+	r *rawReader // nil: c.Conn.Read
+	w *rawWriter // nil: c.Conn.Write
 
 	mu       sync.Mutex
 	batching bool
@@ -30,14 +33,21 @@ type batchConn struct {
 }
 
 func newBatchConn(c net.Conn) *batchConn {
-	return &batchConn{Conn: c}
+	return &batchConn{Conn: c, r: newRawReader(c), w: newRawWriter(c)}
+}
+
+func (c *batchConn) Read(p []byte) (int, error) {
+	if c.r != nil {
+		return c.r.Read(p)
+	}
+	return c.Conn.Read(p)
 }
 
 func (c *batchConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !c.batching {
-		return c.Conn.Write(p)
+		return c.writeRaw(p)
 	}
 	b := *c.buf
 	if len(b)+len(p) > batchSize && len(b) > 0 {
@@ -47,7 +57,7 @@ func (c *batchConn) Write(p []byte) (int, error) {
 		b = *c.buf
 	}
 	if len(p) >= batchSize {
-		return c.Conn.Write(p)
+		return c.writeRaw(p)
 	}
 	*c.buf = append(b, p...)
 	return len(p), nil
@@ -77,8 +87,15 @@ func (c *batchConn) flushLocked() error {
 	if len(b) == 0 {
 		return nil
 	}
-	_, err := c.Conn.Write(b)
+	_, err := c.writeRaw(b)
 	return err
+}
+
+func (c *batchConn) writeRaw(p []byte) (int, error) {
+	if c.w != nil {
+		return c.w.Write(p)
+	}
+	return c.Conn.Write(p)
 }
 
 // batchedTLS is a TLS conn over a batchConn whose Writes are batched. It

@@ -93,7 +93,7 @@ func (p *Pod) serveHBONE(st *hbone.Stream) {
 	log.Debug("hbone tunnel accepted")
 	mc := p.env.Metrics.Open(labels)
 	defer mc.Close()
-	join(mc.Wrap(st, true), app)
+	join(st, app, mc)
 }
 
 // servePlaintext serves one plaintext connection sent to this pod.
@@ -139,7 +139,7 @@ func (p *Pod) servePlaintext(c *net.TCPConn) {
 	defer p.untrack(app)
 	mc := p.env.Metrics.Open(labels)
 	defer mc.Close()
-	join(mc.Wrap(c, true), app)
+	join(c, app, mc)
 }
 
 func (p *Pod) deny(labels metrics.Labels, reason string) {

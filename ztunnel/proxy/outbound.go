@@ -140,7 +140,7 @@ func (o *Outbound) Open(ctx context.Context, dst netip.AddrPort, srcIP netip.Add
 func (o *Outbound) Join(client, upstream net.Conn, labels metrics.Labels) {
 	mc := o.env.Metrics.Open(labels)
 	defer mc.Close()
-	join(mc.Wrap(client, true), upstream)
+	join(client, upstream, mc)
 }
 
 // serveOutbound forwards one connection the pod's application made.

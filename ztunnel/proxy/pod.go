@@ -268,9 +268,14 @@ func remoteIP(c net.Conn) netip.Addr {
 	return netip.Addr{}
 }
 
-// join copies both ways and closes both connections.
-func join(a, b net.Conn) {
-	_, _ = hbone.Join(a, b)
-	_ = a.Close()
-	_ = b.Close()
+// join copies both ways, counting the bytes from the client connection as
+// received and those to it as sent, then closes both connections. It counts
+// in hbone.JoinCounting rather than through a wrapper (mc.Wrap) around the
+// client connection: with both ends unwrapped, a tunnel's read loop writes
+// small payloads straight to the TCP socket, sparing a goroutine hand-off
+// per message, and the copies use the sockets' raw reads and writes.
+func join(client, upstream net.Conn, mc *metrics.Conn) {
+	_, _ = hbone.JoinCounting(client, upstream, mc.Received, mc.Sent)
+	_ = client.Close()
+	_ = upstream.Close()
 }
