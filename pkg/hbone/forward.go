@@ -153,7 +153,14 @@ func copyHalf(dst, src net.Conn, count func(int)) error {
 	}
 	if err := copyAdaptive(w, r, count); err != nil {
 		if errors.Is(err, net.ErrClosed) {
-			return nil // closed by the other direction's failure
+			// An end was closed on this side: by the other direction's
+			// failure, or by its owner (a proxy shutting down closes the
+			// client connections it tracks). Close both, so that the other
+			// direction, possibly waiting to read from the end still open
+			// (an idle keep-alive peer sends nothing), ends too.
+			_ = src.Close()
+			_ = dst.Close()
+			return nil
 		}
 		return err
 	}
