@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ambit-mesh/ambit/pkg/identity"
@@ -224,17 +225,29 @@ func DefaultTransport(t Target) http.RoundTripper {
 	if t.HTTP2 {
 		return defaultH2C
 	}
-	return defaultH1
+	if tr, ok := defaultH1.Load(t.Endpoint.Address); ok {
+		return tr.(*H1Transport)
+	}
+	addr := t.Endpoint.Address
+	tr, _ := defaultH1.LoadOrStore(addr, &H1Transport{
+		Dial: func(ctx context.Context) (net.Conn, error) {
+			return defaultDialer.DialContext(ctx, "tcp", addr)
+		},
+		Fallback: defaultH1Fallback,
+	})
+	return tr.(*H1Transport)
 }
 
 var (
-	defaultH1  = newTransport(false)
-	defaultH2C = newTransport(true)
+	defaultDialer     = &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+	defaultH1         sync.Map // endpoint address -> *H1Transport
+	defaultH1Fallback = newTransport(false)
+	defaultH2C        = newTransport(true)
 )
 
 func newTransport(h2c bool) *http.Transport {
 	t := &http.Transport{
-		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		DialContext:           defaultDialer.DialContext,
 		MaxIdleConns:          1024,
 		MaxIdleConnsPerHost:   64,
 		IdleConnTimeout:       90 * time.Second,

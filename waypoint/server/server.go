@@ -71,9 +71,9 @@ type Server struct {
 	dialer *hbone.Dialer
 
 	mu         sync.Mutex
-	transports map[transportKey]*http.Transport
-	byTarget   map[targetKey]*http.Transport // transports by the proxy's Target, cleared with each store generation
-	prunedGen  uint64                        // store generation the transports were pruned at
+	transports map[transportKey]upstreamTransport
+	byTarget   map[targetKey]upstreamTransport // transports by the proxy's Target, cleared with each store generation
+	prunedGen  uint64                          // store generation the transports were pruned at
 
 	connMu sync.Mutex
 	conns  map[*streamConn]http.ConnState // the HTTP server's tunnels
@@ -87,6 +87,12 @@ type Server struct {
 type targetKey struct {
 	address, workload string
 	http2             bool
+}
+
+// upstreamTransport is a pooled transport to one endpoint.
+type upstreamTransport interface {
+	http.RoundTripper
+	CloseIdleConnections()
 }
 
 type transportKey struct {
@@ -110,7 +116,7 @@ func New(cfg Config) (*Server, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Server{cfg: cfg, log: log, transports: map[transportKey]*http.Transport{}, byTarget: map[targetKey]*http.Transport{},
+	s := &Server{cfg: cfg, log: log, transports: map[transportKey]upstreamTransport{}, byTarget: map[targetKey]upstreamTransport{},
 		httpDone: make(chan struct{}),
 		conns:    map[*streamConn]http.ConnState{}}
 	s.dialer = &hbone.Dialer{
@@ -318,7 +324,7 @@ func (s *Server) hboneTransport(t proxy.Target) http.RoundTripper {
 		return tr
 	}
 	rt := s.newHBONETransportLocked(t)
-	if tr, ok := rt.(*http.Transport); ok {
+	if tr, ok := rt.(upstreamTransport); ok {
 		s.byTarget[tk] = tr
 	}
 	return rt
@@ -358,13 +364,25 @@ func (s *Server) newHBONETransportLocked(t proxy.Target) http.RoundTripper {
 		ExpectContinueTimeout: time.Second,
 		DisableCompression:    true,
 	}
+	var up upstreamTransport = tr
 	if t.HTTP2 {
 		var p http.Protocols
 		p.SetUnencryptedHTTP2(true)
 		tr.Protocols = &p
+	} else {
+		// Requests with their body in memory skip net/http's per-connection
+		// goroutines; the rest (streamed bodies, 100-continue) use tr.
+		up = &proxy.H1Transport{
+			Dial: func(ctx context.Context) (net.Conn, error) {
+				return s.dialer.Dial(ctx, req)
+			},
+			Fallback:    tr,
+			MaxIdle:     tr.MaxIdleConnsPerHost,
+			IdleTimeout: tr.IdleConnTimeout,
+		}
 	}
-	s.transports[k] = tr
-	return tr
+	s.transports[k] = up
+	return up
 }
 
 // pruneLocked drops the transports of endpoints the configuration no longer

@@ -553,9 +553,9 @@ func TestTransportLookupFollowsIdentity(t *testing.T) {
 	e := setup(t)
 	target := proxy.Target{Service: "default/echo", Port: 80, Endpoint: proxy.Endpoint{Address: "127.0.0.2:8080", Workload: "default/v1-pod"}}
 	first := e.wp.hboneTransport(target)
-	tr, ok := first.(*http.Transport)
+	tr, ok := first.(*proxy.H1Transport)
 	if !ok {
-		t.Fatalf("transport %T, want *http.Transport", first)
+		t.Fatalf("transport %T, want *proxy.H1Transport", first)
 	}
 	if again := e.wp.hboneTransport(target); again != first {
 		t.Fatal("a second lookup of the same target made a new transport")
@@ -577,7 +577,7 @@ func TestTransportLookupFollowsIdentity(t *testing.T) {
 		if v == next && k.dst != sa("echo-v1-renamed") {
 			t.Fatalf("the new transport is for %v, want %v", k.dst, sa("echo-v1-renamed"))
 		}
-		if v == tr {
+		if v == upstreamTransport(tr) {
 			t.Fatalf("the old identity's transport is still pooled under %v", k)
 		}
 	}
