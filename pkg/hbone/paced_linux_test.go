@@ -58,6 +58,16 @@ func BenchmarkPacedRequests(b *testing.B) {
 	server := startPacedChild(b, dir, "server", up.String())
 	client := startPacedChild(b, dir, "client", server.addr)
 
+	// With HBONE_PACED_HAPROXY=1, an HAProxy pair in TCP mode with mutual
+	// TLS 1.3 (as in integration/meshbench) is measured as a third path.
+	var hap []*pacedChild
+	if os.Getenv("HBONE_PACED_HAPROXY") == "1" {
+		hap = startHAProxyPair(b, dir, up.String())
+	}
+	var hapLat []time.Duration
+	var hapCPU time.Duration
+	var hapRequests int
+
 	var directLat, tunnelLat []time.Duration
 	var cpu time.Duration
 	var requests, switches int
@@ -72,6 +82,13 @@ func BenchmarkPacedRequests(b *testing.B) {
 		switches += server.switches(b) + client.switches(b) - s0
 		tunnelLat = append(tunnelLat, lat...)
 		requests += len(lat)
+		if hap != nil {
+			c0 := hap[0].cpu(b) + hap[1].cpu(b)
+			lat := pacedLoad(b, hap[0].addr, conns, rate, dur/2)
+			hapCPU += hap[0].cpu(b) + hap[1].cpu(b) - c0
+			hapLat = append(hapLat, lat...)
+			hapRequests += len(lat)
+		}
 	}
 	slices.Sort(directLat)
 	slices.Sort(tunnelLat)
@@ -84,6 +101,81 @@ func BenchmarkPacedRequests(b *testing.B) {
 	b.ReportMetric(pct(directLat, 0.5), "direct-p50-us")
 	b.ReportMetric(pct(tunnelLat, 0.5)-pct(directLat, 0.5), "added-p50-us")
 	b.ReportMetric(pct(tunnelLat, 0.99)-pct(directLat, 0.99), "added-p99-us")
+	if hap != nil {
+		slices.Sort(hapLat)
+		b.ReportMetric(hapCPU.Seconds()/float64(hapRequests)*1000, "haproxy-cpu-s/1000req")
+		b.ReportMetric(pct(hapLat, 0.5)-pct(directLat, 0.5), "haproxy-added-p50-us")
+		b.ReportMetric(pct(hapLat, 0.99)-pct(directLat, 0.99), "haproxy-added-p99-us")
+	}
+}
+
+// startHAProxyPair starts a client-side and a server-side haproxy on
+// loopback, TCP mode, mutual TLS 1.3 between them, forwarding to target.
+func startHAProxyPair(b *testing.B, dir, target string) []*pacedChild {
+	bin, err := exec.LookPath("haproxy")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, name := range []string{"client", "server"} {
+		certs, err := os.ReadFile(filepath.Join(dir, name+".pem"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		key, err := os.ReadFile(filepath.Join(dir, name+".key"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name+"-haproxy.pem"), append(certs, key...), 0o600); err != nil {
+			b.Fatal(err)
+		}
+	}
+	freePort := func() string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer l.Close()
+		return l.Addr().String()
+	}
+	in, tlsAddr := freePort(), freePort()
+	global := "global\n  maxconn 4096\n  ssl-default-bind-options ssl-min-ver TLSv1.3\n  ssl-default-server-options ssl-min-ver TLSv1.3\n" +
+		"defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 2m\n  timeout server 2m\n"
+	pem := func(name string) string { return filepath.Join(dir, name) }
+	server := global + fmt.Sprintf("frontend f\n  bind %s ssl crt %s ca-file %s verify required\n  default_backend b\nbackend b\n  server app %s\n",
+		tlsAddr, pem("server-haproxy.pem"), pem("ca.pem"), target)
+	client := global + fmt.Sprintf("frontend f\n  bind %s\n  default_backend b\nbackend b\n  server peer %s ssl crt %s ca-file %s verify required\n",
+		in, tlsAddr, pem("client-haproxy.pem"), pem("ca.pem"))
+	var out []*pacedChild
+	for _, c := range []struct{ name, cfg, addr string }{{"client", client, in}, {"server", server, tlsAddr}} {
+		cfg := filepath.Join(dir, "haproxy-"+c.name+".cfg")
+		if err := os.WriteFile(cfg, []byte(c.cfg), 0o600); err != nil {
+			b.Fatal(err)
+		}
+		cmd := exec.Command(bin, "-db", "-f", cfg)
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		})
+		out = append(out, &pacedChild{pid: cmd.Process.Pid, addr: c.addr})
+	}
+	for _, c := range out {
+		for i := 0; ; i++ {
+			conn, err := net.Dial("tcp", c.addr)
+			if err == nil {
+				conn.Close()
+				break
+			}
+			if i == 100 {
+				b.Fatalf("haproxy at %s: %v", c.addr, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	return out
 }
 
 // pacedLoad runs conns connections to addr, each sending a 1 KiB request
@@ -221,7 +313,7 @@ func startPacedChild(b *testing.B, dir, role, target string) *pacedChild {
 	b.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestPacedChild$", "-test.v")
 	cmd.Env = append(os.Environ(), "HBONE_PACED_ROLE="+role, "HBONE_PACED_DIR="+dir,
-		"HBONE_PACED_TARGET="+target, "GOMAXPROCS=1", "GOGC=50")
+		"HBONE_PACED_TARGET="+target, "GOMAXPROCS="+envOr("HBONE_PACED_PROCS", "1"), "GOGC=50")
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -340,4 +432,11 @@ type countingConn struct{ net.Conn }
 
 func (c countingConn) CloseWrite() error {
 	return c.Conn.(interface{ CloseWrite() error }).CloseWrite()
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
 }
