@@ -345,6 +345,15 @@ func (e *env) diagnose(stepName string) {
 			save("logs-"+ns+"-"+p.Name+".txt", out)
 			if strings.HasPrefix(p.Name, "ztunnel-") {
 				ztunnelLog += out
+				// Its admin port (localhost in the pod): what it holds,
+				// and where every goroutine is, should it be stuck.
+				for name, path := range map[string]string{"config-dump.json": "/config_dump", "goroutines.txt": "/debug/pprof/goroutine?debug=2"} {
+					body, err := e.adminGet(ns, p.Name, 15000, path)
+					if err != nil {
+						body = err.Error()
+					}
+					save(p.Name+"-"+name, body)
+				}
 			}
 		}
 	}
@@ -373,4 +382,48 @@ func tail(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// adminGet fetches path from a port of pod that listens on localhost only,
+// through kubectl port-forward.
+func (e *env) adminGet(ns, pod string, port int, path string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, e.kubectl, "--kubeconfig", e.kubeconfig, "-n", ns, "port-forward", "--address", "127.0.0.1", "pod/"+pod, fmt.Sprintf(":%d", port))
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return "", err
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		return "", err
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	// "Forwarding from 127.0.0.1:NNNNN -> 15000"
+	var local string
+	buf := make([]byte, 256)
+	n, _ := io.ReadAtLeast(out, buf, 1)
+	for _, f := range strings.Fields(string(buf[:n])) {
+		if strings.HasPrefix(f, "127.0.0.1:") {
+			local = f
+			break
+		}
+	}
+	if local == "" {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return "", fmt.Errorf("port-forward to %s/%s:%d: unexpected output %q %q", ns, pod, port, buf[:n], stderr.String())
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+local+path, nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
 }
