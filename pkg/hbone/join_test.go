@@ -5,6 +5,8 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
+	"errors"
 	"io"
 	"math/big"
 	"net"
@@ -164,4 +166,30 @@ func TestJoinSlowReader(t *testing.T) {
 	}
 	waitCounts(t, "client", client, size)
 	waitCounts(t, "server", server, size)
+}
+
+// TestPrefaceTimeout: a client that completes the TLS handshake but sends
+// no HTTP/2 preface is disconnected once HandshakeTimeout passes (the read
+// deadline applies to the raw socket reads under TLS).
+func TestPrefaceTimeout(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	ts := startServer(t, &Server{HandshakeTimeout: timeout, Logger: discardLogger})
+	cfg, _ := testPKI(t).clientTLS(clientID, serverID)
+	start := time.Now()
+	tc, err := tls.Dial("tcp", ts.addr.String(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	_ = tc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	// The server's SETTINGS come first; then the connection must end.
+	_, err = io.Copy(io.Discard, tc)
+	elapsed := time.Since(start)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("server kept the connection open without a preface: %v", err)
+	}
+	if elapsed < timeout-50*time.Millisecond {
+		t.Fatalf("connection ended after %v, before the %v timeout", elapsed, timeout)
+	}
 }

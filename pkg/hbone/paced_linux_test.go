@@ -37,8 +37,11 @@ import (
 // stime from /proc) is theirs alone, including the Go runtime's parking
 // and waking of threads between requests, which an in-process benchmark
 // does not show. It reports the proxies' CPU per 1000 requests and the
-// latency the tunnel adds. b.N is ignored: each run lasts
-// pacedDuration per path (-benchtime 1x).
+// latency the tunnel adds. b.N is ignored: each path is loaded for
+// HBONE_PACED_DURATION (default 4s, in two rounds; -benchtime 1x).
+// HBONE_PACED_PROCS sets the proxies' GOMAXPROCS; HBONE_PACED_WRAP=1 makes
+// them count bytes through a wrapper around the client-side conn, as
+// ztunnel once did, instead of with JoinCounting.
 func BenchmarkPacedRequests(b *testing.B) {
 	const (
 		conns = 8
