@@ -320,12 +320,16 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 	})
 	run(func() { d.loop(ctx) })
+	// The CNI installer is waited for on its own at stop (see below).
+	var cniWG sync.WaitGroup
 	if d.cfg.CNI != nil {
-		run(func() {
+		cniWG.Add(1)
+		go func() {
+			defer cniWG.Done()
 			if err := d.cfg.CNI.Run(ctx); err != nil {
 				d.log.Error("CNI plugin installer stopped", "err", err)
 			}
-		})
+		}()
 	}
 	if socksLn != nil {
 		s := proxy.NewSOCKS5(d.env, d.cfg.SOCKS5Workload, nil)
@@ -339,8 +343,18 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	<-ctx.Done()
 	closeServers()
+	// At uninstall the CNI plugin leaves the node's chain first, before
+	// anything that takes the daemon's lock or waits for connections: a
+	// chained plugin without a ztunnel fails every new pod of the node, so
+	// it must be gone even if the rest of the stop hangs and the kubelet
+	// kills ztunnel at the end of its grace period.
+	cniWG.Wait()
+	uninstall := d.uninstalling()
+	if uninstall {
+		d.uninstallCNI()
+	}
 	wg.Wait()
-	if d.uninstalling() {
+	if uninstall {
 		d.uninstall()
 	} else {
 		d.stopAll()

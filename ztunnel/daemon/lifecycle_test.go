@@ -219,3 +219,53 @@ func TestShutdownUninstallOrRestart(t *testing.T) {
 		})
 	}
 }
+
+// TestUninstallUnchainsWhileStuck: at uninstall the CNI plugin leaves the
+// node's chain before the stop waits for anything that holds the daemon's
+// lock, so that a stop that hangs (and ends with the kubelet's SIGKILL)
+// never leaves new pods failing on a plugin whose ztunnel is gone.
+func TestUninstallUnchainsWhileStuck(t *testing.T) {
+	e := newLifecycle(t, true)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- e.d.Run(ctx) }()
+	waitFor(t, "ready listener", func() bool { return e.d.HTTPAddr("ready") != nil })
+	list := filepath.Join(e.confDir, "10-k8s.conflist")
+	if err := os.WriteFile(list, []byte(testConflist), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "CNI chained", func() bool { return e.cni.Ready() == nil })
+	waitFor(t, "first resync", func() bool {
+		select {
+		case <-e.d.resynced:
+			return true
+		default:
+			return false
+		}
+	})
+	// Something holds the daemon's lock and does not let go (as a pod
+	// whose connections never end once did); the configuration loop
+	// blocks on it at its next pass.
+	e.d.mu.Lock()
+	e.d.store.HandleWorkloads(nil)
+	time.Sleep(50 * time.Millisecond)
+	cancel()
+	waitFor(t, "CNI plugin unchained while the stop is stuck", func() bool {
+		b, err := os.ReadFile(list)
+		return err == nil && !strings.Contains(string(b), cniinstall.PluginType)
+	})
+	select {
+	case err := <-done:
+		t.Fatalf("Run returned while the lock was held: %v", err)
+	default:
+	}
+	e.d.mu.Unlock()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return")
+	}
+}

@@ -27,16 +27,22 @@ func (d *Daemon) uninstalling() bool {
 	return uninstall
 }
 
-// uninstall undoes everything ztunnel did to the node, once its servers
-// have stopped: the CNI chain first (so that new pods start without
-// Ambit), then every pod's capture (so that applications talk directly
-// again), then the state files.
-func (d *Daemon) uninstall() {
+// uninstallCNI removes the CNI plugin from the node's chain and its binary,
+// so that new pods start without Ambit. Run calls it first at uninstall,
+// once the installer (which would chain it again) has stopped.
+func (d *Daemon) uninstallCNI() {
 	if d.cfg.CNI != nil {
 		if err := d.cfg.CNI.Uninstall(); err != nil {
 			d.log.Error("uninstall: removing the CNI plugin failed", "err", err)
 		}
 	}
+}
+
+// uninstall undoes the rest of what ztunnel did to the node, once its
+// servers have stopped and the CNI chain is gone (uninstallCNI): every
+// pod's capture (so that applications talk directly again), then the state
+// files.
+func (d *Daemon) uninstall() {
 	ctx, cancel := context.WithTimeout(context.Background(), uninstallTimeout)
 	defer cancel()
 	d.releaseAll(ctx)
