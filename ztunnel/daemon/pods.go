@@ -287,8 +287,7 @@ func (d *Daemon) release(ctx context.Context, ps *podState, removeRules, drain b
 				d.mu.Unlock()
 			}()
 		} else {
-			_ = p.Close()
-			_ = ns.Close()
+			d.closePod(ps.pod, p, ns)
 		}
 		if sk := ps.socks; sk != nil {
 			if drain {
@@ -311,6 +310,29 @@ func (d *Daemon) release(ctx context.Context, ps *podState, removeRules, drain b
 	}
 	ps.proxy, ps.ns, ps.id, ps.socks = nil, nil, identity.SPIFFEID{}, nil
 	return err
+}
+
+// closeWait bounds how long a release waits for a pod's proxy to close.
+const closeWait = 5 * time.Second
+
+// closePod closes a pod's proxy (its listeners first, then its connections)
+// and then its namespace, waiting up to closeWait: a connection that does
+// not end must not keep the daemon's lock, which every capture, release and
+// CNI ADD of the node needs. Past closeWait the close goes on in the
+// background and the pod is released anyway (its listeners are closed by
+// then, so it can be captured again).
+func (d *Daemon) closePod(pod enroll.Pod, p *proxy.Pod, ns *redirect.Netns) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = p.Close()
+		_ = ns.Close()
+	}()
+	select {
+	case <-done:
+	case <-time.After(closeWait):
+		d.log.Error("pod release: its connections did not end; closing them in the background", "pod", pod.Key(), "waited", closeWait)
+	}
 }
 
 // prefetch obtains certificates for ids concurrently, without d.mu. The
