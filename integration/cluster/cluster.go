@@ -330,7 +330,7 @@ func (c *Cluster) Up(ctx context.Context) error {
 		c.logf("sweeping a previous run")
 	}
 	if err := c.down(ctx, true); err != nil {
-		return fmt.Errorf("sweeping a previous run: %w", err)
+		return fmt.Errorf("sweeping a previous run: %w (remove the cause, then run make cluster-down or up again)", err)
 	}
 	if err := c.start(ctx); err != nil {
 		return fmt.Errorf("%w (component logs: %s)", err, c.p.Logs)

@@ -255,6 +255,7 @@ func waitPodReady(ctx context.Context, t *testing.T, cs kubernetes.Interface, ns
 
 // downAndCheckClean takes the cluster down and checks the host.
 func downAndCheckClean(t *testing.T, c *Cluster) {
+	t.Helper()
 	rec, err := readHostRecord(c.p.Host)
 	if err != nil {
 		t.Errorf("host record: %v", err)
@@ -264,11 +265,40 @@ func downAndCheckClean(t *testing.T, c *Cluster) {
 		t.Fatal(err)
 	}
 	t.Logf("down in %s", time.Since(start).Round(100*time.Millisecond))
+	left, err := hostLeftovers(c, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(left) > 0 {
+		t.Fatalf("left behind after Down:\n%s", strings.Join(left, "\n"))
+	}
+}
+
+// hostLeftovers lists what of the cluster is on the host: processes (by
+// PID file, by program and state-folder argument, in the kubepods cgroups,
+// containerd shims), links, mounts under the state folder, pod network
+// namespaces (mounts and files), cgroups, nftables tables, CNI files,
+// created folders, host settings that differ from rec (the host record of
+// the run, nil when unknown) and state files but the logs and the lock.
+// Each entry starts with its kind ("pid file", "process", "link", "mount",
+// "netns", "cgroups", ...).
+func hostLeftovers(c *Cluster, rec *hostRecord) ([]string, error) {
 	var left []string
+	names := []string{}
 	for _, comp := range c.components() {
+		names = append(names, filepath.Base(comp.bin))
 		if exists(c.pidFile(comp.name)) {
 			left = append(left, "pid file "+comp.name)
 		}
+	}
+	if pids := componentsByArgs(c.p.State, names); len(pids) > 0 {
+		left = append(left, fmt.Sprintf("process of a component %v", pids))
+	}
+	if pids := cgroupPIDs(cgroupDirs(cgroupRoots())); len(pids) > 0 {
+		left = append(left, fmt.Sprintf("process in kubepods %v", pids))
+	}
+	if pids := shimsOf(c.p.ContainerdSock); len(pids) > 0 {
+		left = append(left, fmt.Sprintf("process: shims %v", pids))
 	}
 	for _, l := range []string{BridgeName, NodeLink} {
 		if _, err := exec.Command("ip", "link", "show", l).CombinedOutput(); err == nil {
@@ -277,21 +307,36 @@ func downAndCheckClean(t *testing.T, c *Cluster) {
 	}
 	info, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	for _, line := range strings.Split(string(info), "\n") {
-		if f := strings.Fields(line); len(f) > 4 && (underAny(f[4], []string{c.p.State}) || isCNINetns(f[4])) {
-			left = append(left, "mount "+f[4])
+		if f := strings.Fields(line); len(f) > 4 {
+			switch mp := unescapeMount(f[4]); {
+			case underAny(mp, []string{c.p.State}):
+				left = append(left, "mount "+mp)
+			case isCNINetns(mp):
+				left = append(left, "netns mount "+mp)
+			}
+		}
+	}
+	if ents, err := os.ReadDir(NetnsDir); err == nil {
+		for _, e := range ents {
+			if p := filepath.Join(NetnsDir, e.Name()); isCNINetns(p) {
+				left = append(left, "netns file "+p)
+			}
 		}
 	}
 	if roots := cgroupRoots(); len(roots) > 0 {
 		left = append(left, "cgroups "+strings.Join(roots, " "))
 	}
-	if pids := shimsOf(c.p.ContainerdSock); len(pids) > 0 {
-		left = append(left, fmt.Sprintf("shims %v", pids))
-	}
-	if out, err := exec.Command("nft", "list", "tables").Output(); err == nil && strings.Contains(string(out), "kube-proxy") {
-		left = append(left, "nftables: "+string(out))
+	if out, err := exec.Command("nft", "list", "tables").Output(); err == nil {
+		for _, line := range strings.Split(string(out), "\n") {
+			for _, tb := range nftTables {
+				if strings.Join(strings.Fields(line), " ") == "table "+tb[0]+" "+tb[1] {
+					left = append(left, "nftables table "+tb[0]+" "+tb[1])
+				}
+			}
+		}
 	}
 	if exists(filepath.Join(CNIConfDir, CNIConfFile)) {
 		left = append(left, "CNI config")
@@ -310,26 +355,24 @@ func downAndCheckClean(t *testing.T, c *Cluster) {
 	if rec != nil {
 		for _, p := range append(rec.Created, rec.Files...) {
 			if exists(p) {
-				left = append(left, p)
+				left = append(left, "host path "+p)
 			}
 		}
 		if fwd, err := os.ReadFile(ipForwardPath); err != nil || strings.TrimSpace(string(fwd)) != rec.IPForward {
-			left = append(left, fmt.Sprintf("ip_forward %q, was %q", fwd, rec.IPForward))
+			left = append(left, fmt.Sprintf("sysctl ip_forward %q, was %q", fwd, rec.IPForward))
 		}
 		if nf, err := os.ReadFile(bridgeNFCallPath); err != nil || strings.TrimSpace(string(nf)) != rec.BridgeNFCall {
-			left = append(left, fmt.Sprintf("bridge-nf-call-iptables %q, was %q", nf, rec.BridgeNFCall))
+			left = append(left, fmt.Sprintf("sysctl bridge-nf-call-iptables %q, was %q", nf, rec.BridgeNFCall))
 		}
 	}
 	ents, err := os.ReadDir(c.p.State)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		t.Fatal(err)
+		return nil, err
 	}
 	for _, e := range ents {
 		if n := e.Name(); n != "logs" && n != ".lock" {
 			left = append(left, "state "+n)
 		}
 	}
-	if len(left) > 0 {
-		t.Fatalf("left behind after Down:\n%s", strings.Join(left, "\n"))
-	}
+	return left, nil
 }
