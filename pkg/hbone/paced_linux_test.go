@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -41,7 +42,8 @@ import (
 // HBONE_PACED_DURATION (default 4s, in two rounds; -benchtime 1x).
 // HBONE_PACED_PROCS sets the proxies' GOMAXPROCS; HBONE_PACED_WRAP=1 makes
 // them count bytes through a wrapper around the client-side conn, as
-// ztunnel once did, instead of with JoinCounting.
+// ztunnel once did, instead of with JoinCounting; HBONE_PACED_MEMSTATS=1
+// makes them print their allocation and GC counts when they end.
 func BenchmarkPacedRequests(b *testing.B) {
 	const (
 		conns = 8
@@ -418,6 +420,11 @@ func TestPacedChild(t *testing.T) {
 	}
 	fmt.Printf("listening %s\n", l.Addr())
 	_, _ = io.Copy(io.Discard, os.Stdin)
+	if os.Getenv("HBONE_PACED_MEMSTATS") == "1" {
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		fmt.Fprintf(os.Stderr, "%s: %d GCs, %d mallocs, %d bytes allocated, heap in use %d KiB\n", role, ms.NumGC, ms.Mallocs, ms.TotalAlloc, ms.HeapInuse>>10)
+	}
 }
 
 // pacedJoin joins as ztunnel does, counting bytes for its metrics.
