@@ -105,11 +105,13 @@ func BenchmarkPacedRequests(b *testing.B) {
 	b.ReportMetric(float64(switches)/float64(requests), "ctxsw/req")
 	b.ReportMetric(pct(directLat, 0.5), "direct-p50-us")
 	b.ReportMetric(pct(tunnelLat, 0.5)-pct(directLat, 0.5), "added-p50-us")
+	b.ReportMetric(pct(tunnelLat, 0.90)-pct(directLat, 0.90), "added-p90-us")
 	b.ReportMetric(pct(tunnelLat, 0.99)-pct(directLat, 0.99), "added-p99-us")
 	if hap != nil {
 		slices.Sort(hapLat)
 		b.ReportMetric(hapCPU.Seconds()/float64(hapRequests)*1000, "haproxy-cpu-s/1000req")
 		b.ReportMetric(pct(hapLat, 0.5)-pct(directLat, 0.5), "haproxy-added-p50-us")
+		b.ReportMetric(pct(hapLat, 0.90)-pct(directLat, 0.90), "haproxy-added-p90-us")
 		b.ReportMetric(pct(hapLat, 0.99)-pct(directLat, 0.99), "haproxy-added-p99-us")
 	}
 }
@@ -376,7 +378,7 @@ func TestPacedChild(t *testing.T) {
 	case "server":
 		srv := &Server{
 			TLSConfig: identity.ServerConfig(identity.StaticCert(&cert), identity.StaticRoots(roots), nil),
-			Logger:    discardLogger,
+			Logger:               discardLogger,
 			Handler: func(st *Stream) {
 				up, err := net.Dial("tcp", target)
 				if err != nil {
