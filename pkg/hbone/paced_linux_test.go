@@ -378,7 +378,7 @@ func TestPacedChild(t *testing.T) {
 	case "server":
 		srv := &Server{
 			TLSConfig: identity.ServerConfig(identity.StaticCert(&cert), identity.StaticRoots(roots), nil),
-			Logger:               discardLogger,
+			Logger:    discardLogger,
 			Handler: func(st *Stream) {
 				up, err := net.Dial("tcp", target)
 				if err != nil {
