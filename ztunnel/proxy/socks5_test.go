@@ -200,6 +200,13 @@ func TestSOCKS5(t *testing.T) {
 		if n := countOpened(t, m, want); n != 1 {
 			t.Errorf("istio_tcp_connections_opened_total%v = %v, want 1", want, n)
 		}
+		// roundTrip echoed 100000 bytes: both directions are counted,
+		// including what the tunnel's read loop wrote to the client itself.
+		for _, name := range []string{"istio_tcp_received_bytes_total", "istio_tcp_sent_bytes_total"} {
+			if n := sumCounter(t, m, name, want); n != 100000 {
+				t.Errorf("%s%v = %v, want 100000", name, want, n)
+			}
+		}
 	})
 	t.Run("unreachable", func(t *testing.T) {
 		c, code := socksDial(t, ln.Addr(), netip.MustParseAddrPort("127.77.0.3:1"), 1)
@@ -243,13 +250,20 @@ func socksDialName(t *testing.T, proxy net.Addr, name string, port uint16) (net.
 // that carry every label of want.
 func countOpened(t *testing.T, m *metrics.Metrics, want map[string]string) float64 {
 	t.Helper()
+	return sumCounter(t, m, "istio_tcp_connections_opened_total", want)
+}
+
+// sumCounter sums the counter name over the series that carry every label
+// of want.
+func sumCounter(t *testing.T, m *metrics.Metrics, name string, want map[string]string) float64 {
+	t.Helper()
 	mfs, err := m.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	var n float64
 	for _, mf := range mfs {
-		if mf.GetName() != "istio_tcp_connections_opened_total" {
+		if mf.GetName() != name {
 			continue
 		}
 	series:
