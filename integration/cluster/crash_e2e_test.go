@@ -67,6 +67,11 @@ func TestTeardownAfterCrash(t *testing.T) {
 	}
 	wasUp := !c.Started()
 	step("cluster up (was up before: %v)", wasUp)
+	if wasUp {
+		// the test replaces the cluster: not one somebody works with
+		tier.Require(t, "a running cluster without workloads (the crash test replaces the cluster; "+
+			"make cluster-down first, or run it on make e2e's fresh cluster)", workloads(ctx, c))
+	}
 
 	// What a new cluster would lack: the images and the pause image.
 	saved := saveImages(ctx, t, c, t.TempDir())
@@ -171,6 +176,46 @@ func TestTeardownAfterCrash(t *testing.T) {
 	before.checkGone(t, "up after the crash")
 	checkWorkload(ctx, t, c, "after-crash-up")
 	step("a pod answers through its Service")
+}
+
+// systemNamespaces are the namespaces of a new cluster.
+var systemNamespaces = map[string]bool{"default": true, "kube-system": true, "kube-public": true, "kube-node-lease": true}
+
+// workloads returns an error naming the namespaces of the running cluster
+// that a new cluster does not have (but those being deleted and the test's
+// own) and the pods in the other namespaces but kube-system.
+func workloads(ctx context.Context, c *Cluster) error {
+	cfg, err := c.RESTConfig()
+	if err != nil {
+		return err
+	}
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	nss, err := cs.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	var used []string
+	for _, n := range nss.Items {
+		if !systemNamespaces[n.Name] && !strings.HasPrefix(n.Name, "crash-") && n.DeletionTimestamp == nil {
+			used = append(used, "namespace "+n.Name)
+		}
+	}
+	pods, err := cs.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	for _, p := range pods.Items {
+		if p.Namespace != "kube-system" && !strings.HasPrefix(p.Namespace, "crash-") && systemNamespaces[p.Namespace] {
+			used = append(used, "pod "+p.Namespace+"/"+p.Name)
+		}
+	}
+	if len(used) > 0 {
+		return fmt.Errorf("the cluster holds %s", shortList(used))
+	}
+	return nil
 }
 
 // captureLog sends the cluster's lines to the test log and keeps them.
