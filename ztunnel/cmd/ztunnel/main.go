@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/ambit-mesh/ambit/pkg/caclient"
+	"github.com/ambit-mesh/ambit/pkg/goruntime"
 	"github.com/ambit-mesh/ambit/pkg/identity"
 	"github.com/ambit-mesh/ambit/pkg/version"
 	cnipkg "github.com/ambit-mesh/ambit/ztunnel/cni"
@@ -64,9 +65,10 @@ func run(args []string) error {
 	daemonSet := fs.String("daemonset", "", "<namespace>/<name> of ztunnel's DaemonSet: on SIGTERM, uninstall (release every pod, unchain the CNI plugin, remove the state) unless it still exists; empty: never uninstall (local mode)")
 	discoverDir := fs.String("discover-netns-dir", "auto", "folder of the node's named network namespaces where pods that started before ztunnel are looked for; auto: /var/run/netns with -daemonset, none otherwise; empty: none")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
-	maxProcs := fs.Int("gomaxprocs", defaultMaxProcs(), "Go scheduler threads running Go code at once (GOMAXPROCS); 0: Go's default (the CPU count or the container's CPU limit); default $GOMAXPROCS if set, else "+fmt.Sprint(defaultGOMAXPROCS))
-	memLimit := fs.String("memory-limit", "", "soft limit of the Go runtime's memory (GOMEMLIMIT syntax, e.g. 24MiB); empty: $GOMEMLIMIT if set, else none; 0 or off: none")
-	gcPercent := fs.Int("gc-percent", defaultGCPercent(), "garbage collection target percentage (GOGC); negative disables the collector except for -memory-limit; default $GOGC if set, else "+fmt.Sprint(defaultGOGC))
+	// Runtime defaults for a node proxy (see docs/reference/ztunnel.md,
+	// "Performance", for the measurements behind them): one processor,
+	// GOGC 50.
+	rt := goruntime.Register(fs, goruntime.Defaults{MaxProcs: 1, GCPercent: 50, LimitExample: "24MiB"}, os.Getenv)
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -75,9 +77,11 @@ func run(args []string) error {
 		fmt.Println(version.String("ztunnel"))
 		return nil
 	}
-	if err := applyRuntime(*maxProcs, *memLimit, *gcPercent); err != nil {
+	rts, err := rt.Settings()
+	if err != nil {
 		return err
 	}
+	rts.Apply()
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
 		return fmt.Errorf("-log-level: %w", err)
