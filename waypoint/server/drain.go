@@ -420,6 +420,7 @@ func (s *Server) closeIdleUnserved() {
 		s.log.Debug("closing an idle connection whose destination is no longer served", "service", c.dest.service, "port", c.dest.port)
 		_ = c.Close()
 	}
+	s.closeIdleH1(s.serves)
 }
 
 // serves reports whether the configuration (with what is draining) still

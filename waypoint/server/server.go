@@ -75,8 +75,12 @@ type Server struct {
 	byTarget   map[targetKey]upstreamTransport // transports by the proxy's Target, cleared with each store generation
 	prunedGen  uint64                          // store generation the transports were pruned at
 
-	connMu sync.Mutex
-	conns  map[*streamConn]http.ConnState // the HTTP server's tunnels
+	connMu    sync.Mutex
+	conns     map[*streamConn]http.ConnState // the h2c server's tunnels
+	h1conns   map[*h1conn]struct{}           // the HTTP/1.x tunnels
+	h1Closing atomic.Bool                    // Shutdown: HTTP/1.x tunnels close after their answer
+
+	httpHandler http.Handler // the handler chain of both servers
 
 	serveOnce sync.Once
 	httpDone  chan struct{}
@@ -118,7 +122,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: log, transports: map[transportKey]upstreamTransport{}, byTarget: map[targetKey]upstreamTransport{},
 		httpDone: make(chan struct{}),
-		conns:    map[*streamConn]http.ConnState{}}
+		conns:    map[*streamConn]http.ConnState{}, h1conns: map[*h1conn]struct{}{}}
 	s.dialer = &hbone.Dialer{
 		TLSConfig: func(src, dst identity.SPIFFEID) (*tls.Config, error) {
 			return identity.ClientConfig(cfg.Cert, cfg.Roots, dst), nil
@@ -140,7 +144,8 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Tracer != nil {
 		h = cfg.Tracer.Handler(h)
 	}
-	s.http = proxy.NewServer(s.drainMark(h))
+	s.httpHandler = s.drainMark(h)
+	s.http = proxy.NewServer(s.httpHandler)
 	s.http.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
 		if sc, ok := c.(*streamConn); ok {
 			if sc.dest.workload != nil {
@@ -220,12 +225,14 @@ func (s *Server) serveStream(st *hbone.Stream) {
 		return
 	}
 	var pre []byte
+	kind := sniffMore
 	if protocol == configv1alpha1.ServiceRoutes_PROTOCOL_UNSPECIFIED {
 		timeout := s.cfg.SniffTimeout
 		if timeout <= 0 {
 			timeout = DefaultSniffTimeout
 		}
-		kind, b, err := sniff(st, timeout)
+		k, b, err := sniff(st, timeout)
+		kind = k
 		if err != nil {
 			_ = st.Reset()
 			return
@@ -238,6 +245,9 @@ func (s *Server) serveStream(st *hbone.Stream) {
 		pre = b
 	}
 	c := &streamConn{Stream: st, dest: d, source: sourceOf(st), pre: pre, done: make(chan struct{})}
+	if kind != sniffHTTP2 && !s.serveH1(c, kind == sniffHTTP1) {
+		return
+	}
 	if !s.ln.push(c) {
 		_ = st.Reset()
 		return
@@ -417,6 +427,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	// Shutdown closes the idle ones: run both at once.
 	herr := make(chan error, 1)
 	go func() { herr <- s.http.Shutdown(ctx) }()
+	s.h1Closing.Store(true)
+	s.closeIdleH1(nil)
 	err := s.hbone.Shutdown(ctx)
 	if e := <-herr; err == nil {
 		err = e
