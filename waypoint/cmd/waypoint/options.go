@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ambit-mesh/ambit/pkg/caclient"
+	"github.com/ambit-mesh/ambit/pkg/goruntime"
 	"github.com/ambit-mesh/ambit/pkg/hbone"
 	"github.com/ambit-mesh/ambit/pkg/identity"
 	"github.com/ambit-mesh/ambit/waypoint/server"
@@ -60,7 +61,7 @@ type options struct {
 	sniffTimeout  time.Duration
 	drainRemoved  time.Duration
 	logLevel      slog.Level
-	runtime       runtimeOptions
+	runtime       goruntime.Settings
 	showVersion   bool
 }
 
@@ -105,9 +106,8 @@ func parseOptions(args []string, getenv func(string) string, out io.Writer) (*op
 	sniff := fs.Duration("sniff-timeout", server.DefaultSniffTimeout, "how long to wait for a tunnel's first bytes on a port whose protocol nothing declares before passing it through as TCP")
 	drainRemoved := fs.Duration("drain-removed", server.DefaultDrainRemoved, "how long a service (or workload) that leaves the waypoint's configuration is still served, its answers telling clients to reconnect (HTTP/1.1 Connection: close, HTTP/2 GOAWAY); 0 stops serving it at once")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
-	maxProcs := fs.Int("gomaxprocs", defaultMaxProcs(getenv), "Go scheduler threads running Go code at once (GOMAXPROCS); 0: Go's default (the CPU count or the container's CPU limit); default $GOMAXPROCS if set, else "+fmt.Sprint(defaultGOMAXPROCS))
-	memLimit := fs.String("memory-limit", "", "soft limit of the Go runtime's memory (GOMEMLIMIT syntax, e.g. 48MiB); empty: $GOMEMLIMIT if set, else none; 0 or off: none")
-	gcPercent := fs.Int("gc-percent", defaultGCPercent(getenv), "garbage collection target percentage (GOGC); negative disables the collector except for -memory-limit; default $GOGC if set, else "+fmt.Sprint(defaultGOGC))
+	// One processor, GOGC 100: see docs/reference/waypoint.md, "Performance".
+	rt := goruntime.Register(fs, goruntime.Defaults{MaxProcs: 1, GCPercent: 100, LimitExample: "48MiB"}, getenv)
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -129,10 +129,10 @@ func parseOptions(args []string, getenv func(string) string, out io.Writer) (*op
 	if err := o.logLevel.UnmarshalText([]byte(*logLevel)); err != nil {
 		problems = append(problems, fmt.Sprintf("-log-level: %v", err))
 	}
-	if ro, err := parseRuntime(*maxProcs, *memLimit, *gcPercent); err != nil {
+	if rts, err := rt.Settings(); err != nil {
 		problems = append(problems, err.Error())
 	} else {
-		o.runtime = ro
+		o.runtime = rts
 	}
 	if *hbonePort == 0 || *hbonePort > 65535 {
 		problems = append(problems, "-endpoint-hbone-port must be within 1-65535")
