@@ -318,7 +318,7 @@ func (c *pacedChild) switches(b *testing.B) int {
 
 func startPacedChild(b *testing.B, dir, role, target string) *pacedChild {
 	b.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestPacedChild$", "-test.v")
+	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), "HBONE_PACED_ROLE="+role, "HBONE_PACED_DIR="+dir,
 		"HBONE_PACED_TARGET="+target, "GOMAXPROCS="+envOr("HBONE_PACED_PROCS", "1"), "GOGC=50")
 	cmd.Stderr = os.Stderr
@@ -348,30 +348,46 @@ func startPacedChild(b *testing.B, dir, role, target string) *pacedChild {
 	return nil
 }
 
-// TestPacedChild is a proxy process of BenchmarkPacedRequests; it skips
-// unless the benchmark started it.
-func TestPacedChild(t *testing.T) {
-	role := os.Getenv("HBONE_PACED_ROLE")
-	if role == "" {
-		t.Skip("started by BenchmarkPacedRequests only")
-	}
-	dir, target := os.Getenv("HBONE_PACED_DIR"), os.Getenv("HBONE_PACED_TARGET")
-	read := func(name string) []byte {
-		data, err := os.ReadFile(filepath.Join(dir, name))
-		if err != nil {
-			t.Fatal(err)
+// TestMain runs the test binary as a proxy process of
+// BenchmarkPacedRequests when the benchmark started it (HBONE_PACED_ROLE),
+// else the tests.
+func TestMain(m *testing.M) {
+	if role := os.Getenv("HBONE_PACED_ROLE"); role != "" {
+		if err := runPacedProxy(role); err != nil {
+			fmt.Fprintf(os.Stderr, "paced %s proxy: %v\n", role, err)
+			os.Exit(1)
 		}
-		return data
+		os.Exit(0)
 	}
-	cert, err := tls.X509KeyPair(read(role+".pem"), read(role+".key"))
+	os.Exit(m.Run())
+}
+
+// runPacedProxy is one proxy process of BenchmarkPacedRequests: it serves
+// until its standard input closes.
+func runPacedProxy(role string) error {
+	dir, target := os.Getenv("HBONE_PACED_DIR"), os.Getenv("HBONE_PACED_TARGET")
+	read := func(name string) ([]byte, error) { return os.ReadFile(filepath.Join(dir, name)) }
+	certPEM, err := read(role + ".pem")
 	if err != nil {
-		t.Fatal(err)
+		return err
+	}
+	keyPEM, err := read(role + ".key")
+	if err != nil {
+		return err
+	}
+	caPEM, err := read("ca.pem")
+	if err != nil {
+		return err
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return err
 	}
 	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(read("ca.pem"))
+	roots.AppendCertsFromPEM(caPEM)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	defer l.Close()
 	switch role {
@@ -418,7 +434,7 @@ func TestPacedChild(t *testing.T) {
 			}
 		}()
 	default:
-		t.Fatalf("unknown role %q", role)
+		return fmt.Errorf("unknown role %q", role)
 	}
 	fmt.Printf("listening %s\n", l.Addr())
 	_, _ = io.Copy(io.Discard, os.Stdin)
@@ -427,6 +443,7 @@ func TestPacedChild(t *testing.T) {
 		runtime.ReadMemStats(&ms)
 		fmt.Fprintf(os.Stderr, "%s: %d GCs, %d mallocs, %d bytes allocated, heap in use %d KiB\n", role, ms.NumGC, ms.Mallocs, ms.TotalAlloc, ms.HeapInuse>>10)
 	}
+	return nil
 }
 
 // pacedJoin joins as ztunnel does, counting bytes for its metrics.
