@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
+	"github.com/ambit-mesh/ambit/pkg/authzmatch"
 	"github.com/ambit-mesh/ambit/pkg/identity"
 )
 
@@ -202,7 +203,7 @@ func matches(a *configv1alpha1.Authorization, r Request) bool {
 func ruleMatches(rule *configv1alpha1.AuthorizationRule, r Request, deny bool) bool {
 	fromOK := len(rule.GetFrom()) == 0
 	for _, f := range rule.GetFrom() {
-		if sourceMatches(f, r) {
+		if authzmatch.SourceMatches(f, r.Peer) {
 			fromOK = true
 			break
 		}
@@ -221,32 +222,8 @@ func ruleMatches(rule *configv1alpha1.AuthorizationRule, r Request, deny bool) b
 	return false
 }
 
-func sourceMatches(f *configv1alpha1.AuthorizationRule_Source, r Request) bool {
-	authenticated := r.Peer != identity.SPIFFEID{}
-	principal, namespace := "", ""
-	if authenticated {
-		principal, namespace = r.Peer.String(), r.Peer.Namespace
-	}
-	if len(f.GetPrincipals()) > 0 && !(authenticated && anyMatch(f.GetPrincipals(), principal)) {
-		return false
-	}
-	if authenticated && anyMatch(f.GetNotPrincipals(), principal) {
-		return false
-	}
-	if len(f.GetNamespaces()) > 0 && !(authenticated && anyMatch(f.GetNamespaces(), namespace)) {
-		return false
-	}
-	if authenticated && anyMatch(f.GetNotNamespaces(), namespace) {
-		return false
-	}
-	return true
-}
-
 func operationMatches(op *configv1alpha1.AuthorizationRule_Operation, r Request, deny bool) bool {
-	if len(op.GetPorts()) > 0 && !slices.Contains(op.GetPorts(), r.Port) {
-		return false
-	}
-	if slices.Contains(op.GetNotPorts(), r.Port) {
+	if !authzmatch.PortMatches(op, r.Port) {
 		return false
 	}
 	if r.L4 {
@@ -256,43 +233,17 @@ func operationMatches(op *configv1alpha1.AuthorizationRule_Operation, r Request,
 	if len(op.GetMethods()) > 0 && !slices.Contains(op.GetMethods(), r.Method) {
 		return false
 	}
-	if len(op.GetPaths()) > 0 && !anyMatch(op.GetPaths(), r.Path) {
+	if len(op.GetPaths()) > 0 && !authzmatch.AnyMatch(op.GetPaths(), r.Path) {
 		return false
 	}
-	if anyMatch(op.GetNotPaths(), r.Path) {
+	if authzmatch.AnyMatch(op.GetNotPaths(), r.Path) {
 		return false
 	}
 	for _, h := range op.GetHeaders() {
 		vs := r.Header.Values(h.GetName())
-		if len(vs) == 0 || !anyMatch(h.GetValues(), strings.Join(vs, ",")) {
+		if len(vs) == 0 || !authzmatch.AnyMatch(h.GetValues(), strings.Join(vs, ",")) {
 			return false
 		}
 	}
 	return true
-}
-
-func anyMatch(patterns []string, v string) bool {
-	for _, p := range patterns {
-		if Match(p, v) {
-			return true
-		}
-	}
-	return false
-}
-
-// Match reports whether value matches pattern: "*" matches anything
-// non-empty, "prefix*" a prefix, "*suffix" a suffix, otherwise exact.
-// These are the semantics of ztunnel's L4 policy, extended to paths
-// ("/api/*", "*.png") and header values.
-func Match(pattern, value string) bool {
-	switch {
-	case pattern == "*":
-		return value != ""
-	case strings.HasSuffix(pattern, "*"):
-		return strings.HasPrefix(value, strings.TrimSuffix(pattern, "*"))
-	case strings.HasPrefix(pattern, "*"):
-		return strings.HasSuffix(value, strings.TrimPrefix(pattern, "*"))
-	default:
-		return pattern == value
-	}
 }

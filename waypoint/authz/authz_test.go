@@ -201,17 +201,3 @@ func TestCompileRejects(t *testing.T) {
 		t.Fatalf("decision %+v", d)
 	}
 }
-
-func TestMatch(t *testing.T) {
-	for _, c := range []struct {
-		p, v string
-		want bool
-	}{
-		{"*", "x", true}, {"*", "", false}, {"/a/*", "/a/b", true}, {"/a/*", "/a", false},
-		{"*.png", "/x.png", true}, {"*.png", "/x.jpg", false}, {"/a", "/a", true}, {"/a", "/a/", false},
-	} {
-		if got := Match(c.p, c.v); got != c.want {
-			t.Errorf("Match(%q, %q) = %v, want %v", c.p, c.v, got, c.want)
-		}
-	}
-}

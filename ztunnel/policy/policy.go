@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
+	"github.com/ambit-mesh/ambit/pkg/authzmatch"
 	"github.com/ambit-mesh/ambit/pkg/identity"
 	"github.com/ambit-mesh/ambit/ztunnel/config"
 )
@@ -99,7 +100,7 @@ func matches(a *configv1alpha1.Authorization, c Conn) bool {
 func ruleMatches(r *configv1alpha1.AuthorizationRule, c Conn) bool {
 	fromOK := len(r.GetFrom()) == 0
 	for _, f := range r.GetFrom() {
-		if sourceMatches(f, c) {
+		if authzmatch.SourceMatches(f, c.Peer) {
 			fromOK = true
 			break
 		}
@@ -111,62 +112,9 @@ func ruleMatches(r *configv1alpha1.AuthorizationRule, c Conn) bool {
 		return true
 	}
 	for _, op := range r.GetTo() {
-		if operationMatches(op, c) {
+		if authzmatch.PortMatches(op, uint32(c.DstPort)) {
 			return true
 		}
 	}
 	return false
-}
-
-func sourceMatches(f *configv1alpha1.AuthorizationRule_Source, c Conn) bool {
-	authenticated := c.Peer != identity.SPIFFEID{}
-	principal, namespace := "", ""
-	if authenticated {
-		principal, namespace = c.Peer.String(), c.Peer.Namespace
-	}
-	if len(f.GetPrincipals()) > 0 && !(authenticated && anyMatch(f.GetPrincipals(), principal)) {
-		return false
-	}
-	if authenticated && anyMatch(f.GetNotPrincipals(), principal) {
-		return false
-	}
-	if len(f.GetNamespaces()) > 0 && !(authenticated && anyMatch(f.GetNamespaces(), namespace)) {
-		return false
-	}
-	if authenticated && anyMatch(f.GetNotNamespaces(), namespace) {
-		return false
-	}
-	return true
-}
-
-func operationMatches(op *configv1alpha1.AuthorizationRule_Operation, c Conn) bool {
-	port := uint32(c.DstPort)
-	if len(op.GetPorts()) > 0 && !slices.Contains(op.GetPorts(), port) {
-		return false
-	}
-	return !slices.Contains(op.GetNotPorts(), port)
-}
-
-func anyMatch(patterns []string, v string) bool {
-	for _, p := range patterns {
-		if Match(p, v) {
-			return true
-		}
-	}
-	return false
-}
-
-// Match reports whether value matches pattern: "*" matches anything
-// non-empty, "prefix*" a prefix, "*suffix" a suffix, otherwise exact.
-func Match(pattern, value string) bool {
-	switch {
-	case pattern == "*":
-		return value != ""
-	case strings.HasSuffix(pattern, "*"):
-		return strings.HasPrefix(value, strings.TrimSuffix(pattern, "*"))
-	case strings.HasPrefix(pattern, "*"):
-		return strings.HasSuffix(value, strings.TrimPrefix(pattern, "*"))
-	default:
-		return pattern == value
-	}
 }

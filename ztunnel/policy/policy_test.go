@@ -141,17 +141,3 @@ func TestApplicable(t *testing.T) {
 		}
 	}
 }
-
-func TestMatch(t *testing.T) {
-	for _, tc := range []struct {
-		p, v string
-		want bool
-	}{
-		{"*", "x", true}, {"*", "", false}, {"a*", "abc", true}, {"a*", "ba", false},
-		{"*c", "abc", true}, {"*c", "cb", false}, {"abc", "abc", true}, {"abc", "abcd", false},
-	} {
-		if got := Match(tc.p, tc.v); got != tc.want {
-			t.Errorf("Match(%q, %q) = %v", tc.p, tc.v, got)
-		}
-	}
-}
