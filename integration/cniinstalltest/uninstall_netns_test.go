@@ -3,12 +3,10 @@
 package cniinstalltest
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -217,57 +215,6 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func serveEcho(t *testing.T, p *netlab.Pod, port int) {
-	t.Helper()
-	var ln net.Listener
-	if err := p.Do(func() (err error) { ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port)); return err }); err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-				_, _ = io.Copy(c, c)
-				_ = c.(*net.TCPConn).CloseWrite()
-			}()
-		}
-	}()
-}
-
-// echo sends a message from inside p to dst and expects it back.
-func echo(p *netlab.Pod, dst netip.AddrPort) error {
-	var c net.Conn
-	if err := p.Do(func() (err error) { c, err = net.DialTimeout("tcp", dst.String(), 3*time.Second); return err }); err != nil {
-		return fmt.Errorf("dial %s from %s: %w", dst, p.Name, err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	msg := bytes.Repeat([]byte("hello from "+p.Name+" "), 100)
-	if _, err := c.Write(msg); err != nil {
-		return fmt.Errorf("write: %w", err)
-	}
-	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
-		return fmt.Errorf("close write: %w", err)
-	}
-	got, err := io.ReadAll(c)
-	if err != nil {
-		return fmt.Errorf("read: %w (after %d bytes)", err, len(got))
-	}
-	if !bytes.Equal(got, msg) {
-		return fmt.Errorf("echo from %s returned %d bytes, want %d", dst, len(got), len(msg))
-	}
-	return nil
-}
-
 func rulesInstalled(t *testing.T, p *netlab.Pod) bool {
 	t.Helper()
 	ns, err := redirect.OpenNetns(p.NetnsPath())
@@ -414,9 +361,9 @@ func TestRestartKeepsUninstallReleases(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	serveEcho(t, b, echoPort)
+	b.ServeEcho(t, echoPort)
 	bAddr := netip.AddrPortFrom(b.IP, echoPort)
-	if err := echo(a, bAddr); err != nil {
+	if err := a.Echo(bAddr, a.Hello(100)); err != nil {
 		t.Fatalf("before the mesh: %v", err)
 	}
 
@@ -450,7 +397,7 @@ func TestRestartKeepsUninstallReleases(t *testing.T) {
 		t.Fatalf("conflist plugins %s", got)
 	}
 	before := z1.connectionsOpened(t)
-	if err := echo(a, bAddr); err != nil {
+	if err := a.Echo(bAddr, a.Hello(100)); err != nil {
 		t.Fatalf("through the mesh: %v", err)
 	}
 	if z1.connectionsOpened(t) <= before {
@@ -482,7 +429,7 @@ func TestRestartKeepsUninstallReleases(t *testing.T) {
 		if !rulesInstalled(t, a) || !rulesInstalled(t, b) {
 			t.Fatal("capture rules removed on a restart")
 		}
-		if err := echo(a, bAddr); err == nil {
+		if err := a.Echo(bAddr, a.Hello(100)); err == nil {
 			t.Fatal("a reached b while ztunnel is away: the capture must fail closed")
 		}
 		if got := listPods(t, f.pods()); !slices.Equal(got, []string{"a", "b"}) {
@@ -522,12 +469,12 @@ func TestRestartKeepsUninstallReleases(t *testing.T) {
 		if rulesInstalled(t, a) || rulesInstalled(t, b) {
 			t.Fatal("capture rules left in a pod")
 		}
-		if err := echo(a, bAddr); err != nil {
+		if err := a.Echo(bAddr, a.Hello(100)); err != nil {
 			t.Fatalf("a cannot reach b directly after the uninstall: %v", err)
 		}
 		// Nothing listens on ztunnel's ports in the pod any more.
 		for _, port := range []uint16{15001, 15006, 15008} {
-			if err := echo(a, netip.AddrPortFrom(b.IP, port)); err == nil || !strings.Contains(err.Error(), "refused") {
+			if err := a.Echo(netip.AddrPortFrom(b.IP, port), a.Hello(100)); err == nil || !strings.Contains(err.Error(), "refused") {
 				t.Fatalf("port %d in b: %v", port, err)
 			}
 		}

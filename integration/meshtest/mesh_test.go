@@ -73,8 +73,8 @@ func TestMesh(t *testing.T) {
 		return specs[i]
 	}
 	client, other, server, outsider := lp["client"], lp["other"], lp["server"], lp["outsider"]
-	serveEcho(t, server, echoPort)
-	serveEcho(t, client, echoPort)
+	server.ServeEcho(t, echoPort)
+	client.ServeEcho(t, echoPort)
 	serverAddr := netip.AddrPortFrom(server.IP, echoPort)
 	clientAddr := netip.AddrPortFrom(client.IP, echoPort)
 	vipAddr := netip.AddrPortFrom(vip, svcPort)
@@ -143,7 +143,7 @@ func TestMesh(t *testing.T) {
 			from *netlab.Pod
 			to   netip.AddrPort
 		}{{client, serverAddr}, {client, vipAddr}, {server, clientAddr}} {
-			if err := echo(c.from, c.to, hello(c.from)); err != nil {
+			if err := c.from.Echo(c.to, hello(c.from)); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -171,13 +171,13 @@ func TestMesh(t *testing.T) {
 		marker := newMarker(t)
 		frames := captureWhile(t, n0, func() {
 			for _, dst := range []netip.AddrPort{serverAddr, vipAddr} {
-				if err := echo(client, dst, bytes.Repeat(marker, 64)); err != nil {
+				if err := client.Echo(dst, bytes.Repeat(marker, 64)); err != nil {
 					t.Fatal(err)
 				}
 			}
 			// other has not talked to server yet: its first tunnel
 			// starts with a TLS handshake on the wire.
-			if err := echo(other, serverAddr, bytes.Repeat(marker, 64)); err != nil {
+			if err := other.Echo(serverAddr, bytes.Repeat(marker, 64)); err != nil {
 				t.Fatal(err)
 			}
 		})
@@ -241,7 +241,7 @@ func TestMesh(t *testing.T) {
 				t.Errorf("DENY client: %v", err)
 			}
 		}
-		if err := echo(other, serverAddr, hello(other)); err != nil {
+		if err := other.Echo(serverAddr, hello(other)); err != nil {
 			t.Errorf("DENY client must not block other: %v", err)
 		}
 		if d := denied() - d0; d < 2 {
@@ -250,10 +250,10 @@ func TestMesh(t *testing.T) {
 
 		cfg.write(policyFile, authzYAML("allow-other", "ALLOW", spec("other").principal()))
 		waitServerPolicies(t, z1, "allow-other")
-		if err := echo(other, serverAddr, hello(other)); err != nil {
+		if err := other.Echo(serverAddr, hello(other)); err != nil {
 			t.Errorf("ALLOW other: %v", err)
 		}
-		if err := echo(other, vipAddr, hello(other)); err != nil {
+		if err := other.Echo(vipAddr, hello(other)); err != nil {
 			t.Errorf("ALLOW other, through the service: %v", err)
 		}
 		if err := blocked(client, serverAddr); err != nil {
@@ -261,7 +261,7 @@ func TestMesh(t *testing.T) {
 		}
 
 		clearPolicy(t, cfg, z1)
-		if err := echo(client, serverAddr, hello(client)); err != nil {
+		if err := client.Echo(serverAddr, hello(client)); err != nil {
 			t.Errorf("no policy again: %v", err)
 		}
 	})
@@ -275,7 +275,7 @@ func TestMesh(t *testing.T) {
 			})
 		}
 		p0 := plainIn()
-		if err := echo(outsider, serverAddr, hello(outsider)); err != nil {
+		if err := outsider.Echo(serverAddr, hello(outsider)); err != nil {
 			t.Fatalf("PERMISSIVE (default) must admit plaintext from outside the mesh: %v", err)
 		}
 		if got := plainIn(); got < p0+1 {
@@ -290,11 +290,11 @@ func TestMesh(t *testing.T) {
 		if got := z1.metric(t, "ztunnel_connections_denied_total", map[string]string{"reason": "strict"}); got < strict0+1 {
 			t.Errorf("server's ztunnel counted %v STRICT refusals, want at least %v", got, strict0+1)
 		}
-		if err := echo(client, serverAddr, hello(client)); err != nil {
+		if err := client.Echo(serverAddr, hello(client)); err != nil {
 			t.Errorf("STRICT must admit the mesh client: %v", err)
 		}
 		clearPolicy(t, cfg, z1)
-		if err := echo(outsider, serverAddr, hello(outsider)); err != nil {
+		if err := outsider.Echo(serverAddr, hello(outsider)); err != nil {
 			t.Errorf("PERMISSIVE again: %v", err)
 		}
 	})
@@ -315,7 +315,7 @@ func TestMesh(t *testing.T) {
 		hb := hboneFrom(t, spec("client"))
 		marker := newMarker(t)
 		frames := captureWhile(t, n0, func() {
-			if err := echo(client, serverAddr, bytes.Repeat(marker, 64)); err != nil {
+			if err := client.Echo(serverAddr, bytes.Repeat(marker, 64)); err != nil {
 				t.Fatalf("unlabelled: plain TCP must work: %v", err)
 			}
 		})
@@ -339,7 +339,7 @@ func TestMesh(t *testing.T) {
 			t.Errorf("ztunnel_enrolled_pods = %v, %v after relabelling, want 2, 1", e0, e1)
 		}
 		frames = captureWhile(t, n0, func() {
-			if err := echo(client, serverAddr, bytes.Repeat(marker, 64)); err != nil {
+			if err := client.Echo(serverAddr, bytes.Repeat(marker, 64)); err != nil {
 				t.Fatalf("relabelled: %v", err)
 			}
 		})
@@ -361,7 +361,7 @@ func TestMesh(t *testing.T) {
 	})
 
 	t.Run("controller stopped", func(t *testing.T) {
-		conn, err := dial(client, serverAddr)
+		conn, err := client.DialTCP(serverAddr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -385,7 +385,7 @@ func TestMesh(t *testing.T) {
 			from *netlab.Pod
 			to   netip.AddrPort
 		}{{client, serverAddr}, {client, vipAddr}, {other, serverAddr}, {server, clientAddr}} {
-			if err := echo(c.from, c.to, hello(c.from)); err != nil {
+			if err := c.from.Echo(c.to, hello(c.from)); err != nil {
 				t.Errorf("new connection without controller: %v", err)
 			}
 		}
@@ -449,7 +449,7 @@ func TestMesh(t *testing.T) {
 				from *netlab.Pod
 				to   netip.AddrPort
 			}{{client, serverAddr}, {client, vipAddr}, {other, serverAddr}, {server, clientAddr}} {
-				if err := echo(c.from, c.to, hello(c.from)); err != nil {
+				if err := c.from.Echo(c.to, hello(c.from)); err != nil {
 					t.Errorf("after restarting %s: %v", z, err)
 				}
 			}
@@ -478,7 +478,7 @@ func TestMesh(t *testing.T) {
 			t.Errorf("a policy written after the controller came back: %v", err)
 		}
 		clearPolicy(t, cfg, z1)
-		if err := echo(client, serverAddr, hello(client)); err != nil {
+		if err := client.Echo(serverAddr, hello(client)); err != nil {
 			t.Error(err)
 		}
 	})
@@ -502,7 +502,7 @@ func TestMesh(t *testing.T) {
 		ca.start()
 		waitCaptured(t, map[*ztunnel]map[string]bool{z1: {"server": true}})
 		z1.waitReady(t, settle)
-		if err := echo(client, serverAddr, hello(client)); err != nil {
+		if err := client.Echo(serverAddr, hello(client)); err != nil {
 			t.Errorf("after the CA came back: %v", err)
 		}
 	})

@@ -11,105 +11,19 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
-	"sync"
-	"testing"
 	"time"
 
 	"github.com/ambit-mesh/ambit/integration/netlab"
 )
 
-// serveEcho runs an echo server on port inside a pod until the test ends:
-// every connection gets its bytes back, then a half-close.
-func serveEcho(t *testing.T, p *netlab.Pod, port int) {
-	t.Helper()
-	var ln net.Listener
-	if err := p.Do(func() (err error) { ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port)); return err }); err != nil {
-		t.Fatal(err)
-	}
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		conns = map[net.Conn]struct{}{}
-	)
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns[c] = struct{}{}
-			mu.Unlock()
-			wg.Go(func() {
-				defer func() {
-					mu.Lock()
-					delete(conns, c)
-					mu.Unlock()
-					c.Close()
-				}()
-				_ = c.SetDeadline(time.Now().Add(90 * time.Second))
-				_, _ = io.Copy(c, c)
-				_ = c.(*net.TCPConn).CloseWrite()
-			})
-		}
-	})
-}
-
-// dial connects from inside a pod.
-func dial(p *netlab.Pod, dst netip.AddrPort) (*net.TCPConn, error) {
-	var c net.Conn
-	err := p.Do(func() (err error) {
-		c, err = net.DialTimeout("tcp", dst.String(), 3*time.Second)
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("dial %s from %s: %w", dst, p.Name, err)
-	}
-	return c.(*net.TCPConn), nil
-}
-
-// echo sends msg from a pod to dst, half-closes, and expects the same bytes
-// back followed by EOF.
-func echo(p *netlab.Pod, dst netip.AddrPort, msg []byte) error {
-	c, err := dial(p, dst)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.Write(msg); err != nil {
-		return fmt.Errorf("%s -> %s: write: %w", p.Name, dst, err)
-	}
-	if err := c.CloseWrite(); err != nil {
-		return fmt.Errorf("%s -> %s: close write: %w", p.Name, dst, err)
-	}
-	got, err := io.ReadAll(c)
-	if err != nil {
-		return fmt.Errorf("%s -> %s: read: %w (after %d bytes)", p.Name, dst, err, len(got))
-	}
-	if !bytes.Equal(got, msg) {
-		return fmt.Errorf("%s -> %s: echo returned %d bytes, want %d", p.Name, dst, len(got), len(msg))
-	}
-	return nil
-}
-
-func hello(p *netlab.Pod) []byte { return bytes.Repeat([]byte("hello from "+p.Name+"; "), 200) }
+func hello(p *netlab.Pod) []byte { return p.Hello(200) }
 
 // blocked checks that a connection from a pod to dst is refused or reset
 // and that not one byte of the echo comes back. The dial itself may succeed:
 // it ends at the client's own ztunnel, which resets the connection when the
 // upstream refuses.
 func blocked(p *netlab.Pod, dst netip.AddrPort) error {
-	c, err := dial(p, dst)
+	c, err := p.DialTCP(dst)
 	if err != nil {
 		return nil // refused at once
 	}
@@ -134,7 +48,7 @@ func blocked(p *netlab.Pod, dst netip.AddrPort) error {
 // transfer sends size pseudo-random bytes from a pod to an echo server at
 // dst while reading the echo, and compares SHA-256 and length both ways.
 func transfer(p *netlab.Pod, dst netip.AddrPort, size int64, seed uint64) error {
-	c, err := dial(p, dst)
+	c, err := p.DialTCP(dst)
 	if err != nil {
 		return err
 	}

@@ -3,16 +3,11 @@
 package ztunneltest
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"fmt"
-	"io"
 	"net"
-	"net/netip"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -162,63 +157,6 @@ func workload(p *netlab.Pod, node string, enrolled bool) *configv1alpha1.Workloa
 		Enrolled: enrolled, Ready: true, MtlsMode: configv1alpha1.MTLSMode_MTLS_MODE_PERMISSIVE,
 		CanonicalName: p.Name, CanonicalRevision: "v1", WorkloadName: p.Name + "-deploy", TrustDomain: trustDomain,
 	}
-}
-
-// serveEcho runs an echo server on port inside a pod until the test ends.
-func serveEcho(t *testing.T, p *netlab.Pod, port int) {
-	t.Helper()
-	var ln net.Listener
-	if err := p.Do(func() (err error) { ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port)); return err }); err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-				_, _ = io.Copy(c, c)
-				_ = c.(*net.TCPConn).CloseWrite()
-			}()
-		}
-	}()
-}
-
-// echo connects from inside a pod to dst, sends a message, half-closes and
-// expects the same bytes back followed by EOF.
-func echo(p *netlab.Pod, dst netip.AddrPort) error {
-	var c net.Conn
-	err := p.Do(func() (err error) {
-		c, err = net.DialTimeout("tcp", dst.String(), 3*time.Second)
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("dial %s from %s: %w", dst, p.Name, err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	msg := bytes.Repeat([]byte("hello from "+p.Name+" "), 1000)
-	if _, err := c.Write(msg); err != nil {
-		return fmt.Errorf("write: %w", err)
-	}
-	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
-		return fmt.Errorf("close write: %w", err)
-	}
-	got, err := io.ReadAll(c)
-	if err != nil {
-		return fmt.Errorf("read: %w (after %d bytes)", err, len(got))
-	}
-	if !bytes.Equal(got, msg) {
-		return fmt.Errorf("echo from %s returned %d bytes, want %d", dst, len(got), len(msg))
-	}
-	return nil
 }
 
 // metricValue sums a metric's samples whose labels include every pair in want.

@@ -134,7 +134,7 @@ func TestPodSOCKS5(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	serveEcho(t, b, echoPort)
+	b.ServeEcho(t, echoPort)
 	ca, err := identity.NewRootAuthority(trustDomain, time.Hour)
 	if err != nil {
 		t.Fatal(err)

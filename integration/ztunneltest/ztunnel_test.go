@@ -72,7 +72,7 @@ func TestZtunnelEndToEnd(t *testing.T) {
 		pods[name] = p
 	}
 	a, b, c, u, wp := pods["a"], pods["b"], pods["c"], pods["u"], pods["wp"]
-	serveEcho(t, b, echoPort)
+	b.ServeEcho(t, echoPort)
 	bAddr := netip.AddrPortFrom(b.IP, echoPort)
 	vipAddr := netip.AddrPortFrom(vip, 80)
 
@@ -113,7 +113,7 @@ func TestZtunnelEndToEnd(t *testing.T) {
 
 	aID, bID := spiffe("a"), spiffe("b")
 	t.Run("pod to pod over HBONE", func(t *testing.T) {
-		if err := echo(a, bAddr); err != nil {
+		if err := a.Echo(bAddr, a.Hello(1000)); err != nil {
 			t.Fatal(err)
 		}
 		// The server side saw a tunnel whose verified peer is pod a.
@@ -133,7 +133,7 @@ func TestZtunnelEndToEnd(t *testing.T) {
 
 	t.Run("service VIP", func(t *testing.T) {
 		for range 3 {
-			if err := echo(a, vipAddr); err != nil {
+			if err := a.Echo(vipAddr, a.Hello(1000)); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -147,7 +147,7 @@ func TestZtunnelEndToEnd(t *testing.T) {
 	})
 
 	t.Run("plaintext from an unenrolled pod under PERMISSIVE", func(t *testing.T) {
-		if err := echo(u, bAddr); err != nil {
+		if err := u.Echo(bAddr, u.Hello(1000)); err != nil {
 			t.Fatal(err)
 		}
 		if v := metricValue(t, z1, "istio_tcp_connections_opened_total", map[string]string{
@@ -170,8 +170,8 @@ func TestZtunnelEndToEnd(t *testing.T) {
 			t.Errorf("closed port: %v, want 503", err)
 		}
 		// An unenrolled destination is reached in plain TCP.
-		serveEcho(t, u, echoPort)
-		if err := echo(a, netip.AddrPortFrom(u.IP, echoPort)); err != nil {
+		u.ServeEcho(t, echoPort)
+		if err := a.Echo(netip.AddrPortFrom(u.IP, echoPort), a.Hello(1000)); err != nil {
 			t.Fatal(err)
 		}
 		if v := metricValue(t, z0, "istio_tcp_connections_opened_total", map[string]string{
@@ -184,7 +184,7 @@ func TestZtunnelEndToEnd(t *testing.T) {
 			Endpoints: []*configv1alpha1.Endpoint{{Workload: ns + "/b", Address: b.IP.String(), Ready: false}}}}
 		m.publish()
 		eventually(t, "service without endpoint refused", func() bool {
-			return echo(a, netip.MustParseAddrPort("10.250.255.30:80")) != nil &&
+			return a.Echo(netip.MustParseAddrPort("10.250.255.30:80"), a.Hello(1000)) != nil &&
 				metricValue(t, z0, "ztunnel_outbound_errors_total", map[string]string{"reason": "no_endpoint"}) >= 1
 		})
 		m.extra = nil
@@ -199,11 +199,11 @@ func TestZtunnelEndToEnd(t *testing.T) {
 		}}
 		m.workloads["b"].AuthorizationPolicies = []string{ns + "/deny-a"}
 		m.publish()
-		eventually(t, "policy applied", func() bool { return echo(a, bAddr) != nil })
-		if err := echo(a, vipAddr); err == nil {
+		eventually(t, "policy applied", func() bool { return a.Echo(bAddr, a.Hello(1000)) != nil })
+		if err := a.Echo(vipAddr, a.Hello(1000)); err == nil {
 			t.Error("a reached b through the service despite the DENY policy")
 		}
-		if err := echo(c, bAddr); err != nil {
+		if err := c.Echo(bAddr, c.Hello(1000)); err != nil {
 			t.Errorf("c was denied: %v", err)
 		}
 		if v := metricValue(t, z1, "ztunnel_connections_denied_total", map[string]string{"reason": "policy"}); v < 1 {
@@ -223,23 +223,23 @@ func TestZtunnelEndToEnd(t *testing.T) {
 		m.publish()
 		// Plaintext (no principal) matches no ALLOW on principals: u is
 		// refused only once the ALLOW policy is in place.
-		eventually(t, "ALLOW applied", func() bool { return echo(u, bAddr) != nil })
-		if err := echo(a, bAddr); err == nil {
+		eventually(t, "ALLOW applied", func() bool { return u.Echo(bAddr, u.Hello(1000)) != nil })
+		if err := a.Echo(bAddr, a.Hello(1000)); err == nil {
 			t.Error("a matched an ALLOW for c")
 		}
-		if err := echo(c, bAddr); err != nil {
+		if err := c.Echo(bAddr, c.Hello(1000)); err != nil {
 			t.Errorf("c was refused by an ALLOW for c: %v", err)
 		}
 		m.authz = nil
 		m.publish()
-		eventually(t, "policy removed", func() bool { return echo(a, bAddr) == nil })
+		eventually(t, "policy removed", func() bool { return a.Echo(bAddr, a.Hello(1000)) == nil })
 	})
 
 	t.Run("STRICT refuses plaintext", func(t *testing.T) {
 		m.workloads["b"].MtlsMode = configv1alpha1.MTLSMode_MTLS_MODE_STRICT
 		m.publish()
-		eventually(t, "STRICT applied", func() bool { return echo(u, bAddr) != nil })
-		if err := echo(a, bAddr); err != nil {
+		eventually(t, "STRICT applied", func() bool { return u.Echo(bAddr, u.Hello(1000)) != nil })
+		if err := a.Echo(bAddr, a.Hello(1000)); err != nil {
 			t.Errorf("HBONE refused under STRICT: %v", err)
 		}
 		if v := metricValue(t, z1, "ztunnel_connections_denied_total", map[string]string{"reason": "strict"}); v < 1 {
@@ -247,7 +247,7 @@ func TestZtunnelEndToEnd(t *testing.T) {
 		}
 		m.workloads["b"].MtlsMode = configv1alpha1.MTLSMode_MTLS_MODE_PERMISSIVE
 		m.publish()
-		eventually(t, "PERMISSIVE applied", func() bool { return echo(u, bAddr) == nil })
+		eventually(t, "PERMISSIVE applied", func() bool { return u.Echo(bAddr, u.Hello(1000)) == nil })
 	})
 
 	t.Run("unenrolling a pod stops capture without restart", func(t *testing.T) {
@@ -256,7 +256,7 @@ func TestZtunnelEndToEnd(t *testing.T) {
 		eventually(t, "a released", func() bool { return !z0.captured("a") })
 		before := metricValue(t, z1, "istio_tcp_connections_opened_total", map[string]string{
 			"reporter": "destination", "connection_security_policy": "none", "source_workload": "a-deploy"})
-		if err := echo(a, bAddr); err != nil {
+		if err := a.Echo(bAddr, a.Hello(1000)); err != nil {
 			t.Fatal(err)
 		}
 		after := metricValue(t, z1, "istio_tcp_connections_opened_total", map[string]string{
@@ -267,7 +267,7 @@ func TestZtunnelEndToEnd(t *testing.T) {
 		m.workloads["a"].Enrolled = true
 		m.publish()
 		eventually(t, "a captured again", func() bool { return z0.captured("a") })
-		if err := echo(a, bAddr); err != nil {
+		if err := a.Echo(bAddr, a.Hello(1000)); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -290,12 +290,12 @@ func TestZtunnelEndToEnd(t *testing.T) {
 		m.workloads["b"].Waypoint = ref
 		m.publish()
 		eventually(t, "service traffic through the waypoint", func() bool {
-			return echo(a, vipAddr) == nil && fw.saw(vipAddr.String()+" "+aID)
+			return a.Echo(vipAddr, a.Hello(1000)) == nil && fw.saw(vipAddr.String()+" "+aID)
 		})
 		// Workloads and Services arrive as separate xDS types: wait for b's
 		// waypoint too.
 		eventually(t, "pod traffic through the waypoint", func() bool {
-			return echo(a, bAddr) == nil && fw.saw(bAddr.String()+" "+aID)
+			return a.Echo(bAddr, a.Hello(1000)) == nil && fw.saw(bAddr.String()+" "+aID)
 		})
 		h := fw.lastHeader()
 		if got := h.Get("Forwarded"); got != "for="+a.IP.String() {
@@ -340,7 +340,7 @@ func TestZtunnelEndToEnd(t *testing.T) {
 		m.workloads["b"].Identity = spiffe("b2")
 		m.publish()
 		eventually(t, "b serves as b2", func() bool {
-			return echo(a, bAddr) == nil && metricValue(t, z1, "istio_tcp_connections_opened_total", map[string]string{
+			return a.Echo(bAddr, a.Hello(1000)) == nil && metricValue(t, z1, "istio_tcp_connections_opened_total", map[string]string{
 				"reporter": "destination", "destination_principal": spiffe("b2"), "source_principal": aID}) >= 1
 		})
 		if _, err := long.Write([]byte("after")); err != nil {
@@ -361,7 +361,7 @@ func TestZtunnelEndToEnd(t *testing.T) {
 					return false
 				}
 			}
-			return echo(a, bAddr) == nil
+			return a.Echo(bAddr, a.Hello(1000)) == nil
 		})
 	})
 
@@ -373,7 +373,7 @@ func TestZtunnelEndToEnd(t *testing.T) {
 		m.workloads["c"] = bad
 		m.publish()
 		eventually(t, "NACK", func() bool { return z0.d.XDS().Status().Nacks > nacks })
-		if err := echo(c, bAddr); err != nil {
+		if err := c.Echo(bAddr, c.Hello(1000)); err != nil {
 			t.Errorf("traffic with the last good configuration: %v", err)
 		}
 		if w := z0.d.Store().Snapshot().Workload(ns + "/c"); w == nil || len(w.Addresses) != 1 || w.Addresses[0] != c.IP {
@@ -411,7 +411,7 @@ func TestZtunnelEndToEnd(t *testing.T) {
 		if rules, err := redirect.Rules(t.Context(), cns); err != nil || rules.Installed {
 			t.Errorf("rules after removal: %+v, %v", rules, err)
 		}
-		if err := echo(c, bAddr); err != nil {
+		if err := c.Echo(bAddr, c.Hello(1000)); err != nil {
 			t.Fatal(err)
 		}
 		if v := metricValue(t, z1, "istio_tcp_connections_opened_total", map[string]string{
@@ -472,7 +472,7 @@ func TestZtunnelEndToEnd(t *testing.T) {
 		}
 		x.g.Stop()
 		// While ztunnel is away the rules stay: b is not reachable around the mesh.
-		if err := echo(u, bAddr); err == nil {
+		if err := u.Echo(bAddr, u.Hello(1000)); err == nil {
 			t.Error("plaintext reached b while its ztunnel was down")
 		}
 		z1b := startZtunnel(t, "node1", x.addr, files1, ca)
@@ -480,8 +480,8 @@ func TestZtunnelEndToEnd(t *testing.T) {
 		if st := z1b.d.XDS().Status(); !st.FromDisk || st.Connected {
 			t.Errorf("xds status after restart without controller: %+v", st)
 		}
-		eventually(t, "a reaches b again", func() bool { return echo(a, bAddr) == nil })
-		if err := echo(c, vipAddr); err != nil {
+		eventually(t, "a reaches b again", func() bool { return a.Echo(bAddr, a.Hello(1000)) == nil })
+		if err := c.Echo(vipAddr, c.Hello(1000)); err != nil {
 			t.Error(err)
 		}
 		if v := metricValue(t, z1b, "istio_tcp_connections_opened_total", map[string]string{
