@@ -131,12 +131,12 @@ func (p *Pod) servePlaintext(c *net.TCPConn) {
 		reset(c)
 		return
 	}
-	if !p.track(app) {
+	if !p.conns.track(app) {
 		_ = app.Close()
 		reset(c)
 		return
 	}
-	defer p.untrack(app)
+	defer p.conns.untrack(app)
 	mc := p.env.Metrics.Open(labels)
 	defer mc.Close()
 	join(c, app, mc)

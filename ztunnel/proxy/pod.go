@@ -67,9 +67,7 @@ type Pod struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
-	closed bool
+	conns connSet
 }
 
 // StartPod starts serving cfg.Listeners.
@@ -83,7 +81,7 @@ func StartPod(env *Env, cfg PodConfig) *Pod {
 		timeout = DefaultDialTimeout
 	}
 	log = log.With("pod", cfg.Name)
-	p := &Pod{env: env, cfg: cfg, log: log, conns: map[net.Conn]struct{}{}}
+	p := &Pod{env: env, cfg: cfg, log: log, conns: newConnSet()}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.dialer = &redirect.Dialer{Netns: cfg.Netns, Timeout: timeout}
 	p.timeout = timeout
@@ -117,15 +115,10 @@ func (p *Pod) Identity() identity.SPIFFEID { return p.cfg.Identity }
 // Close stops serving: it closes the listeners, aborts the connections being
 // proxied, and waits for the accept loops.
 func (p *Pod) Close() error {
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
+	conns, ok := p.conns.shut()
+	if !ok {
 		return nil
 	}
-	p.closed = true
-	conns := p.conns
-	p.conns = nil
-	p.mu.Unlock()
 	p.cancel()
 	err := p.cfg.Listeners.Close()
 	_ = p.server.Close()
@@ -144,10 +137,7 @@ func (p *Pod) Close() error {
 // closed when that is done.
 func (p *Pod) Drain(timeout time.Duration) <-chan struct{} {
 	done := make(chan struct{})
-	p.mu.Lock()
-	closed := p.closed
-	p.mu.Unlock()
-	if closed {
+	if p.conns.isShut() {
 		close(done)
 		return done
 	}
@@ -157,27 +147,10 @@ func (p *Pod) Drain(timeout time.Duration) <-chan struct{} {
 		ctx, cancel := context.WithTimeout(p.ctx, timeout)
 		defer cancel()
 		_ = p.server.Shutdown(ctx)
-		tick := time.NewTicker(20 * time.Millisecond)
-		defer tick.Stop()
-		for p.active() > 0 && ctx.Err() == nil {
-			select {
-			case <-ctx.Done():
-			case <-tick.C:
-			}
-		}
-		if n := p.active(); n > 0 {
-			p.log.Info("drain ended; closing connections", "open", n)
-		}
+		p.conns.waitIdle(ctx, p.log)
 		_ = p.Close()
 	}()
 	return done
-}
-
-// active counts the connections being proxied (not HBONE streams).
-func (p *Pod) active() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return len(p.conns)
 }
 
 func (p *Pod) acceptLoop(ln net.Listener, what string, serve func(*net.TCPConn)) {
@@ -204,35 +177,16 @@ func (p *Pod) acceptLoop(ln net.Listener, what string, serve func(*net.TCPConn))
 			_ = c.Close()
 			continue
 		}
-		if !p.track(tc) {
+		if !p.conns.track(tc) {
 			_ = tc.Close()
 			return
 		}
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
-			defer p.untrack(tc)
+			defer p.conns.untrack(tc)
 			serve(tc)
 		}()
-	}
-}
-
-// track registers a connection to abort on Close; false when closed.
-func (p *Pod) track(c net.Conn) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
-		return false
-	}
-	p.conns[c] = struct{}{}
-	return true
-}
-
-func (p *Pod) untrack(c net.Conn) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.conns != nil {
-		delete(p.conns, c)
 	}
 }
 

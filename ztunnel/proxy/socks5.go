@@ -52,11 +52,9 @@ type SOCKS5 struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu sync.Mutex
 	// conns maps each client connection being served to its upstream
 	// (nil until opened): Close closes both.
-	conns  map[net.Conn]net.Conn
-	closed bool
+	conns connSet
 }
 
 // NewSOCKS5 returns a node-level SOCKS5 server acting for the workload
@@ -80,7 +78,7 @@ func NewPodSOCKS5(env *Env, source string, srcIP netip.Addr, dial func(ctx conte
 
 func newSOCKS5(env *Env, source string, srcIP netip.Addr, dial func(ctx context.Context, network, address string) (net.Conn, error)) *SOCKS5 {
 	o := NewOutbound(env, source, dial)
-	s := &SOCKS5{out: o, log: o.log.With("listener", "socks5", "source", source), srcIP: srcIP, conns: map[net.Conn]net.Conn{}}
+	s := &SOCKS5{out: o, log: o.log.With("listener", "socks5", "source", source), srcIP: srcIP, conns: newConnSet()}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s
 }
@@ -123,7 +121,7 @@ func (s *SOCKS5) Accept(ln net.Listener) error {
 			}
 		}
 		delay = 0
-		if !s.track(c) {
+		if !s.conns.track(c) {
 			_ = c.Close()
 			return nil
 		}
@@ -143,11 +141,7 @@ func isTemporary(err error) bool {
 }
 
 // Active counts the connections being served.
-func (s *SOCKS5) Active() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.conns)
-}
+func (s *SOCKS5) Active() int { return s.conns.active() }
 
 // Drain lets the connections being served finish for up to timeout, then
 // closes whatever is left as Close does; the returned channel is closed
@@ -158,17 +152,7 @@ func (s *SOCKS5) Drain(timeout time.Duration) <-chan struct{} {
 		defer close(done)
 		ctx, cancel := context.WithTimeout(s.ctx, timeout)
 		defer cancel()
-		tick := time.NewTicker(20 * time.Millisecond)
-		defer tick.Stop()
-		for s.Active() > 0 && ctx.Err() == nil {
-			select {
-			case <-ctx.Done():
-			case <-tick.C:
-			}
-		}
-		if n := s.Active(); n > 0 {
-			s.log.Info("drain ended; closing connections", "open", n)
-		}
+		s.conns.waitIdle(ctx, s.log)
 		_ = s.Close()
 	}()
 	return done
@@ -177,15 +161,10 @@ func (s *SOCKS5) Drain(timeout time.Duration) <-chan struct{} {
 // Close aborts every connection being served, waits for their goroutines
 // and closes the pooled tunnels. Accept returns nil afterwards.
 func (s *SOCKS5) Close() error {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
+	conns, ok := s.conns.shut()
+	if !ok {
 		return nil
 	}
-	s.closed = true
-	conns := s.conns
-	s.conns = nil
-	s.mu.Unlock()
 	s.cancel()
 	for c, up := range conns {
 		_ = c.Close()
@@ -197,33 +176,9 @@ func (s *SOCKS5) Close() error {
 	return s.out.Close()
 }
 
-func (s *SOCKS5) track(c net.Conn) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return false
-	}
-	s.conns[c] = nil
-	return true
-}
-
-// setUpstream records the upstream of c; false when closed.
-func (s *SOCKS5) setUpstream(c, up net.Conn) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return false
-	}
-	s.conns[c] = up
-	return true
-}
-
+// untrack forgets c and closes it.
 func (s *SOCKS5) untrack(c net.Conn) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.conns != nil {
-		delete(s.conns, c)
-	}
+	s.conns.untrack(c)
 	_ = c.Close()
 }
 
@@ -257,7 +212,7 @@ func (s *SOCKS5) serve(c net.Conn) {
 		_ = socksReply(c, code)
 		return
 	}
-	if !s.setUpstream(c, up) {
+	if !s.conns.setUpstream(c, up) {
 		_ = up.Close()
 		return
 	}
