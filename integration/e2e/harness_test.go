@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -401,10 +402,11 @@ func (e *env) adminGet(ns, pod string, port int, path string) (string, error) {
 	}
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
 	// "Forwarding from 127.0.0.1:NNNNN -> 15000"
-	var local string
-	buf := make([]byte, 256)
-	n, _ := io.ReadAtLeast(out, buf, 1)
-	for _, f := range strings.Fields(string(buf[:n])) {
+	var local, first string
+	if sc := bufio.NewScanner(out); sc.Scan() {
+		first = sc.Text()
+	}
+	for _, f := range strings.Fields(first) {
 		if strings.HasPrefix(f, "127.0.0.1:") {
 			local = f
 			break
@@ -413,7 +415,7 @@ func (e *env) adminGet(ns, pod string, port int, path string) (string, error) {
 	if local == "" {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
-		return "", fmt.Errorf("port-forward to %s/%s:%d: unexpected output %q %q", ns, pod, port, buf[:n], stderr.String())
+		return "", fmt.Errorf("port-forward to %s/%s:%d: unexpected output %q %q", ns, pod, port, first, stderr.String())
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+local+path, nil)
 	if err != nil {
