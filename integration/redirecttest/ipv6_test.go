@@ -114,7 +114,10 @@ func TestRedirectionIPv6(t *testing.T) {
 	}
 
 	hbone := netip.AddrPortFrom(aIP, redirect.HBONEPort)
-	expect(t, "pod c -> [pod a]:15008", connectFrom(t, c.Do, hbone), "hbone", hbone)
+	// Untracked (the conntrack bypass): no original destination.
+	if r := connectFrom(t, c.Do, hbone); r.Server != "hbone" || r.OrigDst.IsValid() || r.Local != hbone {
+		t.Errorf("pod c -> [pod a]:15008: %+v, want hbone, untracked, local %v", r, hbone)
+	}
 	expect(t, "node -> [pod a]:8080", connectFrom(t, node.Do, podA), "app-a", netip.AddrPort{})
 	expect(t, "pod a -> [pod a]:8080", connectFrom(t, a.Do, podA), "app-a", netip.AddrPort{})
 }

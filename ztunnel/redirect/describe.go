@@ -56,6 +56,13 @@ func describe(es []expr.Any) string {
 		switch e := e.(type) {
 		case *expr.Meta:
 			load, mask = metaName(e.Key), nil
+		case *expr.Socket:
+			load, mask = "socket mark", nil
+			if e.Key != expr.SocketKeyMark {
+				load = fmt.Sprintf("socket key%d", e.Key)
+			}
+		case *expr.Notrack:
+			parts = append(parts, "notrack")
 		case *expr.Payload:
 			load, mask = payloadName(e), nil
 		case *expr.Bitwise:
@@ -115,18 +122,22 @@ func payloadName(p *expr.Payload) string {
 
 func describeCmp(load string, mask []byte, c *expr.Cmp) string {
 	op := "=="
-	if c.Op != expr.CmpOpEq {
+	switch c.Op {
+	case expr.CmpOpEq:
+	case expr.CmpOpNeq:
+		op = "!="
+	default:
 		op = fmt.Sprintf("op%d", c.Op)
 	}
 	d := c.Data
 	switch load {
-	case "meta mark":
+	case "meta mark", "socket mark":
 		if len(d) == 4 {
 			v := fmt.Sprintf("%#x", binary.NativeEndian.Uint32(d))
 			if len(mask) == 4 {
-				return fmt.Sprintf("meta mark & %#x %s %s", binary.NativeEndian.Uint32(mask), op, v)
+				return fmt.Sprintf("%s & %#x %s %s", load, binary.NativeEndian.Uint32(mask), op, v)
 			}
-			return fmt.Sprintf("meta mark %s %s", op, v)
+			return fmt.Sprintf("%s %s %s", load, op, v)
 		}
 	case "iifname", "oifname":
 		return fmt.Sprintf("%s %s %q", load, op, strings.TrimRight(string(d), "\x00"))

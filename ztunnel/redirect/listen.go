@@ -5,7 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
+	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // The ports ztunnel opens inside every enrolled pod. An application of an
@@ -28,9 +32,18 @@ const (
 // receiving interface's primary address for inbound), which the wildcard
 // covers. The listener may be used from any goroutine.
 func (n *Netns) Listen(ctx context.Context, port uint16) (net.Listener, error) {
+	return n.listen(ctx, port, 0)
+}
+
+// listen is Listen with a socket mark (0: none) on the listener, which the
+// connections it accepts inherit.
+func (n *Netns) listen(ctx context.Context, port uint16, mark uint32) (net.Listener, error) {
 	var ln net.Listener
 	err := n.Do(ctx, func() error {
 		var lc net.ListenConfig
+		if mark != 0 {
+			lc.Control = markControl(mark)
+		}
 		var err error
 		ln, err = lc.Listen(ctx, "tcp", net.JoinHostPort("", strconv.Itoa(int(port))))
 		return err
@@ -49,7 +62,10 @@ type Listeners struct {
 }
 
 // ListenAll opens the outbound, inbound and HBONE listeners inside the
-// namespace. On error none is left open.
+// namespace. On error none is left open. The HBONE listener carries Mark, so
+// the tunnels it accepts are ztunnel's own sockets for the capture rules
+// (the other two must not: their connections are redirected, and their
+// replies need conntrack to be translated back).
 func (n *Netns) ListenAll(ctx context.Context) (*Listeners, error) {
 	ls := &Listeners{}
 	var err error
@@ -60,7 +76,7 @@ func (n *Netns) ListenAll(ctx context.Context) (*Listeners, error) {
 		_ = ls.Close()
 		return nil, err
 	}
-	if ls.HBONE, err = n.Listen(ctx, HBONEPort); err != nil {
+	if ls.HBONE, err = n.listen(ctx, HBONEPort, Mark); err != nil {
 		_ = ls.Close()
 		return nil, err
 	}
@@ -76,4 +92,20 @@ func (l *Listeners) Close() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// markControl sets SO_MARK on a socket before it is bound.
+func markControl(mark uint32) func(network, address string, c syscall.RawConn) error {
+	return func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark))
+		}); err != nil {
+			return err
+		}
+		if serr != nil {
+			return os.NewSyscallError("setsockopt SO_MARK", serr)
+		}
+		return nil
+	}
 }

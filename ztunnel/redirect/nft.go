@@ -12,6 +12,9 @@ import (
 // netlink transaction: the table is created, deleted and created again with
 // its chains and rules, so the pod is never half-captured and a second
 // Install leaves exactly one copy of each rule. Other tables are not touched.
+//
+// A kernel that cannot run the conntrack bypass (nftables' socket
+// expression, Linux 5.x) gets the capture rules without it, and a warning.
 func Install(ctx context.Context, ns *Netns, cfg Config) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -20,6 +23,24 @@ func Install(ctx context.Context, ns *Netns, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	err = installSpecs(ns, specs)
+	if err != nil && !cfg.NoConntrackBypass {
+		plain := cfg
+		plain.NoConntrackBypass = true
+		if specs, perr := buildRules(plain); perr == nil && installSpecs(ns, specs) == nil {
+			slog.WarnContext(ctx, "redirection installed without the conntrack bypass", "netns", ns.Path(), "err", err)
+			return nil
+		}
+	}
+	if err != nil {
+		return err
+	}
+	slog.DebugContext(ctx, "redirection installed", "netns", ns.Path(), "rules", len(specs))
+	return nil
+}
+
+// installSpecs runs the replace transaction for specs.
+func installSpecs(ns *Netns, specs []ruleSpec) error {
 	conn, err := dial(ns)
 	if err != nil {
 		return err
@@ -29,7 +50,6 @@ func Install(ctx context.Context, ns *Netns, cfg Config) error {
 	if err := conn.Flush(); err != nil {
 		return fmt.Errorf("redirect: install nftables rules in %s: %w", ns, err)
 	}
-	slog.DebugContext(ctx, "redirection installed", "netns", ns.Path(), "rules", len(specs))
 	return nil
 }
 
@@ -39,9 +59,15 @@ func queueInstall(conn *nftables.Conn, specs []ruleSpec) {
 	conn.AddTable(t)
 	conn.DelTable(t) // with the AddTable before: no error if it did not exist
 	conn.AddTable(t)
+	used := map[string]bool{}
+	for _, s := range specs {
+		used[s.chain] = true
+	}
 	byName := map[string]*nftables.Chain{}
 	for _, c := range chains(t) {
-		byName[c.Name] = conn.AddChain(c)
+		if used[c.Name] {
+			byName[c.Name] = conn.AddChain(c)
+		}
 	}
 	for _, s := range specs {
 		conn.AddRule(&nftables.Rule{Table: t, Chain: byName[s.chain], Exprs: s.exprs, UserData: comment(s.comment)})

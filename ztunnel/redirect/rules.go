@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -21,6 +22,16 @@ const (
 	OutboundChain = "outbound"
 	// InboundChain is a nat chain on the prerouting hook.
 	InboundChain = "inbound"
+	// BypassOutChain and BypassInChain are filter chains at raw priority
+	// (before conntrack) on the output and prerouting hooks. They take out
+	// of connection tracking the traffic the nat chains never rewrite:
+	// ztunnel's own connections (HBONE in and out, its connections to the
+	// pod's application and to peers outside the mesh) and the pod talking
+	// to itself on its own addresses. Conntrack was most of the kernel's
+	// work per packet on the mesh path; the redirected connections (the
+	// application to 15001, plaintext to 15006) stay tracked, as NAT needs.
+	BypassOutChain = "conntrack-bypass-out"
+	BypassInChain  = "conntrack-bypass-in"
 )
 
 // Mark is ztunnel's socket mark (SO_MARK), compared under MarkMask: sockets
@@ -49,6 +60,11 @@ type Config struct {
 	// Mark and MarkMask select ztunnel's sockets; zero means Mark and
 	// MarkMask.
 	Mark, MarkMask uint32
+	// NoConntrackBypass leaves every connection of the pod tracked: no
+	// BypassOutChain/BypassInChain. For pods whose own firewall rules
+	// match on conntrack state; it costs CPU and latency on every packet
+	// ztunnel carries.
+	NoConntrackBypass bool
 }
 
 func (c Config) mark() (mark, mask uint32) {
@@ -74,9 +90,14 @@ func table() *nftables.Table {
 	return &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
 }
 
-// chains are the two base chains, at the usual destination-NAT priority.
+// chains are the base chains: the conntrack bypass at raw priority, the
+// redirection at the usual destination-NAT priority.
 func chains(t *nftables.Table) []*nftables.Chain {
 	return []*nftables.Chain{
+		{Name: BypassOutChain, Table: t, Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityRaw},
+		{Name: BypassInChain, Table: t, Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRaw},
 		{Name: OutboundChain, Table: t, Type: nftables.ChainTypeNAT,
 			Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityNATDest},
 		{Name: InboundChain, Table: t, Type: nftables.ChainTypeNAT,
@@ -95,6 +116,10 @@ func buildRules(cfg Config) ([]ruleSpec, error) {
 	probes := append([]netip.Prefix{ProbeSNATv4, ProbeSNATv6}, cfg.ProbeSources...)
 	seen := map[netip.Prefix]bool{}
 
+	var bypass []ruleSpec
+	if !cfg.NoConntrackBypass {
+		bypass = bypassRules(mark, mask)
+	}
 	out := []ruleSpec{
 		{OutboundChain, fmt.Sprintf("ztunnel's own sockets (mark %#x/%#x)", mark, mask),
 			concat(matchMark(mark, mask), accept())},
@@ -132,7 +157,47 @@ func buildRules(cfg Config) ([]ruleSpec, error) {
 		ruleSpec{InboundChain, fmt.Sprintf("inbound TCP to ztunnel :%d", InboundPort),
 			concat(matchTCP(), redirectTo(InboundPort))},
 	)
-	return append(out, in...), nil
+	return slices.Concat(bypass, out, in), nil
+}
+
+// bypassRules are the rules of BypassOutChain and BypassInChain. None of
+// them matches a packet the nat chains would rewrite, or its reply:
+//   - ztunnel's sockets carry the mark (its HBONE listener too, so the
+//     connections it accepts do), and the nat chains accept marked packets;
+//     their replies are found by looking up the socket they are addressed
+//     to, not by port, so a packet from outside with source port 15008
+//     still meets the inbound redirection;
+//   - HBONE to the pod (tcp dport 15008) is accepted by the inbound chain;
+//   - the pod talking to itself goes over lo, which both nat chains accept,
+//     while the redirected connections' replies (from 127.0.0.1 / ::1, the
+//     REDIRECT target of locally generated packets) stay tracked.
+func bypassRules(mark, mask uint32) []ruleSpec {
+	own := fmt.Sprintf("(mark %#x/%#x)", mark, mask)
+	loop4, loop6 := netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")
+	return []ruleSpec{
+		{BypassOutChain, "from ztunnel's own sockets " + own,
+			concat(matchMark(mark, mask), notrack())},
+		{BypassOutChain, "the pod to itself over IPv4 (lo, not 127.0.0.0/8)",
+			concat(matchIfname(expr.MetaKeyOIFNAME, "lo"), matchTCP(),
+				matchAddrOp(true, loop4, expr.CmpOpNeq), matchAddrOp(false, loop4, expr.CmpOpNeq), notrack())},
+		{BypassOutChain, "the pod to itself over IPv6 (lo, not ::1)",
+			concat(matchIfname(expr.MetaKeyOIFNAME, "lo"), matchTCP(),
+				matchAddrOp(true, loop6, expr.CmpOpNeq), matchAddrOp(false, loop6, expr.CmpOpNeq), notrack())},
+		// Looped-back packets were classified on the output hook, and an
+		// untracked one stays untracked: no second look (the socket lookup
+		// below is the dearest rule).
+		{BypassInChain, "arrived over loopback (decided on output)",
+			concat(matchIfname(expr.MetaKeyIIFNAME, "lo"), []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}})},
+		{BypassInChain, fmt.Sprintf("HBONE to this pod (tcp dport %d)", HBONEPort),
+			concat(matchTCP(), matchDport(HBONEPort), notrack())},
+		{BypassInChain, "to ztunnel's own sockets " + own + ": replies to its connections",
+			concat(matchTCP(), matchSocketMark(mark, mask), notrack())},
+	}
+}
+
+// notrack counts the packet and takes it out of connection tracking.
+func notrack() []expr.Any {
+	return []expr.Any{&expr.Counter{}, &expr.Notrack{}, &expr.Verdict{Kind: expr.VerdictAccept}}
 }
 
 func concat(parts ...[]expr.Any) []expr.Any {
@@ -150,8 +215,18 @@ func accept() []expr.Any {
 }
 
 func matchMark(mark, mask uint32) []expr.Any {
+	return append([]expr.Any{&expr.Meta{Key: expr.MetaKeyMARK, Register: 1}}, maskedMark(mark, mask)...)
+}
+
+// matchSocketMark matches the mark of the local socket the packet is
+// addressed to; a packet for no local socket does not match.
+func matchSocketMark(mark, mask uint32) []expr.Any {
+	return append([]expr.Any{&expr.Socket{Key: expr.SocketKeyMark, Register: 1}}, maskedMark(mark, mask)...)
+}
+
+// maskedMark compares register 1, a mark in host order, under mask.
+func maskedMark(mark, mask uint32) []expr.Any {
 	return []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
 			Mask: binary.NativeEndian.AppendUint32(nil, mask), Xor: make([]byte, 4)},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.NativeEndian.AppendUint32(nil, mark)},
@@ -194,7 +269,11 @@ const (
 
 // matchAddr matches the source (src) or destination address against p,
 // checking the packet's family first as an inet table must.
-func matchAddr(src bool, p netip.Prefix) []expr.Any {
+func matchAddr(src bool, p netip.Prefix) []expr.Any { return matchAddrOp(src, p, expr.CmpOpEq) }
+
+// matchAddrOp is matchAddr with the comparison op (in or, with CmpOpNeq,
+// not in p); a packet of the other family never matches.
+func matchAddrOp(src bool, p netip.Prefix, op expr.CmpOp) []expr.Any {
 	a := p.Addr()
 	proto, off := byte(unix.NFPROTO_IPV6), uint32(ip6Daddr)
 	if src {
@@ -216,7 +295,7 @@ func matchAddr(src bool, p netip.Prefix) []expr.Any {
 		es = append(es, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: n,
 			Mask: prefixMask(p.Bits(), int(n)), Xor: make([]byte, n)})
 	}
-	return append(es, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: a.AsSlice()})
+	return append(es, &expr.Cmp{Op: op, Register: 1, Data: a.AsSlice()})
 }
 
 // prefixMask is a network-order mask of bits ones in n bytes.

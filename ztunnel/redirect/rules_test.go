@@ -26,6 +26,16 @@ func TestBuildRulesDefault(t *testing.T) {
 	}
 	got := describeAll(specs)
 	want := map[string][]string{
+		BypassOutChain: {
+			"meta mark & 0xfff == 0x539 counter packets 0 bytes 0 notrack accept",
+			`oifname == "lo" meta l4proto == tcp meta nfproto == ipv4 ip saddr != 127.0.0.0/8 meta nfproto == ipv4 ip daddr != 127.0.0.0/8 counter packets 0 bytes 0 notrack accept`,
+			`oifname == "lo" meta l4proto == tcp meta nfproto == ipv6 ip6 saddr != ::1/128 meta nfproto == ipv6 ip6 daddr != ::1/128 counter packets 0 bytes 0 notrack accept`,
+		},
+		BypassInChain: {
+			`iifname == "lo" accept`,
+			"meta l4proto == tcp tcp dport == 15008 counter packets 0 bytes 0 notrack accept",
+			"meta l4proto == tcp socket mark & 0xfff == 0x539 counter packets 0 bytes 0 notrack accept",
+		},
 		OutboundChain: {
 			"meta mark & 0xfff == 0x539 counter packets 0 bytes 0 accept",
 			`oifname == "lo" counter packets 0 bytes 0 accept`,
@@ -42,7 +52,7 @@ func TestBuildRulesDefault(t *testing.T) {
 			"meta l4proto == tcp counter packets 0 bytes 0 redirect to :15006",
 		},
 	}
-	for _, c := range []string{OutboundChain, InboundChain} {
+	for _, c := range []string{BypassOutChain, BypassInChain, OutboundChain, InboundChain} {
 		if strings.Join(got[c], "\n") != strings.Join(want[c], "\n") {
 			t.Errorf("chain %s:\ngot:\n%s\nwant:\n%s", c, strings.Join(got[c], "\n"), strings.Join(want[c], "\n"))
 		}
@@ -54,6 +64,53 @@ func TestBuildRulesDefault(t *testing.T) {
 	}
 }
 
+// TestBuildRulesNoConntrackBypass: the option leaves only the nat chains.
+func TestBuildRulesNoConntrackBypass(t *testing.T) {
+	with, err := buildRules(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	without, err := buildRules(Config{NoConntrackBypass: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := describeAll(with), describeAll(without)
+	if len(b[BypassOutChain])+len(b[BypassInChain]) != 0 || len(a[BypassOutChain]) == 0 || len(a[BypassInChain]) == 0 {
+		t.Errorf("bypass rules: with %d/%d, without %d/%d", len(a[BypassOutChain]), len(a[BypassInChain]),
+			len(b[BypassOutChain]), len(b[BypassInChain]))
+	}
+	for _, c := range []string{OutboundChain, InboundChain} {
+		if strings.Join(a[c], "\n") != strings.Join(b[c], "\n") {
+			t.Errorf("chain %s differs with the bypass:\n%s\nwithout:\n%s", c, strings.Join(a[c], "\n"), strings.Join(b[c], "\n"))
+		}
+	}
+}
+
+// TestBypassNeverMatchesRedirectedTraffic: no bypass rule matches by port
+// alone except HBONE's destination port, which the inbound chain accepts
+// anyway; the redirected connections' packets (unmarked, leaving by a pod
+// interface, or their replies from a loopback address) match none.
+func TestBypassNeverMatchesRedirectedTraffic(t *testing.T) {
+	specs, err := buildRules(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range specs {
+		if s.chain != BypassOutChain && s.chain != BypassInChain {
+			continue
+		}
+		d := describe(s.exprs)
+		switch {
+		case !strings.Contains(d, "notrack"):
+		case strings.Contains(d, "mark & 0xfff == 0x539"): // ztunnel's sockets only
+		case strings.Contains(d, `oifname == "lo"`) && strings.Contains(d, "saddr !=") && strings.Contains(d, "daddr !="):
+		case strings.Contains(d, "tcp dport == 15008"):
+		default:
+			t.Errorf("bypass rule %q (%s) is not limited to ztunnel's sockets, the pod to itself or HBONE", d, s.comment)
+		}
+	}
+}
+
 func TestBuildRulesExpressions(t *testing.T) {
 	specs, err := buildRules(Config{Mark: 0x10, MarkMask: 0xff,
 		ProbeSources: []netip.Prefix{netip.MustParsePrefix("fd00:1::/64"), netip.MustParsePrefix("10.0.0.7/8")}})
@@ -61,7 +118,12 @@ func TestBuildRulesExpressions(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The mark rule compares host-order bytes under the mask.
-	m := specs[0].exprs
+	var m []expr.Any
+	for _, s := range specs {
+		if s.chain == OutboundChain && strings.HasPrefix(s.comment, "ztunnel's own sockets") {
+			m = s.exprs
+		}
+	}
 	if meta, ok := m[0].(*expr.Meta); !ok || meta.Key != expr.MetaKeyMARK {
 		t.Fatalf("first expression %#v, want meta mark", m[0])
 	}
@@ -156,7 +218,7 @@ func TestInstallBatch(t *testing.T) {
 	if err := conn.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"newtable", "deltable", "newtable", "newchain", "newchain"}
+	want := []string{"newtable", "deltable", "newtable", "newchain", "newchain", "newchain", "newchain"}
 	for range specs {
 		want = append(want, "newrule")
 	}
@@ -167,8 +229,8 @@ func TestInstallBatch(t *testing.T) {
 
 func TestDescribeUnknown(t *testing.T) {
 	got := describe([]expr.Any{&expr.Payload{Base: expr.PayloadBaseNetworkHeader, Offset: 1, Len: 1},
-		&expr.Cmp{Op: expr.CmpOpNeq, Data: []byte{7}}, &expr.Log{}, &expr.Verdict{Kind: expr.VerdictDrop}})
-	if got != "payload base1 @1,1 op1 0x07 *expr.Log drop" {
+		&expr.Cmp{Op: expr.CmpOpGt, Data: []byte{7}}, &expr.Log{}, &expr.Verdict{Kind: expr.VerdictDrop}})
+	if got != "payload base1 @1,1 op4 0x07 *expr.Log drop" {
 		t.Errorf("describe = %q", got)
 	}
 }
