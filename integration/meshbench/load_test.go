@@ -27,7 +27,7 @@ const (
 	loadDuration = 6 * time.Second // per path and round
 	payloadSize  = 1024
 	bulkBytes    = 256 << 20
-	rounds       = 3    // direct, haproxy, mesh; the median round is reported
+	rounds       = 5    // every path once per round; the median round is reported
 	echoPort     = 8078 // fortio tcp-echo in the server pod
 	sinkPort     = 8079 // the bulk-transfer sink in the server pod
 )
