@@ -68,15 +68,13 @@ func TestConntrackBypass(t *testing.T) {
 	_, a, b := lab(t)
 	dumpOnFailure(t, a)
 	dumpOnFailure(t, b)
+	nsA := openNetns(t, a)
 	for _, p := range []struct {
 		pod  *netlab.Pod
+		ns   *redirect.Netns
 		name string
-	}{{a, "a"}, {b, "b"}} {
-		ns, err := redirect.OpenNetns(p.pod.NetnsPath())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ns.Close() })
+	}{{a, nsA, "a"}, {b, openNetns(t, b), "b"}} {
+		ns := p.ns
 		cfg, err := redirect.DefaultConfig(ctx, ns)
 		if err != nil {
 			t.Fatal(err)
@@ -91,11 +89,6 @@ func TestConntrackBypass(t *testing.T) {
 		serve(t, ls.HBONE, "hbone-"+p.name)
 		listenIn(t, p.pod.Do, ":8080", "app-"+p.name)
 	}
-	nsA, err := redirect.OpenNetns(a.NetnsPath())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nsA.Close() })
 	podA, podB := netip.AddrPortFrom(a.IP, appPort), netip.AddrPortFrom(b.IP, appPort)
 	hboneB := netip.AddrPortFrom(b.IP, redirect.HBONEPort)
 

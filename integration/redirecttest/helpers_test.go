@@ -127,6 +127,18 @@ func expect(t *testing.T, what string, r reply, server string, origDst netip.Add
 	}
 }
 
+// openNetns opens a lab pod's namespace for the redirect package, closed at
+// the end of the test.
+func openNetns(t *testing.T, p *netlab.Pod) *redirect.Netns {
+	t.Helper()
+	ns, err := redirect.OpenNetns(p.NetnsPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	return ns
+}
+
 // install installs the rules; a kernel without nftables NAT support skips the
 // test on a developer machine and fails it under CI.
 func install(t *testing.T, ns *redirect.Netns, cfg redirect.Config) {

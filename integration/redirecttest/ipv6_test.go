@@ -69,11 +69,7 @@ func TestRedirectionIPv6(t *testing.T) {
 	aIP := addV6(t, a.NetnsPath(), "eth0", 2)
 	cIP := addV6(t, c.NetnsPath(), "eth0", 3)
 
-	ns, err := redirect.OpenNetns(a.NetnsPath())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Close() })
+	ns := openNetns(t, a)
 	install(t, ns, redirect.Config{ProbeSources: []netip.Prefix{netip.PrefixFrom(nodeIP, 128)}})
 	ls, err := ns.ListenAll(ctx)
 	if err != nil {

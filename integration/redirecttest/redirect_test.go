@@ -23,11 +23,7 @@ func TestRedirection(t *testing.T) {
 	_, a, b := lab(t)
 	dumpOnFailure(t, a)
 
-	ns, err := redirect.OpenNetns(a.NetnsPath())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Close() })
+	ns := openNetns(t, a)
 
 	// The probe sources come from the pod's default gateway: node 0's
 	// address on the pod network.
