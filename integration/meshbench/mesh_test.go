@@ -88,8 +88,7 @@ func startZtunnel(b *testing.B, sp *spawner, bin, node string, host int, xdsAddr
 	z := &ztunnel{node: node, dir: b.TempDir(),
 		admin: hostAddr(b, host, 15000), metrics: hostAddr(b, host, 15020), ready: hostAddr(b, host, 15021)}
 	sock := filepath.Join(z.dir, "ztunnel.sock")
-	z.proc = sp.start(b, nil, "ztunnel-"+node, z.dir, bin,
-		"-node-name", node,
+	args := []string{"-node-name", node,
 		"-xds-address", xdsAddr,
 		"-xds-state-file", filepath.Join(z.dir, "xds-state.pb"),
 		"-ca-address", mca.addr,
@@ -101,7 +100,10 @@ func startZtunnel(b *testing.B, sp *spawner, bin, node string, host int, xdsAddr
 		"-metrics-address", z.metrics,
 		"-ready-address", z.ready,
 		"-log-level", "info",
-	)
+	}
+	// AMBIT_BENCH_ZTUNNEL_ARGS: extra ztunnel flags, space-separated, for experiments (e.g. "-gomaxprocs 2").
+	args = append(args, strings.Fields(os.Getenv("AMBIT_BENCH_ZTUNNEL_ARGS"))...)
+	z.proc = sp.start(b, nil, "ztunnel-"+node, z.dir, bin, args...)
 	z.client = enroll.NewClient(sock)
 	return z
 }
