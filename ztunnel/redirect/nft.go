@@ -13,8 +13,9 @@ import (
 // its chains and rules, so the pod is never half-captured and a second
 // Install leaves exactly one copy of each rule. Other tables are not touched.
 //
-// A kernel that cannot run the conntrack bypass (nftables' socket
-// expression, Linux 5.x) gets the capture rules without it, and a warning.
+// A kernel that cannot run the conntrack bypass (no nftables socket
+// expression with its mark key) gets the capture rules without it, and a
+// warning.
 func Install(ctx context.Context, ns *Netns, cfg Config) error {
 	if err := ctx.Err(); err != nil {
 		return err
