@@ -17,6 +17,11 @@ import (
 // expression with its mark key) gets the capture rules without it, and a
 // warning.
 func Install(ctx context.Context, ns *Netns, cfg Config) error {
+	return install(ctx, ns, cfg, dial)
+}
+
+// install is Install with the netlink connection's dialer (tests replace it).
+func install(ctx context.Context, ns *Netns, cfg Config, dial func(*Netns) (*nftables.Conn, error)) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -24,11 +29,11 @@ func Install(ctx context.Context, ns *Netns, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	err = installSpecs(ns, specs)
+	err = installSpecs(ns, specs, dial)
 	if err != nil && !cfg.NoConntrackBypass {
 		plain := cfg
 		plain.NoConntrackBypass = true
-		if specs, perr := buildRules(plain); perr == nil && installSpecs(ns, specs) == nil {
+		if specs, perr := buildRules(plain); perr == nil && installSpecs(ns, specs, dial) == nil {
 			slog.WarnContext(ctx, "redirection installed without the conntrack bypass", "netns", ns.Path(), "err", err)
 			return nil
 		}
@@ -41,7 +46,7 @@ func Install(ctx context.Context, ns *Netns, cfg Config) error {
 }
 
 // installSpecs runs the replace transaction for specs.
-func installSpecs(ns *Netns, specs []ruleSpec) error {
+func installSpecs(ns *Netns, specs []ruleSpec, dial func(*Netns) (*nftables.Conn, error)) error {
 	conn, err := dial(ns)
 	if err != nil {
 		return err

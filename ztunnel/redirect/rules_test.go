@@ -1,7 +1,11 @@
 package redirect
 
 import (
+	"bytes"
+	"errors"
+	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -240,5 +244,85 @@ func TestCommentRoundTrip(t *testing.T) {
 	ri := describeRule(r)
 	if ri.Comment != "hello" || ri.Packets != 3 || ri.Bytes != 180 {
 		t.Errorf("describeRule = %+v", ri)
+	}
+}
+
+// fakeKernel answers nftables batches like a kernel without some
+// expression: a batch with a rule using it fails, others succeed. It
+// records the chains of every batch.
+type fakeKernel struct {
+	reject  string     // an expression name, e.g. "socket"; "" rejects every batch
+	batches [][]string // chain names added by each batch
+	dials   int
+}
+
+func (k *fakeKernel) dial(*Netns) (*nftables.Conn, error) {
+	k.dials++
+	var chains []string
+	failed := false
+	return nftables.New(nftables.WithTestDial(func(req []netlink.Message) ([]netlink.Message, error) {
+		if len(req) == 0 {
+			return nil, nil
+		}
+		for _, m := range req {
+			switch netlink.HeaderType(m.Header.Type) & 0xff {
+			case unix.NFT_MSG_NEWCHAIN:
+				chains = append(chains, "chain")
+				if bytes.Contains(m.Data, []byte(BypassOutChain)) || bytes.Contains(m.Data, []byte(BypassInChain)) {
+					chains[len(chains)-1] = "bypass"
+				}
+			case unix.NFT_MSG_NEWRULE:
+				if k.reject == "" || bytes.Contains(m.Data, []byte(k.reject+"\x00")) {
+					failed = true
+				}
+			}
+		}
+		if netlink.HeaderType(req[len(req)-1].Header.Type) == netlink.HeaderType(unix.NFNL_MSG_BATCH_END) {
+			k.batches = append(k.batches, chains)
+			chains = nil
+			if failed {
+				failed = false
+				return nil, errors.New("operation not supported")
+			}
+		}
+		return req, nil
+	}))
+}
+
+// TestInstallFallsBackWithoutBypass: a kernel that cannot run the socket
+// expression gets the capture rules without the bypass, and a warning;
+// one that refuses everything gets the error.
+func TestInstallFallsBackWithoutBypass(t *testing.T) {
+	var logs bytes.Buffer
+	old := slog.Default()
+	slog.SetDefault(slog.New(slog.NewTextHandler(&logs, nil)))
+	t.Cleanup(func() { slog.SetDefault(old) })
+	ns := &Netns{path: "/test/netns"}
+
+	k := &fakeKernel{reject: "socket"}
+	if err := install(t.Context(), ns, Config{}, k.dial); err != nil {
+		t.Fatalf("install on a kernel without the socket expression: %v", err)
+	}
+	if len(k.batches) != 2 || !slices.Contains(k.batches[0], "bypass") || slices.Contains(k.batches[1], "bypass") || len(k.batches[1]) != 2 {
+		t.Errorf("batches %v, want the bypass refused then the two nat chains alone", k.batches)
+	}
+	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), "without the conntrack bypass") {
+		t.Errorf("no warning logged: %q", logs.String())
+	}
+
+	k = &fakeKernel{}
+	err := install(t.Context(), ns, Config{}, k.dial)
+	if err == nil || !strings.Contains(err.Error(), "operation not supported") {
+		t.Errorf("install on a kernel refusing everything: %v, want its error", err)
+	}
+	k = &fakeKernel{}
+	if err := install(t.Context(), ns, Config{NoConntrackBypass: true}, k.dial); err == nil || k.dials != 1 {
+		t.Errorf("NoConntrackBypass on a refusing kernel: err %v after %d attempts, want an error after 1", err, k.dials)
+	}
+
+	k = &fakeKernel{reject: "socket"}
+	logs.Reset()
+	if err := install(t.Context(), ns, Config{NoConntrackBypass: true}, k.dial); err != nil || len(k.batches) != 1 || logs.Len() != 0 {
+		t.Errorf("NoConntrackBypass: err %v, batches %v, logs %q; want one batch, no warning", err, k.batches, logs.String())
 	}
 }
