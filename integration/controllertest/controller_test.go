@@ -47,6 +47,7 @@ func TestController(t *testing.T) {
 
 	t.Run("Waypoint", func(t *testing.T) { testWaypoint(t, env) })
 	t.Run("RouteStatus", func(t *testing.T) { testRouteStatus(t, env) })
+	t.Run("PolicyStatus", func(t *testing.T) { testPolicyStatus(t, env) })
 	t.Run("XDS", func(t *testing.T) { testXDS(t, env, a) })
 	t.Run("GatewayCleanup", func(t *testing.T) { testGatewayCleanup(t, env) })
 	t.Run("LeaderElection", func(t *testing.T) { testLeaderElection(t, env, a) })

@@ -494,6 +494,13 @@ func checkRBAC(t *testing.T, kube kubernetes.Interface) {
 		{controller, "create", "authentication.k8s.io", "tokenreviews", "", "", "TokenReviews", true},
 		{controller, "patch", "apps", "deployments", "shop", "wp", "waypoint Deployments", true},
 		{controller, "update", "gateway.networking.k8s.io", "gateways", "shop", "wp", "Gateways (only their status)", false},
+		{controller, "update", "gateway.networking.k8s.io", "gateways/status", "shop", "wp", "Gateway status", true},
+		{controller, "update", "gateway.networking.k8s.io", "httproutes/status", "shop", "r", "HTTPRoute status", true},
+		{controller, "update", "security.ambit.dev", "authorizationpolicies/status", "shop", "p", "AuthorizationPolicy status", true},
+		{controller, "update", "security.ambit.dev", "peerauthentications/status", "shop", "p", "PeerAuthentication status", true},
+		{controller, "update", "traffic.ambit.dev", "backendpolicies/status", "shop", "p", "BackendPolicy status", true},
+		{controller, "update", "traffic.ambit.dev", "faultinjections/status", "shop", "p", "FaultInjection status", true},
+		{controller, "update", "security.ambit.dev", "authorizationpolicies", "shop", "p", "AuthorizationPolicies (only their status)", false},
 		{controller, "update", "coordination.k8s.io", "leases", systemNS, "ambit-controller", "its Lease", true},
 		{controller, "update", "coordination.k8s.io", "leases", "kube-system", "x", "other Leases", false},
 		{controller, "create", "", "pods", "shop", "", "Pods", false},
@@ -505,11 +512,12 @@ func checkRBAC(t *testing.T, kube kubernetes.Interface) {
 		{controller, "delete", "", "namespaces", "", "shop", "Namespaces", false},
 	}
 	for _, ch := range checks {
+		resource, sub, _ := strings.Cut(ch.resource, "/") // "gateways/status": a subresource
 		sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
 			User:   "system:serviceaccount:" + systemNS + ":" + ch.sa,
 			Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + systemNS, "system:authenticated"},
 			ResourceAttributes: &authorizationv1.ResourceAttributes{
-				Verb: ch.verb, Group: ch.group, Resource: ch.resource, Namespace: ch.namespace, Name: ch.name,
+				Verb: ch.verb, Group: ch.group, Resource: resource, Subresource: sub, Namespace: ch.namespace, Name: ch.name,
 			},
 		}}
 		res, err := kube.AuthorizationV1().SubjectAccessReviews().Create(t.Context(), sar, metav1.CreateOptions{})
