@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -355,6 +356,61 @@ spec:
 			}
 			return nil
 		})
+	})
+
+	// The traffic CRDs end to end: a FaultInjection referenced by an
+	// HTTPRoute rule (ExtensionRef) is accepted by the controller and
+	// applied by the waypoint to that rule only.
+	e.step(t, "FaultInjection", func(t *testing.T) {
+		e := e.sub(t)
+		flakyURL := "http://flaky." + appNS + ".svc.cluster.local:8080/"
+		e.apply(fmt.Sprintf(`apiVersion: traffic.ambit.dev/v1alpha1
+kind: FaultInjection
+metadata: {name: teapot, namespace: %[1]s}
+spec:
+  delay: {fixedDelay: 1s, percent: 100}
+  abort: {httpStatus: 418, percent: 100}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: flaky, namespace: %[1]s}
+spec:
+  parentRefs: [{group: "", kind: Service, name: flaky, port: 8080}]
+  rules:
+  - backendRefs: [{name: flaky, port: 8080}]
+    retry: {codes: [503], attempts: 4, backoff: 10ms}
+  - matches: [{path: {type: PathPrefix, value: /fault}}]
+    filters:
+    - type: ExtensionRef
+      extensionRef: {group: traffic.ambit.dev, kind: FaultInjection, name: teapot}
+    backendRefs: [{name: flaky, port: 8080}]
+`, appNS))
+		e.mustK("", "-n", appNS, "wait", "faultinjection/teapot", "--for=condition=Accepted", "--timeout=60s")
+		e.mustK("", "-n", appNS, "wait", "httproute/flaky", "--for=jsonpath={.status.parents[0].conditions[?(@.type==\"ResolvedRefs\")].status}=True", "--timeout=60s")
+		eventually(t, "the fault rule answers 418 after 1 s", time.Minute, func() error {
+			start := time.Now()
+			code, _, err := e.request(appNS, "client", "GET", flakyURL+"fault")
+			if err != nil {
+				return err
+			}
+			if took := time.Since(start); code != http.StatusTeapot || took < time.Second {
+				return fmt.Errorf("answered %d after %v, want 418 after at least 1s", code, took)
+			}
+			return nil
+		})
+		// The other rule is untouched: with its retries, 200 (a request
+		// fails with probability 0.001; three tries).
+		var codes []int
+		for len(codes) < 3 && !slices.Contains(codes, http.StatusOK) {
+			code, _, err := e.request(appNS, "client", "GET", flakyURL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			codes = append(codes, code)
+		}
+		if !slices.Contains(codes, http.StatusOK) {
+			t.Fatalf("the rule without the filter answered %v", codes)
+		}
 	})
 
 	e.step(t, "Authorization", func(t *testing.T) {
