@@ -386,6 +386,16 @@ spec:
     backendRefs: [{name: flaky, port: 8080}]
 `, appNS))
 		e.mustK("", "-n", appNS, "wait", "faultinjection/teapot", "--for=condition=Accepted", "--timeout=60s")
+		// A BackendPolicy on the same Service is accepted too (its outlier
+		// detection and limits are exercised by the waypoint's tests).
+		e.apply(fmt.Sprintf(`apiVersion: traffic.ambit.dev/v1alpha1
+kind: BackendPolicy
+metadata: {name: flaky, namespace: %s}
+spec:
+  targetRefs: [{kind: Service, name: flaky}]
+  limits: {maxRequests: 100}
+`, appNS))
+		e.mustK("", "-n", appNS, "wait", "backendpolicy/flaky", "--for=condition=Accepted", "--timeout=60s")
 		e.mustK("", "-n", appNS, "wait", "httproute/flaky", "--for=jsonpath={.status.parents[0].conditions[?(@.type==\"ResolvedRefs\")].status}=True", "--timeout=60s")
 		eventually(t, "the fault rule answers 418 after 1 s", time.Minute, func() error {
 			start := time.Now()
@@ -427,6 +437,7 @@ spec:
   - from: [{principals: ["spiffe://%[2]s/ns/%[1]s/sa/client"]}]
     to: [{methods: [GET], paths: [/metrics]}]
 `, appNS, trustDomain))
+		e.mustK("", "-n", appNS, "wait", "authorizationpolicy/echo-metrics-get-only", "--for=condition=Accepted", "--timeout=60s")
 		metricsURL := echoURL + "metrics"
 		eventually(t, "policy enforced", time.Minute, func() error {
 			for _, c := range []struct {
