@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -45,13 +46,15 @@ var (
 // BenchmarkPaths measures the TCP paths (direct, HAProxy pair, mesh) and
 // the HTTP paths (direct, L7 HAProxy, mesh L4, mesh through the waypoint)
 // between the same two pods in one run (see the package documentation):
-// `rounds` rounds of every path, so that the paths interleave in time, and
-// the median round of each figure is reported. It runs once whatever b.N
+// five rounds of every path ($AMBIT_BENCH_ROUNDS sets another number), so
+// that the paths interleave in time, and the median round of each figure
+// is reported. It runs once whatever b.N
 // is: the figures come from fortio and the bulk transfers, not from b.N
 // iterations. The report is printed, and also written to the file named by
 // $AMBIT_BENCH_REPORT when set.
 func BenchmarkPaths(b *testing.B) {
 	tier.RequireRoot(b)
+	rounds := benchRounds(b)
 	begin := time.Now()
 	load0 := loadAvg()
 	tl := findTools(b)
@@ -231,7 +234,7 @@ func BenchmarkPaths(b *testing.B) {
 	}
 	rss, hwm := ztMemory()
 	wpRSS, wpHWM := memory(b, wp.proc.pid())
-	d := reportData{perRound: perRound, results: map[string]result{}, ztRSS: rss, ztHWM: hwm, ztFirstHWM: firstHWM,
+	d := reportData{rounds: rounds, perRound: perRound, results: map[string]result{}, ztRSS: rss, ztHWM: hwm, ztFirstHWM: firstHWM,
 		wpRSS: wpRSS, wpHWM: wpHWM, load0: load0, load1: loadAvg(), took: time.Since(begin)}
 	for _, name := range slices.Concat(tcpPaths, httpPaths) {
 		d.results[name] = median(perRound[name])
@@ -317,6 +320,7 @@ const (
 
 // reportData is what the report shows.
 type reportData struct {
+	rounds       int
 	results      map[string]result // median of the rounds
 	perRound     map[string][]result
 	ztRSS, ztHWM int64
@@ -332,7 +336,7 @@ func report(d reportData) string {
 	fmt.Fprintf(&s, "\nAmbit data-plane benchmark (integration/meshbench), %s\n", time.Now().UTC().Format(time.RFC3339))
 	fmt.Fprintf(&s, "load: fortio, %d B requests, %d qps, %d connections, -uniform -nocatchup -r 0.00001, %v per path and round; TCP: echo; HTTP: POST echoed by fortio's HTTP server; bulk: %d MiB single stream; max req/s: -qps 0 -c %d for %v\n",
 		payloadSize, loadQPS, loadConns, loadDuration, bulkBytes>>20, maxConns, maxDuration)
-	fmt.Fprintf(&s, "%d rounds of every path; each figure is the median round (CPU: total over all rounds)\n", rounds)
+	fmt.Fprintf(&s, "%d rounds of every path; each figure is the median round (CPU: total over all rounds)\n", d.rounds)
 	fmt.Fprintf(&s, "machine: %d CPUs; load average before %s, after %s; took %v\n\n", runtime.NumCPU(), d.load0, d.load1, d.took.Round(time.Second))
 	us := func(t time.Duration) string { return fmt.Sprintf("%.0f", float64(t)/1e3) }
 	added := func(r, base result) (string, string) {
@@ -390,7 +394,7 @@ func report(d reportData) string {
 		fmt.Fprintln(&s)
 	}
 	fmt.Fprintf(&s, "\nztunnel memory (the larger of the two): VmRSS %.1f MiB, VmHWM %.1f MiB at the end (%d capture and release cycles); VmHWM %.1f MiB after the first round\n",
-		float64(d.ztRSS)/(1<<20), float64(d.ztHWM)/(1<<20), rounds, float64(d.ztFirstHWM)/(1<<20))
+		float64(d.ztRSS)/(1<<20), float64(d.ztHWM)/(1<<20), d.rounds, float64(d.ztFirstHWM)/(1<<20))
 	w, l4, hl7 := rs["http-waypoint"], rs["http-l4"], rs["http-haproxy-l7"]
 	wpVCPU := w.wpCPU.Seconds() / w.wall.Seconds()
 	fmt.Fprintf(&s, "waypoint: VmRSS %.1f MiB, VmHWM %.1f MiB (%.1f MB) at the end; the waypoint process alone: %.3f CPU-s per 1000 req, %.3f vCPU at %d req/s\n",
@@ -406,21 +410,18 @@ func report(d reportData) string {
 	}
 	h, m := rs["haproxy"], rs["mesh"]
 	// Round by round (each round has its own direct baseline): how often
-	// the mesh added less than the pair.
-	ahead := func(pct func(latency) time.Duration) int {
-		n := 0
+	// the mesh added less than the pair, and by how much (mesh added minus
+	// pair added: negative is the mesh ahead).
+	diffs := func(pct func(latency) time.Duration) []time.Duration {
+		var ds []time.Duration
 		for i := range d.perRound["mesh"] {
-			base := pct(d.perRound["direct"][i].lat)
-			if pct(d.perRound["mesh"][i].lat)-base < pct(d.perRound["haproxy"][i].lat)-base {
-				n++
-			}
+			ds = append(ds, pct(d.perRound["mesh"][i].lat)-pct(d.perRound["haproxy"][i].lat))
 		}
-		return n
+		return ds
 	}
 	p50 := func(l latency) time.Duration { return l.p50 }
 	p99 := func(l latency) time.Duration { return l.p99 }
-	fmt.Fprintf(&s, "mesh vs the HAProxy pair, round by round: added less p50 in %d of %d rounds, less p99 in %d of %d\n",
-		ahead(p50), rounds, ahead(p99), rounds)
+	fmt.Fprintf(&s, "mesh vs the HAProxy pair, round by round: %s; %s\n", pairedSummary("p50", diffs(p50)), pairedSummary("p99", diffs(p99)))
 	wShare, hAdded := w.lat.p50-l4.lat.p50, hl7.lat.p50-hd.lat.p50
 	wpCPU := w.wpCPU.Seconds() / (float64(w.requests) / 1000)
 	fmt.Fprintf(&s, "the whole waypoint path (both ztunnels and the waypoint) vs the L7 HAProxy: p50 added %s vs %s µs (%.1fx), CPU %.3f vs %.3f (%.1fx)\n\n",
@@ -441,6 +442,43 @@ func report(d reportData) string {
 	goal(wpVCPU < goalWaypointCPU, "waypoint < %.2f vCPU at %d req/s: %.3f", goalWaypointCPU, loadQPS, wpVCPU)
 	goal(float64(d.wpHWM) < goalWaypointMem, "waypoint < %.0f MB (peak, VmHWM): %.1f MB", goalWaypointMem/1e6, float64(d.wpHWM)/1e6)
 	return s.String()
+}
+
+// pairedSummary describes per-round differences of the mesh's added latency
+// minus the pair's (each round's direct baseline cancels out): in how many
+// rounds the mesh was ahead, the median difference and its range.
+func pairedSummary(what string, ds []time.Duration) string {
+	if len(ds) == 0 {
+		return what + ": no rounds"
+	}
+	sorted := slices.Clone(ds)
+	slices.Sort(sorted)
+	ahead := 0
+	for _, x := range ds {
+		if x < 0 {
+			ahead++
+		}
+	}
+	med := sorted[len(sorted)/2]
+	if len(sorted)%2 == 0 {
+		med = (sorted[len(sorted)/2-1] + sorted[len(sorted)/2]) / 2
+	}
+	us := func(t time.Duration) string { return fmt.Sprintf("%+.0f", float64(t)/1e3) }
+	return fmt.Sprintf("added less %s in %d of %d rounds (mesh minus pair: median %s µs, range %s to %s)",
+		what, ahead, len(ds), us(med), us(sorted[0]), us(sorted[len(sorted)-1]))
+}
+
+// benchRounds is $AMBIT_BENCH_ROUNDS, or defaultRounds.
+func benchRounds(b *testing.B) int {
+	v := os.Getenv("AMBIT_BENCH_ROUNDS")
+	if v == "" {
+		return defaultRounds
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		b.Fatalf("AMBIT_BENCH_ROUNDS=%q: want a whole number of rounds, 1 or more", v)
+	}
+	return n
 }
 
 func loadAvg() string {

@@ -22,14 +22,14 @@ import (
 
 // The load: fortio's TCP mode, 1 KiB echoed requests at a constant rate.
 const (
-	loadQPS      = 1000
-	loadConns    = 8               // fortio's default -c: 125 qps per connection
-	loadDuration = 6 * time.Second // per path and round
-	payloadSize  = 1024
-	bulkBytes    = 256 << 20
-	rounds       = 5    // every path once per round; the median round is reported
-	echoPort     = 8078 // fortio tcp-echo in the server pod
-	sinkPort     = 8079 // the bulk-transfer sink in the server pod
+	loadQPS       = 1000
+	loadConns     = 8               // fortio's default -c: 125 qps per connection
+	loadDuration  = 6 * time.Second // per path and round
+	payloadSize   = 1024
+	bulkBytes     = 256 << 20
+	defaultRounds = 5    // every path once per round; the median round is reported
+	echoPort      = 8078 // fortio tcp-echo in the server pod
+	sinkPort      = 8079 // the bulk-transfer sink in the server pod
 )
 
 // latency is what one fortio run measured.
