@@ -251,15 +251,27 @@ func (d *Daemon) capture(ctx context.Context, ps *podState, w *config.Workload) 
 }
 
 // release stops serving a pod; with removeRules it also deletes the capture
-// rules (first, so that no new connection goes to a closing listener). With
-// drain (only sensible while the rules stay: deleting the nat table stops
-// the translation of established redirected connections too), the
-// connections being proxied may finish (up to Config.DrainTimeout) in the
-// background; otherwise they are closed now.
-// A pod that is not captured only gets its rules removed.
+// rules. With drain (only sensible while the rules stay: deleting the nat
+// table stops the translation of established redirected connections too),
+// the connections being proxied may finish (up to Config.DrainTimeout) in
+// the background; otherwise they are closed now.
+//
+// The rules of a captured pod go in two steps: every rule first, so that no
+// new connection goes to a closing listener, and the table (with it the
+// address translation of the connections redirected earlier) only once the
+// proxy has closed those connections, so that their FIN reaches the
+// application (redirect.StopCapture). A pod that is not captured only gets
+// its rules removed.
 func (d *Daemon) release(ctx context.Context, ps *podState, removeRules, drain bool) error {
 	var err error
-	if removeRules {
+	twoStep := removeRules && ps.proxy != nil && ps.ns != nil && !drain
+	if twoStep {
+		if serr := redirect.StopCapture(ctx, ps.ns); serr != nil {
+			d.log.Warn("pod release: could not stop the capture before closing its connections; removing the rules first", "pod", ps.pod.Key(), "err", serr)
+			twoStep = false
+		}
+	}
+	if removeRules && !twoStep {
 		if ps.ns != nil {
 			err = redirect.Remove(ctx, ps.ns)
 		} else if ns, oerr := redirect.OpenNetns(ps.pod.NetnsPath); oerr == nil {
@@ -286,8 +298,8 @@ func (d *Daemon) release(ctx context.Context, ps *podState, removeRules, drain b
 				delete(d.draining, p)
 				d.mu.Unlock()
 			}()
-		} else {
-			d.closePod(ps.pod, p, ns)
+		} else if rerr := d.closePod(ctx, ps.pod, p, ns, twoStep); rerr != nil {
+			err = fmt.Errorf("remove capture rules: %w", rerr)
 		}
 		if sk := ps.socks; sk != nil {
 			if drain {
@@ -319,20 +331,37 @@ const closeWait = 5 * time.Second
 // and then its namespace, waiting up to closeWait: a connection that does
 // not end must not keep the daemon's lock, which every capture, release and
 // CNI ADD of the node needs. Past closeWait the close goes on in the
-// background and the pod is released anyway (its listeners are closed by
-// then, so it can be captured again).
-func (d *Daemon) closePod(pod enroll.Pod, p *proxy.Pod, ns *redirect.Netns) {
+// background and the pod is released anyway (its listeners and connections
+// are closed by then, only their goroutines may still run, so it can be
+// captured again). With removeTable, the capture table is deleted after the
+// wait (see release), before the namespace is closed.
+func (d *Daemon) closePod(ctx context.Context, pod enroll.Pod, p *proxy.Pod, ns *redirect.Netns, removeTable bool) error {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		_ = p.Close()
-		_ = ns.Close()
 	}()
+	closed := true
 	select {
 	case <-done:
 	case <-time.After(closeWait):
+		closed = false
 		d.log.Error("pod release: its connections did not end; closing them in the background", "pod", pod.Key(), "waited", closeWait)
 	}
+	var err error
+	if removeTable {
+		err = redirect.Remove(ctx, ns)
+	}
+	if closed {
+		_ = ns.Close()
+	} else {
+		// The proxy's goroutines may still enter the namespace.
+		go func() {
+			<-done
+			_ = ns.Close()
+		}()
+	}
+	return err
 }
 
 // prefetch obtains certificates for ids concurrently, without d.mu. The

@@ -61,6 +61,11 @@ func describe(es []expr.Any) string {
 			if e.Key != expr.SocketKeyMark {
 				load = fmt.Sprintf("socket key%d", e.Key)
 			}
+		case *expr.Ct:
+			load, mask = "ct state", nil
+			if e.Key != expr.CtKeySTATE {
+				load = fmt.Sprintf("ct key%d", e.Key)
+			}
 		case *expr.Notrack:
 			parts = append(parts, "notrack")
 		case *expr.Payload:
@@ -138,6 +143,12 @@ func describeCmp(load string, mask []byte, c *expr.Cmp) string {
 				return fmt.Sprintf("%s & %#x %s %s", load, binary.NativeEndian.Uint32(mask), op, v)
 			}
 			return fmt.Sprintf("%s %s %s", load, op, v)
+		}
+	case "ct state":
+		// ct state new is a mask test: state & new != 0.
+		if len(d) == 4 && len(mask) == 4 && c.Op == expr.CmpOpNeq && binary.NativeEndian.Uint32(d) == 0 &&
+			binary.NativeEndian.Uint32(mask) == expr.CtStateBitNEW {
+			return "ct state new"
 		}
 	case "iifname", "oifname":
 		return fmt.Sprintf("%s %s %q", load, op, strings.TrimRight(string(d), "\x00"))

@@ -80,6 +80,59 @@ func queueInstall(conn *nftables.Conn, specs []ruleSpec) {
 	}
 }
 
+// StopCapture ends the capture in the namespace, in one netlink
+// transaction, and keeps the translation of the connections redirected
+// before: every rule of the table is deleted and the outbound chain gets one
+// rule that redirects nothing ("ct state new accept"). That rule is what
+// keeps connection tracking on in the namespace: the kernel tracks
+// connections in a network namespace only while some rule there uses
+// conntrack (the redirect rules did), and an established connection's
+// address translation, held by conntrack, is applied only while it is
+// tracked. So whatever ztunnel sends on those connections while it closes
+// them (their FIN) still reaches the application from the address it
+// connected to; with the rules gone it would come from ztunnel's port,
+// match no socket and be lost, leaving the application with a connection
+// that never ends. Call Remove once they are closed. A namespace without the
+// table is left as it is.
+func StopCapture(ctx context.Context, ns *Netns) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	conn, err := dial(ns)
+	if err != nil {
+		return err
+	}
+	defer closeConn(conn)
+	cs, err := conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return fmt.Errorf("redirect: list chains in %s: %w", ns, err)
+	}
+	var out *nftables.Chain
+	n := 0
+	for _, c := range cs {
+		if c.Table == nil || c.Table.Name != TableName {
+			continue
+		}
+		conn.FlushChain(c)
+		n++
+		if c.Name == OutboundChain {
+			out = c
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	if out != nil {
+		s := stoppedRule()
+		conn.AddRule(&nftables.Rule{Table: out.Table, Chain: out, Exprs: s.exprs, UserData: comment(s.comment)})
+	}
+	if err := conn.Flush(); err != nil {
+		return fmt.Errorf("redirect: stop capture in %s: %w", ns, err)
+	}
+	slog.DebugContext(ctx, "redirection stopped", "netns", ns.Path(), "chains", n)
+	return nil
+}
+
 // Remove deletes the capture rules (the whole table) from the namespace. It
 // succeeds when they are not installed.
 func Remove(ctx context.Context, ns *Netns) error {

@@ -196,6 +196,19 @@ func bypassRules(mark, mask uint32) []ruleSpec {
 	}
 }
 
+// stoppedRule is the only rule left by StopCapture: it redirects nothing,
+// and its ct expression keeps connection tracking on in the namespace.
+func stoppedRule() ruleSpec {
+	return ruleSpec{OutboundChain, "capture stopped: new connections go out as they are; keeps conntrack on for those redirected before",
+		[]expr.Any{
+			&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+				Mask: binary.NativeEndian.AppendUint32(nil, expr.CtStateBitNEW), Xor: make([]byte, 4)},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
+			&expr.Verdict{Kind: expr.VerdictAccept},
+		}}
+}
+
 // notrack counts the packet and takes it out of connection tracking.
 func notrack() []expr.Any {
 	return []expr.Any{&expr.Counter{}, &expr.Notrack{}, &expr.Verdict{Kind: expr.VerdictAccept}}

@@ -231,6 +231,24 @@ func TestInstallBatch(t *testing.T) {
 	}
 }
 
+// The rule StopCapture leaves: it matches only new connections, accepts
+// them (redirects nothing) and uses conntrack (the ct expression), which is
+// its purpose.
+func TestStoppedRule(t *testing.T) {
+	s := stoppedRule()
+	if s.chain != OutboundChain || s.comment == "" {
+		t.Errorf("stopped rule in chain %q with comment %q, want %q with a comment", s.chain, s.comment, OutboundChain)
+	}
+	if got := describe(s.exprs); got != "ct state new accept" {
+		t.Errorf("describe(stopped rule) = %q, want %q", got, "ct state new accept")
+	}
+	for _, e := range s.exprs {
+		if _, ok := e.(*expr.Redir); ok {
+			t.Errorf("the stopped rule redirects")
+		}
+	}
+}
+
 func TestDescribeUnknown(t *testing.T) {
 	got := describe([]expr.Any{&expr.Payload{Base: expr.PayloadBaseNetworkHeader, Offset: 1, Len: 1},
 		&expr.Cmp{Op: expr.CmpOpGt, Data: []byte{7}}, &expr.Log{}, &expr.Verdict{Kind: expr.VerdictDrop}})
