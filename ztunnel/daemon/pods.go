@@ -331,10 +331,9 @@ const closeWait = 5 * time.Second
 // and then its namespace, waiting up to closeWait: a connection that does
 // not end must not keep the daemon's lock, which every capture, release and
 // CNI ADD of the node needs. Past closeWait the close goes on in the
-// background and the pod is released anyway (its listeners and connections
-// are closed by then, only their goroutines may still run, so it can be
-// captured again). With removeTable, the capture table is deleted after the
-// wait (see release), before the namespace is closed.
+// background and the pod is released anyway (its listeners are closed by
+// then, so it can be captured again). With removeTable, the capture table is
+// deleted after the wait (see release), before the namespace is closed.
 func (d *Daemon) closePod(ctx context.Context, pod enroll.Pod, p *proxy.Pod, ns *redirect.Netns, removeTable bool) error {
 	done := make(chan struct{})
 	go func() {

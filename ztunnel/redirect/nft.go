@@ -95,63 +95,51 @@ func queueInstall(conn *nftables.Conn, specs []ruleSpec) {
 // that never ends. Call Remove once they are closed. A namespace without the
 // table is left as it is.
 func StopCapture(ctx context.Context, ns *Netns) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	conn, err := dial(ns)
-	if err != nil {
-		return err
-	}
-	defer closeConn(conn)
-	cs, err := conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
-	if err != nil {
-		return fmt.Errorf("redirect: list chains in %s: %w", ns, err)
-	}
-	var out *nftables.Chain
-	n := 0
-	for _, c := range cs {
-		if c.Table == nil || c.Table.Name != TableName {
-			continue
+	return withConn(ctx, ns, func(conn *nftables.Conn) error {
+		cs, err := conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
+		if err != nil {
+			return fmt.Errorf("redirect: list chains in %s: %w", ns, err)
 		}
-		conn.FlushChain(c)
-		n++
-		if c.Name == OutboundChain {
-			out = c
+		var out *nftables.Chain
+		n := 0
+		for _, c := range cs {
+			if c.Table == nil || c.Table.Name != TableName {
+				continue
+			}
+			conn.FlushChain(c)
+			n++
+			if c.Name == OutboundChain {
+				out = c
+			}
 		}
-	}
-	if n == 0 {
+		if n == 0 {
+			return nil
+		}
+		if out != nil {
+			s := stoppedRule()
+			conn.AddRule(&nftables.Rule{Table: out.Table, Chain: out, Exprs: s.exprs, UserData: comment(s.comment)})
+		}
+		if err := conn.Flush(); err != nil {
+			return fmt.Errorf("redirect: stop capture in %s: %w", ns, err)
+		}
+		slog.DebugContext(ctx, "redirection stopped", "netns", ns.Path(), "chains", n)
 		return nil
-	}
-	if out != nil {
-		s := stoppedRule()
-		conn.AddRule(&nftables.Rule{Table: out.Table, Chain: out, Exprs: s.exprs, UserData: comment(s.comment)})
-	}
-	if err := conn.Flush(); err != nil {
-		return fmt.Errorf("redirect: stop capture in %s: %w", ns, err)
-	}
-	slog.DebugContext(ctx, "redirection stopped", "netns", ns.Path(), "chains", n)
-	return nil
+	})
 }
 
 // Remove deletes the capture rules (the whole table) from the namespace. It
 // succeeds when they are not installed.
 func Remove(ctx context.Context, ns *Netns) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	conn, err := dial(ns)
-	if err != nil {
-		return err
-	}
-	defer closeConn(conn)
-	t := table()
-	conn.AddTable(t)
-	conn.DelTable(t)
-	if err := conn.Flush(); err != nil {
-		return fmt.Errorf("redirect: remove nftables rules in %s: %w", ns, err)
-	}
-	slog.DebugContext(ctx, "redirection removed", "netns", ns.Path())
-	return nil
+	return withConn(ctx, ns, func(conn *nftables.Conn) error {
+		t := table()
+		conn.AddTable(t)
+		conn.DelTable(t)
+		if err := conn.Flush(); err != nil {
+			return fmt.Errorf("redirect: remove nftables rules in %s: %w", ns, err)
+		}
+		slog.DebugContext(ctx, "redirection removed", "netns", ns.Path())
+		return nil
+	})
 }
 
 // Ruleset is what Rules found installed, for the admin dump.
@@ -187,14 +175,16 @@ type RuleInfo struct {
 
 // Rules lists the capture rules installed in the namespace.
 func Rules(ctx context.Context, ns *Netns) (*Ruleset, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	conn, err := dial(ns)
-	if err != nil {
-		return nil, err
-	}
-	defer closeConn(conn)
+	var rs *Ruleset
+	err := withConn(ctx, ns, func(conn *nftables.Conn) (err error) {
+		rs, err = listRules(conn, ns)
+		return err
+	})
+	return rs, err
+}
+
+// listRules is Rules on an open connection.
+func listRules(conn *nftables.Conn, ns *Netns) (*Ruleset, error) {
 	rs := &Ruleset{Table: "inet " + TableName}
 	tables, err := conn.ListTablesOfFamily(nftables.TableFamilyINet)
 	if err != nil {
@@ -230,6 +220,20 @@ func Rules(ctx context.Context, ns *Netns) (*Ruleset, error) {
 		rs.Chains = append(rs.Chains, ci)
 	}
 	return rs, nil
+}
+
+// withConn runs fn with a netlink connection bound to the namespace, unless
+// ctx is done.
+func withConn(ctx context.Context, ns *Netns, fn func(*nftables.Conn) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	conn, err := dial(ns)
+	if err != nil {
+		return err
+	}
+	defer closeConn(conn)
+	return fn(conn)
 }
 
 // dial opens a netlink connection bound to the namespace.
