@@ -68,17 +68,15 @@ func TestConntrackBypass(t *testing.T) {
 	_, a, b := lab(t)
 	dumpOnFailure(t, a)
 	dumpOnFailure(t, b)
-	nsA := openNetns(t, a)
+	nsA, cfgA := podConfig(t, a)
+	nsB, cfgB := podConfig(t, b)
 	for _, p := range []struct {
 		pod  *netlab.Pod
 		ns   *redirect.Netns
+		cfg  redirect.Config
 		name string
-	}{{a, nsA, "a"}, {b, openNetns(t, b), "b"}} {
-		ns := p.ns
-		cfg, err := redirect.DefaultConfig(ctx, ns)
-		if err != nil {
-			t.Fatal(err)
-		}
+	}{{a, nsA, cfgA, "a"}, {b, nsB, cfgB, "b"}} {
+		ns, cfg := p.ns, p.cfg
 		install(t, ns, cfg)
 		ls, err := ns.ListenAll(ctx)
 		if err != nil {

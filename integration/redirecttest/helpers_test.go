@@ -139,6 +139,18 @@ func openNetns(t *testing.T, p *netlab.Pod) *redirect.Netns {
 	return ns
 }
 
+// podConfig opens the pod's namespace (see openNetns) and returns it with
+// the configuration ztunnel would use for it (redirect.DefaultConfig).
+func podConfig(t *testing.T, p *netlab.Pod) (*redirect.Netns, redirect.Config) {
+	t.Helper()
+	ns := openNetns(t, p)
+	cfg, err := redirect.DefaultConfig(context.Background(), ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ns, cfg
+}
+
 // install installs the rules; a kernel without nftables NAT support skips the
 // test on a developer machine and fails it under CI.
 func install(t *testing.T, ns *redirect.Netns, cfg redirect.Config) {

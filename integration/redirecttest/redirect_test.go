@@ -23,14 +23,9 @@ func TestRedirection(t *testing.T) {
 	_, a, b := lab(t)
 	dumpOnFailure(t, a)
 
-	ns := openNetns(t, a)
-
 	// The probe sources come from the pod's default gateway: node 0's
 	// address on the pod network.
-	cfg, err := redirect.DefaultConfig(ctx, ns)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ns, cfg := podConfig(t, a)
 	gw := a.Node.PodCIDR.Addr().Next()
 	if !slices.Equal(cfg.ProbeSources, []netip.Prefix{netip.PrefixFrom(gw, 32)}) {
 		t.Fatalf("DefaultConfig probe sources %v, want [%s/32]", cfg.ProbeSources, gw)

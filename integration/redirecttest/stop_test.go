@@ -25,11 +25,7 @@ func TestStopCaptureKeepsTranslation(t *testing.T) {
 	ctx := context.Background()
 	_, a, b := lab(t)
 	dumpOnFailure(t, a)
-	ns := openNetns(t, a)
-	cfg, err := redirect.DefaultConfig(ctx, ns)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ns, cfg := podConfig(t, a)
 	listenIn(t, b.Do, ":8080", "app-b")
 	podB := netip.AddrPortFrom(b.IP, appPort)
 
