@@ -56,16 +56,13 @@ func TestStopCaptureKeepsTranslation(t *testing.T) {
 		}
 		return c.(*net.TCPConn), s.(*net.TCPConn), ln
 	}
-	// ends reports whether the application sees the proxy's close: EOF
-	// within 2 s, rather than the deadline.
-	ends := func(app *net.TCPConn) (bool, error) {
+	// readEnd reads from the application's connection for up to 2 s: EOF
+	// is the proxy's FIN, a timeout means nothing arrived.
+	readEnd := func(app *net.TCPConn) (timedOut bool, err error) {
 		_ = app.SetReadDeadline(time.Now().Add(2 * time.Second))
-		_, err := app.Read(make([]byte, 1))
+		_, err = app.Read(make([]byte, 1))
 		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
-			return false, err
-		}
-		return err == io.EOF, err
+		return errors.As(err, &ne) && ne.Timeout(), err
 	}
 
 	t.Run("stop, close, remove: the application sees the end", func(t *testing.T) {
@@ -90,8 +87,8 @@ func TestStopCaptureKeepsTranslation(t *testing.T) {
 		expect(t, "new connection after StopCapture", connectFrom(t, a.Do, podB), "app-b", netip.AddrPort{})
 		_ = ln.Close()
 		_ = proxied.Close()
-		if ok, err := ends(app); !ok {
-			t.Errorf("the application's connection did not end after the proxy closed it (read: %v)", err)
+		if _, err := readEnd(app); err != io.EOF {
+			t.Errorf("the application's connection did not end with the proxy's FIN (read: %v)", err)
 		}
 		if err := redirect.Remove(ctx, ns); err != nil {
 			t.Fatal(err)
@@ -111,8 +108,8 @@ func TestStopCaptureKeepsTranslation(t *testing.T) {
 		}
 		_ = ln.Close()
 		_ = proxied.Close()
-		if ok, err := ends(app); ok || err == nil {
-			t.Errorf("with the table removed first the application still saw the end (read: %v): this kernel keeps the translation without rules, so the subtest above proves nothing here", err)
+		if timedOut, err := readEnd(app); !timedOut {
+			t.Errorf("with the table removed first the application still heard from the proxy (read: %v): this kernel keeps the translation without rules, so the subtest above proves nothing here", err)
 		}
 	})
 
