@@ -409,11 +409,11 @@ func TestMesh(t *testing.T) {
 				t.Errorf("cycle %d: a connection open through ztunnel at the release is still open 5 s later (read %d bytes, %v)", i, n, err)
 			}
 		}
-		// held is what a ztunnel holds once nothing changes any more: its
-		// goroutines and open files, read until three readings 100 ms
+		// settled is what a ztunnel holds once nothing changes any more:
+		// its goroutines and open files, read until three readings 100 ms
 		// apart agree.
 		type holding struct{ goroutines, fds float64 }
-		held := func(z *ztunnel) holding {
+		settled := func(z *ztunnel) holding {
 			var last holding
 			same := 0
 			eventually(t, 10*time.Second, z.String()+" goroutines and open files to settle", func() bool {
@@ -439,14 +439,14 @@ func TestMesh(t *testing.T) {
 		// The first cycle fills what is kept on purpose (connection pools,
 		// certificates, buffers); five more must not add to it.
 		cycle(0)
-		base := map[*ztunnel]holding{z0: held(z0), z1: held(z1)}
+		base := map[*ztunnel]holding{z0: settled(z0), z1: settled(z1)}
 		baseHeap := map[*ztunnel]float64{z0: liveHeap(z0), z1: liveHeap(z1)}
 		const cycles = 5
 		for i := 1; i <= cycles; i++ {
 			cycle(i)
 		}
 		for _, z := range []*ztunnel{z0, z1} {
-			h := held(z)
+			h := settled(z)
 			heap := liveHeap(z)
 			t.Logf("%s after the first release: %v goroutines, %v open files, %.0f KiB live heap; after %d more cycles: %v, %v, %.0f KiB",
 				z, base[z].goroutines, base[z].fds, baseHeap[z]/1024, cycles, h.goroutines, h.fds, heap/1024)
