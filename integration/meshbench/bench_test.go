@@ -48,9 +48,8 @@ var (
 // between the same two pods in one run (see the package documentation):
 // five rounds of every path ($AMBIT_BENCH_ROUNDS sets another number), so
 // that the paths interleave in time, and the median round of each figure
-// is reported. It runs once whatever b.N
-// is: the figures come from fortio and the bulk transfers, not from b.N
-// iterations. The report is printed, and also written to the file named by
+// is reported. It runs once whatever b.N is: the figures come from fortio
+// and the bulk transfers, not from b.N iterations. The report is printed, and also written to the file named by
 // $AMBIT_BENCH_REPORT when set.
 func BenchmarkPaths(b *testing.B) {
 	tier.RequireRoot(b)
@@ -287,11 +286,7 @@ func median(rs []result) result {
 		for i, r := range rs {
 			v[i] = f(r)
 		}
-		slices.Sort(v)
-		if len(v)%2 == 0 {
-			return (v[len(v)/2-1] + v[len(v)/2]) / 2
-		}
-		return v[len(v)/2]
+		return middle(v)
 	}
 	m := result{name: rs[0].name, proxies: rs[0].proxies, measured: rs[0].measured}
 	m.lat.p50 = time.Duration(mid(func(r result) float64 { return float64(r.lat.p50) }))
@@ -451,21 +446,26 @@ func pairedSummary(what string, ds []time.Duration) string {
 	if len(ds) == 0 {
 		return what + ": no rounds"
 	}
-	sorted := slices.Clone(ds)
-	slices.Sort(sorted)
+	v := make([]float64, len(ds))
 	ahead := 0
-	for _, x := range ds {
+	for i, x := range ds {
+		v[i] = float64(x) / 1e3
 		if x < 0 {
 			ahead++
 		}
 	}
-	med := sorted[len(sorted)/2]
-	if len(sorted)%2 == 0 {
-		med = (sorted[len(sorted)/2-1] + sorted[len(sorted)/2]) / 2
+	return fmt.Sprintf("added less %s in %d of %d rounds (mesh minus pair: median %+.0f µs, range %+.0f to %+.0f)",
+		what, ahead, len(ds), middle(v), slices.Min(v), slices.Max(v))
+}
+
+// middle is the median of v (the mean of the two middle values when their
+// number is even); it sorts v.
+func middle(v []float64) float64 {
+	slices.Sort(v)
+	if len(v)%2 == 0 {
+		return (v[len(v)/2-1] + v[len(v)/2]) / 2
 	}
-	us := func(t time.Duration) string { return fmt.Sprintf("%+.0f", float64(t)/1e3) }
-	return fmt.Sprintf("added less %s in %d of %d rounds (mesh minus pair: median %s µs, range %s to %s)",
-		what, ahead, len(ds), us(med), us(sorted[0]), us(sorted[len(sorted)-1]))
+	return v[len(v)/2]
 }
 
 // benchRounds is $AMBIT_BENCH_ROUNDS, or defaultRounds.

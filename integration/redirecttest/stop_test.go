@@ -40,8 +40,8 @@ func TestStopCaptureKeepsTranslation(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { ln.Close() })
-		var c net.Conn
-		if err := a.Do(func() (err error) { c, err = net.DialTimeout("tcp", podB.String(), 5*time.Second); return err }); err != nil {
+		c, err := a.DialTCP(podB)
+		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { c.Close() })
@@ -54,7 +54,7 @@ func TestStopCaptureKeepsTranslation(t *testing.T) {
 		if od, err := redirect.OriginalDst(s.(*net.TCPConn)); err != nil || od != podB {
 			t.Fatalf("accepted connection's original destination %v (%v), want %v", od, err, podB)
 		}
-		return c.(*net.TCPConn), s.(*net.TCPConn), ln
+		return c, s.(*net.TCPConn), ln
 	}
 	// readEnd reads from the application's connection for up to 2 s: EOF
 	// is the proxy's FIN, a timeout means nothing arrived.
