@@ -35,6 +35,10 @@ var (
 		Name: "ambit_controller_xds_connections",
 		Help: "Open xDS (delta ADS) streams, by node kind (ztunnel, waypoint, invalid); a stream is counted once its first request names the node.",
 	}, []string{"node_kind"})
+	XDSRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ambit_controller_xds_refused_total",
+		Help: "xDS calls and subscriptions refused, by gRPC code: Unauthenticated (no valid service-account token), PermissionDenied (the caller may not have that node's configuration), Unavailable (the token could not be checked).",
+	}, []string{"code"})
 	XDSPushes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ambit_controller_xds_pushes_total",
 		Help: "xDS responses sent to clients, by resource type (Workload, Service, Authorization, WaypointConfig).",
@@ -75,6 +79,6 @@ var (
 
 func init() {
 	Registry.MustRegister(Translations, TranslateSeconds,
-		XDSConnections, XDSPushes, XDSNacks, XDSPublishSeconds, XDSPushAckSeconds,
+		XDSConnections, XDSRefused, XDSPushes, XDSNacks, XDSPublishSeconds, XDSPushAckSeconds,
 		CARequests, CARequestSeconds, CASignSeconds)
 }

@@ -13,6 +13,7 @@ func TestLint(t *testing.T) {
 	// Make every vector have a series so that it is gathered.
 	Translations.WithLabelValues(ResultOK)
 	XDSConnections.WithLabelValues("ztunnel")
+	XDSRefused.WithLabelValues("Unauthenticated")
 	XDSPushes.WithLabelValues("Workload")
 	XDSNacks.WithLabelValues("Workload")
 	CARequests.WithLabelValues("OK")
@@ -27,11 +28,11 @@ func TestLint(t *testing.T) {
 		}
 		ours++
 	}
-	if ours != 10 {
-		t.Errorf("%d ambit_controller_ metrics registered, want 10", ours)
+	if ours != 11 {
+		t.Errorf("%d ambit_controller_ metrics registered, want 11", ours)
 	}
 	problems, err := testutil.GatherAndLint(Registry, "ambit_controller_translations_total",
-		"ambit_controller_translate_duration_seconds", "ambit_controller_xds_connections",
+		"ambit_controller_translate_duration_seconds", "ambit_controller_xds_connections", "ambit_controller_xds_refused_total",
 		"ambit_controller_xds_pushes_total", "ambit_controller_xds_nacks_total",
 		"ambit_controller_xds_publish_duration_seconds", "ambit_controller_xds_push_ack_duration_seconds",
 		"ambit_controller_ca_requests_total", "ambit_controller_ca_request_duration_seconds",

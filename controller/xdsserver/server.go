@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"time"
@@ -34,6 +35,9 @@ const (
 type Server struct {
 	log *slog.Logger
 	ads serverv3.Server
+	// authorize, when set, decides whether a stream may subscribe as a
+	// node (SetAuthorizer).
+	authorize func(ctx context.Context, nodeID string) error
 
 	mu        sync.Mutex
 	caches    map[cacheKey]*cachev3.LinearCache
@@ -53,6 +57,10 @@ type Server struct {
 
 // streamState is what the metrics need to know about one stream.
 type streamState struct {
+	// ctx is the stream's context (its authenticated caller).
+	ctx context.Context
+	// authorized is the node ID the authorizer admitted on this stream.
+	authorized string
 	// kind is the node kind ("" until a request names the node).
 	kind string
 	// nodeID is the node's ID, from its first request.
@@ -80,12 +88,12 @@ func New(logger *slog.Logger) *Server {
 		byStream:  map[int64]*streamState{},
 	}
 	cb := serverv3.CallbackFuncs{
-		DeltaStreamOpenFunc: func(_ context.Context, id int64, _ string) error {
+		DeltaStreamOpenFunc: func(ctx context.Context, id int64, _ string) error {
 			s.mu.Lock()
 			s.streams++
 			s.mu.Unlock()
 			s.mmu.Lock()
-			s.byStream[id] = &streamState{responded: map[string]bool{}, pending: map[string]time.Time{}}
+			s.byStream[id] = &streamState{ctx: ctx, responded: map[string]bool{}, pending: map[string]time.Time{}}
 			s.mmu.Unlock()
 			return nil
 		},
@@ -107,6 +115,9 @@ func New(logger *slog.Logger) *Server {
 				s.log.Warn("xds client rejected configuration", "stream", id, "node", req.GetNode().GetId(),
 					"type", req.GetTypeUrl(), "nonce", req.GetResponseNonce(), "err", d.GetMessage())
 			}
+			if err := s.authorizeRequest(id, req); err != nil {
+				return err // ends the stream with err's status
+			}
 			s.onRequest(id, req, d != nil)
 			return nil
 		},
@@ -114,6 +125,74 @@ func New(logger *slog.Logger) *Server {
 	}
 	s.ads = serverv3.NewServer(context.Background(), s, cb)
 	return s
+}
+
+// SetAuthorizer makes every stream subject to authorize: each node ID a
+// stream's requests name is passed to it once, with the stream's context,
+// and an error ends the stream with that error (a gRPC status) before the
+// subscription is served. Call it before serving; without it every stream
+// is served.
+func (s *Server) SetAuthorizer(authorize func(ctx context.Context, nodeID string) error) {
+	s.authorize = authorize
+}
+
+// authorizeRequest applies the authorizer to the node a request names (a
+// request without a node keeps the stream's node).
+func (s *Server) authorizeRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
+	node := req.GetNode().GetId()
+	if s.authorize == nil || req.GetNode() == nil {
+		return nil
+	}
+	s.mmu.Lock()
+	st := s.byStream[id]
+	var ctx context.Context
+	done := st == nil || (node != "" && st.authorized == node)
+	if st != nil {
+		ctx = st.ctx
+	}
+	s.mmu.Unlock()
+	if done {
+		return nil
+	}
+	if err := s.authorize(ctx, node); err != nil {
+		return err
+	}
+	s.mmu.Lock()
+	st.authorized = node
+	s.mmu.Unlock()
+	return nil
+}
+
+// ListenAndServe listens on addr and serves the aggregated discovery
+// service there, with opts (for example TLS and authentication), until ctx
+// ends.
+func (s *Server) ListenAndServe(ctx context.Context, addr string, opts ...grpc.ServerOption) error {
+	var lc net.ListenConfig
+	lis, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return fmt.Errorf("xds listener: %w", err)
+	}
+	return s.Serve(ctx, lis, opts...)
+}
+
+// Serve serves the aggregated discovery service on lis, with opts, until
+// ctx ends; it returns nil then.
+func (s *Server) Serve(ctx context.Context, lis net.Listener, opts ...grpc.ServerOption) error {
+	g := grpc.NewServer(opts...)
+	s.Register(g)
+	go func() {
+		<-ctx.Done()
+		// ADS streams never end by themselves: give in-flight pushes a
+		// moment, then close the streams (clients reconnect elsewhere).
+		t := time.AfterFunc(2*time.Second, g.Stop)
+		g.GracefulStop()
+		t.Stop()
+	}()
+	s.log.InfoContext(ctx, "xds serving", "address", lis.Addr().String(), "authenticated", s.authorize != nil)
+	if err := g.Serve(lis); err != nil && ctx.Err() == nil {
+		return fmt.Errorf("xds: %w", err)
+	}
+	return nil
 }
 
 // Register adds the aggregated discovery service to g.

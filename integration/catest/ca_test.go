@@ -49,6 +49,7 @@ type fixture struct {
 	roots *x509.CertPool
 	root  *x509.Certificate
 	cfg   ca.Config
+	ca    *ca.Server
 }
 
 // testLog sends the CA's warnings and errors to the test log.
@@ -133,6 +134,7 @@ func setup(t *testing.T) *fixture {
 	f.cfg = ca.Config{SystemNamespace: systemNS, MaxCertLifetime: maxLife}
 	srvCtx, cancel := context.WithCancel(context.Background())
 	server := must(ca.New(ctx, kube, f.cfg, testLog(t).With("component", "ca")))(t)
+	f.ca = server
 	lis := must(net.Listen("tcp", "127.0.0.1:0"))(t)
 	served := make(chan error, 1)
 	go func() { served <- server.Serve(srvCtx, lis) }()

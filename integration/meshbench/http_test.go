@@ -155,6 +155,7 @@ func startWaypoint(b *testing.B, sp *spawner, bin string, pod *netlab.Pod, xdsAd
 		"-service-account", waypointName,
 		"-trust-domain", trustDomain,
 		"-xds-address", wpXDSRelay,
+		"-xds-insecure", // the controller runs in local mode
 		"-xds-state-file", filepath.Join(dir, "xds-state.pb"),
 		"-ca-address", wpCARelay,
 		"-ca-root-file", mca.rootFile,

@@ -90,6 +90,7 @@ func startZtunnel(b *testing.B, sp *spawner, bin, node string, host int, xdsAddr
 	sock := filepath.Join(z.dir, "ztunnel.sock")
 	args := []string{"-node-name", node,
 		"-xds-address", xdsAddr,
+		"-xds-insecure", // the controller runs in local mode
 		"-xds-state-file", filepath.Join(z.dir, "xds-state.pb"),
 		"-ca-address", mca.addr,
 		"-ca-root-file", mca.rootFile,

@@ -50,6 +50,7 @@ func (z *ztunnel) start() {
 			filepath.Join(z.dir, fmt.Sprintf("ztunnel.%d.log", z.starts)), z.bin,
 			"-node-name", z.node,
 			"-xds-address", z.xdsAddr,
+			"-xds-insecure", // the controller runs in local mode
 			"-xds-state-file", z.xdsState(),
 			"-ca-address", z.caAddr,
 			"-ca-root-file", z.caRoot,

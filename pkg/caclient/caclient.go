@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -86,8 +87,24 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Address == "" {
 		return nil, errors.New("caclient: no CA address")
 	}
+	opts, err := DialOptions(cfg)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := grpc.NewClient(cfg.Address, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("caclient: %w", err)
+	}
+	return &Client{conn: conn, ca: cav1alpha1.NewCertificateServiceClient(conn)}, nil
+}
+
+// DialOptions are the gRPC options for a call to the controller (its CA,
+// or its xDS server): TLS 1.3 verified against cfg.Roots for
+// cfg.ServerName, the bearer token with every call, then cfg.DialOptions.
+// cfg.Address is not used.
+func DialOptions(cfg Config) ([]grpc.DialOption, error) {
 	if cfg.Roots == nil {
-		return nil, errors.New("caclient: no roots to verify the CA with")
+		return nil, errors.New("caclient: no roots to verify the controller with")
 	}
 	tok := cfg.Token
 	if tok == nil {
@@ -102,15 +119,45 @@ func New(cfg Config) (*Client, error) {
 		name = DefaultServerName
 	}
 	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: cfg.Roots, ServerName: name}
-	opts := append([]grpc.DialOption{
+	return append([]grpc.DialOption{
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
 		grpc.WithPerRPCCredentials(tokenCreds(tok)),
-	}, cfg.DialOptions...)
+	}, cfg.DialOptions...), nil
+}
+
+// XDSConfig chooses how a data plane reaches the controller's xDS server.
+type XDSConfig struct {
+	// Address is the xDS server's host:port.
+	Address string
+	// Insecure uses plaintext gRPC without a token, for a controller in
+	// local mode (which has no CA and serves xDS in plaintext). Otherwise
+	// the connection is TLS verified against the roots in RootsFile for
+	// ServerName, and carries the token in TokenFile, as the CA's does.
+	Insecure                         bool
+	ServerName, RootsFile, TokenFile string
+}
+
+// DialXDS returns a (lazily connecting) client connection to the
+// controller's xDS server.
+func DialXDS(cfg XDSConfig) (*grpc.ClientConn, error) {
+	if cfg.Address == "" {
+		return nil, errors.New("no xDS address")
+	}
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	if !cfg.Insecure {
+		roots, err := RootsFromFile(cfg.RootsFile)
+		if err != nil {
+			return nil, fmt.Errorf("xDS: %w (the roots that verify the controller; plaintext xDS to a controller in local mode needs -xds-insecure)", err)
+		}
+		if opts, err = DialOptions(Config{ServerName: cfg.ServerName, Roots: roots, TokenFile: cfg.TokenFile}); err != nil {
+			return nil, fmt.Errorf("xDS: %w", err)
+		}
+	}
 	conn, err := grpc.NewClient(cfg.Address, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("caclient: %w", err)
+		return nil, fmt.Errorf("xds client: %w", err)
 	}
-	return &Client{conn: conn, ca: cav1alpha1.NewCertificateServiceClient(conn)}, nil
+	return conn, nil
 }
 
 // Close closes the connection to the CA.

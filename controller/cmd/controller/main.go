@@ -6,15 +6,12 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
-	"time"
 
 	"golang.org/x/sync/errgroup"
-	"google.golang.org/grpc"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -56,7 +53,7 @@ func run(args []string) error {
 		kubeconfig    = fs.String("kubeconfig", "", "path to a kubeconfig; empty means in-cluster configuration (or $KUBECONFIG)")
 		listen        = fs.String("ca-listen", ca.DefaultListenAddress, "address of the mesh CA's gRPC (TLS) listener")
 		serverNames   = fs.String("ca-server-names", "", "comma-separated extra DNS names (or IPs) of the CA's serving certificate")
-		xdsListen     = fs.String("xds-listen", "", "address of the xDS (delta ADS, insecure gRPC) listener; default "+defaultXDSListen+", or "+defaultLocalXDSListen+" in local mode")
+		xdsListen     = fs.String("xds-listen", "", "address of the xDS (delta ADS over gRPC) listener: TLS with a service-account token, like the CA, or plaintext in local mode; default "+defaultXDSListen+", or "+defaultLocalXDSListen+" in local mode")
 		configDir     = fs.String("config-dir", "", "local mode: read Kubernetes objects from the *.yaml/*.yml files of this folder (watched) instead of a cluster; no CA, no status, no waypoint deployment")
 		leaderElect   = fs.Bool("leader-elect", true, "elect one replica (Lease in the system namespace) to write status and waypoint resources; every replica serves xDS")
 		metricsListen = fs.String("metrics-listen", defaultMetricsListen, "address of the Prometheus metrics listener (cluster mode); 0 disables")
@@ -109,7 +106,8 @@ func run(args []string) error {
 			addr = defaultLocalXDSListen
 		}
 		log.InfoContext(ctx, "controller starting in local mode", "version", version.Version, "dir", *configDir, "xds", addr)
-		g.Go(func() error { return serveXDS(ctx, addr, xds, log) })
+		// Local mode has no CA: xDS is plaintext, on loopback by default.
+		g.Go(func() error { return xds.ListenAndServe(ctx, addr) })
 		g.Go(func() error {
 			return localmode.Run(ctx, localmode.Config{Dir: *configDir, Load: translate.LoadInput, Pipeline: pipe, Logger: log.With("component", "localmode")})
 		})
@@ -145,7 +143,11 @@ func run(args []string) error {
 		return err
 	}
 	g.Go(func() error { return server.ListenAndServe(ctx, *listen) })
-	g.Go(func() error { return serveXDS(ctx, addr, xds, log) })
+	// xDS is secured like the CA: TLS with its serving certificate, a
+	// service-account token on every stream, and each node's configuration
+	// only to that node's service account.
+	xds.SetAuthorizer(server.AuthorizeXDS)
+	g.Go(func() error { return xds.ListenAndServe(ctx, addr, server.XDSServerOptions()...) })
 	g.Go(func() error { return ctl.Start(ctx) })
 	return g.Wait()
 }
@@ -160,28 +162,4 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 	}
 	restCfg.UserAgent = "ambit-controller/" + version.Version
 	return restCfg, nil
-}
-
-// serveXDS serves the xDS server on addr (insecure gRPC; mTLS comes with the
-// ztunnel work) until ctx ends.
-func serveXDS(ctx context.Context, addr string, xds *xdsserver.Server, log *slog.Logger) error {
-	lis, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("xds listener: %w", err)
-	}
-	g := grpc.NewServer()
-	xds.Register(g)
-	go func() {
-		<-ctx.Done()
-		// ADS streams never end by themselves: give in-flight pushes a
-		// moment, then close the streams (clients reconnect elsewhere).
-		t := time.AfterFunc(2*time.Second, g.Stop)
-		g.GracefulStop()
-		t.Stop()
-	}()
-	log.InfoContext(ctx, "xds serving", "address", lis.Addr().String())
-	if err := g.Serve(lis); err != nil {
-		return fmt.Errorf("xds: %w", err)
-	}
-	return nil
 }

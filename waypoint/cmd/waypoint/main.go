@@ -17,8 +17,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
 	"github.com/ambit-mesh/ambit/pkg/caclient"
@@ -86,9 +84,10 @@ func serve(ctx context.Context, o *options, log *slog.Logger, accessOut io.Write
 		return err
 	}
 
-	conn, err := grpc.NewClient(o.xdsAddress, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := caclient.DialXDS(caclient.XDSConfig{Address: o.xdsAddress, Insecure: o.xdsInsecure,
+		ServerName: o.caServerName, RootsFile: o.caRootFile, TokenFile: o.caTokenFile})
 	if err != nil {
-		return fmt.Errorf("xds client: %w", err)
+		return err
 	}
 	defer conn.Close()
 	store := server.NewStore(log.With("component", "config"))

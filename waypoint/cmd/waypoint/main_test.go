@@ -73,7 +73,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func TestServeReadinessAndDrain(t *testing.T) {
 	xdsAddr, caches, startXDS := newControlPlane(t)
 	o, err := parseOptions([]string{
-		"-local-ca-trust-domain", "example.org",
+		"-local-ca-trust-domain", "example.org", "-xds-insecure",
 		"-xds-address", xdsAddr,
 		"-hbone-address", "127.0.0.1:0", "-metrics-address", "127.0.0.1:0", "-ready-address", "127.0.0.1:0", "-admin-address", "127.0.0.1:0",
 		"-shutdown-delay", "1s", "-shutdown-drain", "1s",

@@ -51,6 +51,7 @@ type options struct {
 	endpointHBONEPort                                        uint16
 
 	xdsAddress, xdsStateFile string
+	xdsInsecure              bool
 
 	caAddress, caRootFile, caTokenFile, caServerName, localCATrustDomain string
 	certValidity                                                         time.Duration
@@ -92,7 +93,8 @@ func parseOptions(args []string, getenv func(string) string, out io.Writer) (*op
 	ready := fs.String("ready-address", ":15021", "/healthz/ready and /healthz/live listener; empty disables")
 	adminAddr := fs.String("admin-address", "localhost:15000", "/config_dump listener (keep it on localhost); empty disables")
 	hbonePort := fs.Uint("endpoint-hbone-port", hbone.Port, "HBONE port of endpoints")
-	xdsAddr := fs.String("xds-address", or(getenv(envXDSAddress), defaultXDSAddress), "controller xDS server, insecure gRPC ($"+envXDSAddress+")")
+	xdsAddr := fs.String("xds-address", or(getenv(envXDSAddress), defaultXDSAddress), "controller xDS server: TLS verified with -ca-root-file for -ca-server-name, authenticated with -ca-token-file, as the CA ($"+envXDSAddress+")")
+	xdsInsecure := fs.Bool("xds-insecure", false, "plaintext xDS without a token, for a controller in local mode (which serves it so, on loopback by default)")
 	xdsState := fs.String("xds-state-file", defState, "last good configuration, read at start; empty disables (default $"+envStateDir+"/"+stateFileName+")")
 	caAddr := fs.String("ca-address", or(getenv(envCAAddress), defaultCAAddress), "mesh CA, gRPC over TLS ($"+envCAAddress+")")
 	caRoot := fs.String("ca-root-file", or(getenv(envCARootFile), defaultCARootFile), "PEM bundle that verifies the CA's serving certificate ($"+envCARootFile+")")
@@ -117,7 +119,7 @@ func parseOptions(args []string, getenv func(string) string, out io.Writer) (*op
 	}
 	o := &options{
 		hboneAddress: *listen, metricsAddress: *metrics, readyAddress: *ready, adminAddress: *adminAddr,
-		xdsAddress: *xdsAddr, xdsStateFile: *xdsState,
+		xdsAddress: *xdsAddr, xdsStateFile: *xdsState, xdsInsecure: *xdsInsecure,
 		caAddress: *caAddr, caRootFile: *caRoot, caTokenFile: *caToken, caServerName: *caName,
 		localCATrustDomain: *localCA, certValidity: *validity,
 		otlpEndpoint: *otlp, shutdownDrain: *drain, shutdownDelay: *delay, sniffTimeout: *sniff, drainRemoved: *drainRemoved, showVersion: *showVersion,
@@ -184,6 +186,9 @@ func parseOptions(args []string, getenv func(string) string, out io.Writer) (*op
 			}
 			o.identity = wid
 		}
+	}
+	if o.localCATrustDomain != "" && !o.xdsInsecure {
+		problems = append(problems, "-local-ca-trust-domain has no mesh root to verify the controller's xDS server with: add -xds-insecure (a controller in local mode serves plaintext xDS)")
 	}
 	if o.localCATrustDomain == "" {
 		if o.caAddress == "" {

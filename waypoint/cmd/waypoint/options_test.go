@@ -64,7 +64,7 @@ func TestFlagsOverrideEnv(t *testing.T) {
 	e["SPIFFE_ID"] = "spiffe://td/ns/x/sa/from-env"
 	o, err := parseOptions([]string{
 		"-gateway", "other/wp", "-identity", "spiffe://td/ns/other/sa/wp",
-		"-xds-state-file", "", "-ca-root-file", "/tmp/root.pem", "-xds-address", "127.0.0.1:1",
+		"-xds-state-file", "", "-ca-root-file", "/tmp/root.pem", "-xds-address", "127.0.0.1:1", "-xds-insecure",
 		"-otlp-endpoint", "127.0.0.1:4317", "-shutdown-drain", "1s", "-drain-removed", "5s",
 	}, env(e), io.Discard)
 	if err != nil {
@@ -72,7 +72,7 @@ func TestFlagsOverrideEnv(t *testing.T) {
 	}
 	if o.gateway() != "other/wp" || o.identity.String() != "spiffe://td/ns/other/sa/wp" || o.xdsStateFile != "" ||
 		o.caRootFile != "/tmp/root.pem" || o.xdsAddress != "127.0.0.1:1" || o.otlpEndpoint != "127.0.0.1:4317" || o.shutdownDrain != time.Second ||
-		o.drainRemoved != 5*time.Second {
+		o.drainRemoved != 5*time.Second || !o.xdsInsecure {
 		t.Fatalf("flags did not override: %+v", o)
 	}
 	// SPIFFE_ID wins over the pod's namespace and service account.
@@ -91,7 +91,8 @@ func TestDefaultsWithoutEnv(t *testing.T) {
 		t.Fatal(err)
 	}
 	if o.identity.String() != "spiffe://cluster.local/ns/a/sa/b" || o.caRootFile != "/etc/ambit/ca/root-cert.pem" ||
-		o.xdsStateFile != "" || o.xdsAddress != "ambit-controller.ambit-system.svc:15010" || o.drainRemoved != 30*time.Second {
+		o.xdsStateFile != "" || o.xdsAddress != "ambit-controller.ambit-system.svc:15010" || o.drainRemoved != 30*time.Second ||
+		o.xdsInsecure {
 		t.Fatalf("defaults: %+v", o)
 	}
 }
@@ -134,6 +135,7 @@ func TestInvalidValues(t *testing.T) {
 		"no ca root":             {[]string{"-ca-root-file", ""}, nil, "-ca-root-file"},
 		"negative gomaxprocs":    {[]string{"-gomaxprocs", "-2"}, nil, "-gomaxprocs"},
 		"bad memory limit":       {[]string{"-memory-limit", "12 apples"}, nil, "-memory-limit"},
+		"local CA, secure xDS":   {[]string{"-local-ca-trust-domain", "cluster.local"}, nil, "add -xds-insecure"},
 	} {
 		e := podEnv()
 		if c.mod != nil {
@@ -144,8 +146,8 @@ func TestInvalidValues(t *testing.T) {
 			t.Errorf("%s: error %v, want one mentioning %q", name, err, c.want)
 		}
 	}
-	// The local CA needs no CA address or root file.
-	if _, err := parseOptions([]string{"-local-ca-trust-domain", "cluster.local", "-ca-root-file", ""}, env(podEnv()), io.Discard); err != nil {
+	// The local CA, with plaintext xDS, needs no CA address or root file.
+	if _, err := parseOptions([]string{"-local-ca-trust-domain", "cluster.local", "-xds-insecure", "-ca-root-file", ""}, env(podEnv()), io.Discard); err != nil {
 		t.Fatal(err)
 	}
 }

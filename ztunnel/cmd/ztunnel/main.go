@@ -12,9 +12,6 @@ import (
 	"strings"
 	"syscall"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	"github.com/ambit-mesh/ambit/pkg/caclient"
 	"github.com/ambit-mesh/ambit/pkg/goruntime"
 	"github.com/ambit-mesh/ambit/pkg/identity"
@@ -35,7 +32,8 @@ func main() {
 func run(args []string) error {
 	fs := flag.NewFlagSet("ztunnel", flag.ContinueOnError)
 	node := fs.String("node-name", os.Getenv("NODE_NAME"), "Kubernetes node this ztunnel serves (default $NODE_NAME)")
-	xdsAddr := fs.String("xds-address", "ambit-controller.ambit-system.svc:15010", "controller xDS server (insecure gRPC)")
+	xdsAddr := fs.String("xds-address", "ambit-controller.ambit-system.svc:15010", "controller xDS server: TLS verified with -ca-root-file for -ca-server-name, authenticated with -ca-token-file, as the CA")
+	xdsInsecure := fs.Bool("xds-insecure", false, "plaintext xDS without a token, for a controller in local mode (which serves it so, on loopback by default)")
 	xdsState := fs.String("xds-state-file", "/var/run/ambit/xds-state.pb", "last good configuration, read at start")
 	caAddr := fs.String("ca-address", "ambit-controller.ambit-system.svc:15012", "mesh CA (gRPC over TLS)")
 	caRoot := fs.String("ca-root-file", "/var/run/ambit/ca/root-cert.pem", "PEM bundle that verifies the CA's serving certificate")
@@ -156,9 +154,13 @@ func run(args []string) error {
 		return err
 	}
 	defer closeFetcher()
-	conn, err := grpc.NewClient(*xdsAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if *localCA != "" && !*xdsInsecure {
+		return errors.New("-local-ca-trust-domain has no mesh root to verify the controller's xDS server with: add -xds-insecure (a controller in local mode serves plaintext xDS)")
+	}
+	conn, err := caclient.DialXDS(caclient.XDSConfig{Address: *xdsAddr, Insecure: *xdsInsecure,
+		ServerName: *caName, RootsFile: *caRoot, TokenFile: *caToken})
 	if err != nil {
-		return fmt.Errorf("xds client: %w", err)
+		return err
 	}
 	defer conn.Close()
 
