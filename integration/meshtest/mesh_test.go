@@ -9,9 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -372,8 +370,13 @@ func TestMesh(t *testing.T) {
 			waitCaptured(t, captured)
 		})
 		// cycle captures the pods, sends traffic through both ztunnels
-		// (pod, VIP, both directions), opens a tunnel it leaves open, and
-		// releases the pods: the release must close that connection.
+		// (pod, VIP, both directions), opens a tunnel it keeps open, and
+		// releases the pods: the open connection drains (it goes on through
+		// both ztunnels while new connections bypass them), and once it
+		// ends, the pods' capture tables go.
+		opened := func() float64 {
+			return z0.metric(t, "istio_tcp_connections_opened_total", map[string]string{"reporter": "source"})
+		}
 		cycle := func(i int) {
 			t.Helper()
 			cfg.write(namespacesFile, namespacesYAML(true))
@@ -391,23 +394,30 @@ func TestMesh(t *testing.T) {
 				t.Fatalf("cycle %d: %v", i, err)
 			}
 			defer held.Close()
-			_ = held.SetDeadline(time.Now().Add(5 * time.Second))
-			msg := []byte("held across the release")
-			if _, err := held.Write(msg); err != nil {
-				t.Fatalf("cycle %d: held connection: %v", i, err)
-			}
-			if _, err := io.ReadFull(held, make([]byte, len(msg))); err != nil {
+			if err := roundTrip(held, []byte("held across the release")); err != nil {
 				t.Fatalf("cycle %d: held connection: %v", i, err)
 			}
 			cfg.write(namespacesFile, namespacesYAML(false))
 			waitCaptured(t, released)
-			// ztunnel's end of the held connection is closed with the
-			// pod's release: the read ends with EOF or a reset, not the
-			// deadline.
-			_ = held.SetReadDeadline(time.Now().Add(5 * time.Second))
-			n, err := held.Read(make([]byte, 1))
-			if ne, ok := err.(net.Error); err == nil || (ok && ne.Timeout()) {
-				t.Errorf("cycle %d: a connection open through ztunnel at the release is still open 5 s later (read %d bytes, %v)", i, n, err)
+			before := opened()
+			if err := client.Echo(serverAddr, hello(client)); err != nil {
+				t.Fatalf("cycle %d: new connection after the release: %v", i, err)
+			}
+			if got := opened(); got != before {
+				t.Errorf("cycle %d: a connection opened after the release went through ztunnel (%v -> %v outbound connections)", i, before, got)
+			}
+			if err := roundTrip(held, []byte("drained after the release")); err != nil {
+				t.Errorf("cycle %d: the connection open at the release did not go on while draining: %v", i, err)
+			}
+			for _, p := range []*netlab.Pod{client, server} {
+				if !captureTable(t, p) {
+					t.Errorf("cycle %d: pod %s: capture table gone while a connection drains (its translation goes with it)", i, p.Name)
+				}
+			}
+			_ = held.Close()
+			for _, p := range []*netlab.Pod{client, server} {
+				eventually(t, settle, fmt.Sprintf("cycle %d: pod %s's capture table removed once drained", i, p.Name),
+					func() bool { return !captureTable(t, p) })
 			}
 		}
 		// settled is what a ztunnel holds once nothing changes any more:
@@ -478,6 +488,50 @@ func TestMesh(t *testing.T) {
 			// 256 KiB more after five cycles is something kept per cycle.
 			if heap > baseHeap[z]+256<<10 {
 				t.Errorf("%s live heap grew from %.0f to %.0f KiB over %d capture and release cycles", z, baseHeap[z]/1024, heap/1024, cycles)
+			}
+		}
+	})
+
+	t.Run("capture again while draining keeps the new capture", func(t *testing.T) {
+		captured := map[*ztunnel]map[string]bool{z0: {"client": true, "other": true}, z1: {"server": true}}
+		t.Cleanup(func() {
+			cfg.write(namespacesFile, namespacesYAML(true))
+			waitCaptured(t, captured)
+		})
+		cfg.write(namespacesFile, namespacesYAML(true))
+		waitCaptured(t, captured)
+		held, err := client.DialTCP(serverAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer held.Close()
+		if err := roundTrip(held, []byte("before the release")); err != nil {
+			t.Fatal(err)
+		}
+		cfg.write(namespacesFile, namespacesYAML(false))
+		waitCaptured(t, map[*ztunnel]map[string]bool{z0: {"client": false, "other": false}, z1: {"server": false}})
+		cfg.write(namespacesFile, namespacesYAML(true))
+		waitCaptured(t, captured)
+		if err := roundTrip(held, []byte("still draining after the new capture")); err != nil {
+			t.Errorf("the connection open at the release: %v", err)
+		}
+		// The drain ends with the held connection; it must not take the
+		// new capture's table with it.
+		_ = held.Close()
+		time.Sleep(time.Second)
+		opened := func() float64 {
+			return z0.metric(t, "istio_tcp_connections_opened_total", map[string]string{"reporter": "source"})
+		}
+		before := opened()
+		if err := client.Echo(serverAddr, hello(client)); err != nil {
+			t.Fatal(err)
+		}
+		if got := opened(); got != before+1 {
+			t.Errorf("a new connection after the drain ended was not proxied by ztunnel (%v -> %v outbound connections): the drain removed the new capture's table", before, got)
+		}
+		for _, p := range []*netlab.Pod{client, server} {
+			if !captureTable(t, p) {
+				t.Errorf("pod %s: capture table gone after the old capture's drain ended", p.Name)
 			}
 		}
 	})
@@ -774,6 +828,23 @@ func countFlows(segs []segment, a, b netip.Addr) (plain, hbone int) {
 		}
 	}
 	return plain, hbone
+}
+
+// captureTable says whether ztunnel's nftables table is in the pod.
+func captureTable(t *testing.T, p *netlab.Pod) bool {
+	t.Helper()
+	ns, err := redirect.OpenNetns(p.NetnsPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	rs, err := redirect.Rules(ctx, ns)
+	if err != nil {
+		t.Fatalf("pod %s: %v", p.Name, err)
+	}
+	return rs.Installed
 }
 
 // checkRulesInstalled checks that ztunnel's nftables table is in the pod.

@@ -83,10 +83,13 @@ type Config struct {
 	// DisablePodSOCKS5 turns off the SOCKS5 listener ztunnel otherwise opens
 	// on PodSOCKS5Addr inside every captured pod.
 	DisablePodSOCKS5 bool
-	// DrainTimeout bounds how long the connections of a pod whose identity
-	// changed may go on with the old one; zero means DefaultDrainTimeout.
-	// The connections of a pod that leaves the mesh, and all connections at
-	// shutdown, are closed at once.
+	// DrainTimeout bounds how long the connections ztunnel proxies for a
+	// running pod it stops serving may finish: the pod left the mesh (new
+	// connections bypass ztunnel at once) or its identity changed (new
+	// connections use the new one). Zero means DefaultDrainTimeout,
+	// negative closes them at once. A pod deleted or released by an
+	// uninstall has its connections closed at once; at shutdown they have
+	// ShutdownDrain.
 	DrainTimeout time.Duration
 	// ShutdownDrain bounds how long the connections being proxied may
 	// finish when ztunnel stops (SIGTERM) while its listeners are already
@@ -174,7 +177,7 @@ func New(cfg Config) (*Daemon, error) {
 	if cfg.ShutdownDrain == 0 {
 		cfg.ShutdownDrain = DefaultShutdownDrain
 	}
-	if cfg.DrainTimeout <= 0 {
+	if cfg.DrainTimeout == 0 {
 		cfg.DrainTimeout = DefaultDrainTimeout
 	}
 	if cfg.ResyncWait <= 0 {

@@ -34,6 +34,9 @@ type podState struct {
 	// released is true once the rules were removed because the
 	// configuration says the pod is not enrolled.
 	released bool
+	// gen counts captures: a drain started by a release removes the
+	// pod's table at its end only if no capture came since.
+	gen int
 	// lastErr is the last capture or release failure ("" after success).
 	lastErr string
 }
@@ -181,9 +184,9 @@ func (d *Daemon) reconcile(ctx context.Context, ps *podState, snap *config.Snaps
 	case want:
 		err = d.capture(ctx, ps, w)
 	case ps.proxy != nil || !ps.released:
-		// No drain: removing the nat rules ends the redirection of the
-		// pod's established connections too, so they cannot go on.
-		err = d.release(ctx, ps, true, false)
+		// New connections bypass ztunnel at once; those it proxies may
+		// finish (Config.DrainTimeout).
+		err = d.release(ctx, ps, true, d.cfg.DrainTimeout > 0)
 		if err == nil {
 			ps.released = true
 			d.log.Info("pod not enrolled in the configuration; traffic not captured", "pod", ps.pod.Key())
@@ -242,6 +245,7 @@ func (d *Daemon) capture(ctx context.Context, ps *podState, w *config.Workload) 
 		}
 	}
 	ps.ns, ps.id, ps.released = ns, w.Identity, false
+	ps.gen++
 	ps.proxy = proxy.StartPod(d.env, proxy.PodConfig{Name: w.Name, IPs: ips, Identity: w.Identity, Netns: ns, Listeners: ls})
 	if !d.cfg.DisablePodSOCKS5 {
 		ps.socks = d.startPodSOCKS(ctx, ns, w, ips)
@@ -251,24 +255,27 @@ func (d *Daemon) capture(ctx context.Context, ps *podState, w *config.Workload) 
 }
 
 // release stops serving a pod; with removeRules it also deletes the capture
-// rules. With drain (only sensible while the rules stay: deleting the nat
-// table stops the translation of established redirected connections too),
-// the connections being proxied may finish (up to Config.DrainTimeout) in
-// the background; otherwise they are closed now.
+// rules. With drain, the connections being proxied may finish (up to
+// Config.DrainTimeout) in the background; otherwise they are closed now.
 //
-// The rules of a captured pod go in two steps: every rule first, so that no
-// new connection goes to a closing listener, and the table (with it the
-// address translation of the connections redirected earlier) only once the
-// proxy has closed those connections, so that their FIN reaches the
-// application (redirect.StopCapture). A pod that is not captured only gets
-// its rules removed.
+// The rules of a captured pod go in two steps: every rule first
+// (redirect.StopCapture), so that new connections no longer come to
+// ztunnel, and the table (with it the address translation of the
+// connections redirected earlier) only once the proxy has closed those
+// connections, so that they go on while they drain and their FIN reaches
+// the application. After a drain, the table is removed only if the pod was
+// not captured again meanwhile (its new rules replaced it) nor forgotten.
+// A pod that is not captured only gets its rules removed.
 func (d *Daemon) release(ctx context.Context, ps *podState, removeRules, drain bool) error {
 	var err error
-	twoStep := removeRules && ps.proxy != nil && ps.ns != nil && !drain
+	twoStep := removeRules && ps.proxy != nil && ps.ns != nil
 	if twoStep {
 		if serr := redirect.StopCapture(ctx, ps.ns); serr != nil {
 			d.log.Warn("pod release: could not stop the capture before closing its connections; removing the rules first", "pod", ps.pod.Key(), "err", serr)
 			twoStep = false
+			// Without the table the redirected connections lose their
+			// translation: draining them would only make them hang.
+			drain = false
 		}
 	}
 	if removeRules && !twoStep {
@@ -290,13 +297,17 @@ func (d *Daemon) release(ctx context.Context, ps *podState, removeRules, drain b
 			done := p.Drain(d.cfg.DrainTimeout)
 			d.draining[p] = struct{}{}
 			d.drainWG.Add(1)
+			gen := ps.gen
 			go func() {
 				defer d.drainWG.Done()
 				<-done
-				_ = ns.Close()
 				d.mu.Lock()
 				delete(d.draining, p)
+				if twoStep && d.pods[ps.pod.UID] == ps && ps.gen == gen && !d.stopping {
+					d.removeDrained(ps, ns)
+				}
 				d.mu.Unlock()
+				_ = ns.Close()
 			}()
 		} else if rerr := d.closePod(ctx, ps.pod, p, ns, twoStep); rerr != nil {
 			err = fmt.Errorf("remove capture rules: %w", rerr)
@@ -322,6 +333,19 @@ func (d *Daemon) release(ctx context.Context, ps *podState, removeRules, drain b
 	}
 	ps.proxy, ps.ns, ps.id, ps.socks = nil, nil, identity.SPIFFEID{}, nil
 	return err
+}
+
+// removeDrained removes the table of a released pod whose connections
+// have drained. Called with d.mu held.
+func (d *Daemon) removeDrained(ps *podState, ns *redirect.Netns) {
+	ctx, cancel := context.WithTimeout(context.Background(), reconcileTimeout)
+	defer cancel()
+	if err := redirect.Remove(ctx, ns); err != nil {
+		d.log.Warn("pod release: could not remove the capture table after draining", "pod", ps.pod.Key(), "err", err)
+		ps.lastErr = fmt.Sprintf("remove capture rules after draining: %v", err)
+		return
+	}
+	d.log.Info("pod drained; capture table removed", "pod", ps.pod.Key())
 }
 
 // closeWait bounds how long a release waits for a pod's proxy to close.
