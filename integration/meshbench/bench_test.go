@@ -41,6 +41,8 @@ func (r result) cpuPer1000() float64 {
 var (
 	tcpPaths  = []string{"direct", "haproxy", "mesh"}
 	httpPaths = []string{"http-direct", "http-haproxy-l7", "http-l4", "http-waypoint"}
+	// HTTP with a new connection per request, between the same pods.
+	connPaths = []string{"conn-direct", "conn-haproxy", "conn-mesh"}
 )
 
 // BenchmarkPaths measures the TCP paths (direct, HAProxy pair, mesh) and
@@ -134,6 +136,8 @@ func BenchmarkPaths(b *testing.B) {
 	hp := startHAProxyPair(b, sp, tl.haproxy, client, server)
 	hpEcho, hpSink := fmt.Sprintf("127.0.0.1:%d", haproxyEchoIn), fmt.Sprintf("127.0.0.1:%d", haproxySinkIn)
 	waitEcho(b, client, hpEcho)
+	httpPair := fmt.Sprintf("http://127.0.0.1:%d%s", haproxyHTTPIn, httpPath)
+	waitHTTP(b, client, httpPair)
 	hl7 := startHAProxyL7(b, sp, tl.haproxy, wpPod, server)
 	httpHAProxy := "http://" + addrPort(wpPod.IP, haproxyL7Port) + httpPath
 	waitHTTP(b, client, httpHAProxy)
@@ -180,6 +184,16 @@ func BenchmarkPaths(b *testing.B) {
 		}
 		return r
 	}
+	// measureConns runs the HTTP load with a new connection per request.
+	measureConns := func(round int, name, url string, procs []*process) result {
+		r := result{name: name, proxies: len(procs)}
+		c0 := cpuTimes(b, procs)
+		r.lat = runFortio(b, sp, tl.fortio, client, logDir, fortioRun{name: fmt.Sprintf("%s-%d", name, round),
+			target: url, qps: connQPS, conns: loadConns, dur: loadDuration, newConns: true})
+		r.cpu = cpuTimes(b, procs) - c0
+		r.requests = r.lat.requests
+		return r
+	}
 	clientID := fmt.Sprintf(`source_principal="spiffe://%s/ns/%s/sa/client"`, trustDomain, benchNS)
 	wpID := fmt.Sprintf(`source_principal="spiffe://%s/ns/%s/sa/%s"`, trustDomain, benchNS, waypointName)
 	wpServed := func() float64 {
@@ -196,6 +210,8 @@ func BenchmarkPaths(b *testing.B) {
 		perRound["http-direct"] = append(perRound["http-direct"], measureHTTP(round, "http-direct", httpDirect, nil, true))
 		perRound["http-haproxy-l7"] = append(perRound["http-haproxy-l7"],
 			measureHTTP(round, "http-haproxy-l7", httpHAProxy, []*process{hl7}, false))
+		perRound["conn-direct"] = append(perRound["conn-direct"], measureConns(round, "conn-direct", httpDirect, nil))
+		perRound["conn-haproxy"] = append(perRound["conn-haproxy"], measureConns(round, "conn-haproxy", httpPair, hp))
 
 		capture(true)
 		tunnels0 := z1.mtlsConnections(b)
@@ -215,10 +231,19 @@ func BenchmarkPaths(b *testing.B) {
 			b.Fatalf("round %d: the waypoint served %v requests during http-l4, want none", round, got)
 		}
 
+		// conn-mesh: every connection a tunnel of its own (a stream of
+		// the pooled HBONE connection).
+		tunnels0 = z1.mtlsConnections(b, clientID)
+		r := measureConns(round, "conn-mesh", httpDirect, zt)
+		perRound["conn-mesh"] = append(perRound["conn-mesh"], r)
+		if got := z1.mtlsConnections(b, clientID) - tunnels0; got < float64(r.lat.requests) {
+			b.Fatalf("round %d: the server's ztunnel accepted %v tunnels from the client during conn-mesh, want at least %d (one per request): traffic bypassed the mesh", round, got, r.lat.requests)
+		}
+
 		// http-waypoint: every request counted by the waypoint as coming
 		// from the client's identity and answered 200 by the server pod.
 		served0, before := wpServed(), maxRequests["http-waypoint"]
-		r := measureHTTP(round, "http-waypoint", httpWaypoint, []*process{z0.proc, z1.proc, wp.proc}, true)
+		r = measureHTTP(round, "http-waypoint", httpWaypoint, []*process{z0.proc, z1.proc, wp.proc}, true)
 		perRound["http-waypoint"] = append(perRound["http-waypoint"], r)
 		want := float64(r.lat.requests + maxRequests["http-waypoint"] - before)
 		if got := wpServed() - served0; got < want {
@@ -235,7 +260,7 @@ func BenchmarkPaths(b *testing.B) {
 	wpRSS, wpHWM := memory(b, wp.proc.pid())
 	d := reportData{rounds: rounds, perRound: perRound, results: map[string]result{}, ztRSS: rss, ztHWM: hwm, ztFirstHWM: firstHWM,
 		wpRSS: wpRSS, wpHWM: wpHWM, load0: load0, load1: loadAvg(), took: time.Since(begin)}
-	for _, name := range slices.Concat(tcpPaths, httpPaths) {
+	for _, name := range slices.Concat(tcpPaths, httpPaths, connPaths) {
 		d.results[name] = median(perRound[name])
 	}
 
@@ -250,7 +275,7 @@ func BenchmarkPaths(b *testing.B) {
 		}
 	}
 	b.ReportMetric(0, "ns/op")
-	for _, group := range [][]string{tcpPaths, httpPaths} {
+	for _, group := range [][]string{tcpPaths, httpPaths, connPaths} {
 		base := d.results[group[0]]
 		for _, name := range group[1:] {
 			r := d.results[name]
@@ -373,8 +398,18 @@ func report(d reportData) string {
 		fmt.Fprintf(&s, "| %s | %d | %s | %s | %s | %s | %s | %s | %s |\n", r.name, r.lat.requests,
 			us(r.lat.p50), us(r.lat.p90), us(r.lat.p99), a50, a99, cpu(r), maxQPS)
 	}
+	cd := rs["conn-direct"]
+	fmt.Fprintf(&s, "\nHTTP, a new connection per request (%d connections/s, fortio -keepalive=false; the HAProxy pair with its default TLS settings: a TLS connection per connection, session reuse on; ztunnel: a stream on its pooled HBONE connection):\n\n", connQPS)
+	fmt.Fprintf(&s, "| path | connections | p50 µs | p90 µs | p99 µs | p50 added | p99 added | proxy CPU-s per 1000 connections |\n")
+	fmt.Fprintf(&s, "|---|---|---|---|---|---|---|---|\n")
+	for _, name := range connPaths {
+		r := rs[name]
+		a50, a99 := added(r, cd)
+		fmt.Fprintf(&s, "| %s | %d | %s | %s | %s | %s | %s | %s |\n", r.name, r.lat.requests,
+			us(r.lat.p50), us(r.lat.p90), us(r.lat.p99), a50, a99, cpu(r))
+	}
 	fmt.Fprintf(&s, "\nrounds (p50 / p99 µs, then bulk MB/s or max req/s):\n")
-	for _, name := range slices.Concat(tcpPaths, httpPaths) {
+	for _, name := range slices.Concat(tcpPaths, httpPaths, connPaths) {
 		fmt.Fprintf(&s, "- %-15s", name)
 		for i, x := range d.perRound[name] {
 			extra := ""
@@ -407,16 +442,22 @@ func report(d reportData) string {
 	// Round by round (each round has its own direct baseline): how often
 	// the mesh added less than the pair, and by how much (mesh added minus
 	// pair added: negative is the mesh ahead).
-	diffs := func(pct func(latency) time.Duration) []time.Duration {
+	diffs := func(mesh, pair string, pct func(latency) time.Duration) []time.Duration {
 		var ds []time.Duration
-		for i := range d.perRound["mesh"] {
-			ds = append(ds, pct(d.perRound["mesh"][i].lat)-pct(d.perRound["haproxy"][i].lat))
+		for i := range d.perRound[mesh] {
+			ds = append(ds, pct(d.perRound[mesh][i].lat)-pct(d.perRound[pair][i].lat))
 		}
 		return ds
 	}
 	p50 := func(l latency) time.Duration { return l.p50 }
 	p99 := func(l latency) time.Duration { return l.p99 }
-	fmt.Fprintf(&s, "mesh vs the HAProxy pair, round by round: %s; %s\n", pairedSummary("p50", diffs(p50)), pairedSummary("p99", diffs(p99)))
+	fmt.Fprintf(&s, "mesh vs the HAProxy pair, round by round: %s; %s\n",
+		pairedSummary("p50", diffs("mesh", "haproxy", p50)), pairedSummary("p99", diffs("mesh", "haproxy", p99)))
+	cm, ch := rs["conn-mesh"], rs["conn-haproxy"]
+	fmt.Fprintf(&s, "a new connection per request, mesh vs the HAProxy pair: p50 added %s vs %s µs, p99 added %s vs %s µs, CPU %.3f vs %.3f per 1000 connections; round by round: %s; %s\n",
+		us(cm.lat.p50-cd.lat.p50), us(ch.lat.p50-cd.lat.p50), us(cm.lat.p99-cd.lat.p99), us(ch.lat.p99-cd.lat.p99),
+		cm.cpuPer1000(), ch.cpuPer1000(),
+		pairedSummary("p50", diffs("conn-mesh", "conn-haproxy", p50)), pairedSummary("p99", diffs("conn-mesh", "conn-haproxy", p99)))
 	wShare, hAdded := w.lat.p50-l4.lat.p50, hl7.lat.p50-hd.lat.p50
 	wpCPU := w.wpCPU.Seconds() / (float64(w.requests) / 1000)
 	fmt.Fprintf(&s, "the whole waypoint path (both ztunnels and the waypoint) vs the L7 HAProxy: p50 added %s vs %s µs (%.1fx), CPU %.3f vs %.3f (%.1fx)\n\n",

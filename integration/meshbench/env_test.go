@@ -112,9 +112,17 @@ func newSpawner(b *testing.B) *spawner {
 type starter func(*exec.Cmd) error
 
 // start runs bin in the namespace of where (nil: the host), stopping it
-// (TERM, then KILL) when the benchmark ends at the latest.
+// (TERM, then KILL) when the benchmark ends at the latest. Its output goes
+// to <logDir>/<name>.log, or into $AMBIT_BENCH_LOG_DIR when set (kept
+// after the run).
 func (s *spawner) start(b *testing.B, where starter, name, logDir, bin string, args ...string) *process {
 	b.Helper()
+	if d := os.Getenv("AMBIT_BENCH_LOG_DIR"); d != "" {
+		logDir = d // kept after the run, for analysis
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			b.Fatal(err)
+		}
+	}
 	logPath := filepath.Join(logDir, name+".log")
 	f, err := os.Create(logPath)
 	if err != nil {

@@ -25,6 +25,8 @@ const (
 	haproxySinkIn  = 15102 // client pod, 127.0.0.1: plaintext to the bulk sink
 	haproxyEchoTLS = 15443 // server pod: mTLS in, to 127.0.0.1:echoPort
 	haproxySinkTLS = 15444 // server pod: mTLS in, to 127.0.0.1:sinkPort
+	haproxyHTTPIn  = 15103 // client pod, 127.0.0.1: plaintext to the HTTP echo server
+	haproxyHTTPTLS = 15445 // server pod: mTLS in, to 127.0.0.1:httpPort
 )
 
 // writeHAProxyCerts issues a client and a server certificate from a fresh
@@ -81,7 +83,8 @@ func startHAProxyPair(b *testing.B, sp *spawner, bin string, client, server *net
 	for _, p := range []struct {
 		name        string
 		in, tls, to int
-	}{{"echo", haproxyEchoIn, haproxyEchoTLS, echoPort}, {"sink", haproxySinkIn, haproxySinkTLS, sinkPort}} {
+	}{{"echo", haproxyEchoIn, haproxyEchoTLS, echoPort}, {"sink", haproxySinkIn, haproxySinkTLS, sinkPort},
+		{"http", haproxyHTTPIn, haproxyHTTPTLS, httpPort}} {
 		serverCfg += fmt.Sprintf(`frontend %[1]s_mtls
   bind %[2]s:%[3]d ssl crt %[4]s ca-file %[5]s verify required
   default_backend %[1]s_app

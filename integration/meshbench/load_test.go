@@ -26,6 +26,7 @@ const (
 	loadConns     = 8               // fortio's default -c: 125 qps per connection
 	loadDuration  = 6 * time.Second // per path and round
 	payloadSize   = 1024
+	connQPS       = 500 // new connections per second on the conn-* paths
 	bulkBytes     = 256 << 20
 	defaultRounds = 5    // every path once per round; the median round is reported
 	echoPort      = 8078 // fortio tcp-echo in the server pod
@@ -57,12 +58,14 @@ type fortioJSON struct {
 // HTTP (target http://...), both with a 1 KiB payload (HTTP: a POST whose
 // body fortio's echo server sends back). qps 0 is as fast as possible (the
 // max-requests/s runs); otherwise the rate is uniform with no catch-up.
+// With newConns (HTTP), every request opens a connection of its own.
 type fortioRun struct {
-	name   string
-	target string
-	qps    int
-	conns  int
-	dur    time.Duration
+	name     string
+	target   string
+	qps      int
+	conns    int
+	dur      time.Duration
+	newConns bool
 }
 
 // runFortio runs `fortio load` in the client pod and returns its
@@ -74,6 +77,9 @@ func runFortio(b *testing.B, sp *spawner, fortio string, client *netlab.Pod, log
 	args := []string{"load", "-qps", strconv.Itoa(run.qps)}
 	if run.qps > 0 {
 		args = append(args, "-uniform", "-nocatchup")
+	}
+	if run.newConns {
+		args = append(args, "-keepalive=false")
 	}
 	args = append(args,
 		"-r", "0.00001", // 10 µs histogram resolution
