@@ -234,7 +234,9 @@ func BenchmarkPaths(b *testing.B) {
 		// conn-mesh: every connection a tunnel of its own (a stream of
 		// the pooled HBONE connection).
 		tunnels0 = z1.mtlsConnections(b, clientID)
+		stopProfiles := profileZtunnels(b, round, "conn-mesh", z0, z1)
 		r := measureConns(round, "conn-mesh", httpDirect, zt)
+		stopProfiles()
 		perRound["conn-mesh"] = append(perRound["conn-mesh"], r)
 		if got := z1.mtlsConnections(b, clientID) - tunnels0; got < float64(r.lat.requests) {
 			b.Fatalf("round %d: the server's ztunnel accepted %v tunnels from the client during conn-mesh, want at least %d (one per request): traffic bypassed the mesh", round, got, r.lat.requests)

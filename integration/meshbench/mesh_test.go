@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -194,4 +195,43 @@ func httpGet(url string) (int, string, error) {
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(body), err
+}
+
+// profileZtunnels, with $AMBIT_BENCH_PROFILE_DIR set, records a CPU profile
+// of each ztunnel (its admin port's /debug/pprof/profile) for the first
+// round of path, into <dir>/<path>-<node>.pprof; the returned function waits
+// for them. Without it, it does nothing.
+func profileZtunnels(b *testing.B, round int, path string, zs ...*ztunnel) (wait func()) {
+	dir := os.Getenv("AMBIT_BENCH_PROFILE_DIR")
+	if dir == "" || round != 0 {
+		return func() {}
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for _, z := range zs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			secs := int(loadDuration.Seconds()) - 1
+			resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", z.admin, secs))
+			if err != nil {
+				b.Errorf("profile of ztunnel-%s: %v", z.node, err)
+				return
+			}
+			defer resp.Body.Close()
+			raw, err := io.ReadAll(resp.Body)
+			if err == nil && resp.StatusCode != http.StatusOK {
+				err = fmt.Errorf("%s: %s", resp.Status, raw)
+			}
+			if err == nil {
+				err = os.WriteFile(filepath.Join(dir, path+"-"+z.node+".pprof"), raw, 0o644)
+			}
+			if err != nil {
+				b.Errorf("profile of ztunnel-%s: %v", z.node, err)
+			}
+		}()
+	}
+	return wg.Wait
 }

@@ -163,6 +163,25 @@ func TestNamespaceIsolation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Every thread is back in the process's own namespace afterwards.
+	for range 20 {
+		if err := n.Do(ctx, func() error { return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.Readlink("/proc/self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, task := range tasks {
+		if got, err := os.Readlink("/proc/self/task/" + task.Name() + "/ns/net"); err == nil && got != want {
+			t.Errorf("thread %s is in %s after Do, want the process's %s", task.Name(), got, want)
+		}
+	}
 	ln, err := n.Listen(ctx, 0)
 	if err != nil {
 		t.Fatal(err)
