@@ -414,10 +414,19 @@ func TestMesh(t *testing.T) {
 					t.Errorf("cycle %d: pod %s: capture table gone while a connection drains (its translation goes with it)", i, p.Name)
 				}
 			}
+			for _, z := range []*ztunnel{z0, z1} {
+				if v := z.metric(t, "ztunnel_draining_pods", nil); v < 1 {
+					t.Errorf("cycle %d: %s: ztunnel_draining_pods = %v while a connection drains", i, z, v)
+				}
+			}
 			_ = held.Close()
 			for _, p := range []*netlab.Pod{client, server} {
 				eventually(t, settle, fmt.Sprintf("cycle %d: pod %s's capture table removed once drained", i, p.Name),
 					func() bool { return !captureTable(t, p) })
+			}
+			for _, z := range []*ztunnel{z0, z1} {
+				eventually(t, settle, fmt.Sprintf("cycle %d: %s's ztunnel_draining_pods back to 0", i, z),
+					func() bool { return z.metric(t, "ztunnel_draining_pods", nil) == 0 })
 			}
 		}
 		// settled is what a ztunnel holds once nothing changes any more:

@@ -77,11 +77,16 @@ func (d *Daemon) UpdateHealthMetrics() {
 // held after every change.
 func (d *Daemon) updateGauges() {
 	var captured []capturedPod
+	draining := 0
 	for _, ps := range d.pods {
 		if ps.proxy != nil {
 			captured = append(captured, capturedPod{key: ps.pod.Key(), id: ps.id.String()})
 		}
+		if ps.draining > 0 {
+			draining++
+		}
 	}
+	d.metrics.DrainingPods.Set(float64(draining))
 	d.captured.Store(&captured)
 	d.metrics.EnrolledPods.Set(float64(len(captured)))
 	d.metrics.ReportedPods.Set(float64(len(d.pods)))
@@ -124,8 +129,10 @@ func xdsDump(st xds.Status) XDSDump {
 
 // PodDump is one reported pod in the dump.
 type PodDump struct {
-	Pod      enroll.Pod        `json:"pod"`
-	Captured bool              `json:"captured"`
+	Pod      enroll.Pod `json:"pod"`
+	Captured bool       `json:"captured"`
+	// Draining is true while connections of an earlier capture drain.
+	Draining bool              `json:"draining,omitempty"`
 	Identity string            `json:"identity,omitempty"`
 	Error    string            `json:"error,omitempty"`
 	Rules    *redirect.Ruleset `json:"rules,omitempty"`
@@ -160,7 +167,7 @@ func (d *Daemon) Dump(ctx context.Context) ConfigDump {
 	}
 	d.mu.Lock()
 	for _, ps := range d.pods {
-		pd := PodDump{Pod: ps.pod, Captured: ps.proxy != nil, Error: ps.lastErr}
+		pd := PodDump{Pod: ps.pod, Captured: ps.proxy != nil, Draining: ps.draining > 0, Error: ps.lastErr}
 		if ps.proxy != nil {
 			pd.Identity = ps.id.String()
 			if ps.socks != nil {

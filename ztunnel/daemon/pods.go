@@ -37,6 +37,8 @@ type podState struct {
 	// gen counts captures: a drain started by a release removes the
 	// pod's table at its end only if no capture came since.
 	gen int
+	// draining counts the pod's proxies that drain after a release.
+	draining int
 	// lastErr is the last capture or release failure ("" after success).
 	lastErr string
 }
@@ -298,11 +300,14 @@ func (d *Daemon) release(ctx context.Context, ps *podState, removeRules, drain b
 			d.draining[p] = struct{}{}
 			d.drainWG.Add(1)
 			gen := ps.gen
+			ps.draining++
 			go func() {
 				defer d.drainWG.Done()
 				<-done
 				d.mu.Lock()
 				delete(d.draining, p)
+				ps.draining--
+				d.updateGauges()
 				if twoStep && d.pods[ps.pod.UID] == ps && ps.gen == gen && !d.stopping {
 					d.removeDrained(ps, ns)
 				}

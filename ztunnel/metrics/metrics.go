@@ -128,6 +128,9 @@ type Metrics struct {
 	EnrolledPods prometheus.Gauge
 	// ReportedPods counts the pods reported over the enrolment API.
 	ReportedPods prometheus.Gauge
+	// DrainingPods counts the pods with connections of an earlier
+	// capture still draining.
+	DrainingPods prometheus.Gauge
 	// Certificates counts tracked identities by state ("valid", "invalid").
 	Certificates *prometheus.GaugeVec
 	// PolicyDenials counts connections refused, by direction ("inbound"),
@@ -158,6 +161,8 @@ func New() *Metrics {
 			Help: "Pods whose traffic this ztunnel captures."}),
 		ReportedPods: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ztunnel_reported_pods",
 			Help: "Pods reported over the enrolment API (captured or not)."}),
+		DrainingPods: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ztunnel_draining_pods",
+			Help: "Pods with connections of an earlier capture still draining (the pod left the mesh, or was captured again with a new identity), until they end or -pod-drain passes."}),
 		Certificates: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ztunnel_certificates",
 			Help: "Workload identities tracked, by state."}, []string{"state"}),
 		PolicyDenials: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ztunnel_connections_denied_total",
@@ -166,7 +171,7 @@ func New() *Metrics {
 			Help: "Outbound connections that could not be forwarded, by reason."}, []string{"reason"}),
 	}
 	m.Registry.MustRegister(m.opened, m.closed, m.sent, m.received,
-		m.XDSConnected, m.ConfigFromDisk, m.EnrolledPods, m.ReportedPods, m.Certificates,
+		m.XDSConnected, m.ConfigFromDisk, m.EnrolledPods, m.ReportedPods, m.DrainingPods, m.Certificates,
 		m.PolicyDenials, m.OutboundErrors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
