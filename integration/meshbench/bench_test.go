@@ -377,38 +377,38 @@ func report(d reportData) string {
 		}
 		return fmt.Sprintf("%.3f (%d %s)", r.cpuPer1000(), r.proxies, unit)
 	}
+	// row is a table row's first columns: path, requests, percentiles and
+	// what the path adds to base.
+	row := func(r, base result) string {
+		a50, a99 := added(r, base)
+		return fmt.Sprintf("| %s | %d | %s | %s | %s | %s | %s |", r.name, r.lat.requests,
+			us(r.lat.p50), us(r.lat.p90), us(r.lat.p99), a50, a99)
+	}
 	rs := d.results
 	direct := rs["direct"]
 	fmt.Fprintf(&s, "TCP:\n\n| path | requests | p50 µs | p90 µs | p99 µs | p50 added | p99 added | bulk MB/s | bulk vs direct | proxy CPU-s per 1000 req |\n")
 	fmt.Fprintf(&s, "|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, name := range tcpPaths {
 		r := rs[name]
-		a50, a99 := added(r, direct)
-		fmt.Fprintf(&s, "| %s | %d | %s | %s | %s | %s | %s | %.0f | %.0f%% | %s |\n", r.name, r.lat.requests,
-			us(r.lat.p50), us(r.lat.p90), us(r.lat.p99), a50, a99, r.bulk/1e6, 100*r.bulk/direct.bulk, cpu(r))
+		fmt.Fprintf(&s, "%s %.0f | %.0f%% | %s |\n", row(r, direct), r.bulk/1e6, 100*r.bulk/direct.bulk, cpu(r))
 	}
 	hd := rs["http-direct"]
 	fmt.Fprintf(&s, "\nHTTP:\n\n| path | requests | p50 µs | p90 µs | p99 µs | p50 added | p99 added | proxy CPU-s per 1000 req | max req/s |\n")
 	fmt.Fprintf(&s, "|---|---|---|---|---|---|---|---|---|\n")
 	for _, name := range httpPaths {
 		r := rs[name]
-		a50, a99 := added(r, hd)
 		maxQPS := "–"
 		if r.measured {
 			maxQPS = fmt.Sprintf("%.0f", r.maxQPS)
 		}
-		fmt.Fprintf(&s, "| %s | %d | %s | %s | %s | %s | %s | %s | %s |\n", r.name, r.lat.requests,
-			us(r.lat.p50), us(r.lat.p90), us(r.lat.p99), a50, a99, cpu(r), maxQPS)
+		fmt.Fprintf(&s, "%s %s | %s |\n", row(r, hd), cpu(r), maxQPS)
 	}
 	cd := rs["conn-direct"]
 	fmt.Fprintf(&s, "\nHTTP, a new connection per request (%d connections/s, fortio -keepalive=false; the HAProxy pair with its default TLS settings: a TLS connection per connection, session reuse on; ztunnel: a stream on its pooled HBONE connection):\n\n", connQPS)
 	fmt.Fprintf(&s, "| path | connections | p50 µs | p90 µs | p99 µs | p50 added | p99 added | proxy CPU-s per 1000 connections |\n")
 	fmt.Fprintf(&s, "|---|---|---|---|---|---|---|---|\n")
 	for _, name := range connPaths {
-		r := rs[name]
-		a50, a99 := added(r, cd)
-		fmt.Fprintf(&s, "| %s | %d | %s | %s | %s | %s | %s | %s |\n", r.name, r.lat.requests,
-			us(r.lat.p50), us(r.lat.p90), us(r.lat.p99), a50, a99, cpu(r))
+		fmt.Fprintf(&s, "%s %s |\n", row(rs[name], cd), cpu(rs[name]))
 	}
 	fmt.Fprintf(&s, "\nrounds (p50 / p99 µs, then bulk MB/s or max req/s):\n")
 	for _, name := range slices.Concat(tcpPaths, httpPaths, connPaths) {

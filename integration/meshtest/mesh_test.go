@@ -839,8 +839,8 @@ func countFlows(segs []segment, a, b netip.Addr) (plain, hbone int) {
 	return plain, hbone
 }
 
-// captureTable says whether ztunnel's nftables table is in the pod.
-func captureTable(t *testing.T, p *netlab.Pod) bool {
+// podRules reads ztunnel's nftables rules in the pod.
+func podRules(t *testing.T, p *netlab.Pod) (*redirect.Ruleset, error) {
 	t.Helper()
 	ns, err := redirect.OpenNetns(p.NetnsPath())
 	if err != nil {
@@ -849,7 +849,13 @@ func captureTable(t *testing.T, p *netlab.Pod) bool {
 	defer ns.Close()
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
-	rs, err := redirect.Rules(ctx, ns)
+	return redirect.Rules(ctx, ns)
+}
+
+// captureTable says whether ztunnel's nftables table is in the pod.
+func captureTable(t *testing.T, p *netlab.Pod) bool {
+	t.Helper()
+	rs, err := podRules(t, p)
 	if err != nil {
 		t.Fatalf("pod %s: %v", p.Name, err)
 	}
@@ -859,14 +865,7 @@ func captureTable(t *testing.T, p *netlab.Pod) bool {
 // checkRulesInstalled checks that ztunnel's nftables table is in the pod.
 func checkRulesInstalled(t *testing.T, p *netlab.Pod) {
 	t.Helper()
-	ns, err := redirect.OpenNetns(p.NetnsPath())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
-	defer cancel()
-	rs, err := redirect.Rules(ctx, ns)
+	rs, err := podRules(t, p)
 	if err != nil || rs == nil || !rs.Installed || len(rs.Chains) == 0 {
 		t.Errorf("pod %s: capture rules gone while its ztunnel is stopped: %+v %v", p.Name, rs, err)
 	}
