@@ -268,9 +268,9 @@ func NewFetcher(cfg FetcherConfig) (identity.Fetcher, func() error, error) {
 		}
 		return identity.AuthorityFetcher{Authority: ca}, func() error { return nil }, nil
 	}
-	roots, err := RootsFromFile(cfg.RootsFile)
+	roots, err := RootsFromFile(cfg.RootsFile) // its errors say "CA roots"
 	if err != nil {
-		return nil, nil, fmt.Errorf("CA roots: %w", err)
+		return nil, nil, err
 	}
 	c, err := New(Config{Address: cfg.Address, ServerName: cfg.ServerName, Roots: roots, TokenFile: cfg.TokenFile})
 	if err != nil {

@@ -93,6 +93,9 @@ func run(args []string) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
+	if *localCA != "" && !*xdsInsecure {
+		return errors.New("-local-ca-trust-domain has no mesh root to verify the controller's xDS server with: add -xds-insecure (a controller in local mode serves plaintext xDS)")
+	}
 	var cni daemon.CNIInstaller
 	exclude := cnipkg.DefaultExcludeNamespaces
 	if *cniBin != "" || *cniConf != "" {
@@ -155,9 +158,6 @@ func run(args []string) error {
 		return err
 	}
 	defer closeFetcher()
-	if *localCA != "" && !*xdsInsecure {
-		return errors.New("-local-ca-trust-domain has no mesh root to verify the controller's xDS server with: add -xds-insecure (a controller in local mode serves plaintext xDS)")
-	}
 	conn, err := caclient.DialXDS(caclient.XDSConfig{Address: *xdsAddr, Insecure: *xdsInsecure,
 		ServerName: *caName, RootsFile: *caRoot, TokenFile: *caToken})
 	if err != nil {

@@ -21,17 +21,18 @@ func TestFlagErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		"bin without conf":   {[]string{"-cni-bin-dir", dir}, "go together"},
-		"conf without bin":   {[]string{"-cni-conf-dir", dir}, "go together"},
-		"plugin alone":       {[]string{"-cni-plugin", plugin}, "needs -cni-bin-dir"},
-		"missing plugin":     {[]string{"-cni-bin-dir", dir, "-cni-conf-dir", dir, "-cni-plugin", filepath.Join(dir, "nope")}, "plugin binary"},
-		"default plugin":     {[]string{"-cni-bin-dir", dir, "-cni-conf-dir", dir}, "next to ztunnel's executable"},
-		"relative conf dir":  {[]string{"-cni-bin-dir", dir, "-cni-conf-dir", "net.d", "-cni-plugin", plugin}, "absolute"},
-		"bad plugin level":   {[]string{"-cni-bin-dir", dir, "-cni-conf-dir", dir, "-cni-plugin", plugin, "-cni-log-level", "loud"}, "log level"},
-		"bad daemonset":      {[]string{"-daemonset", "ztunnel"}, "<namespace>/<name>"},
-		"daemonset outside":  {[]string{"-daemonset", "ambit-system/ztunnel"}, "KUBERNETES_SERVICE_HOST"},
-		"relative discovery": {[]string{"-discover-netns-dir", "netns"}, "absolute"},
-		"stray argument":     {[]string{"extra"}, "unexpected arguments"},
+		"bin without conf":     {[]string{"-cni-bin-dir", dir}, "go together"},
+		"conf without bin":     {[]string{"-cni-conf-dir", dir}, "go together"},
+		"plugin alone":         {[]string{"-cni-plugin", plugin}, "needs -cni-bin-dir"},
+		"missing plugin":       {[]string{"-cni-bin-dir", dir, "-cni-conf-dir", dir, "-cni-plugin", filepath.Join(dir, "nope")}, "plugin binary"},
+		"default plugin":       {[]string{"-cni-bin-dir", dir, "-cni-conf-dir", dir}, "next to ztunnel's executable"},
+		"relative conf dir":    {[]string{"-cni-bin-dir", dir, "-cni-conf-dir", "net.d", "-cni-plugin", plugin}, "absolute"},
+		"bad plugin level":     {[]string{"-cni-bin-dir", dir, "-cni-conf-dir", dir, "-cni-plugin", plugin, "-cni-log-level", "loud"}, "log level"},
+		"bad daemonset":        {[]string{"-daemonset", "ztunnel"}, "<namespace>/<name>"},
+		"daemonset outside":    {[]string{"-daemonset", "ambit-system/ztunnel"}, "KUBERNETES_SERVICE_HOST"},
+		"relative discovery":   {[]string{"-discover-netns-dir", "netns"}, "absolute"},
+		"stray argument":       {[]string{"extra"}, "unexpected arguments"},
+		"local CA, secure xDS": {[]string{"-local-ca-trust-domain", "cluster.local"}, "add -xds-insecure"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			err := run(append(append([]string{}, base...), tc.args...))
