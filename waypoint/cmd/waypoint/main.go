@@ -45,7 +45,9 @@ func run() error {
 		fmt.Println(version.String("waypoint"))
 		return nil
 	}
-	o.runtime.Apply()
+	if err := o.runtime.Apply(); err != nil {
+		return err
+	}
 	// Buffered: at 1,000 requests/s the access log was a write(2) per
 	// request. Warnings and errors flush at once, the rest within 100 ms.
 	lw := newLogWriter(os.Stderr, 100*time.Millisecond)

@@ -80,7 +80,9 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	rts.Apply()
+	if err := rts.Apply(); err != nil {
+		return err
+	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
 		return fmt.Errorf("-log-level: %w", err)
