@@ -1,6 +1,6 @@
 // Package goruntime holds the Go runtime settings of Ambit's proxies
-// (ztunnel, waypoint): the flags -gomaxprocs, -gc-percent, -memory-limit
-// and -sched-slice, their defaults ($GOMAXPROCS and $GOGC when set, else the
+// (ztunnel, waypoint): the flags -gomaxprocs, -gc-percent and
+// -memory-limit, their defaults ($GOMAXPROCS and $GOGC when set, else the
 // binary's own), their validation and their application. Each binary's
 // reference page says which defaults it uses and why.
 package goruntime
@@ -14,7 +14,6 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
-	"time"
 )
 
 // Defaults are a binary's own runtime defaults, used when neither a flag
@@ -34,9 +33,6 @@ type Settings struct {
 	MaxProcs  int   // 0: leave Go's default
 	GCPercent int   // negative: collector off except for the memory limit
 	MemLimit  int64 // -1: leave as the runtime has it ($GOMEMLIMIT or none)
-	// SchedSlice is the scheduler slice asked of the kernel for every
-	// thread (SetSchedSlice); 0 leaves the kernel's default.
-	SchedSlice time.Duration
 }
 
 // Flags are the registered runtime flags.
@@ -44,7 +40,6 @@ type Flags struct {
 	maxProcs  *int
 	memLimit  *string
 	gcPercent *int
-	slice     *time.Duration
 }
 
 // Register adds -gomaxprocs, -memory-limit and -gc-percent to fs. Their
@@ -62,8 +57,6 @@ func Register(fs *flag.FlagSet, d Defaults, getenv func(string) string) *Flags {
 			"soft limit of the Go runtime's memory (GOMEMLIMIT syntax, e.g. "+example+"); empty: $GOMEMLIMIT if set, else none; 0 or off: none"),
 		gcPercent: fs.Int("gc-percent", defaultGCPercent(getenv, d.GCPercent),
 			"garbage collection target percentage (GOGC); negative disables the collector except for -memory-limit; default $GOGC if set, else "+strconv.Itoa(d.GCPercent)),
-		slice: fs.Duration("sched-slice", 0,
-			"scheduler slice asked of the kernel for every thread (Linux 6.12+, "+MinSchedSlice.String()+" to "+MaxSchedSlice.String()+"): a short one lets the proxy preempt CPU-bound tasks when it wakes, for lower latency on nodes whose CPUs are busy; 0: the kernel's default"),
 	}
 }
 
@@ -90,12 +83,9 @@ func defaultGCPercent(getenv func(string) string, def int) int {
 // -memory-limit leaves the limit as the runtime has it ($GOMEMLIMIT, which
 // it applied at start, or none).
 func (f *Flags) Settings() (Settings, error) {
-	s := Settings{MaxProcs: *f.maxProcs, GCPercent: *f.gcPercent, MemLimit: -1, SchedSlice: *f.slice}
+	s := Settings{MaxProcs: *f.maxProcs, GCPercent: *f.gcPercent, MemLimit: -1}
 	if s.MaxProcs < 0 {
 		return s, fmt.Errorf("-gomaxprocs %d: must be 0 (Go's default) or positive", s.MaxProcs)
-	}
-	if s.SchedSlice != 0 && (s.SchedSlice < MinSchedSlice || s.SchedSlice > MaxSchedSlice) {
-		return s, fmt.Errorf("-sched-slice %v: must be 0 (the kernel's default) or within %v-%v", s.SchedSlice, MinSchedSlice, MaxSchedSlice)
 	}
 	if *f.memLimit != "" {
 		l, err := ParseByteSize(*f.memLimit)
@@ -107,16 +97,9 @@ func (f *Flags) Settings() (Settings, error) {
 	return s, nil
 }
 
-// The range of scheduler slices the kernel accepts (it clamps others).
-const (
-	MinSchedSlice = 100 * time.Microsecond
-	MaxSchedSlice = 100 * time.Millisecond
-)
-
-// Apply sets GOMAXPROCS (unless 0), the GC percentage, the memory limit
-// (unless -1) and the scheduler slice (unless 0). Only the slice can fail
-// (a kernel without custom slices).
-func (s Settings) Apply() error {
+// Apply sets GOMAXPROCS (unless 0), the GC percentage and the memory limit
+// (unless -1).
+func (s Settings) Apply() {
 	if s.MaxProcs > 0 {
 		runtime.GOMAXPROCS(s.MaxProcs)
 	}
@@ -124,12 +107,6 @@ func (s Settings) Apply() error {
 	if s.MemLimit >= 0 {
 		debug.SetMemoryLimit(s.MemLimit)
 	}
-	if s.SchedSlice != 0 {
-		if err := SetSchedSlice(s.SchedSlice); err != nil {
-			return fmt.Errorf("-sched-slice %v: %w", s.SchedSlice, err)
-		}
-	}
-	return nil
 }
 
 // ParseByteSize parses a GOMEMLIMIT-style size: a non-negative integer with

@@ -8,7 +8,6 @@ import (
 	"runtime/debug"
 	"strings"
 	"testing"
-	"time"
 )
 
 func TestParseByteSize(t *testing.T) {
@@ -54,7 +53,6 @@ func TestSettings(t *testing.T) {
 		"limit off": {[]string{"-memory-limit", "off"}, nil, Settings{MaxProcs: 1, GCPercent: 50, MemLimit: math.MaxInt64}},
 		"flag wins": {[]string{"-gomaxprocs", "3"}, map[string]string{"GOMAXPROCS": "2"}, Settings{MaxProcs: 3, GCPercent: 50, MemLimit: -1}},
 		"gc off":    {[]string{"-gc-percent", "-1"}, nil, Settings{MaxProcs: 1, GCPercent: -1, MemLimit: -1}},
-		"slice":     {[]string{"-sched-slice", "200us"}, nil, Settings{MaxProcs: 1, GCPercent: 50, MemLimit: -1, SchedSlice: 200 * time.Microsecond}},
 	} {
 		fs := flag.NewFlagSet("test", flag.ContinueOnError)
 		fs.SetOutput(io.Discard)
@@ -74,8 +72,6 @@ func TestSettings(t *testing.T) {
 	}{
 		"negative gomaxprocs": {[]string{"-gomaxprocs", "-2"}, "-gomaxprocs"},
 		"bad memory limit":    {[]string{"-memory-limit", "12 apples"}, "-memory-limit"},
-		"slice too short":     {[]string{"-sched-slice", "50us"}, "-sched-slice"},
-		"slice too long":      {[]string{"-sched-slice", "1s"}, "-sched-slice"},
 	} {
 		fs := flag.NewFlagSet("test", flag.ContinueOnError)
 		f := Register(fs, def, func(string) string { return "" })
@@ -97,9 +93,7 @@ func TestApply(t *testing.T) {
 		debug.SetGCPercent(oldGC)
 		debug.SetMemoryLimit(oldLimit)
 	})
-	if err := (Settings{MaxProcs: 1, GCPercent: 50, MemLimit: 20 << 20}).Apply(); err != nil {
-		t.Fatal(err)
-	}
+	Settings{MaxProcs: 1, GCPercent: 50, MemLimit: 20 << 20}.Apply()
 	if got := runtime.GOMAXPROCS(0); got != 1 {
 		t.Errorf("GOMAXPROCS = %d, want 1", got)
 	}
@@ -110,18 +104,14 @@ func TestApply(t *testing.T) {
 		t.Errorf("memory limit = %d, want %d", got, 20<<20)
 	}
 	// 0 keeps the current GOMAXPROCS; -1 keeps the limit.
-	if err := (Settings{MaxProcs: 0, GCPercent: 100, MemLimit: -1}).Apply(); err != nil {
-		t.Fatal(err)
-	}
+	Settings{MaxProcs: 0, GCPercent: 100, MemLimit: -1}.Apply()
 	if got := runtime.GOMAXPROCS(0); got != 1 {
 		t.Errorf("GOMAXPROCS after 0 = %d, want 1 (unchanged)", got)
 	}
 	if got := debug.SetMemoryLimit(-1); got != 20<<20 {
 		t.Errorf("memory limit after -1 = %d, want %d (unchanged)", got, 20<<20)
 	}
-	if err := (Settings{MaxProcs: 2, GCPercent: 100, MemLimit: math.MaxInt64}).Apply(); err != nil {
-		t.Fatal(err)
-	}
+	Settings{MaxProcs: 2, GCPercent: 100, MemLimit: math.MaxInt64}.Apply()
 	if got := runtime.GOMAXPROCS(0); got != 2 {
 		t.Errorf("GOMAXPROCS = %d, want 2", got)
 	}

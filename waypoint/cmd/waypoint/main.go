@@ -45,9 +45,7 @@ func run() error {
 		fmt.Println(version.String("waypoint"))
 		return nil
 	}
-	if err := o.runtime.Apply(); err != nil {
-		return err
-	}
+	o.runtime.Apply()
 	// Buffered: at 1,000 requests/s the access log was a write(2) per
 	// request. Warnings and errors flush at once, the rest within 100 ms.
 	lw := newLogWriter(os.Stderr, 100*time.Millisecond)

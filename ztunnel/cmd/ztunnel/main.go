@@ -80,9 +80,7 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := rts.Apply(); err != nil {
-		return err
-	}
+	rts.Apply()
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
 		return fmt.Errorf("-log-level: %w", err)

@@ -6,7 +6,6 @@ func TestRunRejectsBadRuntimeFlags(t *testing.T) {
 	for _, args := range [][]string{
 		{"-node-name", "n", "-gomaxprocs", "-2"},
 		{"-node-name", "n", "-memory-limit", "12 apples"},
-		{"-node-name", "n", "-sched-slice", "1s"},
 	} {
 		if err := run(args); err == nil {
 			t.Errorf("run(%q) succeeded, want an error", args)
