@@ -19,6 +19,7 @@ const (
 	meshNS      = "shop"   // labelled ambit.dev/dataplane-mode=ambient
 	plainNS     = "legacy" // never labelled
 	echoPort    = 8080
+	whoamiPort  = 8090 // answers with the peer address the application saw
 	svcPort     = 80
 )
 

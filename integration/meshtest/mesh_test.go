@@ -77,6 +77,7 @@ func TestMesh(t *testing.T) {
 	client, other, server, outsider := lp["client"], lp["other"], lp["server"], lp["outsider"]
 	server.ServeEcho(t, echoPort)
 	client.ServeEcho(t, echoPort)
+	server.ServeWhoami(t, whoamiPort)
 	serverAddr := netip.AddrPortFrom(server.IP, echoPort)
 	clientAddr := netip.AddrPortFrom(client.IP, echoPort)
 	vipAddr := netip.AddrPortFrom(vip, svcPort)
@@ -166,6 +167,29 @@ func TestMesh(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Logf("%s -> %s: %d MiB each way, SHA-256 equal, in %v", c.from.Name, c.to, bigTransfer>>20, time.Since(start).Round(time.Millisecond))
+		}
+	})
+
+	t.Run("the application sees the client's address", func(t *testing.T) {
+		whoami := netip.AddrPortFrom(server.IP, whoamiPort)
+		before := hboneFrom(t, spec("client"))
+		seen, _, err := client.Whoami(whoami)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen.Addr() != client.IP {
+			t.Errorf("through the tunnel the server application saw %v, want the client pod's %v", seen, client.IP)
+		}
+		if got := hboneFrom(t, spec("client")); got < before+1 {
+			t.Errorf("server's ztunnel counted %v tunnels from client, want at least %v: the connection did not go through the mesh", got, before+1)
+		}
+		seen, local, err := outsider.Whoami(whoami)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen.Addr() != outsider.IP || seen.Port() == local.Port() {
+			t.Errorf("plaintext from outside the mesh: the server application saw %v, want %v with a port other than the client's own %d",
+				seen, outsider.IP, local.Port())
 		}
 	})
 

@@ -98,3 +98,48 @@ func (p *Pod) Echo(dst netip.AddrPort, msg []byte) error {
 
 // Hello is a message for Echo that names the pod, repeated n times.
 func (p *Pod) Hello(n int) []byte { return bytes.Repeat([]byte("hello from "+p.Name+"; "), n) }
+
+// ServeWhoami runs a server on port inside the pod until the test ends:
+// every connection gets one line, the peer address the server saw, and is
+// closed.
+func (p *Pod) ServeWhoami(t testing.TB, port int) {
+	t.Helper()
+	var ln net.Listener
+	if err := p.Do(func() (err error) { ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port)); return err }); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+			_, _ = fmt.Fprintf(c, "%s\n", c.RemoteAddr().(*net.TCPAddr).AddrPort())
+			_ = c.Close()
+		}
+	})
+}
+
+// Whoami connects from the pod to a ServeWhoami server at dst and returns
+// the peer address the server saw, and the connection's local address.
+func (p *Pod) Whoami(dst netip.AddrPort) (seen, local netip.AddrPort, err error) {
+	c, err := p.DialTCP(dst)
+	if err != nil {
+		return seen, local, err
+	}
+	defer c.Close()
+	local = c.LocalAddr().(*net.TCPAddr).AddrPort()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	line, err := io.ReadAll(c)
+	if err != nil {
+		return seen, local, fmt.Errorf("%s -> %s: read: %w", p.Name, dst, err)
+	}
+	seen, err = netip.ParseAddrPort(string(bytes.TrimSpace(line)))
+	if err != nil {
+		return seen, local, fmt.Errorf("%s -> %s: answer %q: %w", p.Name, dst, line, err)
+	}
+	return netip.AddrPortFrom(seen.Addr().Unmap(), seen.Port()), local, nil
+}

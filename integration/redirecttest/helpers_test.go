@@ -152,10 +152,11 @@ func podConfig(t *testing.T, p *netlab.Pod) (*redirect.Netns, redirect.Config) {
 }
 
 // install installs the rules; a kernel without nftables NAT support skips the
-// test on a developer machine and fails it under CI.
-func install(t *testing.T, ns *redirect.Netns, cfg redirect.Config) {
+// test on a developer machine and fails it under CI, as does one that
+// installs the rules without the original-source routing asked for.
+func install(t *testing.T, ns *redirect.Netns, cfg redirect.Config) redirect.Config {
 	t.Helper()
-	err := redirect.Install(context.Background(), ns, cfg)
+	got, err := redirect.Install(context.Background(), ns, cfg)
 	if err != nil && (errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.EOPNOTSUPP) ||
 		errors.Is(err, syscall.EPROTONOSUPPORT) || errors.Is(err, syscall.EAFNOSUPPORT)) {
 		tier.Require(t, "nftables NAT support in the kernel", err)
@@ -163,6 +164,10 @@ func install(t *testing.T, ns *redirect.Netns, cfg redirect.Config) {
 	if err != nil {
 		t.Fatalf("install: %v", err)
 	}
+	if cfg.OriginalSource && !got.OriginalSource {
+		tier.Require(t, "nftables route chains and policy routing for the original source", errors.New("installed without them"))
+	}
+	return got
 }
 
 // dumpOnFailure logs the pod's ruleset with the nft binary (diagnostics only)

@@ -83,6 +83,11 @@ type Config struct {
 	// DisablePodSOCKS5 turns off the SOCKS5 listener ztunnel otherwise opens
 	// on PodSOCKS5Addr inside every captured pod.
 	DisablePodSOCKS5 bool
+	// NoOriginalSource makes ztunnel connect to a pod's application from the
+	// pod's own address. By default it connects from the client's (the
+	// tunnel's source, or the plaintext connection's), as the application
+	// would see it without the mesh (redirect.Config.OriginalSource).
+	NoOriginalSource bool
 	// DrainTimeout bounds how long the connections ztunnel proxies for a
 	// running pod it stops serving may finish: the pod left the mesh (new
 	// connections bypass ztunnel at once) or its identity changed (new

@@ -232,11 +232,12 @@ func (d *Daemon) capture(ctx context.Context, ps *podState, w *config.Workload) 
 			return fmt.Errorf("probe sources: %w", err)
 		}
 	}
+	rcfg.OriginalSource = !d.cfg.NoOriginalSource
 	ls, err := ns.ListenAll(ctx)
 	if err != nil {
 		return fmt.Errorf("listeners: %w", err)
 	}
-	if err = redirect.Install(ctx, ns, rcfg); err != nil {
+	if rcfg, err = redirect.Install(ctx, ns, rcfg); err != nil {
 		_ = ls.Close()
 		return fmt.Errorf("capture rules: %w", err)
 	}
@@ -248,7 +249,8 @@ func (d *Daemon) capture(ctx context.Context, ps *podState, w *config.Workload) 
 	}
 	ps.ns, ps.id, ps.released = ns, w.Identity, false
 	ps.gen++
-	ps.proxy = proxy.StartPod(d.env, proxy.PodConfig{Name: w.Name, IPs: ips, Identity: w.Identity, Netns: ns, Listeners: ls})
+	ps.proxy = proxy.StartPod(d.env, proxy.PodConfig{Name: w.Name, IPs: ips, Identity: w.Identity, Netns: ns, Listeners: ls,
+		OriginalSource: rcfg.OriginalSource})
 	if !d.cfg.DisablePodSOCKS5 {
 		ps.socks = d.startPodSOCKS(ctx, ns, w, ips)
 	}

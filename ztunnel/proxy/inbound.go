@@ -1,9 +1,9 @@
 package proxy
 
 import (
-	"context"
 	"fmt"
 	"net"
+	"net/netip"
 
 	"github.com/ambit-mesh/ambit/pkg/hbone"
 	"github.com/ambit-mesh/ambit/pkg/identity"
@@ -76,9 +76,13 @@ func (p *Pod) serveHBONE(st *hbone.Stream) {
 		_ = st.Reject(code, text)
 		return
 	}
-	ctx, cancel := context.WithTimeout(st.Context(), p.timeout)
-	app, err := p.dialer.DialContext(ctx, "tcp", auth.String())
-	cancel()
+	// The application sees the tunnel's source (the client's pod, or its
+	// waypoint), with a port of its own.
+	var from netip.AddrPort
+	if ta, ok := st.RemoteAddr().(*net.TCPAddr); ok {
+		from = netip.AddrPortFrom(ta.AddrPort().Addr(), 0)
+	}
+	app, err := p.dialApp(st.Context(), from, auth)
 	if err != nil {
 		labels.ResponseFlags = metrics.FlagUpstreamFailure
 		p.env.Metrics.Failed(labels)
@@ -122,9 +126,11 @@ func (p *Pod) servePlaintext(c *net.TCPConn) {
 		reset(c)
 		return
 	}
-	ctx, cancel := context.WithTimeout(p.ctx, p.timeout)
-	app, err := p.dialer.DialContext(ctx, "tcp", dst.String())
-	cancel()
+	var src netip.AddrPort
+	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		src = ta.AddrPort()
+	}
+	app, err := p.dialApp(p.ctx, src, dst)
 	if err != nil {
 		labels.ResponseFlags = metrics.FlagUpstreamFailure
 		p.env.Metrics.Failed(labels)

@@ -50,6 +50,11 @@ type PodConfig struct {
 	// Listeners are the capture listeners opened in Netns; Pod serves them
 	// and closes them on Close.
 	Listeners *redirect.Listeners
+	// OriginalSource: connect to the application from the client's address
+	// (redirect.Dialer.DialFrom), so that it sees who connected: the
+	// tunnel's source for HBONE, the connection's for plaintext. Only when
+	// the pod's capture was installed with redirect.Config.OriginalSource.
+	OriginalSource bool
 }
 
 // Pod serves one enrolled pod's listeners. Create it with StartPod.
@@ -104,6 +109,25 @@ func StartPod(env *Env, cfg PodConfig) *Pod {
 	go func() { defer p.wg.Done(); p.acceptLoop(cfg.Listeners.Outbound, "outbound", p.serveOutbound) }()
 	go func() { defer p.wg.Done(); p.acceptLoop(cfg.Listeners.Inbound, "inbound", p.servePlaintext) }()
 	return p
+}
+
+// dialApp connects to the application at dst, from src's address when the
+// pod has OriginalSource and src is not the pod itself (whose own address
+// it comes from anyway).
+func (p *Pod) dialApp(ctx context.Context, src, dst netip.AddrPort) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
+	var c *net.TCPConn
+	var err error
+	if !p.cfg.OriginalSource || !src.Addr().IsValid() || p.hasIP(src.Addr()) || src.Addr().Unmap().IsLoopback() {
+		c, err = p.dialer.DialTCP(ctx, dst)
+	} else {
+		c, err = p.dialer.DialFrom(ctx, src, dst)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 // Name is the pod's Workload name.

@@ -56,6 +56,30 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 
 // DialTCP connects to dst from inside the namespace with a marked socket.
 func (d *Dialer) DialTCP(ctx context.Context, dst netip.AddrPort) (*net.TCPConn, error) {
+	return d.dial(ctx, netip.AddrPort{}, dst)
+}
+
+// DialFrom connects to dst, an address of the pod, from src's address: the
+// application sees the connection come from there (the client's address)
+// rather than from the pod itself. The socket is transparent (IP_TRANSPARENT)
+// and carries SourceMark instead of the Dialer's mark; the pod's capture must
+// have been installed with Config.OriginalSource, or the application's
+// replies leave the pod and the connection never opens. Its port is chosen by
+// the kernel and is never src's port: a redirected connection from src:port
+// to dst may still be in conntrack, and a connection with the same addresses
+// and ports would be taken for it. A src of the other family than dst's is
+// ignored (the connection comes from the pod's address).
+func (d *Dialer) DialFrom(ctx context.Context, src, dst netip.AddrPort) (*net.TCPConn, error) {
+	if a := src.Addr().Unmap(); !a.IsValid() || a.Is4() != dst.Addr().Unmap().Is4() {
+		src = netip.AddrPort{}
+	} else {
+		src = netip.AddrPortFrom(a, src.Port())
+	}
+	return d.dial(ctx, src, dst)
+}
+
+// dial is DialTCP, and DialFrom when src is valid.
+func (d *Dialer) dial(ctx context.Context, src, dst netip.AddrPort) (*net.TCPConn, error) {
 	raddr := net.TCPAddrFromAddrPort(dst)
 	opErr := func(err error) error { return &net.OpError{Op: "dial", Net: "tcp", Addr: raddr, Err: err} }
 	if d == nil || d.Netns == nil {
@@ -76,6 +100,9 @@ func (d *Dialer) DialTCP(ctx context.Context, dst netip.AddrPort) (*net.TCPConn,
 	if mark == 0 {
 		mark = Mark
 	}
+	if src.IsValid() {
+		mark = SourceMark
+	}
 	addr := dst.Addr().Unmap()
 	family := unix.AF_INET6
 	var sa unix.Sockaddr = &unix.SockaddrInet6{Port: int(dst.Port()), Addr: addr.As16()}
@@ -93,6 +120,12 @@ func (d *Dialer) DialTCP(ctx context.Context, dst netip.AddrPort) (*net.TCPConn,
 		if err := unix.SetsockoptInt(s, unix.SOL_SOCKET, unix.SO_MARK, int(mark)); err != nil {
 			_ = unix.Close(s)
 			return os.NewSyscallError("setsockopt SO_MARK", err)
+		}
+		if src.IsValid() {
+			if err := bindTransparent(s, src); err != nil {
+				_ = unix.Close(s)
+				return err
+			}
 		}
 		fd = s
 		return nil
@@ -129,6 +162,85 @@ func (d *Dialer) DialTCP(ctx context.Context, dst netip.AddrPort) (*net.TCPConn,
 	}
 	_ = tc.SetNoDelay(true) // as net.Dialer does
 	return tc, nil
+}
+
+// bindTransparent makes socket s transparent and binds it to src's address
+// with a port the kernel picks, other than src's port.
+func bindTransparent(s int, src netip.AddrPort) error {
+	var sa unix.Sockaddr
+	if src.Addr().Is4() {
+		if err := unix.SetsockoptInt(s, unix.SOL_IP, unix.IP_TRANSPARENT, 1); err != nil {
+			return os.NewSyscallError("setsockopt IP_TRANSPARENT", err)
+		}
+		sa = &unix.SockaddrInet4{Addr: src.Addr().As4()}
+	} else {
+		if err := unix.SetsockoptInt(s, unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1); err != nil {
+			return os.NewSyscallError("setsockopt IPV6_TRANSPARENT", err)
+		}
+		sa = &unix.SockaddrInet6{Addr: src.Addr().As16()}
+	}
+	if err := unix.Bind(s, sa); err != nil {
+		return os.NewSyscallError("bind", err)
+	}
+	if src.Port() == 0 {
+		return nil
+	}
+	// The port is bound until the socket closes: if it is src's, bind
+	// another socket while this one holds it, and move that one into s.
+	for range 4 {
+		got, err := unix.Getsockname(s)
+		if err != nil {
+			return os.NewSyscallError("getsockname", err)
+		}
+		if sockPort(got) != int(src.Port()) {
+			return nil
+		}
+		family := unix.AF_INET
+		if src.Addr().Is6() {
+			family = unix.AF_INET6
+		}
+		s2, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+		if err != nil {
+			return os.NewSyscallError("socket", err)
+		}
+		err = copyOpts(s2, s, src.Addr().Is4())
+		if err == nil {
+			err = unix.Bind(s2, sa)
+		}
+		if err == nil {
+			err = unix.Dup3(s2, s, unix.O_CLOEXEC) // closes the socket holding src's port
+		}
+		_ = unix.Close(s2)
+		if err != nil {
+			return os.NewSyscallError("bind", err)
+		}
+	}
+	return errors.New("redirect: the kernel keeps choosing the client's own port")
+}
+
+// copyOpts gives s2 the mark and transparency of s.
+func copyOpts(s2, s int, v4 bool) error {
+	mark, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_MARK)
+	if err != nil {
+		return err
+	}
+	if err := unix.SetsockoptInt(s2, unix.SOL_SOCKET, unix.SO_MARK, mark); err != nil {
+		return err
+	}
+	if v4 {
+		return unix.SetsockoptInt(s2, unix.SOL_IP, unix.IP_TRANSPARENT, 1)
+	}
+	return unix.SetsockoptInt(s2, unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1)
+}
+
+func sockPort(sa unix.Sockaddr) int {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return sa.Port
+	case *unix.SockaddrInet6:
+		return sa.Port
+	}
+	return -1
 }
 
 // aLongTimeAgo is a deadline in the past, to wake a blocked wait.

@@ -12,38 +12,88 @@ import (
 // netlink transaction: the table is created, deleted and created again with
 // its chains and rules, so the pod is never half-captured and a second
 // Install leaves exactly one copy of each rule. Other tables are not touched.
+// With cfg.OriginalSource, the policy routing of SourceMark is installed
+// first.
 //
-// A kernel that cannot run the conntrack bypass (no nftables socket
-// expression with its mark key) gets the capture rules without it, and a
-// warning.
-func Install(ctx context.Context, ns *Netns, cfg Config) error {
+// Install returns the configuration it installed. A kernel that cannot run
+// the original-source routing or the conntrack bypass (no nftables route
+// chains, socket expression or its mark key) gets the capture rules without
+// them, and a warning: the returned Config says so (OriginalSource false,
+// NoConntrackBypass true), and ztunnel must then not connect from the
+// client's address.
+func Install(ctx context.Context, ns *Netns, cfg Config) (Config, error) {
 	return install(ctx, ns, cfg, dial)
 }
 
 // install is Install with the netlink connection's dialer (tests replace it).
-func install(ctx context.Context, ns *Netns, cfg Config, dial func(*Netns) (*nftables.Conn, error)) error {
+func install(ctx context.Context, ns *Netns, cfg Config, dial func(*Netns) (*nftables.Conn, error)) (Config, error) {
 	if err := ctx.Err(); err != nil {
-		return err
+		return cfg, err
 	}
-	specs, err := buildRules(cfg)
-	if err != nil {
-		return err
+	// What to try, in order: what was asked for, then without the
+	// original source, then without the bypass either.
+	tries := []Config{cfg}
+	if cfg.OriginalSource {
+		c := cfg
+		c.OriginalSource = false
+		tries = append(tries, c)
 	}
-	err = installSpecs(ns, specs, dial)
-	if err != nil && !cfg.NoConntrackBypass {
-		plain := cfg
-		plain.NoConntrackBypass = true
-		if specs, perr := buildRules(plain); perr == nil && installSpecs(ns, specs, dial) == nil {
-			slog.WarnContext(ctx, "redirection installed without the conntrack bypass", "netns", ns.Path(), "err", err)
-			return nil
+	if !cfg.NoConntrackBypass {
+		c := tries[len(tries)-1]
+		c.NoConntrackBypass = true
+		tries = append(tries, c)
+	}
+	var first error
+	for i, c := range tries {
+		err := installConfig(ns, c, dial)
+		if err == nil {
+			if i > 0 {
+				slog.WarnContext(ctx, "redirection installed without some features", "netns", ns.Path(),
+					"originalSource", c.OriginalSource, "conntrackBypass", !c.NoConntrackBypass, "err", first)
+			} else {
+				slog.DebugContext(ctx, "redirection installed", "netns", ns.Path())
+			}
+			if !c.OriginalSource && cfg.OriginalSource {
+				if rerr := sourceRouting.remove(ns); rerr != nil {
+					slog.WarnContext(ctx, "redirection: could not remove the original-source routing", "netns", ns.Path(), "err", rerr)
+				}
+			}
+			return c, nil
+		}
+		if first == nil {
+			first = err
+		}
+		if _, ok := err.(*buildError); ok {
+			return cfg, err
 		}
 	}
-	if err != nil {
-		return err
-	}
-	slog.DebugContext(ctx, "redirection installed", "netns", ns.Path(), "rules", len(specs))
-	return nil
+	return cfg, first
 }
+
+// buildError is a configuration the rules cannot be built from: no fallback
+// helps.
+type buildError struct{ err error }
+
+func (e *buildError) Error() string { return e.err.Error() }
+func (e *buildError) Unwrap() error { return e.err }
+
+// installConfig installs cfg's routing and rules.
+func installConfig(ns *Netns, cfg Config, dial func(*Netns) (*nftables.Conn, error)) error {
+	specs, err := buildRules(cfg)
+	if err != nil {
+		return &buildError{err}
+	}
+	if cfg.OriginalSource {
+		if err := sourceRouting.install(ns); err != nil {
+			return err
+		}
+	}
+	return installSpecs(ns, specs, dial)
+}
+
+// sourceRouting installs and removes the original-source routing (tests
+// replace it).
+var sourceRouting = struct{ install, remove func(*Netns) error }{installSourceRouting, removeSourceRouting}
 
 // installSpecs runs the replace transaction for specs.
 func installSpecs(ns *Netns, specs []ruleSpec, dial func(*Netns) (*nftables.Conn, error)) error {
@@ -92,8 +142,10 @@ func queueInstall(conn *nftables.Conn, specs []ruleSpec) {
 // them (their FIN) still reaches the application from the address it
 // connected to; with the rules gone it would come from ztunnel's port,
 // match no socket and be lost, leaving the application with a connection
-// that never ends. Call Remove once they are closed. A namespace without the
-// table is left as it is.
+// that never ends. The OriginalSourceChain is kept too: the connections
+// ztunnel opened to the application from their clients' addresses need it
+// for their replies. Call Remove once they are closed. A namespace without
+// the table is left as it is.
 func StopCapture(ctx context.Context, ns *Netns) error {
 	return withConn(ctx, ns, func(conn *nftables.Conn) error {
 		cs, err := conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
@@ -103,7 +155,7 @@ func StopCapture(ctx context.Context, ns *Netns) error {
 		var out *nftables.Chain
 		n := 0
 		for _, c := range cs {
-			if c.Table == nil || c.Table.Name != TableName {
+			if c.Table == nil || c.Table.Name != TableName || c.Name == OriginalSourceChain {
 				continue
 			}
 			conn.FlushChain(c)
@@ -127,8 +179,9 @@ func StopCapture(ctx context.Context, ns *Netns) error {
 	})
 }
 
-// Remove deletes the capture rules (the whole table) from the namespace. It
-// succeeds when they are not installed.
+// Remove deletes the capture rules (the whole table) and the
+// original-source routing from the namespace. It succeeds when they are not
+// installed.
 func Remove(ctx context.Context, ns *Netns) error {
 	return withConn(ctx, ns, func(conn *nftables.Conn) error {
 		t := table()
@@ -136,6 +189,9 @@ func Remove(ctx context.Context, ns *Netns) error {
 		conn.DelTable(t)
 		if err := conn.Flush(); err != nil {
 			return fmt.Errorf("redirect: remove nftables rules in %s: %w", ns, err)
+		}
+		if err := removeSourceRouting(ns); err != nil {
+			return err
 		}
 		slog.DebugContext(ctx, "redirection removed", "netns", ns.Path())
 		return nil

@@ -318,29 +318,127 @@ func TestInstallFallsBackWithoutBypass(t *testing.T) {
 	ns := &Netns{path: "/test/netns"}
 
 	k := &fakeKernel{reject: "socket"}
-	if err := install(t.Context(), ns, Config{}, k.dial); err != nil {
+	got, err := install(t.Context(), ns, Config{}, k.dial)
+	if err != nil {
 		t.Fatalf("install on a kernel without the socket expression: %v", err)
+	}
+	if !got.NoConntrackBypass {
+		t.Errorf("installed config %+v, want NoConntrackBypass", got)
 	}
 	if len(k.batches) != 2 || !slices.Contains(k.batches[0], "bypass") || slices.Contains(k.batches[1], "bypass") || len(k.batches[1]) != 2 {
 		t.Errorf("batches %v, want the bypass refused then the two nat chains alone", k.batches)
 	}
-	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), "without the conntrack bypass") {
+	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), "conntrackBypass=false") {
 		t.Errorf("no warning logged: %q", logs.String())
 	}
 
 	k = &fakeKernel{}
-	err := install(t.Context(), ns, Config{}, k.dial)
+	_, err = install(t.Context(), ns, Config{}, k.dial)
 	if err == nil || !strings.Contains(err.Error(), "operation not supported") {
 		t.Errorf("install on a kernel refusing everything: %v, want its error", err)
 	}
 	k = &fakeKernel{}
-	if err := install(t.Context(), ns, Config{NoConntrackBypass: true}, k.dial); err == nil || k.dials != 1 {
+	if _, err := install(t.Context(), ns, Config{NoConntrackBypass: true}, k.dial); err == nil || k.dials != 1 {
 		t.Errorf("NoConntrackBypass on a refusing kernel: err %v after %d attempts, want an error after 1", err, k.dials)
 	}
 
 	k = &fakeKernel{reject: "socket"}
 	logs.Reset()
-	if err := install(t.Context(), ns, Config{NoConntrackBypass: true}, k.dial); err != nil || len(k.batches) != 1 || logs.Len() != 0 {
+	if _, err := install(t.Context(), ns, Config{NoConntrackBypass: true}, k.dial); err != nil || len(k.batches) != 1 || logs.Len() != 0 {
 		t.Errorf("NoConntrackBypass: err %v, batches %v, logs %q; want one batch, no warning", err, k.batches, logs.String())
+	}
+}
+
+// TestBuildRulesOriginalSource: the option adds the route chain and, first in
+// the bypass, the rule keeping ztunnel's original-source connections tracked;
+// everything else is as without it.
+func TestBuildRulesOriginalSource(t *testing.T) {
+	plain, err := buildRules(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	specs, err := buildRules(Config{OriginalSource: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := describeAll(plain), describeAll(specs)
+	wantSource := []string{
+		"meta mark & 0xfff == 0x53a ct mark set 0x53a counter packets 0 bytes 0 accept",
+		"ct mark & 0xfff == 0x53a meta mark set 0x53a counter packets 0 bytes 0 accept",
+	}
+	if got := strings.Join(b[OriginalSourceChain], "\n"); got != strings.Join(wantSource, "\n") {
+		t.Errorf("chain %s:\n%s\nwant:\n%s", OriginalSourceChain, got, strings.Join(wantSource, "\n"))
+	}
+	if len(a[OriginalSourceChain]) != 0 {
+		t.Errorf("without the option: %s has rules %q", OriginalSourceChain, a[OriginalSourceChain])
+	}
+	wantOut := append([]string{"meta mark & 0xfff == 0x53a counter packets 0 bytes 0 accept"}, a[BypassOutChain]...)
+	if got := strings.Join(b[BypassOutChain], "\n"); got != strings.Join(wantOut, "\n") {
+		t.Errorf("chain %s:\n%s\nwant:\n%s", BypassOutChain, got, strings.Join(wantOut, "\n"))
+	}
+	for _, c := range []string{BypassInChain, OutboundChain, InboundChain} {
+		if strings.Join(a[c], "\n") != strings.Join(b[c], "\n") {
+			t.Errorf("chain %s differs with the option:\n%s\nwithout:\n%s", c, strings.Join(b[c], "\n"), strings.Join(a[c], "\n"))
+		}
+	}
+	// Without the bypass there is nothing to keep tracked.
+	nb, err := buildRules(Config{OriginalSource: true, NoConntrackBypass: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := describeAll(nb); len(d[BypassOutChain]) != 0 || len(d[OriginalSourceChain]) != 2 {
+		t.Errorf("OriginalSource without the bypass: %v", d)
+	}
+	// A mark that covers SourceMark leaves it no room.
+	if _, err := buildRules(Config{OriginalSource: true, Mark: 0x3a, MarkMask: 0xff}); err == nil {
+		t.Error("mark 0x3a/0xff with OriginalSource: no error, want one (SourceMark falls under the same masked value)")
+	}
+	if _, err := buildRules(Config{OriginalSource: true, Mark: 0x1, MarkMask: 0x3}); err == nil {
+		t.Error("mask 0x3 with OriginalSource: no error, want one (SourceMark has bits outside it)")
+	}
+}
+
+// TestInstallFallsBackWithoutOriginalSource: a kernel refusing the route
+// chain, or a namespace refusing the routing, gets the capture (with the
+// bypass) without the original source, a warning, and the routing removed;
+// the returned config says so.
+func TestInstallFallsBackWithoutOriginalSource(t *testing.T) {
+	var logs bytes.Buffer
+	old := slog.Default()
+	slog.SetDefault(slog.New(slog.NewTextHandler(&logs, nil)))
+	t.Cleanup(func() { slog.SetDefault(old) })
+	oldRouting := sourceRouting
+	t.Cleanup(func() { sourceRouting = oldRouting })
+	var routed, removed int
+	var routeErr error
+	sourceRouting.install = func(*Netns) error { routed++; return routeErr }
+	sourceRouting.remove = func(*Netns) error { removed++; return nil }
+	ns := &Netns{path: "/test/netns"}
+
+	// Every expression accepted: everything installed in one batch.
+	k := &fakeKernel{reject: "nothing-rejects-this"}
+	got, err := install(t.Context(), ns, Config{OriginalSource: true}, k.dial)
+	if err != nil || !got.OriginalSource || got.NoConntrackBypass || len(k.batches) != 1 || routed != 1 || removed != 0 {
+		t.Errorf("install: %+v, %v, batches %v, routed %d, removed %d; want everything at once", got, err, k.batches, routed, removed)
+	}
+
+	// The ct mark set refused: the capture with the bypass, without the chain.
+	k = &fakeKernel{reject: "ct"}
+	routed, removed = 0, 0
+	got, err = install(t.Context(), ns, Config{OriginalSource: true}, k.dial)
+	if err != nil || got.OriginalSource || got.NoConntrackBypass || len(k.batches) != 2 || removed != 1 {
+		t.Errorf("install refusing ct: %+v, %v, batches %v, removed %d; want the second try without the original source, routing removed",
+			got, err, k.batches, removed)
+	}
+	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), "originalSource=false") {
+		t.Errorf("no warning logged: %q", logs.String())
+	}
+
+	// The routing refused: the nft batch is not even tried with the chain.
+	k = &fakeKernel{reject: "nothing-rejects-this"}
+	routeErr = errors.New("no policy routing here")
+	got, err = install(t.Context(), ns, Config{OriginalSource: true}, k.dial)
+	if err != nil || got.OriginalSource || got.NoConntrackBypass || len(k.batches) != 1 {
+		t.Errorf("install with routing refused: %+v, %v, batches %v; want one batch without the original source", got, err, k.batches)
 	}
 }

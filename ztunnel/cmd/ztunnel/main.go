@@ -50,6 +50,7 @@ func run(args []string) error {
 	socksWorkload := fs.String("socks5-workload", "", "workload (<namespace>/<pod>) whose identity SOCKS5 clients use; empty disables SOCKS5")
 	socksPerPod := fs.Bool("socks5-per-pod", true, "open a SOCKS5 listener on "+daemon.PodSOCKS5Addr+" (and "+daemon.PodSOCKS5Addr6+") inside every captured pod")
 	validity := fs.Duration("cert-validity", identity.DefaultCertLifetime, "workload certificate lifetime asked of the CA")
+	originalSource := fs.Bool("original-source", true, "connect to a pod's application from the client's address (the tunnel's source, or the plaintext connection's), as it would see it without the mesh; false: from the pod's own address")
 	podDrain := fs.Duration("pod-drain", daemon.DefaultDrainTimeout, "how long the connections ztunnel proxies for a running pod may finish once the pod leaves the mesh (new connections bypass ztunnel at once) or changes identity; negative closes them at once")
 	shutdownDrain := fs.Duration("shutdown-drain", daemon.DefaultShutdownDrain, "after SIGTERM, how long open connections may finish (listeners close at once); negative closes them at once")
 	cniBin := fs.String("cni-bin-dir", "", "CNI bin folder to install ambit-cni into (the host's /opt/cni/bin as mounted); empty, with -cni-conf-dir, installs nothing")
@@ -185,6 +186,7 @@ func run(args []string) error {
 		Shutdown:        shutdown,
 
 		DisablePodSOCKS5: !*socksPerPod,
+		NoOriginalSource: !*originalSource,
 
 		DiscoverNetnsDir:          *discoverDir,
 		DiscoverExcludeNamespaces: exclude,
