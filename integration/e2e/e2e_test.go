@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -134,6 +135,9 @@ func TestE2E(t *testing.T) {
 			_, err := e.get(appNS, echoURL)
 			return err
 		})
+		if err := e.seesClient(t); err != nil {
+			t.Error(err)
+		}
 		n, err := e.scrapeAll(systemNS, "app.kubernetes.io/name=ztunnel", 15020, "istio_tcp_connections_opened_total",
 			map[string]string{"destination_workload_namespace": appNS})
 		if err != nil {
@@ -197,6 +201,10 @@ func TestE2E(t *testing.T) {
 		}
 		if after := e.podIdentity(appNS); !sameMap(before, after) {
 			t.Fatalf("pods changed during enrolment (want no restart):\nbefore %v\nafter  %v", before, after)
+		}
+		// Through the mesh echo still sees the client pod's address.
+		if err := e.seesClient(t); err != nil {
+			t.Error(err)
 		}
 	})
 
@@ -654,6 +662,21 @@ func sameMap(a, b map[string]string) bool {
 		}
 	}
 	return true
+}
+
+// seesClient checks that echo saw a request from the client pod come from
+// that pod's address.
+func (e *env) seesClient(t *testing.T) error {
+	t.Helper()
+	a, err := e.get(appNS, echoURL)
+	if err != nil {
+		return err
+	}
+	ip := e.clientIP(t)
+	if host, _, err := net.SplitHostPort(a.Remote); err != nil || host != ip {
+		return fmt.Errorf("echo saw the client's request come from %q, want the client pod's address %s", a.Remote, ip)
+	}
+	return nil
 }
 
 // clientIP is the loadgen pod's address.

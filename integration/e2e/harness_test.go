@@ -159,6 +159,8 @@ type answer struct {
 	Version   string `json:"version"`
 	Pod       string `json:"pod"`
 	Namespace string `json:"namespace"`
+	// Remote is the client's address as the server saw it.
+	Remote string `json:"remote"`
 }
 
 // get runs `ambit-demo get` inside the client pod of ns: a new connection

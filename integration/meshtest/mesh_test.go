@@ -172,6 +172,11 @@ func TestMesh(t *testing.T) {
 
 	t.Run("the application sees the client's address", func(t *testing.T) {
 		whoami := netip.AddrPortFrom(server.IP, whoamiPort)
+		for _, p := range z1.dump(t).Pods {
+			if p.Pod.Name == "server" && !p.OriginalSource {
+				t.Errorf("admin dump: server pod without originalSource: %+v", p)
+			}
+		}
 		before := hboneFrom(t, spec("client"))
 		seen, _, err := client.Whoami(whoami)
 		if err != nil {

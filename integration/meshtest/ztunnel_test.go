@@ -128,9 +128,10 @@ type dump struct {
 			Name      string `json:"name"`
 			Namespace string `json:"namespace"`
 		} `json:"pod"`
-		Captured bool   `json:"captured"`
-		Identity string `json:"identity"`
-		Error    string `json:"error"`
+		Captured       bool   `json:"captured"`
+		Identity       string `json:"identity"`
+		OriginalSource bool   `json:"originalSource"`
+		Error          string `json:"error"`
 	} `json:"pods"`
 }
 

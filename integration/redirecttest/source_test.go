@@ -5,10 +5,11 @@ package redirecttest
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
-	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -96,10 +97,34 @@ func sourceRouting(t *testing.T, path string) (rules []netlink.Rule, routes []ne
 	return rules, routes
 }
 
+// trackedFrom is tracked for a connection from src's address and port.
+func trackedFrom(entries []string, src, dst netip.AddrPort) bool {
+	var mine []string
+	for _, e := range entries {
+		if strings.Contains(e, fmt.Sprintf(" sport=%d dport=%d ", src.Port(), dst.Port())) {
+			mine = append(mine, e)
+		}
+	}
+	return tracked(mine, src.Addr(), dst)
+}
+
+// fwmarkAccept reads net.ipv4.tcp_fwmark_accept in the pod's namespace.
+func fwmarkAccept(t *testing.T, p *netlab.Pod) string {
+	t.Helper()
+	var v []byte
+	if err := p.Do(func() (err error) {
+		v, err = os.ReadFile("/proc/sys/net/ipv4/tcp_fwmark_accept")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(v))
+}
+
 // TestOriginalSource: with Config.OriginalSource, ztunnel's dialer connects
 // to the pod's application from another pod's address (the application
-// sees that address), the replies come back to it, the connection survives
-// StopCapture, and Remove takes the routing away. Without the option's rules
+// sees that address), the replies come back to it without conntrack, the
+// connection survives StopCapture, and Remove takes the routing away. Without the option's rules
 // such a connection cannot open.
 func TestOriginalSource(t *testing.T) {
 	ctx := context.Background()
@@ -123,6 +148,9 @@ func TestOriginalSource(t *testing.T) {
 		if r.Mark != redirect.SourceMark || r.Mask == nil || *r.Mask != redirect.MarkMask || r.Priority != redirect.SourceRulePriority {
 			t.Errorf("rule %v: want fwmark %#x/%#x priority %d", r, redirect.SourceMark, redirect.MarkMask, redirect.SourceRulePriority)
 		}
+	}
+	if v := fwmarkAccept(t, b); v != "1" {
+		t.Errorf("after Install: net.ipv4.tcp_fwmark_accept = %q, want 1", v)
 	}
 	// Installing again leaves one copy of each.
 	install(t, ns, cfg)
@@ -160,6 +188,11 @@ func TestOriginalSource(t *testing.T) {
 		}); err != nil {
 			t.Fatal(err)
 		}
+		defer func() {
+			_ = b.Do(func() error {
+				return os.WriteFile("/proc/sys/net/ipv4/ip_local_port_range", []byte("32768 60999"), 0)
+			})
+		}()
 		for _, avoid := range []uint16{40001, 40000} {
 			c, err := d.DialFrom(ctx, netip.AddrPortFrom(a.IP, avoid), app)
 			if err != nil {
@@ -190,14 +223,38 @@ func TestOriginalSource(t *testing.T) {
 		if err := roundTrip(c, "after"); err != nil {
 			t.Errorf("echo after StopCapture: %v", err)
 		}
-		rs, err := redirect.Rules(ctx, ns)
+	})
+
+	t.Run("no conntrack entry", func(t *testing.T) {
+		install(t, ns, cfg)
+		c, err := d.DialFrom(ctx, netip.AddrPortFrom(a.IP, 0), echo)
 		if err != nil {
 			t.Fatal(err)
 		}
-		i := slices.IndexFunc(rs.Chains, func(c redirect.ChainInfo) bool { return c.Name == redirect.OriginalSourceChain })
-		if i < 0 || len(rs.Chains[i].Rules) != 2 || rs.Chains[i].Rules[1].Packets == 0 {
-			t.Errorf("after StopCapture, chain %s: %+v; want its two rules, the replies counted", redirect.OriginalSourceChain, rs.Chains)
+		defer c.Close()
+		if err := roundTrip(c, "tracked?"); err != nil {
+			t.Fatal(err)
 		}
+		entries := conntrackEntries(t, b)
+		if trackedFrom(entries, c.LocalAddr().(*net.TCPAddr).AddrPort(), echo) {
+			t.Errorf("the original-source connection %v -> %v is in conntrack:\n%s", c.LocalAddr(), echo, strings.Join(entries, "\n"))
+		}
+		// The same dial in a namespace that tracks: the helper does see it.
+		plain := cfg
+		plain.NoConntrackBypass = true
+		install(t, ns, plain)
+		c2, err := d.DialFrom(ctx, netip.AddrPortFrom(a.IP, 0), echo)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c2.Close()
+		if err := roundTrip(c2, "tracked!"); err != nil {
+			t.Fatal(err)
+		}
+		if !trackedFrom(conntrackEntries(t, b), c2.LocalAddr().(*net.TCPAddr).AddrPort(), echo) {
+			t.Error("without the bypass the original-source connection is not in conntrack either: the check above proves nothing")
+		}
+		install(t, ns, cfg)
 	})
 
 	t.Run("Remove takes the routing away", func(t *testing.T) {
@@ -206,6 +263,9 @@ func TestOriginalSource(t *testing.T) {
 		}
 		if rules, routes := sourceRouting(t, b.NetnsPath()); len(rules)+len(routes) != 0 {
 			t.Errorf("after Remove: rules %v, routes %v", rules, routes)
+		}
+		if v := fwmarkAccept(t, b); v != "0" {
+			t.Errorf("after Remove: net.ipv4.tcp_fwmark_accept = %q, want 0", v)
 		}
 		if err := redirect.Remove(ctx, ns); err != nil {
 			t.Errorf("a second Remove: %v", err)

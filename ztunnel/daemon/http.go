@@ -132,10 +132,14 @@ type PodDump struct {
 	Pod      enroll.Pod `json:"pod"`
 	Captured bool       `json:"captured"`
 	// Draining is true while connections of an earlier capture drain.
-	Draining bool              `json:"draining,omitempty"`
-	Identity string            `json:"identity,omitempty"`
-	Error    string            `json:"error,omitempty"`
-	Rules    *redirect.Ruleset `json:"rules,omitempty"`
+	Draining bool   `json:"draining,omitempty"`
+	Identity string `json:"identity,omitempty"`
+	// OriginalSource is true when ztunnel connects to the pod's
+	// application from the client's address (false when off, or when the
+	// kernel refused the rules it needs).
+	OriginalSource bool              `json:"originalSource,omitempty"`
+	Error          string            `json:"error,omitempty"`
+	Rules          *redirect.Ruleset `json:"rules,omitempty"`
 	// SOCKS5 are the pod's SOCKS5 listeners (in its namespace), if open.
 	SOCKS5 []string `json:"socks5,omitempty"`
 }
@@ -170,6 +174,7 @@ func (d *Daemon) Dump(ctx context.Context) ConfigDump {
 		pd := PodDump{Pod: ps.pod, Captured: ps.proxy != nil, Draining: ps.draining > 0, Error: ps.lastErr}
 		if ps.proxy != nil {
 			pd.Identity = ps.id.String()
+			pd.OriginalSource = ps.proxy.OriginalSource()
 			if ps.socks != nil {
 				pd.SOCKS5 = ps.socks.addrs()
 			}

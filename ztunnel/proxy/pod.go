@@ -130,6 +130,10 @@ func (p *Pod) dialApp(ctx context.Context, src, dst netip.AddrPort) (net.Conn, e
 	return c, nil
 }
 
+// OriginalSource reports whether the application sees its clients'
+// addresses (PodConfig.OriginalSource).
+func (p *Pod) OriginalSource() bool { return p.cfg.OriginalSource }
+
 // Name is the pod's Workload name.
 func (p *Pod) Name() string { return p.cfg.Name }
 

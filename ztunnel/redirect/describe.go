@@ -55,10 +55,6 @@ func describe(es []expr.Any) string {
 	for _, e := range es {
 		switch e := e.(type) {
 		case *expr.Meta:
-			if e.SourceRegister {
-				parts = append(parts, metaName(e.Key)+" set "+describeImm(imm))
-				continue
-			}
 			load, mask = metaName(e.Key), nil
 		case *expr.Socket:
 			load, mask = "socket mark", nil
@@ -66,19 +62,10 @@ func describe(es []expr.Any) string {
 				load = fmt.Sprintf("socket key%d", e.Key)
 			}
 		case *expr.Ct:
-			name := "ct state"
-			switch e.Key {
-			case expr.CtKeySTATE:
-			case expr.CtKeyMARK:
-				name = "ct mark"
-			default:
-				name = fmt.Sprintf("ct key%d", e.Key)
+			load, mask = "ct state", nil
+			if e.Key != expr.CtKeySTATE {
+				load = fmt.Sprintf("ct key%d", e.Key)
 			}
-			if e.SourceRegister {
-				parts = append(parts, name+" set "+describeImm(imm))
-				continue
-			}
-			load, mask = name, nil
 		case *expr.Notrack:
 			parts = append(parts, "notrack")
 		case *expr.Payload:
@@ -149,7 +136,7 @@ func describeCmp(load string, mask []byte, c *expr.Cmp) string {
 	}
 	d := c.Data
 	switch load {
-	case "meta mark", "socket mark", "ct mark":
+	case "meta mark", "socket mark":
 		if len(d) == 4 {
 			v := fmt.Sprintf("%#x", binary.NativeEndian.Uint32(d))
 			if len(mask) == 4 {
@@ -197,14 +184,6 @@ func describeCmp(load string, mask []byte, c *expr.Cmp) string {
 		}
 	}
 	return fmt.Sprintf("%s %s 0x%x", load, op, d)
-}
-
-// describeImm renders an immediate value loaded for a set operation.
-func describeImm(d []byte) string {
-	if len(d) == 4 {
-		return fmt.Sprintf("%#x", binary.NativeEndian.Uint32(d))
-	}
-	return fmt.Sprintf("0x%x", d)
 }
 
 func verdictName(k expr.VerdictKind) string {

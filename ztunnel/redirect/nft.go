@@ -15,12 +15,12 @@ import (
 // With cfg.OriginalSource, the policy routing of SourceMark is installed
 // first.
 //
-// Install returns the configuration it installed. A kernel that cannot run
-// the original-source routing or the conntrack bypass (no nftables route
-// chains, socket expression or its mark key) gets the capture rules without
-// them, and a warning: the returned Config says so (OriginalSource false,
-// NoConntrackBypass true), and ztunnel must then not connect from the
-// client's address.
+// Install returns the configuration it installed. A namespace or kernel that
+// refuses the original source (policy routing, the sysctl) or the conntrack
+// bypass (nftables' socket expression or its mark key) gets the capture
+// rules without them, and a warning: the returned Config says so
+// (OriginalSource false, NoConntrackBypass true), and ztunnel must then not
+// connect from the client's address.
 func Install(ctx context.Context, ns *Netns, cfg Config) (Config, error) {
 	return install(ctx, ns, cfg, dial)
 }
@@ -142,9 +142,8 @@ func queueInstall(conn *nftables.Conn, specs []ruleSpec) {
 // them (their FIN) still reaches the application from the address it
 // connected to; with the rules gone it would come from ztunnel's port,
 // match no socket and be lost, leaving the application with a connection
-// that never ends. The OriginalSourceChain is kept too: the connections
-// ztunnel opened to the application from their clients' addresses need it
-// for their replies. Call Remove once they are closed. A namespace without
+// that never ends. The original-source routing stays too: the connections
+// that drain need it. Call Remove once they are closed. A namespace without
 // the table is left as it is.
 func StopCapture(ctx context.Context, ns *Netns) error {
 	return withConn(ctx, ns, func(conn *nftables.Conn) error {
@@ -155,7 +154,7 @@ func StopCapture(ctx context.Context, ns *Netns) error {
 		var out *nftables.Chain
 		n := 0
 		for _, c := range cs {
-			if c.Table == nil || c.Table.Name != TableName || c.Name == OriginalSourceChain {
+			if c.Table == nil || c.Table.Name != TableName {
 				continue
 			}
 			conn.FlushChain(c)
@@ -180,8 +179,8 @@ func StopCapture(ctx context.Context, ns *Netns) error {
 }
 
 // Remove deletes the capture rules (the whole table) and the
-// original-source routing from the namespace. It succeeds when they are not
-// installed.
+// original-source routing from the namespace, and turns
+// net.ipv4.tcp_fwmark_accept off. It succeeds when they are not installed.
 func Remove(ctx context.Context, ns *Netns) error {
 	return withConn(ctx, ns, func(conn *nftables.Conn) error {
 		t := table()

@@ -33,12 +33,6 @@ const (
 	// to 15001, plaintext to 15006) stay tracked, as NAT needs.
 	BypassOutChain = "conntrack-bypass-out"
 	BypassInChain  = "conntrack-bypass-in"
-	// OriginalSourceChain is a route chain on the output hook (mangle
-	// priority), installed with Config.OriginalSource: it marks the
-	// connections ztunnel opens to the application from the client's
-	// address (SourceMark) and sends the application's replies on them back
-	// to ztunnel (see SourceRouteTable).
-	OriginalSourceChain = "original-source"
 )
 
 // Mark is ztunnel's socket mark (SO_MARK), compared under MarkMask: sockets
@@ -51,13 +45,13 @@ const (
 
 // SourceMark is the socket mark of ztunnel's connections to the pod's
 // application that carry the client's address as their source (IP_TRANSPARENT,
-// Dialer.DialFrom). It lies under MarkMask but differs from Mark, so these
-// connections stay tracked: the OriginalSourceChain copies it to the
-// connection's conntrack mark and from there onto the application's replies,
-// and a policy routing rule (fwmark SourceMark/MarkMask, priority
-// SourceRulePriority) sends packets carrying it to SourceRouteTable, whose
-// only route (`local default dev lo`) delivers them to ztunnel's socket
-// instead of the network.
+// Dialer.DialFrom). With Config.OriginalSource, a policy routing rule
+// (fwmark SourceMark/MarkMask, priority SourceRulePriority) sends packets
+// carrying it to SourceRouteTable, whose only route (`local default dev lo`)
+// delivers them locally, and the namespace's net.ipv4.tcp_fwmark_accept is
+// on, so the application's socket accepted from such a connection inherits
+// the mark: its replies, addressed to the client, reach ztunnel's socket
+// instead of the network. It lies under MarkMask but differs from Mark.
 const (
 	SourceMark         uint32 = 0x53a
 	SourceRouteTable   int    = 1337
@@ -88,9 +82,10 @@ type Config struct {
 	// ztunnel carries.
 	NoConntrackBypass bool
 	// OriginalSource installs what lets ztunnel connect to the application
-	// from the client's address (Dialer.DialFrom): the OriginalSourceChain
-	// and the policy routing of SourceMark. Without it the application sees
-	// every connection ztunnel delivers come from the pod's own address.
+	// from the client's address (Dialer.DialFrom): the policy routing of
+	// SourceMark and net.ipv4.tcp_fwmark_accept (see SourceMark). Without it
+	// the application sees every connection ztunnel delivers come from the
+	// pod's own address.
 	OriginalSource bool
 }
 
@@ -129,8 +124,6 @@ func chains(t *nftables.Table) []*nftables.Chain {
 			Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityNATDest},
 		{Name: InboundChain, Table: t, Type: nftables.ChainTypeNAT,
 			Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityNATDest},
-		{Name: OriginalSourceChain, Table: t, Type: nftables.ChainTypeRoute,
-			Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityMangle},
 	}
 }
 
@@ -145,21 +138,17 @@ func buildRules(cfg Config) ([]ruleSpec, error) {
 	probes := append([]netip.Prefix{ProbeSNATv4, ProbeSNATv6}, cfg.ProbeSources...)
 	seen := map[netip.Prefix]bool{}
 
-	var bypass, source []ruleSpec
-	if cfg.OriginalSource {
-		if SourceMark&^mask != 0 || SourceMark&mask == mark {
-			return nil, fmt.Errorf("redirect: mark %#x/%#x leaves no room for the original-source mark %#x", mark, mask, SourceMark)
-		}
-		source = sourceRules(mask)
-		if !cfg.NoConntrackBypass {
-			// Before the bypass's loopback rules, which would match them.
-			bypass = append(bypass, ruleSpec{BypassOutChain,
-				fmt.Sprintf("ztunnel to the application from the client's address (mark %#x/%#x): stays tracked, for the replies' way back", SourceMark, mask),
-				concat(matchMark(SourceMark, mask), accept())})
-		}
+	// The original source adds no rule: its packets (ztunnel to the
+	// application and back) all go over lo, where the rules for the pod
+	// talking to itself take them. But ztunnel's other sockets must not
+	// carry a mark its routing rule matches: they would be delivered
+	// locally instead of reaching their peers.
+	if cfg.OriginalSource && mark&MarkMask == SourceMark {
+		return nil, fmt.Errorf("redirect: ztunnel's mark %#x is the original-source mark %#x/%#x", mark, SourceMark, MarkMask)
 	}
+	var bypass []ruleSpec
 	if !cfg.NoConntrackBypass {
-		bypass = append(bypass, bypassRules(mark, mask)...)
+		bypass = bypassRules(mark, mask)
 	}
 	out := []ruleSpec{
 		{OutboundChain, fmt.Sprintf("ztunnel's own sockets (mark %#x/%#x)", mark, mask),
@@ -198,32 +187,7 @@ func buildRules(cfg Config) ([]ruleSpec, error) {
 		ruleSpec{InboundChain, fmt.Sprintf("inbound TCP to ztunnel :%d", InboundPort),
 			concat(matchTCP(), redirectTo(InboundPort))},
 	)
-	return slices.Concat(bypass, out, in, source), nil
-}
-
-// sourceRules are the rules of OriginalSourceChain. ztunnel's connection to
-// the application has the client's address as its source, so the
-// application's replies are addressed to the client and would leave by the
-// pod's interface. The first packet ztunnel sends (its socket carries
-// SourceMark) sets the connection's conntrack mark; every packet of a
-// connection with that conntrack mark gets SourceMark as its packet mark, and
-// a route chain routes a packet again when a rule changes its mark: the
-// policy rule for SourceMark then delivers it locally (SourceRouteTable), to
-// ztunnel's socket.
-func sourceRules(mask uint32) []ruleSpec {
-	m := fmt.Sprintf("%#x/%#x", SourceMark, mask)
-	return []ruleSpec{
-		{OriginalSourceChain, "ztunnel to the application from the client's address (mark " + m + "): mark the connection",
-			concat(matchMark(SourceMark, mask), []expr.Any{
-				&expr.Immediate{Register: 1, Data: binary.NativeEndian.AppendUint32(nil, SourceMark)},
-				&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true},
-			}, accept())},
-		{OriginalSourceChain, "the application's replies on those connections (ct mark " + m + "): back to ztunnel",
-			concat([]expr.Any{&expr.Ct{Key: expr.CtKeyMARK, Register: 1}}, maskedMark(SourceMark, mask), []expr.Any{
-				&expr.Immediate{Register: 1, Data: binary.NativeEndian.AppendUint32(nil, SourceMark)},
-				&expr.Meta{Key: expr.MetaKeyMARK, Register: 1, SourceRegister: true},
-			}, accept())},
-	}
+	return slices.Concat(bypass, out, in), nil
 }
 
 // bypassRules are the rules of BypassOutChain and BypassInChain. None of

@@ -1,20 +1,50 @@
 package redirect
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
+	"os"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
-// The policy routing of Config.OriginalSource, per address family: the rule
-// `fwmark SourceMark/MarkMask lookup SourceRouteTable` (priority
-// SourceRulePriority) and that table's one route, `local default dev lo`.
-// A packet carrying SourceMark (ztunnel's connection to the application from
-// the client's address, and the application's replies on it) is delivered
-// locally: the replies reach ztunnel's socket instead of the network.
+// What Config.OriginalSource installs in the namespace:
+//   - per address family, the rule `fwmark SourceMark/MarkMask lookup
+//     SourceRouteTable` (priority SourceRulePriority) and that table's one
+//     route, `local default dev lo`: a packet carrying SourceMark is
+//     delivered locally;
+//   - net.ipv4.tcp_fwmark_accept = 1 (it covers IPv6 too): a socket the
+//     application accepts inherits the mark of the SYN it came from, so the
+//     application's socket on ztunnel's connection from the client's
+//     address carries SourceMark, its route is the local one, and its
+//     replies, addressed to the client, reach ztunnel's socket instead of
+//     the network. Only sockets created in the pod carry marks (a mark does
+//     not cross network namespaces), and only ztunnel's are marked there
+//     (SO_MARK needs CAP_NET_ADMIN).
+//
+// No conntrack is involved: these connections stay untracked, like
+// ztunnel's other connections to the application (the bypass's loopback
+// rules take them).
+
+// fwmarkAccept is the sysctl, read inside the namespace.
+const fwmarkAccept = "/proc/sys/net/ipv4/tcp_fwmark_accept"
+
+// setFwmarkAccept writes the sysctl in the namespace.
+func setFwmarkAccept(ns *Netns, on bool) error {
+	v := []byte("0")
+	if on {
+		v = []byte("1")
+	}
+	return ns.Do(context.Background(), func() error {
+		if err := os.WriteFile(fwmarkAccept, v, 0); err != nil {
+			return fmt.Errorf("redirect: %s in %s: %w", fwmarkAccept, ns, err)
+		}
+		return nil
+	})
+}
 
 // sourceFamilies are the families routed; IPv6 is skipped where the
 // namespace has none.
@@ -71,7 +101,7 @@ func installSourceRouting(ns *Netns) error {
 			return fmt.Errorf("redirect: routing rule for mark %#x in %s: %w", SourceMark, ns, err)
 		}
 	}
-	return nil
+	return setFwmarkAccept(ns, true)
 }
 
 // removeSourceRouting deletes the rules and routes; absent ones are fine.
@@ -109,6 +139,9 @@ func removeSourceRouting(ns *Netns) error {
 				errs = append(errs, fmt.Errorf("redirect: delete route in table %d in %s: %w", SourceRouteTable, ns, err))
 			}
 		}
+	}
+	if err := setFwmarkAccept(ns, false); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

@@ -32,6 +32,8 @@ type Response struct {
 	Proto     string            `json:"proto"`
 	Host      string            `json:"host"`
 	Headers   map[string]string `json:"headers"`
+	// Remote is the client's address as the server saw it (ip:port).
+	Remote string `json:"remote"`
 	// Status is the HTTP status of this answer.
 	Status int `json:"status"`
 	// Upstreams are the answers of the -call services, in order.
@@ -66,7 +68,7 @@ func parseServe(args []string, out io.Writer) (*serveConfig, error) {
 	fs := flag.NewFlagSet("ambit-demo serve", flag.ContinueOnError)
 	fs.SetOutput(out)
 	fs.Usage = func() {
-		fmt.Fprintf(out, "usage: ambit-demo serve [flags]\n\nAnswers every path but /healthz with JSON {service, version, pod, namespace,\npath, method, proto, host, headers, status, upstreams}, over HTTP/1.1 and h2c.\n\nflags:\n")
+		fmt.Fprintf(out, "usage: ambit-demo serve [flags]\n\nAnswers every path but /healthz with JSON {service, version, pod, namespace,\npath, method, proto, host, headers, remote, status, upstreams}, over HTTP/1.1 and h2c.\n\nflags:\n")
 		fs.PrintDefaults()
 	}
 	hostname, _ := os.Hostname()
@@ -162,7 +164,7 @@ func (s *demoServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	resp := Response{
 		Service: s.cfg.service, Version: s.cfg.version, Pod: s.cfg.pod, Namespace: s.cfg.ns,
 		Path: r.URL.Path, Method: r.Method, Proto: r.Proto, Host: r.Host,
-		Headers: map[string]string{}, Status: http.StatusOK,
+		Headers: map[string]string{}, Remote: r.RemoteAddr, Status: http.StatusOK,
 	}
 	for k, v := range r.Header {
 		resp.Headers[strings.ToLower(k)] = strings.Join(v, ", ")
