@@ -175,17 +175,24 @@ func TestAmbitClientToIstioServer(t *testing.T) {
 	defer cancel()
 
 	for i := range 3 {
+		want := payload(1 << 20)
+		// The later tunnels send their first bytes with the CONNECT, before
+		// Istio's server answers.
+		var early []byte
+		if i > 0 {
+			early = want[:16<<10]
+		}
 		conn, err := d.Dial(ctx, hbone.Request{
 			Source: m.client, Destination: m.server, Address: addr, Authority: upstream,
-			Header: http.Header{"Traceparent": {"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}},
+			Header:    http.Header{"Traceparent": {"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}},
+			EarlyData: early,
 		})
 		if err != nil {
 			t.Fatalf("tunnel %d: Ambit dialer to Istio server: %v", i, err)
 		}
-		want := payload(1 << 20)
 		werr := make(chan error, 1)
 		go func() {
-			_, err := conn.Write(want)
+			_, err := conn.Write(want[len(early):])
 			if err == nil {
 				err = conn.CloseWrite() // END_STREAM: Istio half-closes the upstream
 			}

@@ -318,7 +318,11 @@ func TestZtunnelEndToEnd(t *testing.T) {
 		m.service.Waypoint = nil
 		m.workloads["b"].Waypoint = nil
 		m.publish()
-		eventually(t, "waypoint removed", func() bool { return dialHBONEFrom(t, u, ca, aSID, bSID, b.IP, bAddr) == nil })
+		// Both ztunnels must have the change: b's accepts a direct tunnel,
+		// a's no longer routes to the waypoint (now gone).
+		eventually(t, "waypoint removed", func() bool {
+			return dialHBONEFrom(t, u, ca, aSID, bSID, b.IP, bAddr) == nil && a.Echo(bAddr, a.Hello(10)) == nil
+		})
 	})
 
 	t.Run("identity change recaptures the pod", func(t *testing.T) {

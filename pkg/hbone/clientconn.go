@@ -180,8 +180,10 @@ func skipHeader(name string, vv []string) bool {
 	return false
 }
 
-// openStream sends the CONNECT HEADERS for c on a reserved slot.
-func (cc *clientConn) openStream(c *Conn, authority string, header http.Header) error {
+// openStream sends the CONNECT HEADERS for c on a reserved slot, followed,
+// in the same write, by as much of early as flow control allows at once
+// (DATA frames); it returns how much of early it sent.
+func (cc *clientConn) openStream(c *Conn, authority string, header http.Header, early []byte) (int, error) {
 	cc.wmu.Lock()
 	defer cc.wmu.Unlock()
 	cc.mu.Lock()
@@ -189,13 +191,16 @@ func (cc *clientConn) openStream(c *Conn, authority string, header http.Header) 
 	if cc.closed || cc.goingAway || cc.nextID > lastStreamID {
 		cc.maybeIdleLocked()
 		cc.mu.Unlock()
-		return errUnusable
+		return 0, errUnusable
 	}
 	c.id = cc.nextID
 	cc.nextID += 2
 	c.sendWindow = cc.initialWindow
 	maxFrame := cc.peerMaxFrame
 	cc.streams[c.id] = c
+	early = early[:max(0, min(int64(len(early)), c.sendWindow, cc.sendWindow))]
+	c.sendWindow -= int64(len(early))
+	cc.sendWindow -= int64(len(early))
 	cc.mu.Unlock()
 
 	cc.hbuf.Reset()
@@ -210,7 +215,7 @@ func (cc *clientConn) openStream(c *Conn, authority string, header http.Header) 
 			_ = cc.henc.WriteField(hpack.HeaderField{Name: name, Value: v})
 		}
 	}
-	return cc.writeLocked(func(fr *http2.Framer) error {
+	err := cc.writeLocked(func(fr *http2.Framer) error {
 		block := cc.hbuf.Bytes()
 		first := block[:min(len(block), maxFrame)]
 		if err := fr.WriteHeaders(http2.HeadersFrameParam{
@@ -225,8 +230,16 @@ func (cc *clientConn) openStream(c *Conn, authority string, header http.Header) 
 			}
 			rest = rest[k:]
 		}
+		for p := early; len(p) > 0; {
+			k := min(len(p), maxFrame)
+			if err := cc.writeDataLocked(c.id, false, p[:k]); err != nil {
+				return err
+			}
+			p = p[k:]
+		}
 		return nil
 	})
+	return len(early), err
 }
 
 func (cc *clientConn) readLoop() {

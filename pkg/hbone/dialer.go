@@ -49,6 +49,11 @@ func (e *StatusError) Error() string {
 	return fmt.Sprintf("hbone: CONNECT answered %d %s", e.Code, http.StatusText(e.Code))
 }
 
+// MaxEarlyData bounds Request.EarlyData: little enough that a server
+// answering before it reads cannot fill the windows both ways while Dial
+// sends what did not fit with the request.
+const MaxEarlyData = 64 << 10
+
 // Request describes one tunnel to open.
 type Request struct {
 	// Source is the identity the tunnel is opened for (the client
@@ -63,6 +68,15 @@ type Request struct {
 	Authority netip.AddrPort
 	// Header holds extra request headers: traceparent, baggage, forwarded.
 	Header http.Header
+	// EarlyData are the tunnel's first bytes, already read from the
+	// client, at most MaxEarlyData. They go in DATA frames with the CONNECT
+	// HEADERS, in the same write, without waiting for the answer (what flow
+	// control does not allow at once is sent after the 200, before Dial
+	// returns), which spares the client a round trip for protocols where it
+	// speaks first. A server that refuses the tunnel discards them; a retry
+	// on another connection sends them again. Dial does not keep or change
+	// the slice.
+	EarlyData []byte
 }
 
 // Dialer opens HBONE tunnels over pooled HTTP/2 connections: one pool per
@@ -141,6 +155,9 @@ func (d *Dialer) Dial(ctx context.Context, r Request) (*Conn, error) {
 	if err := checkHeader(r.Header); err != nil {
 		return nil, err
 	}
+	if len(r.EarlyData) > MaxEarlyData {
+		return nil, fmt.Errorf("hbone: %d bytes of early data, more than %d", len(r.EarlyData), MaxEarlyData)
+	}
 	d.init()
 	key := poolKey{src: r.Source, dst: r.Destination, addr: r.Address}
 	var err error
@@ -173,7 +190,8 @@ func (d *Dialer) Dial(ctx context.Context, r Request) (*Conn, error) {
 // waits for the answer.
 func (d *Dialer) roundTrip(ctx context.Context, cc *clientConn, r Request) (c *Conn, retry bool, err error) {
 	c = newConn(cc, r)
-	if err := cc.openStream(c, r.Authority.String(), r.Header); err != nil {
+	sent, err := cc.openStream(c, r.Authority.String(), r.Header, r.EarlyData)
+	if err != nil {
 		_, closing := cc.state()
 		return nil, closing, err
 	}
@@ -192,6 +210,12 @@ func (d *Dialer) roundTrip(ctx context.Context, cc *clientConn, r Request) (c *C
 		b := c.readStatusBody(ctx)
 		c.abort(&StatusError{Code: status})
 		return nil, false, &StatusError{Code: status, Body: trimBody(b)}
+	}
+	if sent < len(r.EarlyData) {
+		if _, err := c.Write(r.EarlyData[sent:]); err != nil {
+			c.abort(err)
+			return nil, false, err
+		}
 	}
 	return c, false, nil
 }

@@ -7,8 +7,11 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ambit-mesh/ambit/pkg/hbone"
 	"github.com/ambit-mesh/ambit/pkg/identity"
@@ -64,9 +67,12 @@ func (o *Outbound) Close() error { return o.tunnel.Close() }
 func (o *Outbound) pick(n int) int { return int(o.rr.Add(1) % uint64(n)) }
 
 // Open routes dst and opens the upstream for a connection whose
-// application source address is srcIP. It returns the upstream and the
-// metric labels of the connection; on failure it has counted the failure.
-func (o *Outbound) Open(ctx context.Context, dst netip.AddrPort, srcIP netip.Addr) (net.Conn, metrics.Labels, error) {
+// application source address is srcIP. early are bytes already read from
+// the client (at most hbone.MaxEarlyData): a tunnel sends them with its
+// CONNECT, a plain connection writes them first. It returns the upstream
+// and the metric labels of the connection; on failure it has counted the
+// failure.
+func (o *Outbound) Open(ctx context.Context, dst netip.AddrPort, srcIP netip.Addr, early []byte) (net.Conn, metrics.Labels, error) {
 	snap := o.env.Config()
 	src := snap.Workload(o.source)
 	route := Decide(snap, dst, o.pick)
@@ -96,6 +102,12 @@ func (o *Outbound) Open(ctx context.Context, dst netip.AddrPort, srcIP netip.Add
 		err = errors.New("service has no ready endpoint")
 	case Passthrough, Plain:
 		upstream, err = o.dial(ctx, "tcp", route.Address.String())
+		if err == nil && len(early) > 0 {
+			if _, err = upstream.Write(early); err != nil {
+				_ = upstream.Close()
+				upstream = nil
+			}
+		}
 	case HBONE, Waypoint:
 		if src == nil || !src.HasIdentity() {
 			err = errors.New("source workload has no identity in the configuration")
@@ -112,6 +124,7 @@ func (o *Outbound) Open(ctx context.Context, dst netip.AddrPort, srcIP netip.Add
 			Address:     route.Address,
 			Authority:   route.Authority,
 			Header:      tunnelHeader(src, srcIP),
+			EarlyData:   early,
 		})
 	}
 	if err != nil {
@@ -136,11 +149,39 @@ func (o *Outbound) Open(ctx context.Context, dst netip.AddrPort, srcIP netip.Add
 }
 
 // Join copies between the client connection and the upstream Open
-// returned until both directions end, counting the bytes, then closes both.
-func (o *Outbound) Join(client, upstream net.Conn, labels metrics.Labels) {
+// returned until both directions end, counting the bytes (early of them
+// already sent by Open), then closes both.
+func (o *Outbound) Join(client, upstream net.Conn, labels metrics.Labels, early int) {
 	mc := o.env.Metrics.Open(labels)
 	defer mc.Close()
+	mc.Received(early)
 	join(client, upstream, mc)
+}
+
+// earlyBufs hold the first bytes of outbound connections.
+var earlyBufs = sync.Pool{New: func() any { b := make([]byte, earlyDataSize); return &b }}
+
+// earlyDataSize bounds the bytes read from a new outbound connection
+// before its tunnel is opened.
+const earlyDataSize = 16 << 10
+
+// readEarly returns what the client has already sent on c, without
+// waiting: nothing when it has not spoken yet (or has closed, or failed,
+// which the copy will see again).
+func readEarly(c *net.TCPConn, buf []byte) []byte {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	n := 0
+	_ = rc.Read(func(fd uintptr) bool {
+		n, _ = unix.Read(int(fd), buf)
+		return true // never wait
+	})
+	if n <= 0 {
+		return nil
+	}
+	return buf[:n]
 }
 
 // serveOutbound forwards one connection the pod's application made.
@@ -152,10 +193,16 @@ func (p *Pod) serveOutbound(c *net.TCPConn) {
 		reset(c)
 		return
 	}
-	up, labels, err := p.out.Open(p.ctx, dst, remoteIP(c))
+	// What the application has sent already goes with the tunnel's
+	// request instead of one round trip later.
+	bp := earlyBufs.Get().(*[]byte)
+	early := readEarly(c, *bp)
+	up, labels, err := p.out.Open(p.ctx, dst, remoteIP(c), early)
+	n := len(early)
+	earlyBufs.Put(bp)
 	if err != nil {
 		reset(c)
 		return
 	}
-	p.out.Join(c, up, labels)
+	p.out.Join(c, up, labels, n)
 }

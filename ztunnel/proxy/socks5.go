@@ -200,7 +200,7 @@ func (s *SOCKS5) serve(c net.Conn) {
 		}
 		dst = netip.AddrPortFrom(a, req.addr.Port())
 	}
-	up, labels, err := s.out.Open(s.ctx, dst, s.srcIP)
+	up, labels, err := s.out.Open(s.ctx, dst, s.srcIP, nil)
 	if err != nil {
 		code := byte(socksRefused)
 		switch labels.ResponseFlags {
@@ -221,7 +221,7 @@ func (s *SOCKS5) serve(c net.Conn) {
 		return
 	}
 	_ = c.SetDeadline(time.Time{})
-	s.out.Join(c, up, labels)
+	s.out.Join(c, up, labels, 0)
 }
 
 // resolveName maps a destination name to an address the way the mesh
