@@ -475,6 +475,7 @@ func (cc *clientConn) processHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	cc.mu.Unlock()
 	close(c.respCh)
+	c.markAnswered()
 	c.wakeReader()
 	return nil
 }
@@ -620,6 +621,7 @@ func (cc *clientConn) abortStreamLocked(c *Conn, err error, local bool) {
 	c.reset = true
 	c.err = err
 	close(c.abortCh)
+	c.markAnswered()
 	cc.maybeFinishLocked(c)
 }
 

@@ -31,7 +31,10 @@ type Conn struct {
 	readCh  chan struct{} // buffered(1): data, END_STREAM or reset arrived
 	abortCh chan struct{} // closed when reset
 	respCh  chan struct{} // closed when the response HEADERS arrived
-	closeCh chan struct{} // closed by Close: a Write waiting for flow control gives up
+	// answeredCh is closed when respCh or abortCh is (markAnswered).
+	answeredCh chan struct{}
+	answerOnce sync.Once
+	closeCh    chan struct{} // closed by Close: a Write waiting for flow control gives up
 
 	// Guarded by cc.mu.
 	status       int // of the final response; 0 before it
@@ -67,7 +70,9 @@ func newConn(cc *clientConn, r Request) *Conn {
 		abortCh: make(chan struct{}),
 		respCh:  make(chan struct{}),
 		closeCh: make(chan struct{}),
-		inflow:  inflow{window: clientStreamWindow},
+
+		answeredCh: make(chan struct{}),
+		inflow:     inflow{window: clientStreamWindow},
 	}
 }
 
@@ -302,6 +307,33 @@ func (c *Conn) Close() error {
 		}
 	})
 	return nil
+}
+
+// markAnswered closes answeredCh (once).
+func (c *Conn) markAnswered() { c.answerOnce.Do(func() { close(c.answeredCh) }) }
+
+// writeNow sends as much of p as flow control allows without waiting.
+func (c *Conn) writeNow(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	cc := c.cc
+	cc.mu.Lock()
+	if err := c.writableLocked(); err != nil {
+		cc.mu.Unlock()
+		return 0, err
+	}
+	n := max(0, min(int64(len(p)), c.sendWindow, cc.sendWindow))
+	c.sendWindow -= n
+	cc.sendWindow -= n
+	maxFrame := cc.peerMaxFrame
+	cc.mu.Unlock()
+	if n == 0 {
+		return 0, nil
+	}
+	if err := c.writeData(p[:n], false, maxFrame); err != nil {
+		return 0, err
+	}
+	return int(n), nil
 }
 
 // abort resets the stream at once (RST_STREAM CANCEL).

@@ -143,6 +143,18 @@ func (d *Dialer) logger() *slog.Logger {
 // answer; it does not affect the returned Conn. A non-200 answer is a
 // *StatusError.
 func (d *Dialer) Dial(ctx context.Context, r Request) (*Conn, error) {
+	p, err := d.Start(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	return p.Wait(ctx)
+}
+
+// Start sends a tunnel's CONNECT (with r.EarlyData) and returns without
+// waiting for the answer: the caller may send more bytes before it comes
+// (Pending.Write) and must then call Pending.Wait, which completes what
+// Dial does.
+func (d *Dialer) Start(ctx context.Context, r Request) (*Pending, error) {
 	if d.TLSConfig == nil {
 		return nil, errors.New("hbone: Dialer.TLSConfig is nil")
 	}
@@ -159,42 +171,106 @@ func (d *Dialer) Dial(ctx context.Context, r Request) (*Conn, error) {
 		return nil, fmt.Errorf("hbone: %d bytes of early data, more than %d", len(r.EarlyData), MaxEarlyData)
 	}
 	d.init()
-	key := poolKey{src: r.Source, dst: r.Destination, addr: r.Address}
+	p := &Pending{d: d, r: r, key: poolKey{src: r.Source, dst: r.Destination, addr: r.Address}, early: r.EarlyData}
+	if err := p.send(ctx, nil); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// Pending is a tunnel whose CONNECT is sent and whose answer Wait awaits.
+// Its methods are not safe for concurrent use.
+type Pending struct {
+	d        *Dialer
+	r        Request
+	key      poolKey
+	early    []byte // the bytes before the answer: r.EarlyData, then Write's
+	cc       *clientConn
+	c        *Conn
+	sent     int // how much of early went on the current stream
+	attempts int
+}
+
+// send opens the stream on a pooled connection other than avoid, with the
+// early bytes, trying another connection when one is unusable.
+func (p *Pending) send(ctx context.Context, avoid *clientConn) error {
 	var err error
-	var avoid *clientConn // the connection that refused the last attempt
-	for range maxDialAttempts {
+	for p.attempts < maxDialAttempts {
+		p.attempts++
 		var cc *clientConn
-		cc, err = d.getConn(ctx, key, avoid)
+		cc, err = p.d.getConn(ctx, p.key, avoid)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		var c *Conn
-		var retry bool
-		c, retry, err = d.roundTrip(ctx, cc, r)
+		c := newConn(cc, p.r)
+		var sent int
+		sent, err = cc.openStream(c, p.r.Authority.String(), p.r.Header, p.early)
 		if err == nil {
-			return c, nil
+			p.cc, p.c, p.sent = cc, c, sent
+			return nil
 		}
-		if !retry || ctx.Err() != nil {
+		if _, closing := cc.state(); !closing || ctx.Err() != nil {
 			break
 		}
 		avoid = cc
-		d.logger().Debug("hbone: retrying CONNECT on another connection", "address", r.Address.String(), "error", err.Error())
+		p.d.logger().Debug("hbone: retrying CONNECT on another connection", "address", p.r.Address.String(), "error", err.Error())
 	}
 	if ctx.Err() != nil {
-		return nil, context.Cause(ctx)
+		return context.Cause(ctx)
 	}
-	return nil, err
+	return err
 }
 
-// roundTrip sends the CONNECT on cc, whose stream slot is reserved, and
-// waits for the answer.
-func (d *Dialer) roundTrip(ctx context.Context, cc *clientConn, r Request) (c *Conn, retry bool, err error) {
-	c = newConn(cc, r)
-	sent, err := cc.openStream(c, r.Authority.String(), r.Header, r.EarlyData)
-	if err != nil {
-		_, closing := cc.state()
-		return nil, closing, err
+// Answered is closed once the answer, or the stream's end, has arrived:
+// Wait will not block for it.
+func (p *Pending) Answered() <-chan struct{} { return p.c.answeredCh }
+
+// Write sends b before the answer, as early data: at once as far as flow
+// control allows, else after the answer. A retry on another connection
+// sends it again, so everything written before the answer, with
+// Request.EarlyData, is kept: at most MaxEarlyData. An error means the
+// tunnel already failed; Wait reports why.
+func (p *Pending) Write(b []byte) error {
+	if len(p.early)+len(b) > MaxEarlyData {
+		return fmt.Errorf("hbone: %d bytes of early data, more than %d", len(p.early)+len(b), MaxEarlyData)
 	}
+	all := p.sent == len(p.early)
+	p.early = append(p.early[:len(p.early):len(p.early)], b...) // never into the caller's slice
+	if !all {
+		return nil // bytes before these still wait for the answer
+	}
+	n, err := p.c.writeNow(b)
+	p.sent += n
+	return err
+}
+
+// Wait waits for the answer and returns the tunnel once it is 200, after
+// sending the early bytes flow control had held back. A stream refused
+// before the server processed it is sent again, with the early bytes, on
+// another connection. A non-200 answer is a *StatusError. Cancelling ctx
+// aborts the wait.
+func (p *Pending) Wait(ctx context.Context) (*Conn, error) {
+	for {
+		c, retry, err := p.finish(ctx)
+		if err == nil {
+			return c, nil
+		}
+		if !retry || ctx.Err() != nil || p.attempts >= maxDialAttempts {
+			if ctx.Err() != nil {
+				return nil, context.Cause(ctx)
+			}
+			return nil, err
+		}
+		p.d.logger().Debug("hbone: retrying CONNECT on another connection", "address", p.r.Address.String(), "error", err.Error())
+		if err := p.send(ctx, p.cc); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// finish waits for the current stream's answer.
+func (p *Pending) finish(ctx context.Context) (c *Conn, retry bool, err error) {
+	c, cc := p.c, p.cc
 	if err := c.waitResponse(ctx); err != nil {
 		return nil, false, err
 	}
@@ -211,8 +287,8 @@ func (d *Dialer) roundTrip(ctx context.Context, cc *clientConn, r Request) (c *C
 		c.abort(&StatusError{Code: status})
 		return nil, false, &StatusError{Code: status, Body: trimBody(b)}
 	}
-	if sent < len(r.EarlyData) {
-		if _, err := c.Write(r.EarlyData[sent:]); err != nil {
+	if p.sent < len(p.early) {
+		if _, err := c.Write(p.early[p.sent:]); err != nil {
 			c.abort(err)
 			return nil, false, err
 		}

@@ -32,6 +32,14 @@
 // frames carry the bytes; END_STREAM in either direction is a TCP half-close
 // (CloseWrite), and RST_STREAM an abort.
 //
+// The client may send its first bytes before the answer
+// (Request.EarlyData): DATA frames right after the request HEADERS, in the
+// same write. HTTP/2 allows DATA on an open stream at any time, and a
+// server buffers them like any request body until its handler reads (this
+// package's Server, and x/net-based ones such as Istio's); a server that
+// refuses the tunnel discards them. It spares a client that speaks first
+// (HTTP, TLS) one round trip between the proxies on every new connection.
+//
 // # Why neither side is x/net's HTTP/2
 //
 // golang.org/x/net/http2.Server ends a response only when the handler

@@ -248,3 +248,103 @@ func TestEarlyDataRetried(t *testing.T) {
 		t.Errorf("tunnel carried %q, want %q", got, "once only")
 	}
 }
+
+// TestPendingWriteBeforeAnswer: bytes written on a started tunnel reach the
+// server before it answers, and Answered fires once it has.
+func TestPendingWriteBeforeAnswer(t *testing.T) {
+	checkGoroutines(t)
+	first := []byte("hello, ")
+	ts := startServer(t, &Server{Handler: func(s *Stream) {
+		buf := make([]byte, len(first))
+		_ = s.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(s, buf); err != nil || !bytes.Equal(buf, first) {
+			_ = s.Reject(500, "early bytes missing")
+			return
+		}
+		_ = s.SetReadDeadline(time.Time{})
+		if err := s.Accept(); err != nil {
+			return
+		}
+		_, _ = s.Write(buf)
+		_, _ = io.Copy(s, s)
+		_ = s.CloseWrite()
+	}})
+	d := newDialer(t, nil)
+	p, err := d.Start(context.Background(), request(ts, earlyAuthority))
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.Answered():
+		t.Fatal("answered before the server could read anything")
+	case <-time.After(20 * time.Millisecond):
+	}
+	if err := p.Write(first); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.Answered():
+	case <-time.After(5 * time.Second):
+		t.Fatal("Answered did not fire")
+	}
+	c, err := p.Wait(context.Background())
+	if err != nil {
+		t.Fatalf("Wait: %v", err)
+	}
+	defer c.Close()
+	if got := exchange(t, c, []byte("world")); string(got) != "hello, world" {
+		t.Errorf("tunnel carried %q", got)
+	}
+	if err := p.Write(make([]byte, MaxEarlyData)); err == nil {
+		t.Error("Write beyond MaxEarlyData: no error")
+	}
+}
+
+// TestPendingRetriedWithWrites: bytes written before the answer travel again
+// when the stream is refused and sent on another connection; the server
+// gets them once.
+func TestPendingRetriedWithWrites(t *testing.T) {
+	checkGoroutines(t)
+	release := make(chan struct{})
+	ts := startServer(t, &Server{MaxConcurrentStreams: 1, Handler: func(s *Stream) {
+		if s.Header().Get("X-Hold") != "" {
+			_ = s.Accept()
+			select {
+			case <-release:
+			case <-s.Context().Done():
+			}
+			return
+		}
+		echoStream(s)
+	}})
+	d := newDialer(t, nil)
+	hold := request(ts, earlyAuthority)
+	hold.Header = map[string][]string{"X-Hold": {"1"}}
+	first, err := d.Dial(context.Background(), hold)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	defer close(release)
+	first.cc.mu.Lock()
+	first.cc.maxStreams = 100
+	first.cc.mu.Unlock()
+	r := request(ts, earlyAuthority)
+	r.EarlyData = []byte("on")
+	p, err := d.Start(context.Background(), r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = p.Write([]byte("ce")) // the stream may already be refused: kept anyway
+	c, err := p.Wait(context.Background())
+	if err != nil {
+		t.Fatalf("Wait: %v", err)
+	}
+	defer c.Close()
+	if c.cc == first.cc {
+		t.Fatal("the refused stream was not retried on another connection")
+	}
+	if got := exchange(t, c, []byte(" only")); string(got) != "once only" {
+		t.Errorf("tunnel carried %q, want %q", got, "once only")
+	}
+}

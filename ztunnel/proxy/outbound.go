@@ -67,12 +67,11 @@ func (o *Outbound) Close() error { return o.tunnel.Close() }
 func (o *Outbound) pick(n int) int { return int(o.rr.Add(1) % uint64(n)) }
 
 // Open routes dst and opens the upstream for a connection whose
-// application source address is srcIP. early are bytes already read from
-// the client (at most hbone.MaxEarlyData): a tunnel sends them with its
-// CONNECT, a plain connection writes them first. It returns the upstream
-// and the metric labels of the connection; on failure it has counted the
-// failure.
-func (o *Outbound) Open(ctx context.Context, dst netip.AddrPort, srcIP netip.Addr, early []byte) (net.Conn, metrics.Labels, error) {
+// application source address is srcIP. With first (nil for none), a
+// tunnel carries the client's first bytes before its answer (first.n says
+// how many it took from the client). It returns the upstream and the
+// metric labels of the connection; on failure it has counted the failure.
+func (o *Outbound) Open(ctx context.Context, dst netip.AddrPort, srcIP netip.Addr, first *firstBytes) (net.Conn, metrics.Labels, error) {
 	snap := o.env.Config()
 	src := snap.Workload(o.source)
 	route := Decide(snap, dst, o.pick)
@@ -102,12 +101,6 @@ func (o *Outbound) Open(ctx context.Context, dst netip.AddrPort, srcIP netip.Add
 		err = errors.New("service has no ready endpoint")
 	case Passthrough, Plain:
 		upstream, err = o.dial(ctx, "tcp", route.Address.String())
-		if err == nil && len(early) > 0 {
-			if _, err = upstream.Write(early); err != nil {
-				_ = upstream.Close()
-				upstream = nil
-			}
-		}
 	case HBONE, Waypoint:
 		if src == nil || !src.HasIdentity() {
 			err = errors.New("source workload has no identity in the configuration")
@@ -118,14 +111,18 @@ func (o *Outbound) Open(ctx context.Context, dst netip.AddrPort, srcIP netip.Add
 				break
 			}
 		}
-		upstream, err = o.tunnel.Dial(ctx, hbone.Request{
+		req := hbone.Request{
 			Source:      src.Identity,
 			Destination: route.Identity,
 			Address:     route.Address,
 			Authority:   route.Authority,
 			Header:      tunnelHeader(src, srcIP),
-			EarlyData:   early,
-		})
+		}
+		if first == nil {
+			upstream, err = o.tunnel.Dial(ctx, req)
+			break
+		}
+		upstream, err = first.tunnel(ctx, o.tunnel, req)
 	}
 	if err != nil {
 		labels.ResponseFlags = metrics.FlagUpstreamFailure
@@ -158,30 +155,93 @@ func (o *Outbound) Join(client, upstream net.Conn, labels metrics.Labels, early 
 	join(client, upstream, mc)
 }
 
+// firstBytes takes a new client connection's first bytes for its tunnel's
+// request: what the client has sent when ztunnel accepts it goes with the
+// CONNECT (hbone.Request.EarlyData), and what it sends before the answer
+// comes right after (hbone.Pending.Write), instead of one round trip
+// between the two ztunnels later. A client that waits for the server to
+// speak first (a database, SMTP) waits no longer than before.
+type firstBytes struct {
+	c   *net.TCPConn
+	buf *[]byte
+	// n is how many bytes were taken from c and sent in the tunnel.
+	n int
+}
+
 // earlyBufs hold the first bytes of outbound connections.
 var earlyBufs = sync.Pool{New: func() any { b := make([]byte, earlyDataSize); return &b }}
 
 // earlyDataSize bounds the bytes read from a new outbound connection
-// before its tunnel is opened.
+// before its tunnel is answered (hbone.MaxEarlyData is the protocol's
+// bound).
 const earlyDataSize = 16 << 10
 
-// readEarly returns what the client has already sent on c, without
-// waiting: nothing when it has not spoken yet (or has closed, or failed,
-// which the copy will see again).
-func readEarly(c *net.TCPConn, buf []byte) []byte {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return nil
+func newFirstBytes(c *net.TCPConn) *firstBytes {
+	return &firstBytes{c: c, buf: earlyBufs.Get().(*[]byte)}
+}
+
+// release returns the buffer; call it once the tunnel is open or failed.
+func (f *firstBytes) release() {
+	if f.buf != nil {
+		earlyBufs.Put(f.buf)
+		f.buf = nil
 	}
+}
+
+// aLongTimeAgo is a deadline in the past, to wake a blocked read.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// tunnel opens the tunnel for req with the client's first bytes.
+func (f *firstBytes) tunnel(ctx context.Context, d *hbone.Dialer, req hbone.Request) (*hbone.Conn, error) {
+	rc, err := f.c.SyscallConn()
+	if err != nil {
+		return d.Dial(ctx, req)
+	}
+	buf := *f.buf
+	// What is there already goes with the request.
 	n := 0
 	_ = rc.Read(func(fd uintptr) bool {
 		n, _ = unix.Read(int(fd), buf)
-		return true // never wait
+		return true // never wait here
 	})
-	if n <= 0 {
-		return nil
+	if n > 0 {
+		req.EarlyData = buf[:n]
 	}
-	return buf[:n]
+	p, err := d.Start(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	f.n = max(n, 0)
+	if n <= 0 {
+		// Nothing yet: the first bytes that come before the answer follow
+		// the request at once. The answer (or ctx) ends the wait by a
+		// deadline in the past, which takes nothing from the connection.
+		stop, done := make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(done)
+			select {
+			case <-p.Answered():
+			case <-ctx.Done():
+			case <-stop:
+				return
+			}
+			_ = f.c.SetReadDeadline(aLongTimeAgo)
+		}()
+		m := 0
+		_ = rc.Read(func(fd uintptr) bool {
+			var rerr error
+			m, rerr = unix.Read(int(fd), buf)
+			return rerr != unix.EAGAIN
+		})
+		close(stop)
+		<-done
+		_ = f.c.SetReadDeadline(time.Time{})
+		if m > 0 {
+			f.n = m
+			_ = p.Write(buf[:m]) // a failure is the tunnel's: Wait reports it
+		}
+	}
+	return p.Wait(ctx)
 }
 
 // serveOutbound forwards one connection the pod's application made.
@@ -193,16 +253,12 @@ func (p *Pod) serveOutbound(c *net.TCPConn) {
 		reset(c)
 		return
 	}
-	// What the application has sent already goes with the tunnel's
-	// request instead of one round trip later.
-	bp := earlyBufs.Get().(*[]byte)
-	early := readEarly(c, *bp)
-	up, labels, err := p.out.Open(p.ctx, dst, remoteIP(c), early)
-	n := len(early)
-	earlyBufs.Put(bp)
+	first := newFirstBytes(c)
+	up, labels, err := p.out.Open(p.ctx, dst, remoteIP(c), first)
+	first.release()
 	if err != nil {
 		reset(c)
 		return
 	}
-	p.out.Join(c, up, labels, n)
+	p.out.Join(c, up, labels, first.n)
 }
