@@ -32,9 +32,10 @@
 // frames carry the bytes; END_STREAM in either direction is a TCP half-close
 // (CloseWrite), and RST_STREAM an abort.
 //
-// The client may send its first bytes before the answer
-// (Request.EarlyData): DATA frames right after the request HEADERS, in the
-// same write. HTTP/2 allows DATA on an open stream at any time, and a
+// The client may send its first bytes before the answer: Request.EarlyData
+// goes in DATA frames right after the request HEADERS, in the same write,
+// and Pending.Write (after Dialer.Start) sends more as it comes, until
+// Pending.Wait. HTTP/2 allows DATA on an open stream at any time, and a
 // server buffers them like any request body until its handler reads (this
 // package's Server, and x/net-based ones such as Istio's); a server that
 // refuses the tunnel discards them. It spares a client that speaks first

@@ -139,19 +139,25 @@ func (d *Dialer) dial(ctx context.Context, src, dst netip.AddrPort) (*net.TCPCon
 	switch err := unix.Connect(fd, sa); err {
 	case nil:
 	case unix.EINPROGRESS, unix.EINTR, unix.EALREADY:
-		inProgress = true
+		// Inside a pod, to its own application, the handshake has
+		// usually completed by the time connect returns: then there is
+		// nothing to wait for.
+		done, cerr := connectDone(fd)
+		if cerr != nil {
+			_ = unix.Close(fd)
+			return nil, opErr(cerr)
+		}
+		inProgress = !done
 	default:
 		_ = unix.Close(fd)
 		return nil, opErr(os.NewSyscallError("connect", err))
 	}
+	// One net.Conn for the socket (FileConn sets TCP_NODELAY and
+	// keep-alive as net.Dialer does); a connect in progress is awaited on
+	// its poller.
 	f := os.NewFile(uintptr(fd), "redirect-dial")
-	defer f.Close()
-	if inProgress {
-		if err := waitConnected(ctx, f); err != nil {
-			return nil, opErr(err)
-		}
-	}
 	c, err := net.FileConn(f)
+	_ = f.Close()
 	if err != nil {
 		return nil, opErr(err)
 	}
@@ -160,8 +166,35 @@ func (d *Dialer) dial(ctx context.Context, src, dst netip.AddrPort) (*net.TCPCon
 		_ = c.Close()
 		return nil, opErr(fmt.Errorf("redirect: unexpected connection type %T", c))
 	}
-	_ = tc.SetNoDelay(true) // as net.Dialer does
+	if inProgress {
+		if err := waitConnected(ctx, tc); err != nil {
+			_ = tc.Close()
+			return nil, opErr(err)
+		}
+	}
 	return tc, nil
+}
+
+// connectDone reports whether the non-blocking connect of socket fd has
+// finished, or its error.
+func connectDone(fd int) (bool, error) {
+	v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+	if err != nil {
+		return false, os.NewSyscallError("getsockopt SO_ERROR", err)
+	}
+	switch e := syscall.Errno(v); e {
+	case 0:
+		if _, err := unix.Getpeername(fd); err == nil {
+			return true, nil
+		} else if err != unix.ENOTCONN {
+			return false, os.NewSyscallError("getpeername", err)
+		}
+		return false, nil // still connecting
+	case unix.EINPROGRESS, unix.EALREADY, unix.EINTR:
+		return false, nil
+	default:
+		return false, os.NewSyscallError("connect", e)
+	}
 }
 
 // bindTransparent makes socket s transparent and binds it to src's address
@@ -246,20 +279,10 @@ func sockPort(sa unix.Sockaddr) int {
 // aLongTimeAgo is a deadline in the past, to wake a blocked wait.
 var aLongTimeAgo = time.Unix(1, 0)
 
-// waitConnected waits on the Go poller until the non-blocking connect of f's
-// socket finishes, or ctx ends.
-func waitConnected(ctx context.Context, f *os.File) error {
-	// A temporary net.Conn on a duplicate of the socket gives access to the
-	// poller (RawConn.Write waits for writability) and to deadlines.
-	c, err := net.FileConn(f)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	tc, ok := c.(*net.TCPConn)
-	if !ok {
-		return fmt.Errorf("redirect: unexpected connection type %T", c)
-	}
+// waitConnected waits on the Go poller until the non-blocking connect of
+// tc's socket finishes, or ctx ends (an error, even if the connect
+// finished). On success tc has no write deadline.
+func waitConnected(ctx context.Context, tc *net.TCPConn) error {
 	rc, err := tc.SyscallConn()
 	if err != nil {
 		return err
@@ -267,37 +290,29 @@ func waitConnected(ctx context.Context, f *os.File) error {
 	if dl, ok := ctx.Deadline(); ok {
 		_ = tc.SetWriteDeadline(dl)
 	}
-	stop := context.AfterFunc(ctx, func() { _ = tc.SetWriteDeadline(aLongTimeAgo) })
-	defer stop()
-
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		_ = tc.SetWriteDeadline(aLongTimeAgo)
+		close(fired)
+	})
 	var connErr error
 	werr := rc.Write(func(s uintptr) bool {
-		v, err := unix.GetsockoptInt(int(s), unix.SOL_SOCKET, unix.SO_ERROR)
+		done, err := connectDone(int(s))
 		if err != nil {
-			connErr = os.NewSyscallError("getsockopt SO_ERROR", err)
+			connErr = err
 			return true
 		}
-		switch e := syscall.Errno(v); e {
-		case 0:
-			if _, err := unix.Getpeername(int(s)); err == nil {
-				return true
-			} else if err != unix.ENOTCONN {
-				connErr = os.NewSyscallError("getpeername", err)
-				return true
-			}
-			return false // still connecting
-		case unix.EINPROGRESS, unix.EALREADY, unix.EINTR:
-			return false
-		default:
-			connErr = os.NewSyscallError("connect", e)
-			return true
-		}
+		return done
 	})
+	if !stop() {
+		<-fired
+		return ctx.Err()
+	}
 	if werr != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
 		return werr
 	}
-	return connErr
+	if connErr != nil {
+		return connErr
+	}
+	return tc.SetWriteDeadline(time.Time{})
 }
