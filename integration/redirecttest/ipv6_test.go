@@ -23,9 +23,8 @@ func v6Addr(host byte) netip.Addr {
 	return netip.AddrFrom16(a)
 }
 
-// addV6 gives link in the namespace at path an address of v6Net, without
-// duplicate address detection so that it is usable at once.
-func addV6(t *testing.T, path, link string, host byte) netip.Addr {
+// netlinkAt opens a netlink handle in the namespace at path; close it.
+func netlinkAt(t *testing.T, path string) *netlink.Handle {
 	t.Helper()
 	h, err := netns.GetFromPath(path)
 	if err != nil {
@@ -36,6 +35,14 @@ func addV6(t *testing.T, path, link string, host byte) netip.Addr {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return nh
+}
+
+// addV6 gives link in the namespace at path an address of v6Net, without
+// duplicate address detection so that it is usable at once.
+func addV6(t *testing.T, path, link string, host byte) netip.Addr {
+	t.Helper()
+	nh := netlinkAt(t, path)
 	defer nh.Close()
 	l, err := nh.LinkByName(link)
 	if err != nil {

@@ -14,42 +14,10 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
 	"github.com/ambit-mesh/ambit/integration/netlab"
 	"github.com/ambit-mesh/ambit/ztunnel/redirect"
 )
-
-// echoIn serves an echo of every line on addr inside a lab pod.
-func echoIn(t *testing.T, p *netlab.Pod, addr string) {
-	t.Helper()
-	var ln net.Listener
-	if err := p.Do(func() (err error) { ln, err = net.Listen("tcp", addr); return err }); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				r := bufio.NewReader(c)
-				for {
-					line, err := r.ReadString('\n')
-					if err != nil {
-						return
-					}
-					if _, err := c.Write([]byte(line)); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-}
 
 // roundTrip sends a line on c and reads it back.
 func roundTrip(c net.Conn, line string) error {
@@ -68,15 +36,7 @@ func roundTrip(c net.Conn, line string) error {
 // its table in the namespace at path.
 func sourceRouting(t *testing.T, path string) (rules []netlink.Rule, routes []netlink.Route) {
 	t.Helper()
-	h, err := netns.GetFromPath(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	nh, err := netlink.NewHandleAt(h)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nh := netlinkAt(t, path)
 	defer nh.Close()
 	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
 		rs, err := nh.RuleList(fam)
@@ -132,7 +92,7 @@ func TestOriginalSource(t *testing.T) {
 	dumpOnFailure(t, b)
 	ns, cfg := podConfig(t, b)
 	listenIn(t, b.Do, ":8080", "app-b")
-	echoIn(t, b, ":8081")
+	b.ServeEcho(t, 8081)
 	app, echo := netip.AddrPortFrom(b.IP, appPort), netip.AddrPortFrom(b.IP, 8081)
 	d := ns.Dialer()
 	d.Timeout = 2 * time.Second

@@ -204,11 +204,12 @@ func TestEarlyDataRefused(t *testing.T) {
 	}
 }
 
-// TestEarlyDataRetried: a stream refused before the server saw it is retried
-// on another connection with its early data, which the server then gets
-// exactly once.
-func TestEarlyDataRetried(t *testing.T) {
-	checkGoroutines(t)
+// saturated returns a dialer whose pooled connection to a server allowing
+// one stream already carries one, while the dialer believes the server
+// allows more (as before its SETTINGS arrive): the next stream on that
+// connection is refused and retried on another. The server echoes.
+func saturated(t *testing.T) (*Dialer, *testServer, *clientConn) {
+	t.Helper()
 	release := make(chan struct{})
 	ts := startServer(t, &Server{MaxConcurrentStreams: 1, Handler: func(s *Stream) {
 		if s.Header().Get("X-Hold") != "" {
@@ -228,25 +229,55 @@ func TestEarlyDataRetried(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer first.Close()
-	defer close(release)
-	// Pretend the server allows more, as before its SETTINGS arrive.
+	t.Cleanup(func() { close(release); first.Close() })
 	first.cc.mu.Lock()
 	first.cc.maxStreams = 100
 	first.cc.mu.Unlock()
-	r := request(ts, earlyAuthority)
-	r.EarlyData = []byte("once")
-	second, err := d.Dial(context.Background(), r)
-	if err != nil {
-		t.Fatalf("Dial beyond the server's limit: %v", err)
-	}
-	defer second.Close()
-	if second.cc == first.cc {
-		t.Fatal("the refused stream was not retried on another connection")
-	}
-	if got := exchange(t, second, []byte(" only")); string(got) != "once only" {
-		t.Errorf("tunnel carried %q, want %q", got, "once only")
-	}
+	return d, ts, first.cc
+}
+
+// TestEarlyDataRetried: a stream refused before the server saw it is retried
+// on another connection with its early bytes (Request.EarlyData, and those
+// written with Pending.Write), which the server then gets exactly once.
+func TestEarlyDataRetried(t *testing.T) {
+	checkGoroutines(t)
+	t.Run("Dial", func(t *testing.T) {
+		d, ts, held := saturated(t)
+		r := request(ts, earlyAuthority)
+		r.EarlyData = []byte("once")
+		c, err := d.Dial(context.Background(), r)
+		if err != nil {
+			t.Fatalf("Dial beyond the server's limit: %v", err)
+		}
+		defer c.Close()
+		if c.cc == held {
+			t.Fatal("the refused stream was not retried on another connection")
+		}
+		if got := exchange(t, c, []byte(" only")); string(got) != "once only" {
+			t.Errorf("tunnel carried %q, want %q", got, "once only")
+		}
+	})
+	t.Run("Start, Write, Wait", func(t *testing.T) {
+		d, ts, held := saturated(t)
+		r := request(ts, earlyAuthority)
+		r.EarlyData = []byte("on")
+		p, err := d.Start(context.Background(), r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = p.Write([]byte("ce")) // the stream may already be refused: kept anyway
+		c, err := p.Wait(context.Background())
+		if err != nil {
+			t.Fatalf("Wait: %v", err)
+		}
+		defer c.Close()
+		if c.cc == held {
+			t.Fatal("the refused stream was not retried on another connection")
+		}
+		if got := exchange(t, c, []byte(" only")); string(got) != "once only" {
+			t.Errorf("tunnel carried %q, want %q", got, "once only")
+		}
+	})
 }
 
 // TestPendingWriteBeforeAnswer: bytes written on a started tunnel reach the
@@ -297,54 +328,5 @@ func TestPendingWriteBeforeAnswer(t *testing.T) {
 	}
 	if err := p.Write(make([]byte, MaxEarlyData)); err == nil {
 		t.Error("Write beyond MaxEarlyData: no error")
-	}
-}
-
-// TestPendingRetriedWithWrites: bytes written before the answer travel again
-// when the stream is refused and sent on another connection; the server
-// gets them once.
-func TestPendingRetriedWithWrites(t *testing.T) {
-	checkGoroutines(t)
-	release := make(chan struct{})
-	ts := startServer(t, &Server{MaxConcurrentStreams: 1, Handler: func(s *Stream) {
-		if s.Header().Get("X-Hold") != "" {
-			_ = s.Accept()
-			select {
-			case <-release:
-			case <-s.Context().Done():
-			}
-			return
-		}
-		echoStream(s)
-	}})
-	d := newDialer(t, nil)
-	hold := request(ts, earlyAuthority)
-	hold.Header = map[string][]string{"X-Hold": {"1"}}
-	first, err := d.Dial(context.Background(), hold)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer first.Close()
-	defer close(release)
-	first.cc.mu.Lock()
-	first.cc.maxStreams = 100
-	first.cc.mu.Unlock()
-	r := request(ts, earlyAuthority)
-	r.EarlyData = []byte("on")
-	p, err := d.Start(context.Background(), r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = p.Write([]byte("ce")) // the stream may already be refused: kept anyway
-	c, err := p.Wait(context.Background())
-	if err != nil {
-		t.Fatalf("Wait: %v", err)
-	}
-	defer c.Close()
-	if c.cc == first.cc {
-		t.Fatal("the refused stream was not retried on another connection")
-	}
-	if got := exchange(t, c, []byte(" only")); string(got) != "once only" {
-		t.Errorf("tunnel carried %q, want %q", got, "once only")
 	}
 }
