@@ -179,8 +179,18 @@ func StopCapture(ctx context.Context, ns *Netns) error {
 }
 
 // Remove deletes the capture rules (the whole table) and the
-// original-source routing from the namespace, and turns
-// net.ipv4.tcp_fwmark_accept off. It succeeds when they are not installed.
+// original-source routing from the namespace, turns
+// net.ipv4.tcp_fwmark_accept off, and empties the namespace's conntrack
+// table. It succeeds when they are not installed.
+//
+// Why the conntrack table: without the rules nothing tracks connections in
+// the namespace any more, so an entry still there stays as it was. A
+// connection opened while the capture was stopped (tracked, untranslated)
+// that ends after Remove would keep an "established" entry for days, and a
+// connection that reuses its addresses and ports once the pod is captured
+// again would match it and leave the pod untranslated, bypassing ztunnel.
+// The pod's own stateful rules, if it has any, pick up open connections
+// again from their next packet.
 func Remove(ctx context.Context, ns *Netns) error {
 	return withConn(ctx, ns, func(conn *nftables.Conn) error {
 		t := table()
@@ -190,6 +200,9 @@ func Remove(ctx context.Context, ns *Netns) error {
 			return fmt.Errorf("redirect: remove nftables rules in %s: %w", ns, err)
 		}
 		if err := removeSourceRouting(ns); err != nil {
+			return err
+		}
+		if err := flushConntrack(ns); err != nil {
 			return err
 		}
 		slog.DebugContext(ctx, "redirection removed", "netns", ns.Path())
