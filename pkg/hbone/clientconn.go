@@ -198,9 +198,7 @@ func (cc *clientConn) openStream(c *Conn, authority string, header http.Header, 
 	c.sendWindow = cc.initialWindow
 	maxFrame := cc.peerMaxFrame
 	cc.streams[c.id] = c
-	early = early[:max(0, min(int64(len(early)), c.sendWindow, cc.sendWindow))]
-	c.sendWindow -= int64(len(early))
-	cc.sendWindow -= int64(len(early))
+	early = early[:c.grantLocked(len(early))]
 	cc.mu.Unlock()
 
 	cc.hbuf.Reset()

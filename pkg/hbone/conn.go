@@ -182,10 +182,7 @@ func (c *Conn) reserve(want int) (int, int, error) {
 			cc.mu.Unlock()
 			return 0, 0, err
 		}
-		avail := min(int64(want), c.sendWindow, cc.sendWindow)
-		if avail > 0 {
-			c.sendWindow -= avail
-			cc.sendWindow -= avail
+		if avail := c.grantLocked(want); avail > 0 {
 			maxFrame := cc.peerMaxFrame
 			cc.mu.Unlock()
 			return int(avail), maxFrame, nil
@@ -309,6 +306,15 @@ func (c *Conn) Close() error {
 	return nil
 }
 
+// grantLocked takes up to want bytes from the stream's and the
+// connection's send windows and returns how many; cc.mu is held.
+func (c *Conn) grantLocked(want int) int64 {
+	n := max(0, min(int64(want), c.sendWindow, c.cc.sendWindow))
+	c.sendWindow -= n
+	c.cc.sendWindow -= n
+	return n
+}
+
 // markAnswered closes answeredCh (once).
 func (c *Conn) markAnswered() { c.answerOnce.Do(func() { close(c.answeredCh) }) }
 
@@ -322,9 +328,7 @@ func (c *Conn) writeNow(p []byte) (int, error) {
 		cc.mu.Unlock()
 		return 0, err
 	}
-	n := max(0, min(int64(len(p)), c.sendWindow, cc.sendWindow))
-	c.sendWindow -= n
-	cc.sendWindow -= n
+	n := c.grantLocked(len(p))
 	maxFrame := cc.peerMaxFrame
 	cc.mu.Unlock()
 	if n == 0 {

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -199,11 +200,7 @@ func (f *firstBytes) tunnel(ctx context.Context, d *hbone.Dialer, req hbone.Requ
 	}
 	buf := *f.buf
 	// What is there already goes with the request.
-	n := 0
-	_ = rc.Read(func(fd uintptr) bool {
-		n, _ = unix.Read(int(fd), buf)
-		return true // never wait here
-	})
+	n := readRaw(rc, buf, false)
 	if n > 0 {
 		req.EarlyData = buf[:n]
 	}
@@ -227,12 +224,7 @@ func (f *firstBytes) tunnel(ctx context.Context, d *hbone.Dialer, req hbone.Requ
 			}
 			_ = f.c.SetReadDeadline(aLongTimeAgo)
 		}()
-		m := 0
-		_ = rc.Read(func(fd uintptr) bool {
-			var rerr error
-			m, rerr = unix.Read(int(fd), buf)
-			return rerr != unix.EAGAIN
-		})
+		m := readRaw(rc, buf, true)
 		close(stop)
 		<-done
 		_ = f.c.SetReadDeadline(time.Time{})
@@ -242,6 +234,19 @@ func (f *firstBytes) tunnel(ctx context.Context, d *hbone.Dialer, req hbone.Requ
 		}
 	}
 	return p.Wait(ctx)
+}
+
+// readRaw reads once from the socket into buf and returns the count (0 or
+// less: nothing). With wait it waits on the poller while there is nothing
+// to read (until a read deadline); without, it returns at once.
+func readRaw(rc syscall.RawConn, buf []byte, wait bool) int {
+	n := 0
+	_ = rc.Read(func(fd uintptr) bool {
+		var err error
+		n, err = unix.Read(int(fd), buf)
+		return !wait || err != unix.EAGAIN
+	})
+	return n
 }
 
 // serveOutbound forwards one connection the pod's application made.

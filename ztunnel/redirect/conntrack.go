@@ -10,9 +10,9 @@ import (
 
 // flushConntrack empties the namespace's conntrack table (see Remove).
 func flushConntrack(ns *Netns) error {
-	h, err := netlink.NewHandleAt(ns.handle)
+	h, err := ns.netlink()
 	if err != nil {
-		return fmt.Errorf("redirect: netlink in %s: %w", ns, err)
+		return err
 	}
 	defer h.Close()
 	if err := h.ConntrackTableFlush(netlink.ConntrackTable); err != nil && !errors.Is(err, unix.ENOENT) && !noFamily(err) {

@@ -15,9 +15,9 @@ func (n *Netns) Gateways(ctx context.Context) ([]netip.Addr, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	h, err := netlink.NewHandleAt(n.handle)
+	h, err := n.netlink()
 	if err != nil {
-		return nil, fmt.Errorf("redirect: netlink in %s: %w", n, err)
+		return nil, err
 	}
 	defer h.Close()
 	var gws []netip.Addr
@@ -41,6 +41,15 @@ func (n *Netns) Gateways(ctx context.Context) ([]netip.Addr, error) {
 		}
 	}
 	return gws, nil
+}
+
+// netlink opens a netlink handle in the namespace; close it.
+func (n *Netns) netlink() (*netlink.Handle, error) {
+	h, err := netlink.NewHandleAt(n.handle)
+	if err != nil {
+		return nil, fmt.Errorf("redirect: netlink in %s: %w", n, err)
+	}
+	return h, nil
 }
 
 func isDefault(r netlink.Route) bool {

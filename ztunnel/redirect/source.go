@@ -78,9 +78,9 @@ func noFamily(err error) bool {
 // installSourceRouting adds the rule and route of each family (again, when
 // present: adding is idempotent).
 func installSourceRouting(ns *Netns) error {
-	h, err := netlink.NewHandleAt(ns.handle)
+	h, err := ns.netlink()
 	if err != nil {
-		return fmt.Errorf("redirect: netlink in %s: %w", ns, err)
+		return err
 	}
 	defer h.Close()
 	lo, err := h.LinkByName("lo")
@@ -106,9 +106,9 @@ func installSourceRouting(ns *Netns) error {
 
 // removeSourceRouting deletes the rules and routes; absent ones are fine.
 func removeSourceRouting(ns *Netns) error {
-	h, err := netlink.NewHandleAt(ns.handle)
+	h, err := ns.netlink()
 	if err != nil {
-		return fmt.Errorf("redirect: netlink in %s: %w", ns, err)
+		return err
 	}
 	defer h.Close()
 	gone := func(err error) bool {
