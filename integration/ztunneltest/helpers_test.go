@@ -138,6 +138,19 @@ func (z *ztunnel) captured(name string) bool {
 	return false
 }
 
+// hasWaypoint reports whether the ztunnel's configuration still sends the
+// workload or the service to a waypoint. Traffic alone cannot tell: while a
+// waypoint process still runs, a ztunnel with the old configuration reaches
+// the destination through it.
+func (z *ztunnel) hasWaypoint(workload, service string) bool {
+	snap := z.d.Store().Snapshot()
+	if w := snap.Workload(workload); w != nil && w.Waypoint != nil {
+		return true
+	}
+	s := snap.Services[service]
+	return s != nil && s.Waypoint != nil
+}
+
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)

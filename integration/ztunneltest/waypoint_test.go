@@ -98,6 +98,13 @@ func (fw *fakeWaypoint) saw(entry string) bool {
 	return false
 }
 
+// count returns how many tunnels the waypoint has accepted.
+func (fw *fakeWaypoint) count() int {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	return len(fw.seen)
+}
+
 // dialHBONEFrom opens a tunnel from inside a lab pod with a certificate for
 // src to the HBONE server at server:15008, returning the Dial error.
 func dialHBONEFrom(t *testing.T, p *netlab.Pod, ca *identity.Authority, src, dst identity.SPIFFEID, server netip.Addr, authority netip.AddrPort) error {

@@ -319,10 +319,19 @@ func TestZtunnelEndToEnd(t *testing.T) {
 		m.workloads["b"].Waypoint = nil
 		m.publish()
 		// Both ztunnels must have the change: b's accepts a direct tunnel,
-		// a's no longer routes to the waypoint (now gone).
+		// a's no longer routes to the waypoint, which stops with this
+		// subtest. a's echo alone would pass through the waypoint.
 		eventually(t, "waypoint removed", func() bool {
-			return dialHBONEFrom(t, u, ca, aSID, bSID, b.IP, bAddr) == nil && a.Echo(bAddr, a.Hello(10)) == nil
+			return !z0.hasWaypoint(ns+"/b", ns+"/echo") && !z1.hasWaypoint(ns+"/b", ns+"/echo") &&
+				dialHBONEFrom(t, u, ca, aSID, bSID, b.IP, bAddr) == nil && a.Echo(bAddr, a.Hello(10)) == nil
 		})
+		seen := fw.count()
+		if err := a.Echo(bAddr, a.Hello(10)); err != nil {
+			t.Fatal(err)
+		}
+		if fw.count() != seen {
+			t.Error("a's traffic to b still goes through the removed waypoint")
+		}
 	})
 
 	t.Run("identity change recaptures the pod", func(t *testing.T) {
