@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 
@@ -63,16 +64,18 @@ func (p *Pod) serveHBONE(st *hbone.Stream) {
 		DestinationService: metrics.Unknown,
 		Security:           metrics.SecurityMutualTLS,
 	}
-	log := p.log.With("peer", peer.String(), "authority", auth)
+	// The logger with the tunnel's attributes is made only for a line to
+	// write: With formats them at once, and most tunnels log nothing here.
+	log := func() *slog.Logger { return p.log.With("peer", peer.String(), "authority", auth) }
 	if !p.hasIP(auth.Addr()) {
 		p.deny(labels, DenyAuthority)
-		log.Info("hbone tunnel refused", "reason", DenyAuthority)
+		log().Info("hbone tunnel refused", "reason", DenyAuthority)
 		_ = st.Reject(400, "authority is not an address of this pod")
 		return
 	}
 	if code, reason, text := InboundCheck(snap, dst, peer, auth.Port(), p.systemNamespace()); code != 0 {
 		p.deny(labels, reason)
-		log.Info("hbone tunnel refused", "reason", reason, "detail", text)
+		log().Info("hbone tunnel refused", "reason", reason, "detail", text)
 		_ = st.Reject(code, text)
 		return
 	}
@@ -86,7 +89,7 @@ func (p *Pod) serveHBONE(st *hbone.Stream) {
 	if err != nil {
 		labels.ResponseFlags = metrics.FlagUpstreamFailure
 		p.env.Metrics.Failed(labels)
-		log.Info("hbone tunnel: application unreachable", "err", err)
+		log().Info("hbone tunnel: application unreachable", "err", err)
 		_ = st.Reject(503, "destination unreachable")
 		return
 	}
@@ -94,7 +97,9 @@ func (p *Pod) serveHBONE(st *hbone.Stream) {
 		_ = app.Close()
 		return
 	}
-	log.Debug("hbone tunnel accepted")
+	if p.log.Enabled(st.Context(), slog.LevelDebug) {
+		log().Debug("hbone tunnel accepted")
+	}
 	mc := p.env.Metrics.Open(labels)
 	defer mc.Close()
 	join(st, app, mc)

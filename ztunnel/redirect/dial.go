@@ -18,8 +18,9 @@ import (
 // so that the capture rules do not redirect it back to ztunnel.
 //
 // Only the socket is created inside the namespace (on a briefly locked
-// thread); connecting and waiting happen on the Go network poller like any
-// other dial, so a slow connect does not hold an OS thread.
+// thread, a batch at a time: see Netns.socket); connecting and waiting happen
+// on the Go network poller like any other dial, so a slow connect does not
+// hold an OS thread.
 type Dialer struct {
 	// Netns is where the sockets are created.
 	Netns *Netns
@@ -111,30 +112,22 @@ func (d *Dialer) dial(ctx context.Context, src, dst netip.AddrPort) (*net.TCPCon
 		sa = &unix.SockaddrInet4{Port: int(dst.Port()), Addr: addr.As4()}
 	}
 
-	fd := -1
-	err := d.Netns.Do(ctx, func() error {
-		s, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
-		if err != nil {
-			return os.NewSyscallError("socket", err)
-		}
-		if err := unix.SetsockoptInt(s, unix.SOL_SOCKET, unix.SO_MARK, int(mark)); err != nil {
-			_ = unix.Close(s)
-			return os.NewSyscallError("setsockopt SO_MARK", err)
-		}
-		if src.IsValid() {
-			if err := bindTransparent(s, src); err != nil {
-				_ = unix.Close(s)
-				return err
-			}
-		}
-		fd = s
-		return nil
-	})
+	fd, err := d.Netns.socket(ctx, family)
 	if err != nil {
 		return nil, opErr(err)
 	}
-	// The socket belongs to the pod namespace from now on, whatever thread
-	// uses it; connect and the rest run here.
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(mark)); err != nil {
+		_ = unix.Close(fd)
+		return nil, opErr(os.NewSyscallError("setsockopt SO_MARK", err))
+	}
+	if src.IsValid() {
+		if err := bindTransparent(fd, src, func() (int, error) { return d.Netns.socket(ctx, family) }); err != nil {
+			_ = unix.Close(fd)
+			return nil, opErr(err)
+		}
+	}
+	// The socket belongs to the pod namespace, whatever thread uses it: its
+	// options, bind and connect apply there.
 	inProgress := false
 	switch err := unix.Connect(fd, sa); err {
 	case nil:
@@ -198,8 +191,9 @@ func connectDone(fd int) (bool, error) {
 }
 
 // bindTransparent makes socket s transparent and binds it to src's address
-// with a port the kernel picks, other than src's port.
-func bindTransparent(s int, src netip.AddrPort) error {
+// with a port the kernel picks, other than src's port. newSocket returns
+// another socket of s's namespace and family, for that port's case.
+func bindTransparent(s int, src netip.AddrPort, newSocket func() (int, error)) error {
 	var sa unix.Sockaddr
 	if src.Addr().Is4() {
 		if err := unix.SetsockoptInt(s, unix.SOL_IP, unix.IP_TRANSPARENT, 1); err != nil {
@@ -228,13 +222,9 @@ func bindTransparent(s int, src netip.AddrPort) error {
 		if sockPort(got) != int(src.Port()) {
 			return nil
 		}
-		family := unix.AF_INET
-		if src.Addr().Is6() {
-			family = unix.AF_INET6
-		}
-		s2, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+		s2, err := newSocket() // of s's namespace
 		if err != nil {
-			return os.NewSyscallError("socket", err)
+			return err
 		}
 		err = copyOpts(s2, s, src.Addr().Is4())
 		if err == nil {

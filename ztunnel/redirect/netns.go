@@ -23,6 +23,7 @@ var home, homeErr = netns.Get()
 type Netns struct {
 	path   string
 	handle netns.NsHandle
+	spare  spareSockets
 }
 
 // OpenNetns opens the network namespace at path, as a CNI runtime passes it
@@ -44,8 +45,10 @@ func (n *Netns) Path() string { return n.path }
 // Fd is the file descriptor of the namespace handle, valid until Close.
 func (n *Netns) Fd() int { return int(n.handle) }
 
-// Close releases the handle. Sockets created inside the namespace stay valid.
+// Close releases the handle and the spare sockets a Dialer kept (see
+// Netns.socket). Sockets handed out stay valid.
 func (n *Netns) Close() error {
+	n.spare.close()
 	if !n.handle.IsOpen() {
 		return nil
 	}
