@@ -84,7 +84,7 @@ func TestDialerBadInput(t *testing.T) {
 }
 
 // requireRoot skips without root, and fails under CI where root is expected.
-func requireRoot(t *testing.T) {
+func requireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() == 0 {
 		return
@@ -97,7 +97,7 @@ func requireRoot(t *testing.T) {
 
 // newNetns creates an unnamed network namespace with loopback up and returns
 // a Netns on it.
-func newNetns(t *testing.T) *Netns {
+func newNetns(t testing.TB) *Netns {
 	t.Helper()
 	requireRoot(t)
 	done := make(chan struct{})
@@ -131,12 +131,9 @@ func newNetns(t *testing.T) *Netns {
 	return n
 }
 
-// TestNamespaceIsolation runs in a private namespace on loopback only: Do
-// runs inside it, and a listener opened inside is reachable through the
-// namespace's Dialer, whose socket carries the mark.
-func TestNamespaceIsolation(t *testing.T) {
-	ctx := context.Background()
-	n := newNetns(t)
+// upLoopback sets the namespace's loopback up.
+func upLoopback(t testing.TB, n *Netns) {
+	t.Helper()
 	nh, err := netlink.NewHandleAt(n.handle)
 	if err != nil {
 		t.Fatal(err)
@@ -149,7 +146,16 @@ func TestNamespaceIsolation(t *testing.T) {
 	if err := nh.LinkSetUp(lo); err != nil {
 		t.Fatal(err)
 	}
-	err = n.Do(ctx, func() error {
+}
+
+// TestNamespaceIsolation runs in a private namespace on loopback only: Do
+// runs inside it, and a listener opened inside is reachable through the
+// namespace's Dialer, whose socket carries the mark.
+func TestNamespaceIsolation(t *testing.T) {
+	ctx := context.Background()
+	n := newNetns(t)
+	upLoopback(t, n)
+	err := n.Do(ctx, func() error {
 		cur, err := netns.Get()
 		if err != nil {
 			return err
