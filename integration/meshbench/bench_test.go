@@ -153,11 +153,15 @@ func BenchmarkPaths(b *testing.B) {
 	}
 	var firstHWM int64 // after the first mesh path: one capture of each pod
 
+	// ambit: the path runs through Ambit's processes (the ztunnels).
+	ambit := func(procs []*process) bool { return slices.Contains(procs, z0.proc) }
 	measure := func(round int, name, echo, sink string, procs []*process) result {
 		r := result{name: name, proxies: len(procs)}
-		c0 := cpuTimes(b, procs)
-		r.lat = runFortio(b, sp, tl.fortio, client, logDir, fortioRun{name: fmt.Sprintf("%s-%d", name, round),
-			target: "tcp://" + echo, qps: loadQPS, conns: loadConns, dur: loadDuration})
+		var c0 time.Duration
+		r.lat = steady(b, ambit(procs), func() { c0 = cpuTimes(b, procs) }, func() latency {
+			return runFortio(b, sp, tl.fortio, client, logDir, fortioRun{name: fmt.Sprintf("%s-%d", name, round),
+				target: "tcp://" + echo, qps: loadQPS, conns: loadConns, dur: loadDuration})
+		})
 		r.cpu = cpuTimes(b, procs) - c0
 		r.requests = r.lat.requests
 		r.bulk = bulk(b, client, sink)
@@ -169,9 +173,12 @@ func BenchmarkPaths(b *testing.B) {
 	maxRequests := map[string]int64{}
 	measureHTTP := func(round int, name, url string, procs []*process, maxRun bool) result {
 		r := result{name: name, proxies: len(procs)}
-		c0, w0, t0 := cpuTimes(b, procs), cpuTime(b, wp.proc.pid()), time.Now()
-		r.lat = runFortio(b, sp, tl.fortio, client, logDir, fortioRun{name: fmt.Sprintf("%s-%d", name, round),
-			target: url, qps: loadQPS, conns: loadConns, dur: loadDuration})
+		var c0, w0 time.Duration
+		var t0 time.Time
+		r.lat = steady(b, ambit(procs), func() { c0, w0, t0 = cpuTimes(b, procs), cpuTime(b, wp.proc.pid()), time.Now() }, func() latency {
+			return runFortio(b, sp, tl.fortio, client, logDir, fortioRun{name: fmt.Sprintf("%s-%d", name, round),
+				target: url, qps: loadQPS, conns: loadConns, dur: loadDuration})
+		})
 		r.wall = time.Since(t0)
 		r.cpu = cpuTimes(b, procs) - c0
 		r.wpCPU = cpuTime(b, wp.proc.pid()) - w0
@@ -179,6 +186,9 @@ func BenchmarkPaths(b *testing.B) {
 		if maxRun {
 			m := runFortio(b, sp, tl.fortio, client, logDir, fortioRun{name: fmt.Sprintf("%s-max-%d", name, round),
 				target: url, conns: maxConns, dur: maxDuration})
+			if m.short != "" {
+				b.Fatal(m.short) // not one request
+			}
 			r.maxQPS, r.measured = m.qps, true
 			maxRequests[name] += m.requests
 		}
@@ -187,9 +197,11 @@ func BenchmarkPaths(b *testing.B) {
 	// measureConns runs the HTTP load with a new connection per request.
 	measureConns := func(round int, name, url string, procs []*process) result {
 		r := result{name: name, proxies: len(procs)}
-		c0 := cpuTimes(b, procs)
-		r.lat = runFortio(b, sp, tl.fortio, client, logDir, fortioRun{name: fmt.Sprintf("%s-%d", name, round),
-			target: url, qps: connQPS, conns: loadConns, dur: loadDuration, newConns: true})
+		var c0 time.Duration
+		r.lat = steady(b, ambit(procs), func() { c0 = cpuTimes(b, procs) }, func() latency {
+			return runFortio(b, sp, tl.fortio, client, logDir, fortioRun{name: fmt.Sprintf("%s-%d", name, round),
+				target: url, qps: connQPS, conns: loadConns, dur: loadDuration, newConns: true})
+		})
 		r.cpu = cpuTimes(b, procs) - c0
 		r.requests = r.lat.requests
 		return r
@@ -421,9 +433,24 @@ func report(d reportData) string {
 			case x.measured:
 				extra = fmt.Sprintf(", %.0f", x.maxQPS)
 			}
+			if x.lat.behind {
+				extra += fmt.Sprintf(" (behind the rate: %d requests)", x.lat.requests)
+			}
 			fmt.Fprintf(&s, " [%d] %s / %s%s;", i+1, us(x.lat.p50), us(x.lat.p99), extra)
 		}
 		fmt.Fprintln(&s)
+	}
+	for _, name := range slices.Concat(tcpPaths, httpPaths, connPaths) {
+		var rounds []string
+		for i, x := range d.perRound[name] {
+			if x.lat.behind {
+				rounds = append(rounds, strconv.Itoa(i+1))
+			}
+		}
+		if len(rounds) > 0 {
+			fmt.Fprintf(&s, "%s fell behind the rate (under 90 %% of its requests, twice in a row) in round %s: its figures there are those of the requests it made\n",
+				name, strings.Join(rounds, ", "))
+		}
 	}
 	fmt.Fprintf(&s, "\nztunnel memory (the larger of the two): VmRSS %.1f MiB, VmHWM %.1f MiB at the end (%d capture and release cycles); VmHWM %.1f MiB after the first round\n",
 		float64(d.ztRSS)/(1<<20), float64(d.ztHWM)/(1<<20), d.rounds, float64(d.ztFirstHWM)/(1<<20))

@@ -39,6 +39,11 @@ type latency struct {
 	requests      int64
 	errors        int64
 	qps           float64
+	// short says why a fixed-rate run fell short of 90 % of its requests
+	// (empty when it did not).
+	short string
+	// behind: a baseline path fell short twice in a row (see steady).
+	behind bool
 }
 
 // fortioJSON is the part of fortio's -json output the benchmark reads.
@@ -69,8 +74,9 @@ type fortioRun struct {
 }
 
 // runFortio runs `fortio load` in the client pod and returns its
-// percentiles. The run must finish without errors and, at a fixed rate,
-// with at least 90 % of the requested requests.
+// percentiles. The run must finish without errors; a fixed-rate run with
+// fewer than 90 % of the requested requests is returned with l.short set
+// (see steady).
 func runFortio(b *testing.B, sp *spawner, fortio string, client *netlab.Pod, logDir string, run fortioRun) latency {
 	b.Helper()
 	out := filepath.Join(logDir, run.name+".json")
@@ -128,10 +134,39 @@ func runFortio(b *testing.B, sp *spawner, fortio string, client *netlab.Pod, log
 		b.Fatalf("fortio %s: %d requests, %v errors (codes %v): the path is broken", run.name, l.requests, l.errors, r.RetCodes)
 	}
 	if want := int64(float64(run.qps) * run.dur.Seconds() * 0.9); l.requests < max(want, 1) {
-		b.Fatalf("fortio %s: %d requests without errors, want at least %d: the path or the load generator stalled (load average %s; with -nocatchup a stall loses its requests)",
+		l.short = fmt.Sprintf("fortio %s: %d requests without errors, want at least %d: the path or the load generator stalled (load average %s; with -nocatchup a stall loses its requests)",
 			run.name, l.requests, max(want, 1), loadAvg())
 	}
 	return l
+}
+
+// steady runs a fixed-rate load (run) with before called first, and once
+// more if it fell short of its requests: a stall of the shared machine, or
+// a path that cannot keep the rate. A path of Ambit's (ambit) that falls
+// short again fails the benchmark. A baseline path (direct, the HAProxy
+// pair) that falls short again is kept with behind set, and the report
+// says so: on a slow machine the pair's TLS handshake per connection may
+// not keep 500 connections/s, and that is part of its result, not a broken
+// benchmark. before resets the caller's counters (CPU time), so that they
+// cover the run kept.
+func steady(b testing.TB, ambit bool, before func(), run func() latency) latency {
+	b.Helper()
+	for attempt := 1; ; attempt++ {
+		before()
+		l := run()
+		switch {
+		case l.short == "":
+			return l
+		case attempt == 1:
+			b.Logf("%s; running it again", l.short)
+		case ambit:
+			b.Fatal(l.short)
+		default:
+			b.Logf("%s; kept, reported as behind the rate", l.short)
+			l.behind = true
+			return l
+		}
+	}
 }
 
 // serveSink accepts bulk transfers in the server pod: an 8-byte big-endian

@@ -22,3 +22,35 @@ func TestPairedSummary(t *testing.T) {
 		}
 	}
 }
+
+// TestSteady: a run that falls short is run again once; a baseline path
+// short twice is kept as behind the rate (an Ambit path would fail the
+// benchmark instead).
+func TestSteady(t *testing.T) {
+	for _, c := range []struct {
+		name       string
+		shorts     int // how many runs in a row fall short
+		wantRuns   int
+		wantBehind bool
+	}{
+		{"steady", 0, 1, false},
+		{"one stall", 1, 2, false},
+		{"baseline behind", 2, 2, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			runs, befores := 0, 0
+			l := steady(t, false, func() { befores++ }, func() latency {
+				runs++
+				l := latency{requests: int64(runs)}
+				if runs <= c.shorts {
+					l.short = "short"
+				}
+				return l
+			})
+			if runs != c.wantRuns || befores != runs || l.behind != c.wantBehind || l.requests != int64(runs) {
+				t.Errorf("%d runs, %d befores, behind %v, kept run %d; want %d runs, behind %v, the last kept",
+					runs, befores, l.behind, l.requests, c.wantRuns, c.wantBehind)
+			}
+		})
+	}
+}
