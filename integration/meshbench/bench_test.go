@@ -436,6 +436,9 @@ func report(d reportData) string {
 			if x.lat.behind {
 				extra += fmt.Sprintf(" (behind the rate: %d requests)", x.lat.requests)
 			}
+			if x.lat.steal >= highSteal {
+				extra += fmt.Sprintf(" (steal %.0f %%)", 100*x.lat.steal)
+			}
 			fmt.Fprintf(&s, " [%d] %s / %s%s;", i+1, us(x.lat.p50), us(x.lat.p99), extra)
 		}
 		fmt.Fprintln(&s)
@@ -448,9 +451,19 @@ func report(d reportData) string {
 			}
 		}
 		if len(rounds) > 0 {
-			fmt.Fprintf(&s, "%s fell behind the rate (under 90 %% of its requests, twice in a row) in round %s: its figures there are those of the requests it made\n",
+			fmt.Fprintf(&s, "%s fell behind the rate (under 90 %% of its requests on three attempts) in round %s: its figures there are those of the requests it made\n",
 				name, strings.Join(rounds, ", "))
 		}
+	}
+	var steals []float64
+	for _, name := range slices.Concat(tcpPaths, httpPaths, connPaths) {
+		for _, x := range d.perRound[name] {
+			steals = append(steals, 100*x.lat.steal)
+		}
+	}
+	if len(steals) > 0 {
+		fmt.Fprintf(&s, "steal (CPU time the hypervisor took from this machine) during the fixed-rate runs: median %.1f %%, max %.1f %%; rounds at %.0f %% or more are marked\n",
+			middle(slices.Clone(steals)), slices.Max(steals), 100*highSteal)
 	}
 	fmt.Fprintf(&s, "\nztunnel memory (the larger of the two): VmRSS %.1f MiB, VmHWM %.1f MiB at the end (%d capture and release cycles); VmHWM %.1f MiB after the first round\n",
 		float64(d.ztRSS)/(1<<20), float64(d.ztHWM)/(1<<20), d.rounds, float64(d.ztFirstHWM)/(1<<20))
