@@ -66,18 +66,17 @@ func TestSpareSocketsBounded(t *testing.T) {
 	}
 }
 
-// TestDialUsesSpareSockets: one dial creates a batch inside the namespace
-// and keeps the rest; they belong to the namespace (SIOCGSKNS), later dials
-// use them and still connect inside, and Close closes those left.
-func TestDialUsesSpareSockets(t *testing.T) {
-	ctx := context.Background()
-	n := newNetns(t)
-	upLoopback(t, n)
-	ln, err := n.Listen(ctx, 0)
+// serveLoopback sets the namespace's loopback up and serves a listener on it
+// that accepts and closes, telling accepted (buffered; full, it drops) of
+// each connection, until the test ends.
+func serveLoopback(tb testing.TB, n *Netns) (netip.AddrPort, <-chan struct{}) {
+	tb.Helper()
+	upLoopback(tb, n)
+	ln, err := n.Listen(context.Background(), 0)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	defer ln.Close()
+	tb.Cleanup(func() { ln.Close() })
 	accepted := make(chan struct{}, 64)
 	go func() {
 		for {
@@ -86,10 +85,22 @@ func TestDialUsesSpareSockets(t *testing.T) {
 				return
 			}
 			c.Close()
-			accepted <- struct{}{}
+			select {
+			case accepted <- struct{}{}:
+			default:
+			}
 		}
 	}()
-	dst := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(ln.Addr().(*net.TCPAddr).Port))
+	return netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(ln.Addr().(*net.TCPAddr).Port)), accepted
+}
+
+// TestDialUsesSpareSockets: one dial creates a batch inside the namespace
+// and keeps the rest; they belong to the namespace (SIOCGSKNS), later dials
+// use them and still connect inside, and Close closes those left.
+func TestDialUsesSpareSockets(t *testing.T) {
+	ctx := context.Background()
+	n := newNetns(t)
+	dst, accepted := serveLoopback(t, n)
 	d := n.Dialer()
 	d.Timeout = 5 * time.Second
 
@@ -157,22 +168,7 @@ func TestDialUsesSpareSockets(t *testing.T) {
 func BenchmarkDial(b *testing.B) {
 	ctx := context.Background()
 	n := newNetns(b)
-	upLoopback(b, n)
-	ln, err := n.Listen(ctx, 0)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	dst := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(ln.Addr().(*net.TCPAddr).Port))
+	dst, _ := serveLoopback(b, n)
 	for _, batch := range []int{1, socketBatch} {
 		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
 			defer func(v int) { socketBatch = v }(socketBatch)
