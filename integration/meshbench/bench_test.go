@@ -423,8 +423,11 @@ func report(d reportData) string {
 		fmt.Fprintf(&s, "%s %s |\n", row(rs[name], cd), cpu(rs[name]))
 	}
 	fmt.Fprintf(&s, "\nrounds (p50 / p99 µs, then bulk MB/s or max req/s):\n")
+	var behindLines []string
+	var steals []float64
 	for _, name := range slices.Concat(tcpPaths, httpPaths, connPaths) {
 		fmt.Fprintf(&s, "- %-15s", name)
+		var behind []string
 		for i, x := range d.perRound[name] {
 			extra := ""
 			switch {
@@ -435,31 +438,22 @@ func report(d reportData) string {
 			}
 			if x.lat.behind {
 				extra += fmt.Sprintf(" (behind the rate: %d requests)", x.lat.requests)
+				behind = append(behind, strconv.Itoa(i+1))
 			}
 			if x.lat.steal >= highSteal {
 				extra += fmt.Sprintf(" (steal %.0f %%)", 100*x.lat.steal)
 			}
+			steals = append(steals, 100*x.lat.steal)
 			fmt.Fprintf(&s, " [%d] %s / %s%s;", i+1, us(x.lat.p50), us(x.lat.p99), extra)
 		}
 		fmt.Fprintln(&s)
-	}
-	for _, name := range slices.Concat(tcpPaths, httpPaths, connPaths) {
-		var rounds []string
-		for i, x := range d.perRound[name] {
-			if x.lat.behind {
-				rounds = append(rounds, strconv.Itoa(i+1))
-			}
-		}
-		if len(rounds) > 0 {
-			fmt.Fprintf(&s, "%s fell behind the rate (under 90 %% of its requests on three attempts) in round %s: its figures there are those of the requests it made\n",
-				name, strings.Join(rounds, ", "))
+		if len(behind) > 0 {
+			behindLines = append(behindLines, fmt.Sprintf("%s fell behind the rate (under 90 %% of its requests on three attempts) in round %s: its figures there are those of the requests it made\n",
+				name, strings.Join(behind, ", ")))
 		}
 	}
-	var steals []float64
-	for _, name := range slices.Concat(tcpPaths, httpPaths, connPaths) {
-		for _, x := range d.perRound[name] {
-			steals = append(steals, 100*x.lat.steal)
-		}
+	for _, l := range behindLines {
+		s.WriteString(l)
 	}
 	if len(steals) > 0 {
 		fmt.Fprintf(&s, "steal (CPU time the hypervisor took from this machine) during the fixed-rate runs: median %.1f %%, max %.1f %%; rounds at %.0f %% or more are marked\n",

@@ -2,7 +2,6 @@ package redirect
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"sync"
 
@@ -71,13 +70,6 @@ func (s *spareSockets) put(family int, fds []int) {
 	}
 }
 
-// count returns how many sockets of the family are kept.
-func (s *spareSockets) count(family int) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(*s.list(family))
-}
-
 // close closes every spare socket; later puts close theirs.
 func (s *spareSockets) close() {
 	s.mu.Lock()
@@ -115,9 +107,6 @@ func (n *Netns) socket(ctx context.Context, family int) (int, error) {
 			_ = unix.Close(fd)
 		}
 		return -1, err
-	}
-	if len(fds) == 0 {
-		return -1, fmt.Errorf("redirect: no socket created in %s", n)
 	}
 	n.spare.put(family, fds[1:])
 	return fds[0], nil

@@ -11,6 +11,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// count returns how many sockets of the family are kept.
+func (s *spareSockets) count(family int) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(*s.list(family))
+}
+
 // isOpen reports whether fd is an open descriptor.
 func isOpen(fd int) bool {
 	_, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
