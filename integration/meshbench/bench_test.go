@@ -4,6 +4,7 @@ package meshbench
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -50,7 +51,8 @@ var (
 // between the same two pods in one run (see the package documentation):
 // five rounds of every path ($AMBIT_BENCH_ROUNDS sets another number), so
 // that the paths interleave in time, and the median round of each figure
-// is reported. It runs once whatever b.N is: the figures come from fortio
+// is reported. Within a round each Ambit path runs next to its baseline,
+// and every other round runs the paths in reverse order. It runs once whatever b.N is: the figures come from fortio
 // and the bulk transfers, not from b.N iterations. The report is printed, and also written to the file named by
 // $AMBIT_BENCH_REPORT when set.
 func BenchmarkPaths(b *testing.B) {
@@ -151,7 +153,7 @@ func BenchmarkPaths(b *testing.B) {
 		}
 		return rss, hwm
 	}
-	var firstHWM int64 // after the first mesh path: one capture of each pod
+	var firstHWM int64 // after the first round
 
 	// ambit: the path runs through Ambit's processes (the ztunnels).
 	ambit := func(procs []*process) bool { return slices.Contains(procs, z0.proc) }
@@ -212,59 +214,91 @@ func BenchmarkPaths(b *testing.B) {
 		return wp.requests(b, clientID, `destination_workload="server"`, `response_code="200"`)
 	}
 
-	perRound := map[string][]result{}
-	for round := range rounds {
-		if round > 0 {
-			capture(false)
-		}
-		perRound["direct"] = append(perRound["direct"], measure(round, "direct", echoDst, sinkDst, nil))
-		perRound["haproxy"] = append(perRound["haproxy"], measure(round, "haproxy", hpEcho, hpSink, hp))
-		perRound["http-direct"] = append(perRound["http-direct"], measureHTTP(round, "http-direct", httpDirect, nil, true))
-		perRound["http-haproxy-l7"] = append(perRound["http-haproxy-l7"],
-			measureHTTP(round, "http-haproxy-l7", httpHAProxy, []*process{hl7}, false))
-		perRound["conn-direct"] = append(perRound["conn-direct"], measureConns(round, "conn-direct", httpDirect, nil))
-		perRound["conn-haproxy"] = append(perRound["conn-haproxy"], measureConns(round, "conn-haproxy", httpPair, hp))
-
-		capture(true)
-		tunnels0 := z1.mtlsConnections(b)
-		perRound["mesh"] = append(perRound["mesh"], measure(round, "mesh", echoDst, sinkDst, zt))
-		if got := z1.mtlsConnections(b) - tunnels0; got < loadConns+1 {
-			b.Fatalf("round %d: the server's ztunnel accepted %v mutual-TLS tunnels during the mesh path, want at least %d: traffic bypassed the mesh", round, got, loadConns+1)
-		}
-
+	// The paths of a round, in order; odd rounds run them in reverse, so
+	// that each Ambit path and its baseline (the mesh and the HAProxy pair,
+	// the waypoint and the L7 HAProxy) run next to each other and neither
+	// always comes first. captured: the path needs the pods in the mesh;
+	// the namespace is enrolled or released between paths as needed (three
+	// times a round).
+	type step struct {
+		name     string
+		captured bool
+		run      func(round int) result
+	}
+	schedule := []step{
+		{"direct", false, func(round int) result { return measure(round, "direct", echoDst, sinkDst, nil) }},
+		{"haproxy", false, func(round int) result { return measure(round, "haproxy", hpEcho, hpSink, hp) }},
+		{"mesh", true, func(round int) result {
+			tunnels0 := z1.mtlsConnections(b)
+			r := measure(round, "mesh", echoDst, sinkDst, zt)
+			if got := z1.mtlsConnections(b) - tunnels0; got < loadConns+1 {
+				b.Fatalf("round %d: the server's ztunnel accepted %v mutual-TLS tunnels during the mesh path, want at least %d: traffic bypassed the mesh", round, got, loadConns+1)
+			}
+			return r
+		}},
 		// http-l4: tunnels from the client's identity, none through the
 		// waypoint.
-		tunnels0, served0 := z1.mtlsConnections(b, clientID), wp.requests(b)
-		perRound["http-l4"] = append(perRound["http-l4"], measureHTTP(round, "http-l4", httpDirect, zt, true))
-		if got := z1.mtlsConnections(b, clientID) - tunnels0; got < loadConns {
-			b.Fatalf("round %d: the server's ztunnel accepted %v mutual-TLS tunnels from the client during http-l4, want at least %d: traffic bypassed the mesh", round, got, loadConns)
-		}
-		if got := wp.requests(b) - served0; got != 0 {
-			b.Fatalf("round %d: the waypoint served %v requests during http-l4, want none", round, got)
-		}
-
-		// conn-mesh: every connection a tunnel of its own (a stream of
-		// the pooled HBONE connection).
-		tunnels0 = z1.mtlsConnections(b, clientID)
-		stopProfiles := profileZtunnels(b, round, "conn-mesh", z0, z1)
-		r := measureConns(round, "conn-mesh", httpDirect, zt)
-		stopProfiles()
-		perRound["conn-mesh"] = append(perRound["conn-mesh"], r)
-		if got := z1.mtlsConnections(b, clientID) - tunnels0; got < float64(r.lat.requests) {
-			b.Fatalf("round %d: the server's ztunnel accepted %v tunnels from the client during conn-mesh, want at least %d (one per request): traffic bypassed the mesh", round, got, r.lat.requests)
-		}
-
+		{"http-l4", true, func(round int) result {
+			tunnels0, served0 := z1.mtlsConnections(b, clientID), wp.requests(b)
+			r := measureHTTP(round, "http-l4", httpDirect, zt, true)
+			if got := z1.mtlsConnections(b, clientID) - tunnels0; got < loadConns {
+				b.Fatalf("round %d: the server's ztunnel accepted %v mutual-TLS tunnels from the client during http-l4, want at least %d: traffic bypassed the mesh", round, got, loadConns)
+			}
+			if got := wp.requests(b) - served0; got != 0 {
+				b.Fatalf("round %d: the waypoint served %v requests during http-l4, want none", round, got)
+			}
+			return r
+		}},
 		// http-waypoint: every request counted by the waypoint as coming
 		// from the client's identity and answered 200 by the server pod.
-		served0, before := wpServed(), maxRequests["http-waypoint"]
-		r = measureHTTP(round, "http-waypoint", httpWaypoint, []*process{z0.proc, z1.proc, wp.proc}, true)
-		perRound["http-waypoint"] = append(perRound["http-waypoint"], r)
-		want := float64(r.lat.requests + maxRequests["http-waypoint"] - before)
-		if got := wpServed() - served0; got < want {
-			b.Fatalf("round %d: the waypoint counted %v requests from the client answered 200 by the server during http-waypoint, want at least %v (fortio's): traffic bypassed the waypoint", round, got, want)
+		{"http-waypoint", true, func(round int) result {
+			served0, before := wpServed(), maxRequests["http-waypoint"]
+			r := measureHTTP(round, "http-waypoint", httpWaypoint, []*process{z0.proc, z1.proc, wp.proc}, true)
+			want := float64(r.lat.requests + maxRequests["http-waypoint"] - before)
+			if got := wpServed() - served0; got < want {
+				b.Fatalf("round %d: the waypoint counted %v requests from the client answered 200 by the server during http-waypoint, want at least %v (fortio's): traffic bypassed the waypoint", round, got, want)
+			}
+			if got := z1.mtlsConnections(b, wpID); got < 1 {
+				b.Fatalf("round %d: the server's ztunnel never accepted a tunnel from the waypoint", round)
+			}
+			return r
+		}},
+		{"http-direct", false, func(round int) result { return measureHTTP(round, "http-direct", httpDirect, nil, true) }},
+		{"http-haproxy-l7", false, func(round int) result {
+			return measureHTTP(round, "http-haproxy-l7", httpHAProxy, []*process{hl7}, false)
+		}},
+		{"conn-direct", false, func(round int) result { return measureConns(round, "conn-direct", httpDirect, nil) }},
+		{"conn-haproxy", false, func(round int) result { return measureConns(round, "conn-haproxy", httpPair, hp) }},
+		// conn-mesh: every connection a tunnel of its own (a stream of the
+		// pooled HBONE connection).
+		{"conn-mesh", true, func(round int) result {
+			tunnels0 := z1.mtlsConnections(b, clientID)
+			stopProfiles := profileZtunnels(b, round, "conn-mesh", z0, z1)
+			r := measureConns(round, "conn-mesh", httpDirect, zt)
+			stopProfiles()
+			if got := z1.mtlsConnections(b, clientID) - tunnels0; got < float64(r.lat.requests) {
+				b.Fatalf("round %d: the server's ztunnel accepted %v tunnels from the client during conn-mesh, want at least %d (one per request): traffic bypassed the mesh", round, got, r.lat.requests)
+			}
+			return r
+		}},
+	}
+
+	perRound := map[string][]result{}
+	captured, captures := false, 0
+	for round := range rounds {
+		order := slices.Clone(schedule)
+		if round%2 == 1 {
+			slices.Reverse(order)
 		}
-		if got := z1.mtlsConnections(b, wpID); got < 1 {
-			b.Fatalf("round %d: the server's ztunnel never accepted a tunnel from the waypoint", round)
+		for _, st := range order {
+			if st.captured != captured {
+				capture(st.captured)
+				captured = st.captured
+				if captured {
+					captures++
+				}
+			}
+			perRound[st.name] = append(perRound[st.name], st.run(round))
 		}
 		if round == 0 {
 			_, firstHWM = ztMemory()
@@ -272,7 +306,7 @@ func BenchmarkPaths(b *testing.B) {
 	}
 	rss, hwm := ztMemory()
 	wpRSS, wpHWM := memory(b, wp.proc.pid())
-	d := reportData{rounds: rounds, perRound: perRound, results: map[string]result{}, ztRSS: rss, ztHWM: hwm, ztFirstHWM: firstHWM,
+	d := reportData{rounds: rounds, perRound: perRound, results: map[string]result{}, ztRSS: rss, ztHWM: hwm, ztFirstHWM: firstHWM, captures: captures,
 		wpRSS: wpRSS, wpHWM: wpHWM, load0: load0, load1: loadAvg(), took: time.Since(begin)}
 	for _, name := range slices.Concat(tcpPaths, httpPaths, connPaths) {
 		d.results[name] = median(perRound[name])
@@ -359,6 +393,7 @@ type reportData struct {
 	perRound     map[string][]result
 	ztRSS, ztHWM int64
 	ztFirstHWM   int64
+	captures     int // times the pods were captured (each released after)
 	wpRSS, wpHWM int64
 	load0, load1 string
 	took         time.Duration
@@ -370,7 +405,7 @@ func report(d reportData) string {
 	fmt.Fprintf(&s, "\nAmbit data-plane benchmark (integration/meshbench), %s\n", time.Now().UTC().Format(time.RFC3339))
 	fmt.Fprintf(&s, "load: fortio, %d B requests, %d qps, %d connections, -uniform -nocatchup -r 0.00001, %v per path and round; TCP: echo; HTTP: POST echoed by fortio's HTTP server; bulk: %d MiB single stream; max req/s: -qps 0 -c %d for %v\n",
 		payloadSize, loadQPS, loadConns, loadDuration, bulkBytes>>20, maxConns, maxDuration)
-	fmt.Fprintf(&s, "%d rounds of every path; each figure is the median round (CPU: total over all rounds)\n", d.rounds)
+	fmt.Fprintf(&s, "%d rounds of every path (every other round in reverse order); each figure is the median round (CPU: total over all rounds)\n", d.rounds)
 	fmt.Fprintf(&s, "machine: %d CPUs; load average before %s, after %s; took %v\n\n", runtime.NumCPU(), d.load0, d.load1, d.took.Round(time.Second))
 	us := func(t time.Duration) string { return fmt.Sprintf("%.0f", float64(t)/1e3) }
 	added := func(r, base result) (string, string) {
@@ -459,8 +494,8 @@ func report(d reportData) string {
 		fmt.Fprintf(&s, "steal (CPU time the hypervisor took from this machine) during the fixed-rate runs: median %.1f %%, max %.1f %%; rounds at %.0f %% or more are marked\n",
 			middle(slices.Clone(steals)), slices.Max(steals), 100*highSteal)
 	}
-	fmt.Fprintf(&s, "\nztunnel memory (the larger of the two): VmRSS %.1f MiB, VmHWM %.1f MiB at the end (%d capture and release cycles); VmHWM %.1f MiB after the first round\n",
-		float64(d.ztRSS)/(1<<20), float64(d.ztHWM)/(1<<20), d.rounds, float64(d.ztFirstHWM)/(1<<20))
+	fmt.Fprintf(&s, "\nztunnel memory (the larger of the two): VmRSS %.1f MiB, VmHWM %.1f MiB at the end (the pods captured and released %d times); VmHWM %.1f MiB after the first round\n",
+		float64(d.ztRSS)/(1<<20), float64(d.ztHWM)/(1<<20), d.captures, float64(d.ztFirstHWM)/(1<<20))
 	w, l4, hl7 := rs["http-waypoint"], rs["http-l4"], rs["http-haproxy-l7"]
 	wpVCPU := w.wpCPU.Seconds() / w.wall.Seconds()
 	fmt.Fprintf(&s, "waypoint: VmRSS %.1f MiB, VmHWM %.1f MiB (%.1f MB) at the end; the waypoint process alone: %.3f CPU-s per 1000 req, %.3f vCPU at %d req/s\n",
@@ -477,18 +512,24 @@ func report(d reportData) string {
 	h, m := rs["haproxy"], rs["mesh"]
 	// Round by round (each round has its own direct baseline): how often
 	// the mesh added less than the pair, and by how much (mesh added minus
-	// pair added: negative is the mesh ahead).
-	diffs := func(mesh, pair string, pct func(latency) time.Duration) []time.Duration {
-		var ds []time.Duration
+	// pair added: negative is the mesh ahead), and whether the hypervisor
+	// took the CPUs during either run.
+	diffs := func(mesh, pair string, pct func(latency) time.Duration) []pairedRound {
+		var ps []pairedRound
 		for i := range d.perRound[mesh] {
-			ds = append(ds, pct(d.perRound[mesh][i].lat)-pct(d.perRound[pair][i].lat))
+			ml, pl := d.perRound[mesh][i].lat, d.perRound[pair][i].lat
+			ps = append(ps, pairedRound{pct(ml) - pct(pl), max(ml.steal, pl.steal) >= highSteal})
 		}
-		return ds
+		return ps
 	}
 	p50 := func(l latency) time.Duration { return l.p50 }
 	p99 := func(l latency) time.Duration { return l.p99 }
-	fmt.Fprintf(&s, "mesh vs the HAProxy pair, round by round: %s; %s\n",
-		pairedSummary("p50", diffs("mesh", "haproxy", p50)), pairedSummary("p99", diffs("mesh", "haproxy", p99)))
+	r50, r99 := diffs("mesh", "haproxy", p50), diffs("mesh", "haproxy", p99)
+	fmt.Fprintf(&s, "mesh vs the HAProxy pair, round by round: %s; %s\n", pairedSummary("p50", r50), pairedSummary("p99", r99))
+	if c50 := calm(r50); len(c50) < len(r50) {
+		fmt.Fprintf(&s, "  without the %d rounds where either ran under steal: %s; %s\n",
+			len(r50)-len(c50), pairedSummary("p50", c50), pairedSummary("p99", calm(r99)))
+	}
 	cm, ch := rs["conn-mesh"], rs["conn-haproxy"]
 	fmt.Fprintf(&s, "a new connection per request, mesh vs the HAProxy pair: p50 added %s vs %s µs, p99 added %s vs %s µs, CPU %.3f vs %.3f per 1000 connections; round by round: %s; %s\n",
 		us(cm.lat.p50-cd.lat.p50), us(ch.lat.p50-cd.lat.p50), us(cm.lat.p99-cd.lat.p99), us(ch.lat.p99-cd.lat.p99),
@@ -516,23 +557,52 @@ func report(d reportData) string {
 	return s.String()
 }
 
-// pairedSummary describes per-round differences of the mesh's added latency
-// minus the pair's (each round's direct baseline cancels out): in how many
-// rounds the mesh was ahead, the median difference and its range.
-func pairedSummary(what string, ds []time.Duration) string {
-	if len(ds) == 0 {
+// pairedRound is one round's difference of the mesh's added latency minus
+// the pair's (each round's direct baseline cancels out; negative: the mesh
+// ahead), and whether either run had a high steal share.
+type pairedRound struct {
+	d     time.Duration
+	steal bool
+}
+
+// calm is ps without the rounds under steal.
+func calm(ps []pairedRound) []pairedRound {
+	return slices.DeleteFunc(slices.Clone(ps), func(p pairedRound) bool { return p.steal })
+}
+
+// pairedSummary describes per-round differences: in how many rounds the
+// mesh was ahead, how unlikely that many is if neither path were faster
+// (a one-sided sign test), the median difference and its range.
+func pairedSummary(what string, ps []pairedRound) string {
+	if len(ps) == 0 {
 		return what + ": no rounds"
 	}
-	v := make([]float64, len(ds))
-	ahead := 0
-	for i, x := range ds {
-		v[i] = float64(x) / 1e3
-		if x < 0 {
+	v := make([]float64, len(ps))
+	ahead, ties := 0, 0
+	for i, p := range ps {
+		v[i] = float64(p.d) / 1e3
+		switch {
+		case p.d < 0:
 			ahead++
+		case p.d == 0:
+			ties++
 		}
 	}
-	return fmt.Sprintf("added less %s in %d of %d rounds (mesh minus pair: median %+.0f µs, range %+.0f to %+.0f)",
-		what, ahead, len(ds), middle(v), slices.Min(v), slices.Max(v))
+	return fmt.Sprintf("added less %s in %d of %d rounds (sign test p = %.3f; mesh minus pair: median %+.0f µs, range %+.0f to %+.0f)",
+		what, ahead, len(ps), signTest(ahead, len(ps)-ties), middle(v), slices.Min(v), slices.Max(v))
+}
+
+// signTest is the one-sided sign test's p-value: the chance of at least k
+// wins in n rounds (ties left out) if each side were as likely to win.
+func signTest(k, n int) float64 {
+	p, c := 0.0, 1.0 // c: n choose i
+	for i := range n + 1 {
+		if i >= k {
+			p += c
+		}
+		c = c * float64(n-i) / float64(i+1)
+	}
+	return p / math.Pow(2, float64(n))
 }
 
 // middle is the median of v (the mean of the two middle values when their
