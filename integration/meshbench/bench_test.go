@@ -4,6 +4,7 @@ package meshbench
 
 import (
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -285,6 +286,16 @@ func BenchmarkPaths(b *testing.B) {
 
 	perRound := map[string][]result{}
 	captured, captures := false, 0
+	// Where the ztunnels' peak memory rises: after each round, and how
+	// much during each path (or enrolment, or release).
+	var roundHWM []int64
+	hwmRise := map[string]int64{}
+	_, hwm0 := ztMemory()
+	rise := func(what string) {
+		_, h := ztMemory()
+		hwmRise[what] += h - hwm0
+		hwm0 = h
+	}
 	for round := range rounds {
 		order := slices.Clone(schedule)
 		if round%2 == 1 {
@@ -296,17 +307,22 @@ func BenchmarkPaths(b *testing.B) {
 				captured = st.captured
 				if captured {
 					captures++
+					rise("enrolment")
+				} else {
+					rise("release")
 				}
 			}
 			perRound[st.name] = append(perRound[st.name], st.run(round))
+			rise(st.name)
 		}
 		if round == 0 {
-			_, firstHWM = ztMemory()
+			firstHWM = hwm0
 		}
+		roundHWM = append(roundHWM, hwm0)
 	}
 	rss, hwm := ztMemory()
 	wpRSS, wpHWM := memory(b, wp.proc.pid())
-	d := reportData{rounds: rounds, perRound: perRound, results: map[string]result{}, ztRSS: rss, ztHWM: hwm, ztFirstHWM: firstHWM, captures: captures,
+	d := reportData{rounds: rounds, perRound: perRound, results: map[string]result{}, ztRSS: rss, ztHWM: hwm, ztFirstHWM: firstHWM, captures: captures, roundHWM: roundHWM, hwmRise: hwmRise,
 		wpRSS: wpRSS, wpHWM: wpHWM, load0: load0, load1: loadAvg(), took: time.Since(begin)}
 	for _, name := range slices.Concat(tcpPaths, httpPaths, connPaths) {
 		d.results[name] = median(perRound[name])
@@ -393,7 +409,9 @@ type reportData struct {
 	perRound     map[string][]result
 	ztRSS, ztHWM int64
 	ztFirstHWM   int64
-	captures     int // times the pods were captured (each released after)
+	captures     int              // times the pods were captured (each released after)
+	roundHWM     []int64          // ztunnel VmHWM after each round
+	hwmRise      map[string]int64 // how much ztunnel's VmHWM rose during each path, enrolment or release
 	wpRSS, wpHWM int64
 	load0, load1 string
 	took         time.Duration
@@ -496,6 +514,19 @@ func report(d reportData) string {
 	}
 	fmt.Fprintf(&s, "\nztunnel memory (the larger of the two): VmRSS %.1f MiB, VmHWM %.1f MiB at the end (the pods captured and released %d times); VmHWM %.1f MiB after the first round\n",
 		float64(d.ztRSS)/(1<<20), float64(d.ztHWM)/(1<<20), d.captures, float64(d.ztFirstHWM)/(1<<20))
+	if len(d.roundHWM) > 0 {
+		fmt.Fprintf(&s, "ztunnel VmHWM after each round (MiB):")
+		for _, h := range d.roundHWM {
+			fmt.Fprintf(&s, " %.1f", float64(h)/(1<<20))
+		}
+		var rises []string
+		for _, what := range slices.Sorted(maps.Keys(d.hwmRise)) {
+			if r := d.hwmRise[what]; r > 0 {
+				rises = append(rises, fmt.Sprintf("%s %.1f", what, float64(r)/(1<<20)))
+			}
+		}
+		fmt.Fprintf(&s, "; it rose during (MiB, from the start of the first round): %s\n", strings.Join(rises, ", "))
+	}
 	w, l4, hl7 := rs["http-waypoint"], rs["http-l4"], rs["http-haproxy-l7"]
 	wpVCPU := w.wpCPU.Seconds() / w.wall.Seconds()
 	fmt.Fprintf(&s, "waypoint: VmRSS %.1f MiB, VmHWM %.1f MiB (%.1f MB) at the end; the waypoint process alone: %.3f CPU-s per 1000 req, %.3f vCPU at %d req/s\n",
