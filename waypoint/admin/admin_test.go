@@ -76,6 +76,14 @@ func TestMetricsHandler(t *testing.T) {
 	if code, body := get(t, MetricsHandler(reg), "/metrics"); code != 200 || !strings.Contains(body, "test_total 3") {
 		t.Fatalf("metrics: %d %q", code, body)
 	}
+	// Not compressed even when the scraper offers gzip.
+	req := httptest.NewRequest("GET", "/metrics", nil)
+	req.Header.Set("Accept-Encoding", "gzip")
+	rec := httptest.NewRecorder()
+	MetricsHandler(reg).ServeHTTP(rec, req)
+	if ce := rec.Header().Get("Content-Encoding"); rec.Code != 200 || ce != "" || !strings.Contains(rec.Body.String(), "test_total 3") {
+		t.Fatalf("metrics with Accept-Encoding gzip: %d, Content-Encoding %q, %q", rec.Code, ce, rec.Body.String())
+	}
 }
 
 func TestAdminHandler(t *testing.T) {

@@ -90,6 +90,19 @@ func TestEndpointsWithoutController(t *testing.T) {
 	if code != 200 || !strings.Contains(body, "ztunnel_xds_connected 0") || !strings.Contains(body, "ztunnel_enrolled_pods 0") {
 		t.Errorf("metrics: %d\n%s", code, body)
 	}
+	// Not compressed even when the scraper offers gzip (a gzip writer
+	// allocates about 1 MiB per scrape).
+	req, _ := http.NewRequest("GET", "http://"+d.HTTPAddr("metrics").String()+"/metrics", nil)
+	req.Header.Set("Accept-Encoding", "gzip")
+	if resp, err := http.DefaultClient.Do(req); err != nil {
+		t.Errorf("metrics with Accept-Encoding gzip: %v", err)
+	} else {
+		raw, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if ce := resp.Header.Get("Content-Encoding"); ce != "" || !strings.Contains(string(raw), "ztunnel_enrolled_pods 0") {
+			t.Errorf("metrics with Accept-Encoding gzip: Content-Encoding %q, %.200q", ce, raw)
+		}
+	}
 	code, body = get(t, "http://"+d.HTTPAddr("admin").String()+"/config_dump")
 	var dump ConfigDump
 	if err := json.Unmarshal([]byte(body), &dump); code != 200 || err != nil || dump.Node != "node-a" {

@@ -23,7 +23,10 @@ func (d *Daemon) httpHandler(name string) http.Handler {
 	mux := http.NewServeMux()
 	switch name {
 	case "metrics":
-		prom := promhttp.HandlerFor(d.metrics.Registry, promhttp.HandlerOpts{})
+		// Uncompressed: a gzip writer allocates about 1 MiB per scrape
+		// (the deflate tables), which raised ztunnel's peak memory by as
+		// much; the text is a few KiB to tens of KiB.
+		prom := promhttp.HandlerFor(d.metrics.Registry, promhttp.HandlerOpts{DisableCompression: true})
 		mux.Handle("GET /metrics", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			d.UpdateHealthMetrics()
 			prom.ServeHTTP(w, r)
