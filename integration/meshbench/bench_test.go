@@ -53,9 +53,10 @@ var (
 // five rounds of every path ($AMBIT_BENCH_ROUNDS sets another number), so
 // that the paths interleave in time, and the median round of each figure
 // is reported. Within a round each Ambit path runs next to its baseline,
-// and every other round runs the paths in reverse order. It runs once whatever b.N is: the figures come from fortio
-// and the bulk transfers, not from b.N iterations. The report is printed, and also written to the file named by
-// $AMBIT_BENCH_REPORT when set.
+// and every other round runs the paths in reverse order. It runs once
+// whatever b.N is: the figures come from fortio and the bulk transfers,
+// not from b.N iterations. The report is printed, and also written to the
+// file named by $AMBIT_BENCH_REPORT when set.
 func BenchmarkPaths(b *testing.B) {
 	tier.RequireRoot(b)
 	rounds := benchRounds(b)
@@ -409,7 +410,7 @@ type reportData struct {
 	perRound     map[string][]result
 	ztRSS, ztHWM int64
 	ztFirstHWM   int64
-	captures     int              // times the pods were captured (each released after)
+	captures     int              // times the pods were enrolled
 	roundHWM     []int64          // ztunnel VmHWM after each round
 	hwmRise      map[string]int64 // how much ztunnel's VmHWM rose during each path, enrolment or release
 	wpRSS, wpHWM int64
@@ -512,7 +513,7 @@ func report(d reportData) string {
 		fmt.Fprintf(&s, "steal (CPU time the hypervisor took from this machine) during the fixed-rate runs: median %.1f %%, max %.1f %%; rounds at %.0f %% or more are marked\n",
 			middle(slices.Clone(steals)), slices.Max(steals), 100*highSteal)
 	}
-	fmt.Fprintf(&s, "\nztunnel memory (the larger of the two): VmRSS %.1f MiB, VmHWM %.1f MiB at the end (the pods captured and released %d times); VmHWM %.1f MiB after the first round\n",
+	fmt.Fprintf(&s, "\nztunnel memory (the larger of the two): VmRSS %.1f MiB, VmHWM %.1f MiB at the end (after %d enrolments of the pods); VmHWM %.1f MiB after the first round\n",
 		float64(d.ztRSS)/(1<<20), float64(d.ztHWM)/(1<<20), d.captures, float64(d.ztFirstHWM)/(1<<20))
 	if len(d.roundHWM) > 0 {
 		fmt.Fprintf(&s, "ztunnel VmHWM after each round (MiB):")
