@@ -155,7 +155,6 @@ func BenchmarkPaths(b *testing.B) {
 		}
 		return rss, hwm
 	}
-	var firstHWM int64 // after the first round
 
 	// ambit: the path runs through Ambit's processes (the ztunnels).
 	ambit := func(procs []*process) bool { return slices.Contains(procs, z0.proc) }
@@ -316,14 +315,11 @@ func BenchmarkPaths(b *testing.B) {
 			perRound[st.name] = append(perRound[st.name], st.run(round))
 			rise(st.name)
 		}
-		if round == 0 {
-			firstHWM = hwm0
-		}
 		roundHWM = append(roundHWM, hwm0)
 	}
 	rss, hwm := ztMemory()
 	wpRSS, wpHWM := memory(b, wp.proc.pid())
-	d := reportData{rounds: rounds, perRound: perRound, results: map[string]result{}, ztRSS: rss, ztHWM: hwm, ztFirstHWM: firstHWM, captures: captures, roundHWM: roundHWM, hwmRise: hwmRise,
+	d := reportData{rounds: rounds, perRound: perRound, results: map[string]result{}, ztRSS: rss, ztHWM: hwm, captures: captures, roundHWM: roundHWM, hwmRise: hwmRise,
 		wpRSS: wpRSS, wpHWM: wpHWM, load0: load0, load1: loadAvg(), took: time.Since(begin)}
 	for _, name := range slices.Concat(tcpPaths, httpPaths, connPaths) {
 		d.results[name] = median(perRound[name])
@@ -359,7 +355,7 @@ func BenchmarkPaths(b *testing.B) {
 	}
 	b.ReportMetric(float64(rss)/(1<<20), "ztunnel-rss-MiB")
 	b.ReportMetric(float64(hwm)/(1<<20), "ztunnel-hwm-MiB")
-	b.ReportMetric(float64(firstHWM)/(1<<20), "ztunnel-hwm-first-round-MiB")
+	b.ReportMetric(float64(roundHWM[0])/(1<<20), "ztunnel-hwm-first-round-MiB")
 	w := d.results["http-waypoint"]
 	b.ReportMetric(w.wpCPU.Seconds()/w.wall.Seconds(), "waypoint-vCPU")
 	b.ReportMetric(w.wpCPU.Seconds()/(float64(w.requests)/1000), "waypoint-cpu-s/1000req")
@@ -409,9 +405,8 @@ type reportData struct {
 	results      map[string]result // median of the rounds
 	perRound     map[string][]result
 	ztRSS, ztHWM int64
-	ztFirstHWM   int64
 	captures     int              // times the pods were enrolled
-	roundHWM     []int64          // ztunnel VmHWM after each round
+	roundHWM     []int64          // ztunnel VmHWM after each round (one at least)
 	hwmRise      map[string]int64 // how much ztunnel's VmHWM rose during each path, enrolment or release
 	wpRSS, wpHWM int64
 	load0, load1 string
@@ -514,20 +509,18 @@ func report(d reportData) string {
 			middle(slices.Clone(steals)), slices.Max(steals), 100*highSteal)
 	}
 	fmt.Fprintf(&s, "\nztunnel memory (the larger of the two): VmRSS %.1f MiB, VmHWM %.1f MiB at the end (after %d enrolments of the pods); VmHWM %.1f MiB after the first round\n",
-		float64(d.ztRSS)/(1<<20), float64(d.ztHWM)/(1<<20), d.captures, float64(d.ztFirstHWM)/(1<<20))
-	if len(d.roundHWM) > 0 {
-		fmt.Fprintf(&s, "ztunnel VmHWM after each round (MiB):")
-		for _, h := range d.roundHWM {
-			fmt.Fprintf(&s, " %.1f", float64(h)/(1<<20))
-		}
-		var rises []string
-		for _, what := range slices.Sorted(maps.Keys(d.hwmRise)) {
-			if r := d.hwmRise[what]; r > 0 {
-				rises = append(rises, fmt.Sprintf("%s %.1f", what, float64(r)/(1<<20)))
-			}
-		}
-		fmt.Fprintf(&s, "; it rose during (MiB, from the start of the first round): %s\n", strings.Join(rises, ", "))
+		float64(d.ztRSS)/(1<<20), float64(d.ztHWM)/(1<<20), d.captures, float64(d.roundHWM[0])/(1<<20))
+	fmt.Fprintf(&s, "ztunnel VmHWM after each round (MiB):")
+	for _, h := range d.roundHWM {
+		fmt.Fprintf(&s, " %.1f", float64(h)/(1<<20))
 	}
+	var rises []string
+	for _, what := range slices.Sorted(maps.Keys(d.hwmRise)) {
+		if r := d.hwmRise[what]; r > 0 {
+			rises = append(rises, fmt.Sprintf("%s %.1f", what, float64(r)/(1<<20)))
+		}
+	}
+	fmt.Fprintf(&s, "; it rose during (MiB, from the start of the first round): %s\n", strings.Join(rises, ", "))
 	w, l4, hl7 := rs["http-waypoint"], rs["http-l4"], rs["http-haproxy-l7"]
 	wpVCPU := w.wpCPU.Seconds() / w.wall.Seconds()
 	fmt.Fprintf(&s, "waypoint: VmRSS %.1f MiB, VmHWM %.1f MiB (%.1f MB) at the end; the waypoint process alone: %.3f CPU-s per 1000 req, %.3f vCPU at %d req/s\n",
