@@ -4,6 +4,7 @@ package meshbench
 
 import (
 	"math"
+	"strings"
 	"testing"
 	"time"
 )
@@ -96,5 +97,108 @@ func TestStealShare(t *testing.T) {
 	steal, total := machineTicks()
 	if total <= 0 || steal < 0 || steal > total {
 		t.Errorf("machineTicks: steal %d of %d", steal, total)
+	}
+}
+
+// TestPairedLead: the latency goal needs both a sign test below 0.05 and
+// a median per-round difference below zero; ties are left out of the test.
+func TestPairedLead(t *testing.T) {
+	us := time.Microsecond
+	rounds := func(ahead, behind, ties int, by time.Duration) []pairedRound {
+		var ps []pairedRound
+		for range ahead {
+			ps = append(ps, pairedRound{d: -by})
+		}
+		for range behind {
+			ps = append(ps, pairedRound{d: by})
+		}
+		for range ties {
+			ps = append(ps, pairedRound{})
+		}
+		return ps
+	}
+	for _, c := range []struct {
+		name string
+		ps   []pairedRound
+		ok   bool
+		why  string
+	}{
+		{"none", nil, false, "no rounds"},
+		{"12 of 15", rounds(12, 3, 0, 20*us), true, "ahead in 12 of 15 rounds, sign test p = 0.018 < 0.05, median per-round difference -20 µs"},
+		{"11 of 15", rounds(11, 4, 0, 20*us), false, "ahead in 11 of 15 rounds, sign test p = 0.059 >= 0.05, median per-round difference -20 µs"},
+		{"37 of 60", rounds(37, 23, 0, 5*us), true, "ahead in 37 of 60 rounds, sign test p = 0.046 < 0.05, median per-round difference -5 µs"},
+		{"behind", rounds(3, 12, 0, 20*us), false, "ahead in 3 of 15 rounds, sign test p = 0.996 >= 0.05, median per-round difference +20 µs"},
+		// 5 of 5 decided rounds ahead (p 0.031) but the ties make the median zero.
+		{"ties", rounds(5, 0, 6, 20*us), false, "ahead in 5 of 11 rounds, sign test p = 0.031 < 0.05, median per-round difference +0 µs"},
+	} {
+		ok, why := pairedLead(c.ps)
+		if ok != c.ok || why != c.why {
+			t.Errorf("%s: pairedLead = %v, %q; want %v, %q", c.name, ok, why, c.ok, c.why)
+		}
+	}
+}
+
+func TestParsePaths(t *testing.T) {
+	all, err := parsePaths("")
+	if err != nil || len(all) != len(tcpPaths)+len(httpPaths)+len(connPaths) {
+		t.Fatalf("parsePaths(\"\") = %v, %v; want every path", all, err)
+	}
+	tcp, err := parsePaths("direct, haproxy,mesh")
+	if err != nil || len(tcp) != 3 || !tcp["direct"] || !tcp["haproxy"] || !tcp["mesh"] {
+		t.Errorf("parsePaths(tcp) = %v, %v", tcp, err)
+	}
+	for v, want := range map[string]string{
+		"direct,mesh,bogus": `unknown path "bogus"`,
+		"haproxy,mesh":      "haproxy needs its baseline direct in the list",
+		"direct,http-l4":    "http-l4 needs its baseline http-direct in the list",
+		"conn-mesh":         "conn-mesh needs its baseline conn-direct in the list",
+		"direct,,mesh":      `unknown path ""`,
+	} {
+		if _, err := parsePaths(v); err == nil || err.Error() != want {
+			t.Errorf("parsePaths(%q) = %v, want %q", v, err, want)
+		}
+	}
+}
+
+// TestReportTCPOnly: a run of the TCP paths alone reports their table, the
+// paired rounds and the goals they decide, and nothing of the paths that
+// did not run.
+func TestReportTCPOnly(t *testing.T) {
+	us := time.Microsecond
+	per := map[string][]result{}
+	for i := range 15 {
+		lat := func(p50 time.Duration) latency {
+			return latency{p50: p50 * us, p90: 2 * p50 * us, p99: 3 * p50 * us, requests: 6000}
+		}
+		ahead := time.Duration(10)
+		if i%5 == 0 {
+			ahead = -10 // the pair ahead in 3 of 15 rounds
+		}
+		per["direct"] = append(per["direct"], result{name: "direct", lat: lat(100), bulk: 1e9})
+		per["haproxy"] = append(per["haproxy"], result{name: "haproxy", proxies: 2, lat: lat(250), bulk: 4e8, cpu: time.Second, requests: 6000})
+		per["mesh"] = append(per["mesh"], result{name: "mesh", proxies: 2, lat: lat(250 - ahead), bulk: 5e8, cpu: 800 * time.Millisecond, requests: 6000})
+	}
+	d := reportData{rounds: 15, perRound: per, results: map[string]result{}, ztHWM: 28 << 20, captures: 15, roundHWM: []int64{27 << 20}}
+	for name, rs := range per {
+		d.results[name] = median(rs)
+	}
+	rep := report(d)
+	for _, want := range []string{
+		"15 rounds of the paths direct, haproxy, mesh",
+		"| mesh | 90000 | 240 | 480 | 720 | 140 | 420 | 500 | 50% | 0.133 (2 processes) |",
+		"- met     mesh adds less p50 latency than the HAProxy pair: ahead in 12 of 15 rounds, sign test p = 0.018 < 0.05, median per-round difference -10 µs (medians of the rounds 140 vs 150 µs)",
+		"- met     mesh adds less p99 latency than the HAProxy pair: ahead in 12 of 15 rounds, sign test p = 0.018 < 0.05, median per-round difference -30 µs",
+		"- met     mesh uses fewer CPU seconds per 1000 requests than the HAProxy pair",
+		"- met     ztunnel < 30 MiB RSS",
+		"waypoint (idle: its path did not run)",
+	} {
+		if !strings.Contains(rep, want) {
+			t.Errorf("report lacks %q:\n%s", want, rep)
+		}
+	}
+	for _, absent := range []string{"\nHTTP:\n", "http-l4", "conn-mesh", "the waypoint adds", "waypoint < 0.25"} {
+		if strings.Contains(rep, absent) {
+			t.Errorf("report has %q, whose path did not run:\n%s", absent, rep)
+		}
 	}
 }
