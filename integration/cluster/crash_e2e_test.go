@@ -3,8 +3,10 @@
 package cluster
 
 import (
+	"archive/tar"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -530,9 +532,7 @@ func saveImages(ctx context.Context, t *testing.T, c *Cluster, dir string) saved
 	}
 	if s.sandbox != TestImage {
 		s.pauseArchive = filepath.Join(dir, "pause.tar")
-		if _, err := c.ctr(ctx, "images", "export", s.pauseArchive, s.sandbox); err != nil {
-			t.Fatal(err)
-		}
+		exportImages(ctx, t, c, s.pauseArchive, s.sandbox)
 	}
 	var others []string
 	for ref := range s.refs {
@@ -543,11 +543,57 @@ func saveImages(ctx context.Context, t *testing.T, c *Cluster, dir string) saved
 	sort.Strings(others)
 	if len(others) > 0 {
 		s.others = filepath.Join(dir, "images.tar")
-		if _, err := c.ctr(ctx, append([]string{"images", "export", s.others}, others...)...); err != nil {
-			t.Fatal(err)
-		}
+		exportImages(ctx, t, c, s.others, others...)
 	}
 	return s
+}
+
+// exportImages exports refs into the archive at path and reads the archive
+// back to the end. Once (2026-11-27, in CI) an archive that ctr had just
+// exported without an error could not be read ("unexpected EOF"), and the
+// test failed later, at the cluster's start; so an archive that does not
+// read is logged and exported once more, and a second bad one fails here.
+func exportImages(ctx context.Context, t *testing.T, c *Cluster, path string, refs ...string) {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		if _, err := c.ctr(ctx, append([]string{"images", "export", path}, refs...)...); err != nil {
+			t.Fatal(err)
+		}
+		err := readArchive(path)
+		if err == nil {
+			return
+		}
+		if attempt == 2 {
+			t.Fatalf("ctr images export %s %v: the archive does not read, twice: %v", path, refs, err)
+		}
+		t.Logf("ctr images export %s %v: the archive does not read (%v): exporting again", path, refs, err)
+	}
+}
+
+// readArchive reads a tar archive to its end (Next reads past each
+// entry's data, so a truncated entry fails it).
+func readArchive(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = f.Close() }()
+	tr := tar.NewReader(f)
+	entries := 0
+	for {
+		_, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("entry %d: %w", entries+1, err)
+		}
+		entries++
+	}
+	if entries == 0 {
+		return fmt.Errorf("no entries")
+	}
+	return nil
 }
 
 // restoreImages brings the cluster up (a no-op when it is) and imports the
@@ -600,6 +646,43 @@ func restoreImages(ctx context.Context, t *testing.T, c *Cluster, s savedImages)
 			if err := cs.CoreV1().Namespaces().Delete(ctx, n.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 				t.Fatal(err)
 			}
+		}
+	}
+}
+
+// TestReadArchive: readArchive accepts a whole archive and refuses a
+// truncated or empty one.
+func TestReadArchive(t *testing.T) {
+	dir := t.TempDir()
+	var whole strings.Builder
+	tw := tar.NewWriter(&whole)
+	body := strings.Repeat("x", 3000)
+	for _, name := range []string{"index.json", "blobs/sha256/aa"} {
+		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(body))}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write([]byte(body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for name, c := range map[string]struct {
+		data string
+		ok   bool
+	}{
+		"whole":                 {whole.String(), true},
+		"truncated in a header": {whole.String()[:4000], false},
+		"truncated in a body":   {whole.String()[:5000], false},
+		"empty":                 {"", false},
+	} {
+		path := filepath.Join(dir, name+".tar")
+		if err := os.WriteFile(path, []byte(c.data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := readArchive(path); (err == nil) != c.ok {
+			t.Errorf("%s: readArchive = %v, want ok %v", name, err, c.ok)
 		}
 	}
 }
