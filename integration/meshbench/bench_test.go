@@ -473,7 +473,7 @@ func report(d reportData) string {
 		payloadSize, loadQPS, loadConns, loadDuration, bulkBytes>>20, maxConns, maxDuration)
 	which := "every path"
 	if len(d.perRound) < len(tcpPaths)+len(httpPaths)+len(connPaths) {
-		which = "the paths " + strings.Join(slices.DeleteFunc(slices.Concat(tcpPaths, httpPaths, connPaths), func(n string) bool { return !d.ran(n) }), ", ")
+		which = "the paths " + strings.Join(d.ranOf(slices.Concat(tcpPaths, httpPaths, connPaths)), ", ")
 	}
 	fmt.Fprintf(&s, "%d rounds of %s (every other round in reverse order); each figure is the median round (CPU: total over all rounds)\n", d.rounds, which)
 	fmt.Fprintf(&s, "machine: %d CPUs; load average before %s, after %s; took %v\n\n", runtime.NumCPU(), d.load0, d.load1, d.took.Round(time.Second))
