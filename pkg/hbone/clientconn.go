@@ -44,6 +44,7 @@ var (
 	errRefused    = errors.New("hbone: stream refused by server")
 	errUnusable   = errors.New("hbone: connection cannot take new streams")
 	errPingFailed = errors.New("hbone: health check PING unanswered")
+	errRetired    = errors.New("hbone: connection retired after a bulk stream")
 )
 
 // clientConn is one pooled HTTP/2 client connection: a CONNECT-only
@@ -73,19 +74,25 @@ type clientConn struct {
 	inflow        inflow // connection-level receive window
 	flowCh        chan struct{}
 	goingAway     bool
-	closed        bool
-	closeErr      error
-	idleTimer     *time.Timer
+	// bulkBytes: a stream that carries this many bytes in one direction
+	// retires the connection (0: never). retired: it takes no new stream
+	// and closes once its last one ends.
+	bulkBytes int64
+	retired   bool
+	closed    bool
+	closeErr  error
+	idleTimer *time.Timer
 }
 
 // newClientConn starts HTTP/2 on an authenticated TLS conn: it sends the
 // preface and SETTINGS and starts the read loop.
-func newClientConn(c net.Conn, local net.Addr, peer identity.SPIFFEID, idle, healthEvery time.Duration, logger *slog.Logger) (*clientConn, error) {
+func newClientConn(c net.Conn, local net.Addr, peer identity.SPIFFEID, idle, healthEvery time.Duration, bulkBytes int64, logger *slog.Logger) (*clientConn, error) {
 	cc := &clientConn{
 		conn:          c,
 		local:         local,
 		peer:          peer,
 		idle:          idle,
+		bulkBytes:     bulkBytes,
 		logger:        logger,
 		readDone:      make(chan struct{}),
 		streams:       make(map[uint32]*Conn),
@@ -127,7 +134,7 @@ func newClientConn(c net.Conn, local net.Addr, peer identity.SPIFFEID, idle, hea
 func (cc *clientConn) reserve() bool {
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
-	if cc.closed || cc.goingAway || cc.nextID+2*uint32(cc.reserved) > lastStreamID ||
+	if cc.closed || cc.goingAway || cc.retired || cc.nextID+2*uint32(cc.reserved) > lastStreamID ||
 		uint32(len(cc.streams)+cc.reserved) >= cc.maxStreams {
 		return false
 	}
@@ -139,11 +146,27 @@ func (cc *clientConn) reserve() bool {
 }
 
 // state reports whether the connection is closed, and whether it takes no
-// new streams (closed, draining after GOAWAY, or out of stream IDs).
+// new streams (closed, draining after GOAWAY, retired, or out of stream
+// IDs).
 func (cc *clientConn) state() (closed, closing bool) {
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
-	return cc.closed, cc.closed || cc.goingAway || cc.nextID > lastStreamID
+	return cc.closed, cc.closed || cc.goingAway || cc.retired || cc.nextID > lastStreamID
+}
+
+// countLocked retires the connection once a stream's count of bytes in one
+// direction (n, after adding the latest) reaches bulkBytes: the kernel
+// has grown the TCP buffers of a connection that carried a bulk transfer,
+// and small messages on it then wait longer (docs/reference/ztunnel.md,
+// "Latency after a bulk transfer"); while the transfer runs, they would
+// also wait behind its bytes in the send buffer. New streams go to another
+// connection; this one closes when its last stream ends.
+func (cc *clientConn) countLocked(n int64) {
+	if cc.bulkBytes <= 0 || n < cc.bulkBytes || cc.retired {
+		return
+	}
+	cc.retired = true
+	cc.logger.Debug("hbone: connection retired after a bulk stream", "peer", cc.peer.String(), "local", cc.local.String(), "bytes", n)
 }
 
 func (cc *clientConn) isIdle() bool {
@@ -359,6 +382,8 @@ func (cc *clientConn) processData(fh http2.FrameHeader, f *http2.DataFrame) erro
 		}
 		return nil
 	}
+	c.received += n
+	cc.countLocked(c.received)
 	if f != nil {
 		data := f.Data()
 		// Padding is consumed at once.
@@ -641,6 +666,10 @@ func (cc *clientConn) maybeIdleLocked() {
 	}
 	if cc.goingAway {
 		go cc.close(errGoAwayDone)
+		return
+	}
+	if cc.retired {
+		go cc.close(errRetired)
 		return
 	}
 	if cc.idle <= 0 {

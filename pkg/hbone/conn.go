@@ -53,6 +53,9 @@ type Conn struct {
 	// (sinkWaiting), the read loop writes new DATA to sink itself.
 	sink        *rawWriter
 	sinkWaiting bool
+	// sent and received count the DATA payload bytes of the stream, for
+	// clientConn.countLocked.
+	sent, received int64
 
 	closed      atomic.Bool
 	deadlineHit atomic.Bool
@@ -224,6 +227,8 @@ func (c *Conn) writeData(p []byte, endStream bool, maxFrame int) error {
 		cc.mu.Unlock()
 		return err
 	}
+	c.sent += int64(len(p))
+	cc.countLocked(c.sent)
 	if endStream {
 		c.localClosed = true
 		cc.maybeFinishLocked(c)

@@ -19,6 +19,11 @@ import (
 const (
 	// DefaultClientIdleTimeout closes a pooled connection without streams.
 	DefaultClientIdleTimeout = 90 * time.Second
+	// DefaultBulkStreamBytes is Dialer.BulkStreamBytes unless set: a
+	// stream that has carried 4 MiB one way is a bulk transfer (at 1,000
+	// requests of 1 KiB per second, a tunnel gets there after about an
+	// hour, which costs one TLS handshake).
+	DefaultBulkStreamBytes = 4 << 20
 	// clientMaxFrameSize is the client's SETTINGS_MAX_FRAME_SIZE: the
 	// largest DATA frame the server may send us (see serverMaxFrameSize).
 	// The receive windows are in clientconn.go: 2 MiB per stream and 1 GiB
@@ -104,11 +109,22 @@ type Dialer struct {
 	// within 15s. Zero disables health checks.
 	HealthCheckInterval time.Duration
 
+	// BulkStreamBytes retires a connection once one of its streams has
+	// carried this many bytes in one direction: new streams go to another
+	// connection (dialled when none is pooled), and this one closes when
+	// its last stream ends. A connection that has carried a bulk transfer
+	// keeps the large TCP buffers the kernel grew for it, and small
+	// messages on it wait longer; while the transfer runs they would also
+	// queue behind it. Zero means DefaultBulkStreamBytes; negative means
+	// never.
+	BulkStreamBytes int64
+
 	// Logger receives connection-level debug events. Nil means slog.Default().
 	Logger *slog.Logger
 
 	initOnce sync.Once
 	idle     time.Duration // 0: never
+	bulk     int64         // 0: never
 
 	mu     sync.Mutex
 	pools  map[poolKey]*pool
@@ -126,6 +142,12 @@ func (d *Dialer) init() {
 			idle = 0
 		}
 		d.idle = idle
+		d.bulk = d.BulkStreamBytes
+		if d.bulk == 0 {
+			d.bulk = DefaultBulkStreamBytes
+		} else if d.bulk < 0 {
+			d.bulk = 0
+		}
 		d.pools = make(map[poolKey]*pool)
 		d.all = make(map[*clientConn]struct{})
 	})

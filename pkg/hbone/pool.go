@@ -154,7 +154,7 @@ func (d *Dialer) dialConn(ctx context.Context, key poolKey) (*clientConn, error)
 		tc.Close()
 		return nil, fmt.Errorf("%w: %s is %s, want %s", identity.ErrPeerIdentity, key.addr, peer, key.dst)
 	}
-	cc, err := newClientConn(tc, raw.LocalAddr(), peer, d.idle, d.HealthCheckInterval, d.logger())
+	cc, err := newClientConn(tc, raw.LocalAddr(), peer, d.idle, d.HealthCheckInterval, d.bulk, d.logger())
 	if err != nil {
 		return nil, fmt.Errorf("hbone: HTTP/2 with %s: %w", key.addr, err)
 	}
