@@ -229,3 +229,83 @@ func BenchmarkStreamOpen(b *testing.B) {
 		open()
 	}
 }
+
+// BenchmarkRoundTripDuringBulk measures 1 KiB round trips on a new tunnel
+// opened while a bulk upload (past DefaultBulkStreamBytes) runs on another
+// tunnel to the same peer. "retired" is the default Dialer: the bulk
+// stream's connection takes no new tunnel, so the round trips get a
+// connection of their own. "shared" is the baseline, BulkStreamBytes = -1:
+// they share the bulk stream's connection and queue behind its bytes.
+// Batches of the two alternate, each with its own bulk stream, so that
+// background load on the machine hits both alike.
+func BenchmarkRoundTripDuringBulk(b *testing.B) {
+	type variant struct {
+		e  *benchEnv
+		ds []time.Duration
+	}
+	shared, retired := &variant{e: newBenchEnv(b)}, &variant{e: newBenchEnv(b)}
+	shared.e.d.BulkStreamBytes = -1
+	msg, reply := make([]byte, 1024), make([]byte, 1024)
+	hdr := []byte{'u', 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+	batch := func(v *variant, n int) {
+		bulk := v.e.dialTunnel(b)
+		if _, err := bulk.Write(hdr); err != nil {
+			b.Fatal(err)
+		}
+		buf := make([]byte, copyBufferSize)
+		for sent := 0; sent <= DefaultBulkStreamBytes; sent += len(buf) {
+			if _, err := bulk.Write(buf); err != nil {
+				b.Fatal(err)
+			}
+		}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for {
+				if _, err := bulk.Write(buf); err != nil {
+					return
+				}
+			}
+		}()
+		c := v.e.dialTunnel(b)
+		if _, err := c.Write([]byte("e........")); err != nil { // echo mode
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, make([]byte, 9)); err != nil {
+			b.Fatal(err)
+		}
+		for range n {
+			t0 := time.Now()
+			if _, err := c.Write(msg); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := io.ReadFull(c, reply); err != nil {
+				b.Fatal(err)
+			}
+			v.ds = append(v.ds, time.Since(t0))
+		}
+		c.Close()
+		bulk.Close()
+		<-done
+	}
+	b.ResetTimer()
+	const per = 250
+	for i := 0; i < b.N; i += per {
+		n := min(per, b.N-i)
+		batch(shared, n)
+		batch(retired, n)
+	}
+	b.StopTimer()
+	pct := func(ds []time.Duration, p float64) float64 {
+		slices.Sort(ds)
+		return float64(ds[min(len(ds)-1, int(float64(len(ds))*p))].Nanoseconds()) / 1e3
+	}
+	s50, s99 := pct(shared.ds, 0.50), pct(shared.ds, 0.99)
+	r50, r99 := pct(retired.ds, 0.50), pct(retired.ds, 0.99)
+	b.ReportMetric(s50, "shared-p50-us")
+	b.ReportMetric(s99, "shared-p99-us")
+	b.ReportMetric(r50, "retired-p50-us")
+	b.ReportMetric(r99, "retired-p99-us")
+	b.ReportMetric(r50/s50, "p50-retired/shared")
+	b.ReportMetric(r99/s99, "p99-retired/shared")
+}

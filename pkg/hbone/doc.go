@@ -11,7 +11,9 @@
 //     destination and copies bytes both ways.
 //   - Dialer opens tunnels: Dial returns a *Conn for one CONNECT stream over
 //     a pooled HTTP/2 connection, one pool per (source identity, destination
-//     identity, peer address).
+//     identity, peer address). A connection one of whose streams has
+//     carried Dialer.BulkStreamBytes (4 MiB) one way is retired: later
+//     tunnels get another connection, and it closes after its last stream.
 //
 // Policy (who may reach what), certificate management and traffic capture
 // belong to the callers; TLS configurations come from package identity.
