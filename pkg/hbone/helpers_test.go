@@ -165,21 +165,22 @@ func startUpstream(t testing.TB, fn func(c *net.TCPConn)) netip.AddrPort {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The accept loop is counted too, so that each connection's Add happens
+	// while the count is above zero (an Add from zero may not race with
+	// Cleanup's Wait).
 	var wg sync.WaitGroup
-	go func() {
+	wg.Go(func() {
 		for {
 			c, err := l.Accept()
 			if err != nil {
 				return
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
+			wg.Go(func() {
 				defer c.Close()
 				fn(c.(*net.TCPConn))
-			}()
+			})
 		}
-	}()
+	})
 	t.Cleanup(func() {
 		l.Close()
 		wg.Wait()
