@@ -155,12 +155,13 @@ func (cc *clientConn) state() (closed, closing bool) {
 }
 
 // countLocked retires the connection once a stream's count of bytes in one
-// direction (n, after adding the latest) reaches bulkBytes: the kernel
-// has grown the TCP buffers of a connection that carried a bulk transfer,
-// and small messages on it then wait longer (docs/reference/ztunnel.md,
-// "Latency after a bulk transfer"); while the transfer runs, they would
-// also wait behind its bytes in the send buffer. New streams go to another
-// connection; this one closes when its last stream ends.
+// direction (n, after adding the latest) reaches bulkBytes: while a bulk
+// transfer runs, new streams on its connection would queue behind its
+// bytes in the TCP send buffer (BenchmarkRoundTripDuringBulk), and after
+// it the connection keeps the buffers and congestion state the kernel grew
+// for it (docs/reference/ztunnel.md, "Latency after a bulk transfer").
+// New streams go to another connection; this one closes when its last
+// stream ends.
 func (cc *clientConn) countLocked(n int64) {
 	if cc.bulkBytes <= 0 || n < cc.bulkBytes || cc.retired {
 		return

@@ -112,11 +112,10 @@ type Dialer struct {
 	// BulkStreamBytes retires a connection once one of its streams has
 	// carried this many bytes in one direction: new streams go to another
 	// connection (dialled when none is pooled), and this one closes when
-	// its last stream ends. A connection that has carried a bulk transfer
-	// keeps the large TCP buffers the kernel grew for it, and small
-	// messages on it wait longer; while the transfer runs they would also
-	// queue behind it. Zero means DefaultBulkStreamBytes; negative means
-	// never.
+	// its last stream ends: new streams do not queue behind a running
+	// transfer in the connection's TCP send buffer, nor inherit the large
+	// buffers and congestion state the kernel grew for it. Zero means
+	// DefaultBulkStreamBytes; negative means never.
 	BulkStreamBytes int64
 
 	// Logger receives connection-level debug events. Nil means slog.Default().
