@@ -151,33 +151,12 @@ func BenchmarkBulkThroughput(b *testing.B) {
 // tunnel and directly over TCP, and reports latency percentiles.
 func BenchmarkRoundTrip1KiB(b *testing.B) {
 	e := newBenchEnv(b)
-	msg := make([]byte, 1024)
-	start := func(c net.Conn) {
-		if _, err := c.Write([]byte("e........")); err != nil { // echo mode
-			b.Fatal(err)
-		}
-		if _, err := io.ReadFull(c, make([]byte, 9)); err != nil {
-			b.Fatal(err)
-		}
-	}
 	dc, tc := e.dialDirect(b), e.dialTunnel(b)
 	defer dc.Close()
 	defer tc.Close()
-	start(dc)
-	start(tc)
-	reply := make([]byte, len(msg))
-	measure := func(c net.Conn, ds []time.Duration) {
-		for i := range ds {
-			t0 := time.Now()
-			if _, err := c.Write(msg); err != nil {
-				b.Fatal(err)
-			}
-			if _, err := io.ReadFull(c, reply); err != nil {
-				b.Fatal(err)
-			}
-			ds[i] = time.Since(t0)
-		}
-	}
+	startEcho(b, dc)
+	startEcho(b, tc)
+	measure := func(c net.Conn, ds []time.Duration) { roundTrips(b, c, ds) }
 	measure(dc, make([]time.Duration, 100)) // warm up
 	measure(tc, make([]time.Duration, 100))
 	direct := make([]time.Duration, b.N)
@@ -194,9 +173,7 @@ func BenchmarkRoundTrip1KiB(b *testing.B) {
 	b.StopTimer()
 	slices.Sort(direct)
 	slices.Sort(tunnel)
-	pct := func(ds []time.Duration, p float64) float64 {
-		return float64(ds[min(len(ds)-1, int(float64(len(ds))*p))].Nanoseconds()) / 1e3
-	}
+	pct := percentileUS
 	b.ReportMetric(pct(direct, 0.50), "direct-p50-us")
 	b.ReportMetric(pct(direct, 0.99), "direct-p99-us")
 	b.ReportMetric(pct(tunnel, 0.50), "tunnel-p50-us")
@@ -245,7 +222,6 @@ func BenchmarkRoundTripDuringBulk(b *testing.B) {
 	}
 	shared, retired := &variant{e: newBenchEnv(b)}, &variant{e: newBenchEnv(b)}
 	shared.e.d.BulkStreamBytes = -1
-	msg, reply := make([]byte, 1024), make([]byte, 1024)
 	hdr := []byte{'u', 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
 	batch := func(v *variant, n int) {
 		bulk := v.e.dialTunnel(b)
@@ -268,22 +244,9 @@ func BenchmarkRoundTripDuringBulk(b *testing.B) {
 			}
 		}()
 		c := v.e.dialTunnel(b)
-		if _, err := c.Write([]byte("e........")); err != nil { // echo mode
-			b.Fatal(err)
-		}
-		if _, err := io.ReadFull(c, make([]byte, 9)); err != nil {
-			b.Fatal(err)
-		}
-		for range n {
-			t0 := time.Now()
-			if _, err := c.Write(msg); err != nil {
-				b.Fatal(err)
-			}
-			if _, err := io.ReadFull(c, reply); err != nil {
-				b.Fatal(err)
-			}
-			v.ds = append(v.ds, time.Since(t0))
-		}
+		startEcho(b, c)
+		v.ds = append(v.ds, make([]time.Duration, n)...)
+		roundTrips(b, c, v.ds[len(v.ds)-n:])
 		c.Close()
 		bulk.Close()
 		<-done
@@ -296,10 +259,9 @@ func BenchmarkRoundTripDuringBulk(b *testing.B) {
 		batch(retired, n)
 	}
 	b.StopTimer()
-	pct := func(ds []time.Duration, p float64) float64 {
-		slices.Sort(ds)
-		return float64(ds[min(len(ds)-1, int(float64(len(ds))*p))].Nanoseconds()) / 1e3
-	}
+	slices.Sort(shared.ds)
+	slices.Sort(retired.ds)
+	pct := percentileUS
 	s50, s99 := pct(shared.ds, 0.50), pct(shared.ds, 0.99)
 	r50, r99 := pct(retired.ds, 0.50), pct(retired.ds, 0.99)
 	b.ReportMetric(s50, "shared-p50-us")
@@ -308,4 +270,37 @@ func BenchmarkRoundTripDuringBulk(b *testing.B) {
 	b.ReportMetric(r99, "retired-p99-us")
 	b.ReportMetric(r50/s50, "p50-retired/shared")
 	b.ReportMetric(r99/s99, "p99-retired/shared")
+}
+
+// startEcho puts a connection to benchUpstream in echo mode.
+func startEcho(b *testing.B, c net.Conn) {
+	b.Helper()
+	if _, err := c.Write([]byte("e........")); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, 9)); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// roundTrips sends 1 KiB and reads its echo once per element of ds,
+// recording each round trip's time there.
+func roundTrips(b *testing.B, c net.Conn, ds []time.Duration) {
+	b.Helper()
+	msg, reply := make([]byte, 1024), make([]byte, 1024)
+	for i := range ds {
+		t0 := time.Now()
+		if _, err := c.Write(msg); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, reply); err != nil {
+			b.Fatal(err)
+		}
+		ds[i] = time.Since(t0)
+	}
+}
+
+// percentileUS is the p-th percentile (0 < p < 1) of sorted, in µs.
+func percentileUS(sorted []time.Duration, p float64) float64 {
+	return float64(sorted[min(len(sorted)-1, int(float64(len(sorted))*p))].Nanoseconds()) / 1e3
 }

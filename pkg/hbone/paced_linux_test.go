@@ -97,9 +97,7 @@ func BenchmarkPacedRequests(b *testing.B) {
 	}
 	slices.Sort(directLat)
 	slices.Sort(tunnelLat)
-	pct := func(ds []time.Duration, p float64) float64 {
-		return float64(ds[min(len(ds)-1, int(float64(len(ds))*p))].Nanoseconds()) / 1e3
-	}
+	pct := percentileUS
 	b.ReportMetric(0, "ns/op")
 	b.ReportMetric(cpu.Seconds()/float64(requests)*1000, "cpu-s/1000req")
 	b.ReportMetric(float64(switches)/float64(requests), "ctxsw/req")
