@@ -230,6 +230,10 @@ func (c *Conn) Sent(n int) {
 	c.nSent.Add(int64(n))
 }
 
+// Bytes returns the bytes counted so far: sent (server to client) and
+// received (client to server).
+func (c *Conn) Bytes() (sent, received int64) { return c.nSent.Load(), c.nReceived.Load() }
+
 // accessAttrs are the key/values of an access-log line.
 func accessAttrs(l Labels, sent, received int64, d time.Duration) []any {
 	decision := "allow"

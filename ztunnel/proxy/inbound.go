@@ -102,7 +102,7 @@ func (p *Pod) serveHBONE(st *hbone.Stream) {
 	}
 	mc := p.env.Metrics.Open(labels)
 	defer mc.Close()
-	join(st, app, mc)
+	p.env.join(st, app, mc)
 }
 
 // servePlaintext serves one plaintext connection sent to this pod.
@@ -150,7 +150,7 @@ func (p *Pod) servePlaintext(c *net.TCPConn) {
 	defer p.conns.untrack(app)
 	mc := p.env.Metrics.Open(labels)
 	defer mc.Close()
-	join(c, app, mc)
+	p.env.join(c, app, mc)
 }
 
 func (p *Pod) deny(labels metrics.Labels, reason string) {

@@ -153,7 +153,7 @@ func (o *Outbound) Join(client, upstream net.Conn, labels metrics.Labels, early 
 	mc := o.env.Metrics.Open(labels)
 	defer mc.Close()
 	mc.Received(early)
-	join(client, upstream, mc)
+	o.env.join(client, upstream, mc)
 }
 
 // firstBytes takes a new client connection's first bytes for its tunnel's

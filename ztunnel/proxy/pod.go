@@ -34,6 +34,10 @@ type Env struct {
 	DialTimeout time.Duration
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
+	// BulkThreadBytes: once a connection that carried this many bytes one
+	// way has closed, the OS thread running its copies is ended (see
+	// endThread). Zero means DefaultBulkThreadBytes; negative, never.
+	BulkThreadBytes int64
 }
 
 // PodConfig says which pod a Pod serves.
@@ -256,8 +260,17 @@ func remoteIP(c net.Conn) netip.Addr {
 // client connection: with both ends unwrapped, a tunnel's read loop writes
 // small payloads straight to the TCP socket, sparing a goroutine hand-off
 // per message, and the copies use the sockets' raw reads and writes.
-func join(client, upstream net.Conn, mc *metrics.Conn) {
+// After a bulk transfer (BulkThreadBytes one way) it ends the thread that
+// ran the copies, as endThread says why.
+func (e *Env) join(client, upstream net.Conn, mc *metrics.Conn) {
 	_, _ = hbone.JoinCounting(client, upstream, mc.Received, mc.Sent)
 	_ = client.Close()
 	_ = upstream.Close()
+	limit := e.BulkThreadBytes
+	if limit == 0 {
+		limit = DefaultBulkThreadBytes
+	}
+	if sent, received := mc.Bytes(); limit > 0 && max(sent, received) >= limit {
+		endThread()
+	}
 }
