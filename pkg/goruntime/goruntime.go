@@ -1,8 +1,9 @@
-// Package goruntime holds the Go runtime settings of Ambit's proxies
+// Package goruntime holds the runtime settings of Ambit's proxies
 // (ztunnel, waypoint): the flags -gomaxprocs, -gc-percent and
-// -memory-limit, their defaults ($GOMAXPROCS and $GOGC when set, else the
-// binary's own), their validation and their application. Each binary's
-// reference page says which defaults it uses and why.
+// -memory-limit of the Go runtime, -sched-slice of the kernel's scheduler,
+// their defaults ($GOMAXPROCS and $GOGC when set, else the binary's own),
+// their validation and their application. Each binary's reference page
+// says which defaults it uses and why.
 package goruntime
 
 import (
@@ -14,6 +15,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Defaults are a binary's own runtime defaults, used when neither a flag
@@ -26,13 +28,25 @@ type Defaults struct {
 	GCPercent int
 	// LimitExample is a memory limit shown in -memory-limit's help.
 	LimitExample string
+	// SchedSlice is the time slice asked of the kernel's scheduler for the
+	// process's threads (see Settings.ApplySchedSlice); 0 leaves the
+	// kernel's default.
+	SchedSlice time.Duration
 }
+
+// The kernel accepts a custom slice from 100 µs to 100 ms.
+const (
+	MinSchedSlice = 100 * time.Microsecond
+	MaxSchedSlice = 100 * time.Millisecond
+)
 
 // Settings are the runtime settings of the process.
 type Settings struct {
 	MaxProcs  int   // 0: leave Go's default
 	GCPercent int   // negative: collector off except for the memory limit
 	MemLimit  int64 // -1: leave as the runtime has it ($GOMEMLIMIT or none)
+	// SchedSlice: 0 leaves the kernel's default.
+	SchedSlice time.Duration
 }
 
 // Flags are the registered runtime flags.
@@ -40,9 +54,11 @@ type Flags struct {
 	maxProcs  *int
 	memLimit  *string
 	gcPercent *int
+	slice     *time.Duration
 }
 
-// Register adds -gomaxprocs, -memory-limit and -gc-percent to fs. Their
+// Register adds -gomaxprocs, -memory-limit, -gc-percent and -sched-slice
+// to fs. Their
 // defaults come from getenv ($GOMAXPROCS, $GOGC) when set and valid, else
 // from d.
 func Register(fs *flag.FlagSet, d Defaults, getenv func(string) string) *Flags {
@@ -57,6 +73,8 @@ func Register(fs *flag.FlagSet, d Defaults, getenv func(string) string) *Flags {
 			"soft limit of the Go runtime's memory (GOMEMLIMIT syntax, e.g. "+example+"); empty: $GOMEMLIMIT if set, else none; 0 or off: none"),
 		gcPercent: fs.Int("gc-percent", defaultGCPercent(getenv, d.GCPercent),
 			"garbage collection target percentage (GOGC); negative disables the collector except for -memory-limit; default $GOGC if set, else "+strconv.Itoa(d.GCPercent)),
+		slice: fs.Duration("sched-slice", d.SchedSlice,
+			"time slice asked of the kernel's scheduler for the process's threads (Linux 6.12 or later; older kernels ignore it): a woken thread with a shorter slice than the running one may preempt it; 100us to 100ms, or 0 for the kernel's default"),
 	}
 }
 
@@ -83,9 +101,12 @@ func defaultGCPercent(getenv func(string) string, def int) int {
 // -memory-limit leaves the limit as the runtime has it ($GOMEMLIMIT, which
 // it applied at start, or none).
 func (f *Flags) Settings() (Settings, error) {
-	s := Settings{MaxProcs: *f.maxProcs, GCPercent: *f.gcPercent, MemLimit: -1}
+	s := Settings{MaxProcs: *f.maxProcs, GCPercent: *f.gcPercent, MemLimit: -1, SchedSlice: *f.slice}
 	if s.MaxProcs < 0 {
 		return s, fmt.Errorf("-gomaxprocs %d: must be 0 (Go's default) or positive", s.MaxProcs)
+	}
+	if s.SchedSlice != 0 && (s.SchedSlice < MinSchedSlice || s.SchedSlice > MaxSchedSlice) {
+		return s, fmt.Errorf("-sched-slice %v: must be 0 (the kernel's default) or from %v to %v", s.SchedSlice, MinSchedSlice, MaxSchedSlice)
 	}
 	if *f.memLimit != "" {
 		l, err := ParseByteSize(*f.memLimit)

@@ -8,6 +8,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseByteSize(t *testing.T) {
@@ -53,6 +54,8 @@ func TestSettings(t *testing.T) {
 		"limit off": {[]string{"-memory-limit", "off"}, nil, Settings{MaxProcs: 1, GCPercent: 50, MemLimit: math.MaxInt64}},
 		"flag wins": {[]string{"-gomaxprocs", "3"}, map[string]string{"GOMAXPROCS": "2"}, Settings{MaxProcs: 3, GCPercent: 50, MemLimit: -1}},
 		"gc off":    {[]string{"-gc-percent", "-1"}, nil, Settings{MaxProcs: 1, GCPercent: -1, MemLimit: -1}},
+		"slice":     {[]string{"-sched-slice", "250us"}, nil, Settings{MaxProcs: 1, GCPercent: 50, MemLimit: -1, SchedSlice: 250 * time.Microsecond}},
+		"slice off": {[]string{"-sched-slice", "0"}, nil, Settings{MaxProcs: 1, GCPercent: 50, MemLimit: -1}},
 	} {
 		fs := flag.NewFlagSet("test", flag.ContinueOnError)
 		fs.SetOutput(io.Discard)
@@ -72,6 +75,9 @@ func TestSettings(t *testing.T) {
 	}{
 		"negative gomaxprocs": {[]string{"-gomaxprocs", "-2"}, "-gomaxprocs"},
 		"bad memory limit":    {[]string{"-memory-limit", "12 apples"}, "-memory-limit"},
+		"slice too short":     {[]string{"-sched-slice", "50us"}, "-sched-slice"},
+		"slice too long":      {[]string{"-sched-slice", "1s"}, "-sched-slice"},
+		"negative slice":      {[]string{"-sched-slice", "-1ms"}, "-sched-slice"},
 	} {
 		fs := flag.NewFlagSet("test", flag.ContinueOnError)
 		f := Register(fs, def, func(string) string { return "" })

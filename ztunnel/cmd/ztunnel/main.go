@@ -67,8 +67,8 @@ func run(args []string) error {
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	// Runtime defaults for a node proxy (see docs/reference/ztunnel.md,
 	// "Performance", for the measurements behind them): one processor,
-	// GOGC 50.
-	rt := goruntime.Register(fs, goruntime.Defaults{MaxProcs: 1, GCPercent: 50, LimitExample: "24MiB"}, os.Getenv)
+	// GOGC 50, the kernel's shortest time slice.
+	rt := goruntime.Register(fs, goruntime.Defaults{MaxProcs: 1, GCPercent: 50, LimitExample: "24MiB", SchedSlice: goruntime.MinSchedSlice}, os.Getenv)
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -88,6 +88,9 @@ func run(args []string) error {
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 	slog.SetDefault(log)
+	if err := rts.ApplySchedSlice(); err != nil {
+		log.Warn("the scheduler's time slice is the kernel's default", "err", err.Error())
+	}
 	if *node == "" {
 		return errors.New("-node-name (or $NODE_NAME) is required")
 	}
