@@ -58,9 +58,8 @@ type Flags struct {
 }
 
 // Register adds -gomaxprocs, -memory-limit, -gc-percent and -sched-slice
-// to fs. Their
-// defaults come from getenv ($GOMAXPROCS, $GOGC) when set and valid, else
-// from d.
+// to fs. Their defaults come from getenv ($GOMAXPROCS, $GOGC) when set and
+// valid, else from d.
 func Register(fs *flag.FlagSet, d Defaults, getenv func(string) string) *Flags {
 	example := d.LimitExample
 	if example == "" {

@@ -52,10 +52,9 @@ func setSlice(tid int, ns int64) error {
 	default:
 		return nil
 	}
-	attr.Runtime, attr.Deadline, attr.Period = uint64(ns), 0, 0
-	// The slice only: keep the policy's other parameters and no flags
-	// beyond the utilization clamps' (which are left unset).
-	attr.Flags = 0
+	// The slice only: the policy and nice value stay as they are; no
+	// flags (no utilization clamps, no reset on fork).
+	attr.Runtime, attr.Deadline, attr.Period, attr.Flags = uint64(ns), 0, 0, 0
 	if err := unix.SchedSetAttr(tid, attr, 0); err != nil && err != unix.ESRCH {
 		return err
 	}
