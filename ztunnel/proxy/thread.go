@@ -33,8 +33,10 @@ const DefaultBulkThreadBytes = hbone.DefaultBulkStreamBytes
 // request between the proxies, the client and the server wakes the other
 // CPU. With the thread ended after each bulk transfer, the thread that
 // carries on moved as often as in a run that had no transfer before it, and
-// the latency penalty was gone. The cost is one thread creation (tens of
-// microseconds) per bulk transfer, at most.
+// over 60 paired rounds the mesh's added p99 right after its own transfer
+// was within 15 µs of that after an enrolment (60-100 µs apart before).
+// The cost is one thread creation (tens of microseconds) per bulk
+// transfer, at most.
 var endThread = func() { go lockAndExit() }
 
 // lockAndExit locks the calling goroutine to its thread for good: when the
