@@ -52,6 +52,9 @@ func run() error {
 	defer func() { _ = lw.Flush() }()
 	log := slog.New(&flushingHandler{Handler: slog.NewJSONHandler(lw, &slog.HandlerOptions{Level: o.logLevel}), w: lw, flushLevel: slog.LevelWarn})
 	slog.SetDefault(log)
+	if err := o.runtime.ApplySchedSlice(); err != nil {
+		log.Warn("the scheduler's time slice is the kernel's default", "err", err.Error())
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return serve(ctx, o, log, lw, nil)

@@ -4,12 +4,14 @@ import (
 	"io"
 	"math"
 	"testing"
+	"time"
 
 	"github.com/ambit-mesh/ambit/pkg/goruntime"
 )
 
 // TestRuntimeOptions checks the defaults (one processor, GOGC 100, no
-// memory limit of the waypoint's own), the environment and the flags.
+// memory limit of the waypoint's own, the kernel's time slice), the
+// environment and the flags.
 func TestRuntimeOptions(t *testing.T) {
 	for name, c := range map[string]struct {
 		args []string
@@ -25,6 +27,7 @@ func TestRuntimeOptions(t *testing.T) {
 		"flag wins": {[]string{"-gomaxprocs", "3"}, map[string]string{"GOMAXPROCS": "2"}, goruntime.Settings{MaxProcs: 3, GCPercent: 100, MemLimit: -1}},
 		"gc off":    {[]string{"-gc-percent", "-1"}, nil, goruntime.Settings{MaxProcs: 1, GCPercent: -1, MemLimit: -1}},
 		"env one":   {nil, map[string]string{"GOMAXPROCS": "1"}, goruntime.Settings{MaxProcs: 1, GCPercent: 100, MemLimit: -1}},
+		"slice":     {[]string{"-sched-slice", "1ms"}, nil, goruntime.Settings{MaxProcs: 1, GCPercent: 100, MemLimit: -1, SchedSlice: time.Millisecond}},
 	} {
 		e := podEnv()
 		for k, v := range c.env {
