@@ -262,8 +262,8 @@ func (w *Workload) Validate() error {
 	switch {
 	case w.Key.Namespace == "" || w.Key.Name == "":
 		return invalid("workload without namespace or name")
-	case len(w.Addresses) == 0:
-		return invalid("workload %s has no address", w.Key)
+	case len(w.Addresses) == 0 && w.Node == "":
+		return invalid("workload %s has neither an address nor a node", w.Key)
 	case !strings.HasPrefix(w.Identity, "spiffe://"):
 		return invalid("workload %s identity %q is not a SPIFFE ID", w.Key, w.Identity)
 	case w.MTLS == configv1alpha1.MTLSMode_MTLS_MODE_UNSPECIFIED:

@@ -86,7 +86,12 @@ func (b *builder) mtlsMode(pod *corev1.Pod) configv1alpha1.MTLSMode {
 	return configv1alpha1.MTLSMode_MTLS_MODE_PERMISSIVE
 }
 
-// workloadsIR builds a Workload per running Pod with an IP.
+// workloadsIR builds a Workload per Pod that is scheduled or has an IP and
+// has not finished. A scheduled pod gets its Workload before it has an IP:
+// its node's ztunnel must know it when the CNI plugin reports the pod,
+// which happens before the kubelet can report the IP, so that it captures
+// the pod before its containers start (the addresses then come from the
+// CNI plugin, and the Workload gets them once the kubelet reports them).
 func (b *builder) workloadsIR() {
 	for _, pod := range b.ix.pods {
 		if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
@@ -101,7 +106,7 @@ func (b *builder) workloadsIR() {
 		if len(addrs) == 0 && pod.Status.PodIP != "" {
 			addrs = []string{pod.Status.PodIP}
 		}
-		if len(addrs) == 0 {
+		if len(addrs) == 0 && pod.Spec.NodeName == "" {
 			continue
 		}
 		sa := cmp.Or(pod.Spec.ServiceAccountName, "default")

@@ -773,13 +773,21 @@ func ArchiveImageName(path string) (string, error) {
 	}
 	defer func() { _ = f.Close() }()
 	tr := tar.NewReader(f)
+	// What was seen, for the error: the entries (up to 20) and the
+	// annotations of index.json's manifests.
+	var seen []string
+	entries := 0
 	for {
 		h, err := tr.Next()
 		if err == io.EOF {
-			return "", fmt.Errorf("%s: neither index.json nor manifest.json names an image", path)
+			return "", fmt.Errorf("%s: neither index.json nor manifest.json names an image (%d entries: %s)",
+				path, entries, strings.Join(seen, ", "))
 		}
 		if err != nil {
 			return "", fmt.Errorf("%s: %w", path, err)
+		}
+		if entries++; entries <= 20 {
+			seen = append(seen, fmt.Sprintf("%s (%d bytes)", h.Name, h.Size))
 		}
 		switch strings.TrimPrefix(h.Name, "./") {
 		case "index.json":
@@ -790,6 +798,9 @@ func ArchiveImageName(path string) (string, error) {
 			}
 			if err := json.NewDecoder(tr).Decode(&idx); err != nil {
 				return "", fmt.Errorf("%s: index.json: %w", path, err)
+			}
+			for _, m := range idx.Manifests {
+				seen = append(seen, fmt.Sprintf("index.json manifest annotations %v", m.Annotations))
 			}
 			for _, m := range idx.Manifests {
 				if n := m.Annotations[images.AnnotationContainerdName]; n != "" {

@@ -301,10 +301,30 @@ spec:
 		e.mustK("", "-n", appNS, "wait", "httproute/echo", "--for=jsonpath={.status.parents[0].conditions[?(@.type==\"Accepted\")].status}=True", "--timeout=60s")
 		// The loadgen's pooled connections were opened before the waypoint
 		// label: a new pod opens new ones, through the waypoint.
+		// The new pod must be captured before its containers start (its
+		// Workload is in ztunnel's configuration at the CNI ADD), or its
+		// first connections bypass the mesh and, pooled, the waypoint.
+		unknownBefore, err := e.scrapeAll(systemNS, "app.kubernetes.io/name=ztunnel", 15020, "ztunnel_pods_unknown_at_add_total", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		viaWaypoint, err := waypointRequests(map[string]string{"reporter": "waypoint", "destination_service_name": "echo"})
+		if err != nil {
+			t.Fatal(err)
+		}
 		e.mustK("", "-n", appNS, "rollout", "restart", "deployment/client")
 		e.mustK("", "-n", appNS, "rollout", "status", "deployment/client", "--timeout=120s")
 		before = e.podIdentity(appNS)
-		time.Sleep(3 * time.Second) // the route reaches the waypoint
+		if n, err := e.scrapeAll(systemNS, "app.kubernetes.io/name=ztunnel", 15020, "ztunnel_pods_unknown_at_add_total", nil); err != nil || n != unknownBefore {
+			t.Errorf("ztunnel_pods_unknown_at_add_total %v -> %v (%v): the restarted client started before ztunnel knew it", unknownBefore, n, err)
+		}
+		eventually(t, "the restarted client's requests pass the waypoint", time.Minute, func() error {
+			n, err := waypointRequests(map[string]string{"reporter": "waypoint", "destination_service_name": "echo"})
+			if err == nil && n < viaWaypoint+50 {
+				err = fmt.Errorf("waypoint istio_requests_total to echo %v -> %v", viaWaypoint, n)
+			}
+			return err
+		})
 		v1, v2 := e.versionsSeen(t)
 		var d1, d2 float64
 		eventually(t, "2,000 answers counted", 3*time.Minute, func() error {

@@ -68,14 +68,15 @@ type ztunnelFiles struct {
 
 func (f ztunnelFiles) socket() string { return filepath.Join(f.dir, "ztunnel.sock") }
 
-func startZtunnel(t *testing.T, node string, xdsAddr string, files ztunnelFiles, ca *identity.Authority) *ztunnel {
+// startZtunnel runs a node's ztunnel; opts adjust its configuration.
+func startZtunnel(t *testing.T, node string, xdsAddr string, files ztunnelFiles, ca *identity.Authority, opts ...func(*daemon.Config)) *ztunnel {
 	t.Helper()
 	conn, err := grpc.NewClient(xdsAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	d, err := daemon.New(daemon.Config{
+	cfg := daemon.Config{
 		NodeName:      node,
 		XDSConn:       conn,
 		XDSStateFile:  filepath.Join(files.dir, "xds.pb"),
@@ -88,7 +89,11 @@ func startZtunnel(t *testing.T, node string, xdsAddr string, files ztunnelFiles,
 		AdminAddr:     "127.0.0.1:0",
 		ReadyAddr:     "127.0.0.1:0",
 		DialTimeout:   3 * time.Second,
-	})
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	d, err := daemon.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -138,6 +138,8 @@ type Store struct {
 
 	cur     atomic.Pointer[Snapshot]
 	changed chan struct{}
+	// next is closed, and replaced, when a snapshot is swapped in.
+	next chan struct{}
 }
 
 // NewStore returns a store holding the empty snapshot. A nil logger means
@@ -146,7 +148,7 @@ func NewStore(logger *slog.Logger) *Store {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	s := &Store{log: logger, changed: make(chan struct{}, 1)}
+	s := &Store{log: logger, changed: make(chan struct{}, 1), next: make(chan struct{})}
 	s.cur.Store(Empty())
 	return s
 }
@@ -157,6 +159,15 @@ func (s *Store) Snapshot() *Snapshot { return s.cur.Load() }
 // Changed receives a value after a new snapshot has been swapped in (changes
 // coalesce: one value may stand for several snapshots).
 func (s *Store) Changed() <-chan struct{} { return s.changed }
+
+// Next returns the current snapshot and a channel that is closed once a
+// later one has been swapped in. Unlike Changed, any number of callers
+// may wait on it.
+func (s *Store) Next() (*Snapshot, <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cur.Load(), s.next
+}
 
 // Types returns the xDS subscriptions of the store: Workload, Service and
 // Authorization, in that order.
@@ -227,6 +238,8 @@ func (s *Store) commit(set func()) {
 	s.gen++
 	snap := build(s.workloads, s.services, s.authz, s.gen)
 	s.cur.Store(snap)
+	close(s.next)
+	s.next = make(chan struct{})
 	s.mu.Unlock()
 	s.log.Debug("config snapshot applied", "generation", snap.Generation,
 		"workloads", len(snap.Workloads), "services", len(snap.Services), "authorizations", len(snap.Authorizations))

@@ -182,3 +182,38 @@ func TestConcurrentReaders(t *testing.T) {
 	close(stop)
 	wg.Wait()
 }
+
+// TestNextWakesEveryWaiter checks Next: the channel closes at the next
+// commit (for every caller holding it) and not before, and a workload
+// without addresses (a scheduled pod without an IP yet) is accepted.
+func TestNextWakesEveryWaiter(t *testing.T) {
+	s := NewStore(nil)
+	snap1, next1 := s.Next()
+	_, next2 := s.Next()
+	select {
+	case <-next1:
+		t.Fatal("closed before any commit")
+	default:
+	}
+	w := goodWorkload("shop/starting", "10.0.0.1")
+	w.Addresses = nil
+	if err := s.HandleWorkloads(anys(t, w)); err != nil {
+		t.Fatalf("a workload without addresses: %v", err)
+	}
+	for i, ch := range []<-chan struct{}{next1, next2} {
+		select {
+		case <-ch:
+		default:
+			t.Errorf("waiter %d not woken by the commit", i)
+		}
+	}
+	snap2, next3 := s.Next()
+	if snap2 == snap1 || snap2.Workload("shop/starting") == nil {
+		t.Errorf("Next after the commit returned %v", snap2)
+	}
+	select {
+	case <-next3:
+		t.Error("the new channel is already closed")
+	default:
+	}
+}

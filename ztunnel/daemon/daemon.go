@@ -34,6 +34,9 @@ const (
 	DefaultReadyAddr       = ":15021"
 	DefaultSOCKS5Addr      = "127.0.0.1:15080"
 	DefaultDrainTimeout    = 30 * time.Second
+	// DefaultPodConfigWait bounds how long a pod's enrolment (the CNI
+	// ADD) waits for the configuration to know the pod.
+	DefaultPodConfigWait = 5 * time.Second
 	// DefaultShutdownDrain bounds how long open connections may finish
 	// after SIGTERM.
 	DefaultShutdownDrain = 5 * time.Second
@@ -96,6 +99,17 @@ type Config struct {
 	// uninstall has its connections closed at once; at shutdown they have
 	// ShutdownDrain.
 	DrainTimeout time.Duration
+	// PodConfigWait bounds how long the enrolment of a pod the
+	// configuration does not know yet (the CNI ADD of a pod whose Workload
+	// has not arrived from the controller) waits for it before it returns
+	// with the pod left alone, to be captured once its Workload arrives.
+	// The controller sends a pod's Workload once it is scheduled, so it is
+	// usually there before the CNI ADD; the wait covers a controller that
+	// lags, so that a pod of the mesh is captured before its containers
+	// start instead of sending its first connections outside the mesh.
+	// Zero means DefaultPodConfigWait, negative does not wait. Pods
+	// replayed at start (Resync) never wait.
+	PodConfigWait time.Duration
 	// ShutdownDrain bounds how long the connections being proxied may
 	// finish when ztunnel stops (SIGTERM) while its listeners are already
 	// closed; zero means DefaultShutdownDrain, negative closes them at once.
@@ -184,6 +198,9 @@ func New(cfg Config) (*Daemon, error) {
 	}
 	if cfg.DrainTimeout == 0 {
 		cfg.DrainTimeout = DefaultDrainTimeout
+	}
+	if cfg.PodConfigWait == 0 {
+		cfg.PodConfigWait = DefaultPodConfigWait
 	}
 	if cfg.ResyncWait <= 0 {
 		cfg.ResyncWait = DefaultResyncWait
@@ -382,7 +399,7 @@ func (d *Daemon) loop(ctx context.Context) {
 	case <-ctx.Done():
 		return
 	}
-	if err := d.enroll.Resync(ctx); err != nil {
+	if err := d.enroll.Resync(context.WithValue(ctx, resyncKey{}, true)); err != nil {
 		d.log.Error("resync of enrolled pods failed", "err", err)
 	}
 	close(d.resynced)

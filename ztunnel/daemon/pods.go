@@ -45,10 +45,19 @@ type podState struct {
 
 func (ps *podState) workloadName() string { return ps.pod.Namespace + "/" + ps.pod.Name }
 
+// resyncKey marks the context of the OnAdd calls of the start-up Resync.
+type resyncKey struct{}
+
 // onAdd is the enrolment OnAdd hook: remember the pod and capture it if the
-// configuration says so. A failed capture fails the AddPod.
+// configuration says so. A failed capture fails the AddPod. A pod the
+// configuration does not know yet is waited for (Config.PodConfigWait),
+// except during Resync.
 func (d *Daemon) onAdd(ctx context.Context, pod enroll.Pod) error {
+	resync := ctx.Value(resyncKey{}) != nil
 	snap := d.store.Snapshot()
+	if !resync {
+		snap = d.awaitWorkload(ctx, pod)
+	}
 	if w := snap.Workload(pod.Namespace + "/" + pod.Name); w != nil && w.Enrolled() && w.HasIdentity() {
 		done := d.prefetch(ctx, []identity.SPIFFEID{w.Identity})
 		defer done()
@@ -70,9 +79,52 @@ func (d *Daemon) onAdd(ctx context.Context, pod enroll.Pod) error {
 	// reported with its error: the enrolment server keeps it too, and the
 	// retry loop captures it once the cause (say, an unreachable CA) is gone.
 	// A CNI DEL (onRemove) forgets it.
-	err := d.reconcile(ctx, ps, d.store.Snapshot())
+	snap = d.store.Snapshot()
+	if knownWorkload(snap, pod) == nil && !resync {
+		d.metrics.PodsUnknownAtAdd.Inc()
+		d.log.Warn("pod not in the configuration yet; it starts without capture and is captured once its Workload arrives",
+			"pod", pod.Key(), "waited", d.cfg.PodConfigWait)
+	}
+	err := d.reconcile(ctx, ps, snap)
 	d.updateGauges()
 	return err
+}
+
+// knownWorkload returns pod's Workload if the configuration knows the pod
+// well enough to decide: the Workload exists and there is an address for
+// the pod (from the enrolment or the Workload; the controller sends a
+// scheduled pod's Workload before the kubelet reports its IP).
+func knownWorkload(snap *config.Snapshot, pod enroll.Pod) *config.Workload {
+	w := snap.Workload(pod.Namespace + "/" + pod.Name)
+	if w == nil || (len(w.Addresses) == 0 && len(pod.PodIPs) == 0) {
+		return nil
+	}
+	return w
+}
+
+// awaitWorkload waits until the configuration knows pod, at most
+// Config.PodConfigWait (or until ctx ends), and returns the last snapshot.
+func (d *Daemon) awaitWorkload(ctx context.Context, pod enroll.Pod) *config.Snapshot {
+	snap, next := d.store.Next()
+	if knownWorkload(snap, pod) != nil || d.cfg.PodConfigWait < 0 {
+		return snap
+	}
+	start := time.Now()
+	timer := time.NewTimer(d.cfg.PodConfigWait)
+	defer timer.Stop()
+	for {
+		select {
+		case <-next:
+		case <-timer.C:
+			return d.store.Snapshot()
+		case <-ctx.Done():
+			return d.store.Snapshot()
+		}
+		if snap, next = d.store.Next(); knownWorkload(snap, pod) != nil {
+			d.log.Info("pod's Workload arrived during its enrolment", "pod", pod.Key(), "waited", time.Since(start).Round(time.Millisecond))
+			return snap
+		}
+	}
 }
 
 // onRemove is the enrolment OnRemove hook: release the pod and forget it.
@@ -169,7 +221,7 @@ func (d *Daemon) hasFailures() bool {
 
 // reconcile captures or releases one pod as snap says. Called with d.mu held.
 func (d *Daemon) reconcile(ctx context.Context, ps *podState, snap *config.Snapshot) error {
-	w := snap.Workload(ps.workloadName())
+	w := knownWorkload(snap, ps.pod)
 	if w == nil {
 		// Not known (yet): leave it as it is.
 		return nil

@@ -139,6 +139,9 @@ type Metrics struct {
 	// OutboundErrors counts outbound connections that could not be
 	// forwarded, by reason.
 	OutboundErrors *prometheus.CounterVec
+	// PodsUnknownAtAdd counts pods whose enrolment (CNI ADD) ended before
+	// the configuration knew them: they started without capture.
+	PodsUnknownAtAdd prometheus.Counter
 }
 
 // New creates the metrics in a new registry.
@@ -169,10 +172,12 @@ func New() *Metrics {
 			Help: "Inbound connections refused, by reason."}, []string{"direction", "reason"}),
 		OutboundErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ztunnel_outbound_errors_total",
 			Help: "Outbound connections that could not be forwarded, by reason."}, []string{"reason"}),
+		PodsUnknownAtAdd: prometheus.NewCounter(prometheus.CounterOpts{Name: "ztunnel_pods_unknown_at_add_total",
+			Help: "Pods whose enrolment (CNI ADD) ended, after -pod-config-wait, before the configuration knew them: they started without capture, until their Workload arrived."}),
 	}
 	m.Registry.MustRegister(m.opened, m.closed, m.sent, m.received,
 		m.XDSConnected, m.ConfigFromDisk, m.EnrolledPods, m.ReportedPods, m.DrainingPods, m.Certificates,
-		m.PolicyDenials, m.OutboundErrors,
+		m.PolicyDenials, m.OutboundErrors, m.PodsUnknownAtAdd,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -316,7 +316,9 @@ type Workload struct {
 	// node the pod runs on; each ztunnel receives every workload, and serves
 	// (captures, obtains certificates for) those of its own node.
 	Node string `protobuf:"bytes,6,opt,name=node,proto3" json:"node,omitempty"`
-	// addresses of the pod (pod IPs).
+	// addresses of the pod (pod IPs); empty for a scheduled pod until the
+	// kubelet reports its IPs (the node's ztunnel then takes them from the
+	// pod's enrolment).
 	Addresses []string `protobuf:"bytes,7,rep,name=addresses,proto3" json:"addresses,omitempty"`
 	// enrolled is true when the pod's traffic is captured by ztunnel: its
 	// namespace is labelled ambit.dev/dataplane-mode=ambient and the pod is not

@@ -52,6 +52,7 @@ func run(args []string) error {
 	validity := fs.Duration("cert-validity", identity.DefaultCertLifetime, "workload certificate lifetime asked of the CA")
 	originalSource := fs.Bool("original-source", true, "connect to a pod's application from the client's address (the tunnel's source, or the plaintext connection's), as it would see it without the mesh; false: from the pod's own address")
 	podDrain := fs.Duration("pod-drain", daemon.DefaultDrainTimeout, "how long the connections ztunnel proxies for a running pod may finish once the pod leaves the mesh (new connections bypass ztunnel at once) or changes identity; negative closes them at once")
+	podConfigWait := fs.Duration("pod-config-wait", daemon.DefaultPodConfigWait, "how long a new pod's enrolment (the CNI ADD) waits for the controller's configuration to know the pod, so that a pod of the mesh is captured before its containers start; after it the pod starts uncaptured and is captured once its Workload arrives; negative: no wait")
 	shutdownDrain := fs.Duration("shutdown-drain", daemon.DefaultShutdownDrain, "after SIGTERM, how long open connections may finish (listeners close at once); negative closes them at once")
 	cniBin := fs.String("cni-bin-dir", "", "CNI bin folder to install ambit-cni into (the host's /opt/cni/bin as mounted); empty, with -cni-conf-dir, installs nothing")
 	cniConf := fs.String("cni-conf-dir", "", "CNI conf folder whose first config gets ambit-cni chained (the host's /etc/cni/net.d as mounted)")
@@ -184,6 +185,7 @@ func run(args []string) error {
 		SOCKS5Workload:  *socksWorkload,
 		ShutdownDrain:   *shutdownDrain,
 		DrainTimeout:    *podDrain,
+		PodConfigWait:   *podConfigWait,
 		Logger:          log,
 		CNI:             cni,
 		Shutdown:        shutdown,
