@@ -308,7 +308,11 @@ spec:
 		if err != nil {
 			t.Fatal(err)
 		}
-		viaWaypoint, err := waypointRequests(map[string]string{"reporter": "waypoint", "destination_service_name": "echo"})
+		// Counted by source: with the route, the destination service is
+		// the backend (echo-v1 or echo-v2).
+		fromClient := map[string]string{"reporter": "waypoint",
+			"source_principal": fmt.Sprintf("spiffe://%s/ns/%s/sa/client", trustDomain, appNS)}
+		viaWaypoint, err := waypointRequests(fromClient)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -319,9 +323,9 @@ spec:
 			t.Errorf("ztunnel_pods_unknown_at_add_total %v -> %v (%v): the restarted client started before ztunnel knew it", unknownBefore, n, err)
 		}
 		eventually(t, "the restarted client's requests pass the waypoint", time.Minute, func() error {
-			n, err := waypointRequests(map[string]string{"reporter": "waypoint", "destination_service_name": "echo"})
+			n, err := waypointRequests(fromClient)
 			if err == nil && n < viaWaypoint+50 {
-				err = fmt.Errorf("waypoint istio_requests_total to echo %v -> %v", viaWaypoint, n)
+				err = fmt.Errorf("waypoint istio_requests_total%v %v -> %v", fromClient, viaWaypoint, n)
 			}
 			return err
 		})

@@ -5,6 +5,7 @@ package ztunneltest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"path/filepath"
 	"strings"
@@ -30,6 +31,26 @@ const (
 
 func spiffe(sa string) string {
 	return identity.SPIFFEID{TrustDomain: trustDomain, Namespace: ns, ServiceAccount: sa}.String()
+}
+
+// twoNodeLab makes a lab with nodes node0 and node1 and a pod for each
+// name of onNode0 and onNode1 on that node.
+func twoNodeLab(t *testing.T, onNode0, onNode1 []string) map[string]*netlab.Pod {
+	t.Helper()
+	lab := netlab.New(t)
+	pods := map[string]*netlab.Pod{}
+	for i, names := range [][]string{onNode0, onNode1} {
+		n, err := lab.AddNode(fmt.Sprintf("node%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range names {
+			if pods[name], err = n.AddPod(name); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return pods
 }
 
 // xdsControl is an in-process controller xDS server.

@@ -37,23 +37,7 @@ import (
 // tunnel (the server side counts it as mutual TLS from the pod's identity).
 func TestPodCapturedBeforeItStarts(t *testing.T) {
 	tier.RequireRoot(t)
-	lab := netlab.New(t)
-	n0, err := lab.AddNode("node0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	n1, err := lab.AddNode("node1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	pods := map[string]*netlab.Pod{}
-	for name, n := range map[string]*netlab.Node{"early": n0, "late": n0, "never": n0, "b": n1} {
-		p, err := n.AddPod(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pods[name] = p
-	}
+	pods := twoNodeLab(t, []string{"early", "late", "never"}, []string{"b"})
 	b := pods["b"]
 	b.ServeEcho(t, echoPort)
 	bAddr := netip.AddrPortFrom(b.IP, echoPort)

@@ -113,27 +113,8 @@ func socksEcho(c net.Conn) error {
 // pod is released and comes back when it is captured again.
 func TestPodSOCKS5(t *testing.T) {
 	tier.RequireRoot(t)
-	lab := netlab.New(t)
-	n0, err := lab.AddNode("node0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	n1, err := lab.AddNode("node1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := n0.AddPod("a")
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, err := n0.AddPod("u")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := n1.AddPod("b")
-	if err != nil {
-		t.Fatal(err)
-	}
+	pods := twoNodeLab(t, []string{"a", "u"}, []string{"b"})
+	a, u, b := pods["a"], pods["u"], pods["b"]
 	b.ServeEcho(t, echoPort)
 	ca, err := identity.NewRootAuthority(trustDomain, time.Hour)
 	if err != nil {

@@ -54,23 +54,7 @@ func (m *mesh) publish() {
 // TestZtunnelEndToEnd drives two ztunnels through the whole L4 data path.
 func TestZtunnelEndToEnd(t *testing.T) {
 	tier.RequireRoot(t)
-	lab := netlab.New(t)
-	n0, err := lab.AddNode("node0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	n1, err := lab.AddNode("node1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	pods := map[string]*netlab.Pod{}
-	for name, n := range map[string]*netlab.Node{"a": n0, "c": n0, "u": n0, "b": n1, "wp": n1} {
-		p, err := n.AddPod(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pods[name] = p
-	}
+	pods := twoNodeLab(t, []string{"a", "c", "u"}, []string{"b", "wp"})
 	a, b, c, u, wp := pods["a"], pods["b"], pods["c"], pods["u"], pods["wp"]
 	b.ServeEcho(t, echoPort)
 	bAddr := netip.AddrPortFrom(b.IP, echoPort)
