@@ -144,15 +144,15 @@ func TestPodCapturedBeforeItStarts(t *testing.T) {
 		if took := add(pods["never"]); took < wait {
 			t.Errorf("AddPod returned after %v, before -pod-config-wait (%v)", took, wait)
 		}
-		if z0.captured("never") {
-			t.Fatal("captured without a Workload")
+		if pd := podDump(z0, "never"); pd.Captured || pd.State != daemon.PodUnknown {
+			t.Fatalf("without a Workload: captured %v, state %q, want %q", pd.Captured, pd.State, daemon.PodUnknown)
 		}
 		if n := unknownAtAdd(); n != 1 {
 			t.Errorf("ztunnel_pods_unknown_at_add_total = %v, want 1", n)
 		}
 		known["never"] = scheduled(pods["never"])
 		publish()
-		eventually(t, "the pod captured once its Workload arrives", func() bool { return z0.captured("never") })
+		eventually(t, "the pod captured once its Workload arrives", func() bool { return podDump(z0, "never").State == daemon.PodCaptured })
 		firstConnMeshed(pods["never"])
 	})
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/ambit-mesh/ambit/integration/netlab"
 	"github.com/ambit-mesh/ambit/pkg/hbone"
 	"github.com/ambit-mesh/ambit/pkg/identity"
+	"github.com/ambit-mesh/ambit/ztunnel/daemon"
 	"github.com/ambit-mesh/ambit/ztunnel/redirect"
 )
 
@@ -94,6 +95,11 @@ func TestZtunnelEndToEnd(t *testing.T) {
 		return z0.captured("a") && z0.captured("c") && z1.captured("b") && !z0.captured("u")
 	})
 	eventually(t, "ztunnels ready", func() bool { return z0.d.Ready() == nil && z1.d.Ready() == nil })
+	for name, want := range map[string]string{"a": daemon.PodCaptured, "u": daemon.PodNotEnrolled} {
+		if got := podDump(z0, name).State; got != want {
+			t.Errorf("admin dump: pod %s state %q, want %q", name, got, want)
+		}
+	}
 
 	aID, bID := spiffe("a"), spiffe("b")
 	t.Run("pod to pod over HBONE", func(t *testing.T) {

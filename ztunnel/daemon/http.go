@@ -134,6 +134,9 @@ func xdsDump(st xds.Status) XDSDump {
 type PodDump struct {
 	Pod      enroll.Pod `json:"pod"`
 	Captured bool       `json:"captured"`
+	// State says why the pod is or is not captured: PodCaptured,
+	// PodNotEnrolled, PodUnknown or PodFailed.
+	State string `json:"state"`
 	// Draining is true while connections of an earlier capture drain.
 	Draining bool   `json:"draining,omitempty"`
 	Identity string `json:"identity,omitempty"`
@@ -146,6 +149,19 @@ type PodDump struct {
 	// SOCKS5 are the pod's SOCKS5 listeners (in its namespace), if open.
 	SOCKS5 []string `json:"socks5,omitempty"`
 }
+
+// PodDump.State values.
+const (
+	// PodCaptured: ztunnel serves the pod.
+	PodCaptured = "captured"
+	// PodNotEnrolled: its Workload says it is not in the mesh.
+	PodNotEnrolled = "not-enrolled"
+	// PodUnknown: the configuration does not know the pod (yet); it is
+	// captured once its Workload arrives, if that says so.
+	PodUnknown = "unknown"
+	// PodFailed: its capture or release failed (Error says why); retried.
+	PodFailed = "failed"
+)
 
 // Dump builds the admin config dump (no private keys).
 func (d *Daemon) Dump(ctx context.Context) ConfigDump {
@@ -175,6 +191,16 @@ func (d *Daemon) Dump(ctx context.Context) ConfigDump {
 	d.mu.Lock()
 	for _, ps := range d.pods {
 		pd := PodDump{Pod: ps.pod, Captured: ps.proxy != nil, Draining: ps.draining > 0, Error: ps.lastErr}
+		switch w := knownWorkload(snap, ps.pod); {
+		case ps.lastErr != "":
+			pd.State = PodFailed
+		case ps.proxy != nil:
+			pd.State = PodCaptured
+		case w == nil:
+			pd.State = PodUnknown
+		default:
+			pd.State = PodNotEnrolled
+		}
 		if ps.proxy != nil {
 			pd.Identity = ps.id.String()
 			pd.OriginalSource = ps.proxy.OriginalSource()
