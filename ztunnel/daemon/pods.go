@@ -55,8 +55,9 @@ type resyncKey struct{}
 func (d *Daemon) onAdd(ctx context.Context, pod enroll.Pod) error {
 	resync := ctx.Value(resyncKey{}) != nil
 	snap := d.store.Snapshot()
+	var waited time.Duration
 	if !resync {
-		snap = d.awaitWorkload(ctx, pod)
+		snap, waited = d.awaitWorkload(ctx, pod)
 	}
 	if w := snap.Workload(pod.Namespace + "/" + pod.Name); w != nil && w.Enrolled() && w.HasIdentity() {
 		done := d.prefetch(ctx, []identity.SPIFFEID{w.Identity})
@@ -83,7 +84,7 @@ func (d *Daemon) onAdd(ctx context.Context, pod enroll.Pod) error {
 	if knownWorkload(snap, pod) == nil && !resync {
 		d.metrics.PodsUnknownAtAdd.Inc()
 		d.log.Warn("pod not in the configuration yet; it starts without capture and is captured once its Workload arrives",
-			"pod", pod.Key(), "waited", d.cfg.PodConfigWait)
+			"pod", pod.Key(), "waited", waited.Round(time.Millisecond))
 	}
 	err := d.reconcile(ctx, ps, snap)
 	d.updateGauges()
@@ -103,11 +104,12 @@ func knownWorkload(snap *config.Snapshot, pod enroll.Pod) *config.Workload {
 }
 
 // awaitWorkload waits until the configuration knows pod, at most
-// Config.PodConfigWait (or until ctx ends), and returns the last snapshot.
-func (d *Daemon) awaitWorkload(ctx context.Context, pod enroll.Pod) *config.Snapshot {
+// Config.PodConfigWait (or until ctx ends), and returns the last snapshot
+// and how long it waited.
+func (d *Daemon) awaitWorkload(ctx context.Context, pod enroll.Pod) (*config.Snapshot, time.Duration) {
 	snap, next := d.store.Next()
 	if knownWorkload(snap, pod) != nil || d.cfg.PodConfigWait < 0 {
-		return snap
+		return snap, 0
 	}
 	start := time.Now()
 	timer := time.NewTimer(d.cfg.PodConfigWait)
@@ -116,13 +118,14 @@ func (d *Daemon) awaitWorkload(ctx context.Context, pod enroll.Pod) *config.Snap
 		select {
 		case <-next:
 		case <-timer.C:
-			return d.store.Snapshot()
+			return d.store.Snapshot(), time.Since(start)
 		case <-ctx.Done():
-			return d.store.Snapshot()
+			return d.store.Snapshot(), time.Since(start)
 		}
 		if snap, next = d.store.Next(); knownWorkload(snap, pod) != nil {
-			d.log.Info("pod's Workload arrived during its enrolment", "pod", pod.Key(), "waited", time.Since(start).Round(time.Millisecond))
-			return snap
+			waited := time.Since(start)
+			d.log.Info("pod's Workload arrived during its enrolment", "pod", pod.Key(), "waited", waited.Round(time.Millisecond))
+			return snap, waited
 		}
 	}
 }
