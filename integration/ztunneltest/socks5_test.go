@@ -24,6 +24,7 @@ import (
 	"github.com/ambit-mesh/ambit/controller/translate"
 	"github.com/ambit-mesh/ambit/integration/internal/tier"
 	"github.com/ambit-mesh/ambit/integration/netlab"
+	"github.com/ambit-mesh/ambit/pkg/dnstest"
 	"github.com/ambit-mesh/ambit/pkg/identity"
 	"github.com/ambit-mesh/ambit/ztunnel/daemon"
 	"github.com/ambit-mesh/ambit/ztunnel/enroll"
@@ -144,8 +145,21 @@ func TestPodSOCKS5(t *testing.T) {
 		x.srv.Publish(out)
 	}
 	publish()
+	// A nameserver in pod u for names outside the mesh: outside.example
+	// is pod b's address.
+	var dnsLn net.Listener
+	if err := u.Do(func() (err error) {
+		dnsLn, err = net.Listen("tcp", netip.AddrPortFrom(u.IP, 5353).String())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	dns := dnstest.Serve(dnsLn, map[string]netip.Addr{"outside.example.": b.IP})
+	t.Cleanup(func() { _ = dns.Close() })
 	files0 := ztunnelFiles{dir: t.TempDir()}
-	z0 := startZtunnel(t, "node0", x.addr, files0, ca)
+	z0 := startZtunnel(t, "node0", x.addr, files0, ca, func(c *daemon.Config) {
+		c.SOCKS5Nameservers = []netip.AddrPort{dns.Addr}
+	})
 	z1 := startZtunnel(t, "node1", x.addr, ztunnelFiles{dir: t.TempDir()}, ca)
 	z0.enrol(t, a)
 	z0.enrol(t, u)
@@ -211,9 +225,27 @@ func TestPodSOCKS5(t *testing.T) {
 		connections++
 	})
 
+	t.Run("a name outside the mesh, resolved from inside the pod", func(t *testing.T) {
+		c, code, err := socksDial(a, fmt.Sprintf("outside.example:%d", echoPort))
+		if err != nil || code != 0 {
+			t.Fatalf("SOCKS5 CONNECT outside.example: code %d, %v (the nameserver was asked %v)", code, err, dns.Asked())
+		}
+		defer c.Close()
+		if err := socksEcho(c); err != nil {
+			t.Fatal(err)
+		}
+		connections++
+		if !slices.Contains(dns.Asked(), "outside.example. TypeA") {
+			t.Errorf("the nameserver was asked %v", dns.Asked())
+		}
+	})
+
 	t.Run("errors", func(t *testing.T) {
 		if _, code, err := socksDial(a, "nowhere.shop.svc.cluster.local:80"); err != nil || code != 4 {
 			t.Errorf("unknown name: code %d, %v; want 4", code, err)
+		}
+		if !slices.Contains(dns.Asked(), "nowhere.shop.svc.cluster.local. TypeA") {
+			t.Errorf("a name the mesh does not know was not asked of the nameserver: %v", dns.Asked())
 		}
 		if _, code, err := socksDial(a, netip.AddrPortFrom(b.IP, 1).String()); err != nil || code != 5 {
 			t.Errorf("closed port: code %d, %v; want 5", code, err)

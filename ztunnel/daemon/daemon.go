@@ -83,6 +83,10 @@ type Config struct {
 	// SOCKS5Workload is the Workload ("<namespace>/<pod>") whose identity
 	// the node-level listener's clients act as.
 	SOCKS5Workload string
+	// SOCKS5Nameservers resolve SOCKS5 destination names that are not
+	// services of the mesh (DNS over TCP, from inside the pod for a pod's
+	// listener); empty: such names are not resolved.
+	SOCKS5Nameservers []netip.AddrPort
 	// DisablePodSOCKS5 turns off the SOCKS5 listener ztunnel otherwise opens
 	// on PodSOCKS5Addr inside every captured pod.
 	DisablePodSOCKS5 bool
@@ -244,7 +248,8 @@ func New(cfg Config) (*Daemon, error) {
 		return nil, err
 	}
 	d.env = &proxy.Env{Config: d.store.Snapshot, Certs: d.certs, Metrics: d.metrics,
-		SystemNamespace: cfg.SystemNamespace, DialTimeout: cfg.DialTimeout, Logger: log.With("component", "proxy")}
+		SystemNamespace: cfg.SystemNamespace, DialTimeout: cfg.DialTimeout, Logger: log.With("component", "proxy"),
+		Nameservers: cfg.SOCKS5Nameservers}
 	return d, nil
 }
 

@@ -38,6 +38,11 @@ type Env struct {
 	// way has closed, the OS thread running its copies is ended (see
 	// endThread). Zero means DefaultBulkThreadBytes; negative, never.
 	BulkThreadBytes int64
+	// Nameservers resolve the SOCKS5 destination names that are not
+	// services of the mesh (DNS over TCP, through the SOCKS5 server's
+	// dial: from inside the pod, as the pod). Empty: such names are not
+	// resolved.
+	Nameservers []netip.AddrPort
 }
 
 // PodConfig says which pod a Pod serves.

@@ -9,8 +9,10 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ambit-mesh/ambit/ztunnel/config"
@@ -41,12 +43,17 @@ const socksHandshakeTimeout = 10 * time.Second
 // SOCKS5 listener and asks for a destination; ztunnel routes it exactly as
 // it routes a captured outbound connection, as the source workload the
 // SOCKS5 server was made for. Only CONNECT with no authentication is
-// supported. Destinations are IPv4 or IPv6 addresses, or the hostname of a
-// service of the mesh (see resolveName): ztunnel queries no DNS server.
+// supported. Destinations are IPv4 or IPv6 addresses, the hostname of a
+// service of the mesh (see resolveName), or any other name, which
+// Env.Nameservers resolve (see lookup).
 type SOCKS5 struct {
 	out   *Outbound
 	log   *slog.Logger
 	srcIP netip.Addr
+	// dns resolves names outside the mesh with nameservers; nil without
+	// Env.Nameservers.
+	dns         *net.Resolver
+	nameservers []netip.AddrPort
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -80,7 +87,52 @@ func newSOCKS5(env *Env, source string, srcIP netip.Addr, dial func(ctx context.
 	o := NewOutbound(env, source, dial)
 	s := &SOCKS5{out: o, log: o.log.With("listener", "socks5", "source", source), srcIP: srcIP, conns: newConnSet()}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	if ns := slices.Clone(env.Nameservers); len(ns) > 0 {
+		s.nameservers = ns
+		var next atomic.Uint32
+		s.dns = &net.Resolver{PreferGo: true, StrictErrors: true,
+			// Every query goes to one of ns in turn, over TCP: a stream
+			// connection makes Go's resolver use DNS over TCP framing.
+			Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				a := ns[int(next.Add(1)-1)%len(ns)]
+				return o.dial(ctx, "tcp", a.String())
+			}}
+	}
 	return s
+}
+
+// socksLookupTimeout bounds the resolution of one name outside the mesh.
+const socksLookupTimeout = 5 * time.Second
+
+// lookup resolves a name that is not a service of the mesh with the
+// nameservers: as an absolute name (the search list of ztunnel's own
+// resolv.conf belongs to ztunnel's namespace, not the pod's), to its first
+// IPv4 address, else its first address.
+func (s *SOCKS5) lookup(name string) (netip.Addr, error) {
+	if s.dns == nil {
+		return netip.Addr{}, errors.New("not a service of the mesh, and no nameserver is configured")
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, socksLookupTimeout)
+	defer cancel()
+	as, err := s.dns.LookupNetIP(ctx, "ip", strings.TrimSuffix(name, ".")+".")
+	if err != nil {
+		// Go's error names the server of ztunnel's own resolv.conf, not
+		// the one asked.
+		var de *net.DNSError
+		if errors.As(err, &de) {
+			return netip.Addr{}, fmt.Errorf("lookup %s with %v: %s", de.Name, s.nameservers, de.Err)
+		}
+		return netip.Addr{}, err
+	}
+	for _, a := range as {
+		if a.Unmap().Is4() {
+			return a.Unmap(), nil
+		}
+	}
+	if len(as) == 0 {
+		return netip.Addr{}, errors.New("no address")
+	}
+	return as[0], nil
 }
 
 // Serve accepts SOCKS5 clients on ln until ctx ends or ln fails; it then
@@ -193,10 +245,13 @@ func (s *SOCKS5) serve(c net.Conn) {
 	if req.name != "" {
 		a, ok := resolveName(s.out.env.Config(), s.out.source, req.name)
 		if !ok {
-			s.log.Info("socks5 destination name is not a service of the mesh", "name", req.name)
-			s.out.env.Metrics.OutboundErrors.WithLabelValues("socks5_unknown_name").Inc()
-			_ = socksReply(c, socksHostUnreachable)
-			return
+			var err error
+			if a, err = s.lookup(req.name); err != nil {
+				s.log.Info("socks5 destination name not resolved", "name", req.name, "err", err)
+				s.out.env.Metrics.OutboundErrors.WithLabelValues("socks5_unknown_name").Inc()
+				_ = socksReply(c, socksHostUnreachable)
+				return
+			}
 		}
 		dst = netip.AddrPortFrom(a, req.addr.Port())
 	}

@@ -48,6 +48,7 @@ func run(args []string) error {
 	ready := fs.String("ready-address", daemon.DefaultReadyAddr, "readiness listener; empty disables")
 	socksAddr := fs.String("socks5-address", daemon.DefaultSOCKS5Addr, "explicit-mode SOCKS5 listener, used with -socks5-workload")
 	socksWorkload := fs.String("socks5-workload", "", "workload (<namespace>/<pod>) whose identity SOCKS5 clients use; empty disables SOCKS5")
+	socksNS := fs.String("socks5-nameservers", "auto", "DNS servers (comma-separated IP or IP:port; DNS over TCP) that resolve SOCKS5 destination names which are not services of the mesh, asked from inside the pod; auto: the nameservers of "+daemon.DefaultResolvConf+" (in the DaemonSet the cluster DNS); none: such names are not resolved")
 	socksPerPod := fs.Bool("socks5-per-pod", true, "open a SOCKS5 listener on "+daemon.PodSOCKS5Addr+" (and "+daemon.PodSOCKS5Addr6+") inside every captured pod")
 	validity := fs.Duration("cert-validity", identity.DefaultCertLifetime, "workload certificate lifetime asked of the CA")
 	originalSource := fs.Bool("original-source", true, "connect to a pod's application from the client's address (the tunnel's source, or the plaintext connection's), as it would see it without the mesh; false: from the pod's own address")
@@ -137,6 +138,10 @@ func run(args []string) error {
 	} else if *cniPlugin != "" {
 		return errors.New("-cni-plugin needs -cni-bin-dir and -cni-conf-dir")
 	}
+	nameservers, err := daemon.NameserversFromSpec(*socksNS, daemon.DefaultResolvConf)
+	if err != nil {
+		return fmt.Errorf("-socks5-nameservers: %w", err)
+	}
 	var shutdown daemon.ShutdownDecider
 	if *daemonSet != "" {
 		check, err := daemon.InClusterDaemonSetCheck(*daemonSet)
@@ -190,8 +195,9 @@ func run(args []string) error {
 		CNI:             cni,
 		Shutdown:        shutdown,
 
-		DisablePodSOCKS5: !*socksPerPod,
-		NoOriginalSource: !*originalSource,
+		DisablePodSOCKS5:  !*socksPerPod,
+		SOCKS5Nameservers: nameservers,
+		NoOriginalSource:  !*originalSource,
 
 		DiscoverNetnsDir:          *discoverDir,
 		DiscoverExcludeNamespaces: exclude,

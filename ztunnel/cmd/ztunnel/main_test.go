@@ -33,6 +33,7 @@ func TestFlagErrors(t *testing.T) {
 		"relative discovery":   {[]string{"-discover-netns-dir", "netns"}, "absolute"},
 		"stray argument":       {[]string{"extra"}, "unexpected arguments"},
 		"local CA, secure xDS": {[]string{"-local-ca-trust-domain", "cluster.local"}, "add -xds-insecure"},
+		"bad nameserver":       {[]string{"-socks5-nameservers", "dns.example"}, "-socks5-nameservers"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			err := run(append(append([]string{}, base...), tc.args...))
