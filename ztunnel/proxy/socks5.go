@@ -112,6 +112,9 @@ func (s *SOCKS5) lookup(name string) (netip.Addr, error) {
 	if s.dns == nil {
 		return netip.Addr{}, errors.New("not a service of the mesh, and no nameserver is configured")
 	}
+	if strings.Trim(name, ".") == "" {
+		return netip.Addr{}, errors.New("empty name")
+	}
 	ctx, cancel := context.WithTimeout(s.ctx, socksLookupTimeout)
 	defer cancel()
 	as, err := s.dns.LookupNetIP(ctx, "ip", strings.TrimSuffix(name, ".")+".")
