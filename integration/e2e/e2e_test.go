@@ -208,6 +208,43 @@ func TestE2E(t *testing.T) {
 		}
 	})
 
+	e.step(t, "SOCKS5", func(t *testing.T) {
+		e := e.sub(t)
+		// A headless Service has no VIP, so the mesh configuration does
+		// not resolve its name: ztunnel asks the cluster DNS (the
+		// nameserver of its own resolv.conf) from inside the client pod.
+		e.apply(fmt.Sprintf(`apiVersion: v1
+kind: Service
+metadata: {name: echo-pods, namespace: %s}
+spec:
+  clusterIP: None
+  selector: {app: echo}
+  ports: [{name: http, port: 8080, targetPort: 8080}]
+`, appNS))
+		for _, url := range []string{
+			"http://echo." + appNS + ".svc.cluster.local:8080/socks5-mesh-name",
+			"http://echo-pods." + appNS + ".svc.cluster.local:8080/socks5-dns-name",
+		} {
+			eventually(t, "GET "+url+" through the client pod's SOCKS5 listener, over mTLS", time.Minute, func() error {
+				start, err := meshConns()
+				if err != nil {
+					return err
+				}
+				code, body, err := e.demoGet(appNS, "client", []string{"-socks5", "127.0.0.1:15080"}, url)
+				if err != nil {
+					return err
+				}
+				if code != http.StatusOK || !strings.Contains(body, "echo") {
+					return fmt.Errorf("status %d: %.200s", code, body)
+				}
+				if got, err := meshConns(); err != nil || got <= start {
+					return fmt.Errorf("no new mutual_tls connection client->echo counted (%v -> %v, %v)", start, got, err)
+				}
+				return nil
+			})
+		}
+	})
+
 	e.step(t, "UnenrolReleasesPods", func(t *testing.T) {
 		e := e.sub(t)
 		e.mustK("", "label", "namespace", appNS, "ambit.dev/dataplane-mode-")

@@ -185,12 +185,25 @@ func (e *env) get(ns, url string, headers ...string) (answer, error) {
 // in ns with `ambit-demo get` and returns the status code and body. err is
 // set only when no HTTP answer came (or kubectl failed).
 func (e *env) request(ns, deploy, method, url string, headers ...string) (int, string, error) {
-	args := []string{"--kubeconfig", e.kubeconfig, "-n", ns, "exec", "deploy/" + deploy, "--",
-		"/usr/local/bin/ambit-demo", "get", "-timeout", "5s", "-X", method}
+	flags := []string{"-X", method}
 	for _, h := range headers {
-		args = append(args, "-H", h)
+		flags = append(flags, "-H", h)
 	}
-	args = append(args, url)
+	return e.demoGet(ns, deploy, flags, url)
+}
+
+// demoGet runs ambit-demo get with flags in deploy's pod and returns the
+// status code and body of the answer.
+func (e *env) demoGet(ns, deploy string, flags []string, url string) (int, string, error) {
+	method := "GET"
+	for i, f := range flags {
+		if f == "-X" && i+1 < len(flags) {
+			method = flags[i+1]
+		}
+	}
+	args := []string{"--kubeconfig", e.kubeconfig, "-n", ns, "exec", "deploy/" + deploy, "--",
+		"/usr/local/bin/ambit-demo", "get", "-timeout", "5s"}
+	args = append(append(args, flags...), url)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, e.kubectl, args...)

@@ -25,6 +25,7 @@ func getCommand(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	fs.Var(&headerFlag{headers}, "H", "request header \"Name: value\" (repeatable)")
 	method := fs.String("X", http.MethodGet, "request method")
 	timeout := fs.Duration("timeout", 5*time.Second, "request timeout")
+	socks := fs.String("socks5", "", "send the request through this SOCKS5 proxy (host:port, such as ztunnel's 127.0.0.1:15080 in a captured pod); the URL's host name is resolved by the proxy")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -48,7 +49,13 @@ func getCommand(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		return 2
 	}
 	req.Header = headers
-	res, err := http.DefaultClient.Do(req)
+	client := http.DefaultClient
+	if *socks != "" {
+		// Go's SOCKS5 client sends a host name as it is, for the proxy
+		// to resolve.
+		client = &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(&url.URL{Scheme: "socks5", Host: *socks})}}
+	}
+	res, err := client.Do(req)
 	if err != nil {
 		fmt.Fprintf(stderr, "ambit-demo get: %v\n", err)
 		return 1
