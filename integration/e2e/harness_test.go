@@ -195,12 +195,6 @@ func (e *env) request(ns, deploy, method, url string, headers ...string) (int, s
 // demoGet runs ambit-demo get with flags in deploy's pod and returns the
 // status code and body of the answer.
 func (e *env) demoGet(ns, deploy string, flags []string, url string) (int, string, error) {
-	method := "GET"
-	for i, f := range flags {
-		if f == "-X" && i+1 < len(flags) {
-			method = flags[i+1]
-		}
-	}
 	args := []string{"--kubeconfig", e.kubeconfig, "-n", ns, "exec", "deploy/" + deploy, "--",
 		"/usr/local/bin/ambit-demo", "get", "-timeout", "5s"}
 	args = append(append(args, flags...), url)
@@ -221,7 +215,7 @@ func (e *env) demoGet(ns, deploy string, flags []string, url string) (int, strin
 	if runErr == nil {
 		runErr = errors.New("no status line")
 	}
-	return 0, "", fmt.Errorf("%s %s from %s/%s: %v: %s", method, url, ns, deploy, runErr, strings.TrimSpace(errb.String()))
+	return 0, "", fmt.Errorf("ambit-demo get %s %s from %s/%s: %v: %s", strings.Join(flags, " "), url, ns, deploy, runErr, strings.TrimSpace(errb.String()))
 }
 
 // pods returns the pods of ns matching selector.

@@ -1,8 +1,6 @@
 package daemon
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -59,9 +57,8 @@ func parseNameserver(s string) (netip.AddrPort, error) {
 // that hold an IP address without a zone, at port 53.
 func resolvConfNameservers(b []byte) []netip.AddrPort {
 	var out []netip.AddrPort
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
+	for line := range strings.Lines(string(b)) {
+		f := strings.Fields(line)
 		if len(f) < 2 || f[0] != "nameserver" {
 			continue
 		}
