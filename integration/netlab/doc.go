@@ -16,9 +16,16 @@
 //   - pod j on node i is a namespace with eth0 = 10.250.(i+1).(j+2)/24 on the
 //     node's cbr0 and a default route through 10.250.(i+1).1.
 //
+// A dual-stack lab (New(t, DualStack())) adds IPv6 from fdab:250:ff00::/48
+// (unique-local, Range6) on the same plan: node i fdab:250:ff00::(10+i)/64
+// on the fabric and fdab:250:ff00:(i+1)::1/64 on cbr0, pod j
+// fdab:250:ff00:(i+1)::(j+2)/64 with a default route through its node,
+// IPv6 forwarding on in the nodes. Its addresses skip duplicate address
+// detection, so they are usable at once.
+//
 // No namespace has a route or an interface that leads off the machine: a
-// packet for any address outside 10.250.0.0/16 is dropped by the node as
-// unroutable.
+// packet for any address outside 10.250.0.0/16 (or fdab:250:ff00::/48) is
+// dropped by the node as unroutable.
 //
 // # Names and clean-up
 //

@@ -17,6 +17,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/ambit-mesh/ambit/integration/internal/tier"
 )
@@ -30,6 +31,19 @@ const netnsDir = "/run/netns"
 // Range is the address range of every lab.
 var Range = netip.MustParsePrefix("10.250.0.0/16")
 
+// Range6 is the IPv6 range of a dual-stack lab (DualStack): unique-local
+// addresses that exist inside the lab's namespaces only. Node i has
+// fdab:250:ff00::<10+i> on the fabric and its pods fdab:250:ff00:<i+1>::/64,
+// the node holding ::1 and its pods ::2 on, as in IPv4.
+var Range6 = netip.MustParsePrefix("fdab:250:ff00::/48")
+
+// Option changes how a lab is built.
+type Option func(*Lab)
+
+// DualStack gives every node and pod an IPv6 address of Range6 next to its
+// IPv4 one, with routes between the nodes as for IPv4.
+func DualStack() Option { return func(l *Lab) { l.dualStack = true } }
+
 // maxNodes and maxPods keep addresses inside Range and under the 15-byte
 // interface-name limit.
 const (
@@ -39,7 +53,8 @@ const (
 
 // Lab is one topology of nodes and pods. Its methods are safe for concurrent use.
 type Lab struct {
-	prefix string // "ambitlab-<pid>-"
+	prefix    string // "ambitlab-<pid>-"
+	dualStack bool
 
 	mu     sync.Mutex
 	fabric *namespace
@@ -52,16 +67,21 @@ type Node struct {
 	Name    string
 	IP      netip.Addr   // address on the fabric
 	PodCIDR netip.Prefix // range of its pods; the node holds the first address
-	lab     *Lab
-	index   int
-	ns      *namespace
-	pods    []*Pod
+	// IP6 and PodCIDR6 are the IPv6 counterparts in a dual-stack lab, else
+	// zero.
+	IP6      netip.Addr
+	PodCIDR6 netip.Prefix
+	lab      *Lab
+	index    int
+	ns       *namespace
+	pods     []*Pod
 }
 
 // Pod is a namespace standing for a pod on a node.
 type Pod struct {
 	Name string
 	IP   netip.Addr
+	IP6  netip.Addr // in a dual-stack lab, else zero
 	Node *Node
 	ns   *namespace
 }
@@ -77,13 +97,13 @@ func (n *namespace) path() string { return filepath.Join(netnsDir, n.name) }
 
 // New sweeps leftovers of crashed runs, creates an empty lab and removes it
 // when the test ends. Without root it skips the test, or fails it under CI.
-func New(t testing.TB) *Lab {
+func New(t testing.TB, opts ...Option) *Lab {
 	t.Helper()
 	tier.RequireRoot(t)
 	if err := Sweep(); err != nil {
 		t.Fatalf("sweep leftover namespaces: %v", err)
 	}
-	l, err := NewLab()
+	l, err := NewLab(opts...)
 	if err != nil {
 		t.Fatalf("create lab: %v", err)
 	}
@@ -97,8 +117,11 @@ func New(t testing.TB) *Lab {
 
 // NewLab creates an empty lab: the fabric namespace and its bridge. The caller
 // must Close it.
-func NewLab() (*Lab, error) {
+func NewLab(opts ...Option) (*Lab, error) {
 	l := &Lab{prefix: fmt.Sprintf("%s%d-", Prefix, os.Getpid())}
+	for _, o := range opts {
+		o(l)
+	}
 	fab, err := l.newNamespace("fabric")
 	if err != nil {
 		return nil, err
@@ -142,6 +165,10 @@ func (l *Lab) AddNode(name string) (*Node, error) {
 		index:   i,
 		ns:      ns,
 	}
+	if l.dualStack {
+		n.IP6 = v6(0, 10+i)
+		n.PodCIDR6 = netip.PrefixFrom(v6(i+1, 0), 64)
+	}
 	l.nodes = append(l.nodes, n) // Close removes it even if set-up fails below
 	fabricPort := fmt.Sprintf("n%d", i)
 	if err := addVeth(ns, "eth0", l.fabric, fabricPort); err != nil {
@@ -154,6 +181,11 @@ func (l *Lab) AddNode(name string) (*Node, error) {
 		return nil, err
 	}
 	err = n.do(func() error {
+		if l.dualStack {
+			if err := os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1"), 0o644); err != nil {
+				return err
+			}
+		}
 		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644)
 	})
 	if err != nil {
@@ -167,7 +199,16 @@ func (l *Lab) AddNode(name string) (*Node, error) {
 		if err := h.LinkAdd(br); err != nil {
 			return fmt.Errorf("add cbr0: %w", err)
 		}
-		return upWithAddr(h, "cbr0", netip.PrefixFrom(n.PodCIDR.Addr().Next(), 24))
+		if err := upWithAddr(h, "cbr0", netip.PrefixFrom(n.PodCIDR.Addr().Next(), 24)); err != nil {
+			return err
+		}
+		if !l.dualStack {
+			return nil
+		}
+		if err := upWithAddr(h, "eth0", netip.PrefixFrom(n.IP6, 64)); err != nil {
+			return err
+		}
+		return upWithAddr(h, "cbr0", netip.PrefixFrom(n.PodCIDR6.Addr().Next(), 64))
 	})
 	if err != nil {
 		return nil, fmt.Errorf("node %s: %w", name, err)
@@ -186,10 +227,15 @@ func (l *Lab) AddNode(name string) (*Node, error) {
 // routeTo sends traffic for other's pods through other's node address.
 func (n *Node) routeTo(other *Node) error {
 	return withHandle(n.ns, func(h *netlink.Handle) error {
-		_, dst, _ := net.ParseCIDR(other.PodCIDR.String())
-		err := h.RouteAdd(&netlink.Route{Dst: dst, Gw: other.IP.AsSlice()})
-		if err != nil {
-			return fmt.Errorf("node %s: route to %s via %s: %w", n.Name, other.PodCIDR, other.IP, err)
+		routes := [][2]string{{other.PodCIDR.String(), other.IP.String()}}
+		if other.PodCIDR6.IsValid() {
+			routes = append(routes, [2]string{other.PodCIDR6.String(), other.IP6.String()})
+		}
+		for _, r := range routes {
+			_, dst, _ := net.ParseCIDR(r[0])
+			if err := h.RouteAdd(&netlink.Route{Dst: dst, Gw: net.ParseIP(r[1])}); err != nil {
+				return fmt.Errorf("node %s: route to %s via %s: %w", n.Name, r[0], r[1], err)
+			}
 		}
 		return nil
 	})
@@ -214,6 +260,9 @@ func (n *Node) AddPod(name string) (*Pod, error) {
 	ip := n.PodCIDR.Addr().As4()
 	ip[3] = byte(j + 2)
 	p := &Pod{Name: name, IP: netip.AddrFrom4(ip), Node: n, ns: ns}
+	if n.PodCIDR6.IsValid() {
+		p.IP6 = v6(n.index+1, j+2)
+	}
 	n.pods = append(n.pods, p)
 	nodePort := fmt.Sprintf("p%d", j)
 	if err := addVeth(ns, "eth0", n.ns, nodePort); err != nil {
@@ -226,7 +275,16 @@ func (n *Node) AddPod(name string) (*Pod, error) {
 		if err := upWithAddr(h, "eth0", netip.PrefixFrom(p.IP, 24)); err != nil {
 			return err
 		}
-		return h.RouteAdd(&netlink.Route{Gw: n.PodCIDR.Addr().Next().AsSlice()})
+		if err := h.RouteAdd(&netlink.Route{Gw: n.PodCIDR.Addr().Next().AsSlice()}); err != nil {
+			return err
+		}
+		if !p.IP6.IsValid() {
+			return nil
+		}
+		if err := upWithAddr(h, "eth0", netip.PrefixFrom(p.IP6, 64)); err != nil {
+			return err
+		}
+		return h.RouteAdd(&netlink.Route{Gw: n.PodCIDR6.Addr().Next().AsSlice()})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("pod %s: %w", name, err)
@@ -412,7 +470,17 @@ func attach(h *netlink.Handle, link, bridge string) error {
 	return h.LinkSetUp(l)
 }
 
-// upWithAddr gives link an address and sets it up.
+// v6 is the address host in subnet of Range6: subnet 0 is the fabric,
+// subnet i+1 node i's pods.
+func v6(subnet, host int) netip.Addr {
+	a := Range6.Addr().As16()
+	a[6], a[7] = byte(subnet>>8), byte(subnet)
+	a[14], a[15] = byte(host>>8), byte(host)
+	return netip.AddrFrom16(a)
+}
+
+// upWithAddr gives link an address and sets it up. IPv6 addresses skip
+// duplicate address detection, so that they are usable at once.
 func upWithAddr(h *netlink.Handle, link string, addr netip.Prefix) error {
 	l, err := h.LinkByName(link)
 	if err != nil {
@@ -421,6 +489,9 @@ func upWithAddr(h *netlink.Handle, link string, addr netip.Prefix) error {
 	a, err := netlink.ParseAddr(addr.String())
 	if err != nil {
 		return err
+	}
+	if addr.Addr().Is6() {
+		a.Flags |= unix.IFA_F_NODAD
 	}
 	if err := h.AddrAdd(l, a); err != nil {
 		return fmt.Errorf("address %s on %s: %w", addr, link, err)

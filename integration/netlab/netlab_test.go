@@ -22,7 +22,30 @@ import (
 )
 
 func TestTCPEchoAcrossNodes(t *testing.T) {
-	lab := New(t)
+	client, server := twoNodes(t)
+	if client.IP6.IsValid() || server.IP6.IsValid() {
+		t.Fatalf("an IPv4 lab gave IPv6 addresses: client %s, server %s", client.IP6, server.IP6)
+	}
+	echoAcross(t, client, server, server.IP, client.IP)
+}
+
+// TestDualStackEchoAcrossNodes checks a dual-stack lab: both families
+// routed between the nodes, each pod seen with its own address.
+func TestDualStackEchoAcrossNodes(t *testing.T) {
+	client, server := twoNodes(t, DualStack())
+	for _, p := range []*Pod{client, server} {
+		if !Range6.Contains(p.IP6) || !p.Node.PodCIDR6.Contains(p.IP6) {
+			t.Fatalf("pod %s: IPv6 address %s, want one in %s and %s", p.Name, p.IP6, Range6, p.Node.PodCIDR6)
+		}
+	}
+	echoAcross(t, client, server, server.IP, client.IP)
+	echoAcross(t, client, server, server.IP6, client.IP6)
+}
+
+// twoNodes builds a lab of two nodes with a pod each.
+func twoNodes(t *testing.T, opts ...Option) (client, server *Pod) {
+	t.Helper()
+	lab := New(t, opts...)
 	node0, err := lab.AddNode("node0")
 	if err != nil {
 		t.Fatal(err)
@@ -31,21 +54,28 @@ func TestTCPEchoAcrossNodes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	client, err := node0.AddPod("client")
+	client, err = node0.AddPod("client")
 	if err != nil {
 		t.Fatal(err)
 	}
-	server, err := node1.AddPod("server")
+	server, err = node1.AddPod("server")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !Range.Contains(client.IP) || !Range.Contains(server.IP) || client.Node == server.Node {
 		t.Fatalf("unexpected addresses: client %s on %s, server %s on %s", client.IP, client.Node.Name, server.IP, server.Node.Name)
 	}
+	return client, server
+}
 
+// echoAcross sends 1 MiB from client to an echo server of server's at
+// addr and checks that it comes back whole and that the server saw the
+// client at from.
+func echoAcross(t *testing.T, client, server *Pod, addr, from netip.Addr) {
+	t.Helper()
 	var ln net.Listener
 	if err := server.Do(func() (err error) {
-		ln, err = net.Listen("tcp", netip.AddrPortFrom(server.IP, 7000).String())
+		ln, err = net.Listen("tcp", netip.AddrPortFrom(addr, 7000).String())
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -59,17 +89,17 @@ func TestTCPEchoAcrossNodes(t *testing.T) {
 			return
 		}
 		defer c.Close()
-		peers <- c.RemoteAddr().(*net.TCPAddr).IP.String()
+		peers <- c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap().String()
 		_, _ = io.Copy(c, c) // echo until the client half-closes
 		_ = c.(*net.TCPConn).CloseWrite()
 	}()
 
 	var conn net.Conn
 	if err := client.Do(func() (err error) {
-		conn, err = net.DialTimeout("tcp", netip.AddrPortFrom(server.IP, 7000).String(), 5*time.Second)
+		conn, err = net.DialTimeout("tcp", netip.AddrPortFrom(addr, 7000).String(), 5*time.Second)
 		return err
 	}); err != nil {
-		t.Fatalf("dial %s from %s: %v", server.IP, client.IP, err)
+		t.Fatalf("dial %s from %s: %v", addr, client.Name, err)
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
@@ -95,8 +125,8 @@ func TestTCPEchoAcrossNodes(t *testing.T) {
 		t.Fatalf("echo returned %d bytes, differing from the %d sent", len(got), len(payload))
 	}
 	// Routed, not NATed: the server saw the client pod's own address.
-	if peer := <-peers; peer != client.IP.String() {
-		t.Errorf("server saw peer %s, want %s", peer, client.IP)
+	if peer := <-peers; peer != from.String() {
+		t.Errorf("server saw peer %s, want %s", peer, from)
 	}
 }
 
@@ -137,7 +167,7 @@ func TestProcessRunsInPod(t *testing.T) {
 // anywhere: no namespace of the lab has a default route except pods, whose
 // default route ends at their node, which has none.
 func TestNoRouteOffMachine(t *testing.T) {
-	lab := New(t)
+	lab := New(t, DualStack())
 	a, err := lab.AddNode("a")
 	if err != nil {
 		t.Fatal(err)
@@ -171,6 +201,45 @@ func TestNoRouteOffMachine(t *testing.T) {
 			}
 		}
 	}
+	// IPv6 the same: the nodes route only Range6 (and their links'
+	// link-local and multicast ranges), the pod's gateway is its node.
+	for _, n := range []*Node{a, b} {
+		for _, r := range routesIn6(t, n.ns) {
+			if r.Dst == nil || r.Dst.IP.IsUnspecified() {
+				t.Errorf("node %s has an IPv6 default route: %+v", n.Name, r)
+				continue
+			}
+			dst, _ := netip.AddrFromSlice(r.Dst.IP)
+			if !Range6.Contains(dst) && !dst.IsLinkLocalUnicast() && !dst.IsMulticast() {
+				t.Errorf("node %s routes %s, outside %s", n.Name, r.Dst, Range6)
+			}
+		}
+	}
+	gw6 := 0
+	for _, r := range routesIn6(t, pod.ns) {
+		if r.Gw != nil {
+			gw6++
+			if gw, _ := netip.AddrFromSlice(r.Gw); gw != a.PodCIDR6.Addr().Next() {
+				t.Errorf("pod routes IPv6 through %s, want its node %s", gw, a.PodCIDR6.Addr().Next())
+			}
+		}
+	}
+	if gw6 != 1 {
+		t.Errorf("pod has %d IPv6 routes through a gateway, want 1 (its default route)", gw6)
+	}
+}
+
+func routesIn6(t *testing.T, ns *namespace) []netlink.Route {
+	t.Helper()
+	var routes []netlink.Route
+	err := withHandle(ns, func(h *netlink.Handle) (err error) {
+		routes, err = h.RouteList(nil, netlink.FAMILY_V6)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return routes
 }
 
 func routesIn(t *testing.T, ns *namespace) []netlink.Route {

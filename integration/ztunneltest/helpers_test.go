@@ -35,9 +35,9 @@ func spiffe(sa string) string {
 
 // twoNodeLab makes a lab with nodes node0 and node1 and a pod for each
 // name of onNode0 and onNode1 on that node.
-func twoNodeLab(t *testing.T, onNode0, onNode1 []string) map[string]*netlab.Pod {
+func twoNodeLab(t *testing.T, onNode0, onNode1 []string, opts ...netlab.Option) map[string]*netlab.Pod {
 	t.Helper()
-	lab := netlab.New(t)
+	lab := netlab.New(t, opts...)
 	pods := map[string]*netlab.Pod{}
 	for i, names := range [][]string{onNode0, onNode1} {
 		n, err := lab.AddNode(fmt.Sprintf("node%d", i))
@@ -143,7 +143,7 @@ func (z *ztunnel) enrol(t *testing.T, p *netlab.Pod) {
 	var err error
 	for ctx.Err() == nil {
 		_, err = z.client.AddPod(ctx, enroll.AddPodRequest{UID: "uid-" + p.Name, Namespace: ns, Name: p.Name,
-			NetnsPath: p.NetnsPath(), PodIPs: []string{p.IP.String()}})
+			NetnsPath: p.NetnsPath(), PodIPs: podIPs(p)})
 		if !errors.Is(err, enroll.ErrUnavailable) {
 			break
 		}
@@ -192,10 +192,20 @@ func eventually(t *testing.T, what string, cond func() bool) {
 func workload(p *netlab.Pod, node string, enrolled bool) *configv1alpha1.Workload {
 	return &configv1alpha1.Workload{
 		Name: ns + "/" + p.Name, Uid: "uid-" + p.Name, Namespace: ns, ServiceAccount: p.Name,
-		Identity: spiffe(p.Name), Node: node, Addresses: []string{p.IP.String()},
+		Identity: spiffe(p.Name), Node: node, Addresses: podIPs(p),
 		Enrolled: enrolled, Ready: true, MtlsMode: configv1alpha1.MTLSMode_MTLS_MODE_PERMISSIVE,
 		CanonicalName: p.Name, CanonicalRevision: "v1", WorkloadName: p.Name + "-deploy", TrustDomain: trustDomain,
 	}
+}
+
+// podIPs are the pod's addresses as the kubelet reports them: IPv4, and
+// IPv6 in a dual-stack lab.
+func podIPs(p *netlab.Pod) []string {
+	ips := []string{p.IP.String()}
+	if p.IP6.IsValid() {
+		ips = append(ips, p.IP6.String())
+	}
+	return ips
 }
 
 // metricValue sums a metric's samples whose labels include every pair in want.

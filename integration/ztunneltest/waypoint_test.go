@@ -109,6 +109,17 @@ func (fw *fakeWaypoint) count() int {
 // src to the HBONE server at server:15008, returning the Dial error.
 func dialHBONEFrom(t *testing.T, p *netlab.Pod, ca *identity.Authority, src, dst identity.SPIFFEID, server netip.Addr, authority netip.AddrPort) error {
 	t.Helper()
+	c, err := tunnelFrom(t, p, ca, src, dst, server, authority)
+	if err == nil {
+		c.Close()
+	}
+	return err
+}
+
+// tunnelFrom opens an HBONE tunnel from inside pod p as src to server's
+// ztunnel (expecting dst) with the given authority; the caller closes it.
+func tunnelFrom(t *testing.T, p *netlab.Pod, ca *identity.Authority, src, dst identity.SPIFFEID, server netip.Addr, authority netip.AddrPort) (net.Conn, error) {
+	t.Helper()
 	mgr, err := identity.NewManager(identity.AuthorityFetcher{Authority: ca}, identity.ManagerOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -125,11 +136,7 @@ func dialHBONEFrom(t *testing.T, p *netlab.Pod, ca *identity.Authority, src, dst
 			return c, err
 		},
 	}
-	defer d.Close()
-	c, err := d.Dial(t.Context(), hbone.Request{Source: src, Destination: dst,
+	t.Cleanup(func() { d.Close() })
+	return d.Dial(t.Context(), hbone.Request{Source: src, Destination: dst,
 		Address: netip.AddrPortFrom(server, hbone.Port), Authority: authority})
-	if err == nil {
-		c.Close()
-	}
-	return err
 }

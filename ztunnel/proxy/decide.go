@@ -83,7 +83,7 @@ func Decide(snap *config.Snapshot, dst netip.AddrPort, pick Picker) Route {
 			return Route{Kind: Waypoint, Address: waypointAddress(snap, wp, pick),
 				Authority: dst, Identity: wp.Identity, Service: svc}
 		}
-		eps := ReadyEndpoints(svc)
+		eps := readyEndpointsFor(svc, dst.Addr())
 		if len(eps) == 0 {
 			return Route{Kind: NoEndpoint, Address: dst, Service: svc}
 		}
@@ -135,7 +135,7 @@ func waypointAddress(snap *config.Snapshot, wp *config.Waypoint, pick Picker) ne
 	if !ok {
 		return vip
 	}
-	eps := ReadyEndpoints(svc)
+	eps := readyEndpointsFor(svc, wp.Address)
 	if len(eps) == 0 {
 		return vip
 	}
@@ -146,6 +146,26 @@ func waypointAddress(snap *config.Snapshot, wp *config.Waypoint, pick Picker) ne
 		}
 	}
 	return netip.AddrPortFrom(eps[i].Address, eps[i].TargetPort(port))
+}
+
+// readyEndpointsFor returns the service's ready endpoints of the address
+// family of vip, the address the client connected to, in order; if it has
+// none of that family, all of them (HBONE carries either family). A
+// dual-stack Service's endpoints hold both families (one EndpointSlice
+// each), and a connection to its IPv4 VIP goes to an IPv4 endpoint, as
+// kube-proxy would send it, not to one picked from both.
+func readyEndpointsFor(svc *config.Service, vip netip.Addr) []config.Endpoint {
+	eps := ReadyEndpoints(svc)
+	same := eps[:0:0]
+	for _, ep := range eps {
+		if ep.Address.Unmap().Is4() == vip.Unmap().Is4() {
+			same = append(same, ep)
+		}
+	}
+	if len(same) == 0 {
+		return eps
+	}
+	return same
 }
 
 // ReadyEndpoints returns the service's ready endpoints, in order.

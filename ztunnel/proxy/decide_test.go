@@ -157,6 +157,44 @@ func TestEndpointSelection(t *testing.T) {
 	}
 }
 
+// TestEndpointFamily checks that a dual-stack Service's VIP of each family
+// goes to endpoints of that family, and to the others only when it has
+// none of its own.
+func TestEndpointFamily(t *testing.T) {
+	svc := mustService(t, &configv1alpha1.Service{Name: "shop/s", Vips: []string{"10.96.1.1", "fd00::1:1"},
+		Ports: []*configv1alpha1.ServicePort{{Port: 80}},
+		Endpoints: []*configv1alpha1.Endpoint{
+			{Address: "10.0.1.1", Ready: true}, {Address: "fd00::1", Ready: true},
+			{Address: "10.0.1.2", Ready: true}, {Address: "fd00::2", Ready: true}, {Address: "fd00::3", Ready: false},
+		}})
+	only4 := mustService(t, &configv1alpha1.Service{Name: "shop/v4", Vips: []string{"10.96.1.2", "fd00::1:2"},
+		Ports:     []*configv1alpha1.ServicePort{{Port: 80}},
+		Endpoints: []*configv1alpha1.Endpoint{{Address: "10.0.1.1", Ready: true}}})
+	snap := config.Build(nil, []*config.Service{svc, only4}, nil)
+	o := &Outbound{}
+	for dst, want := range map[string][]string{
+		"10.96.1.1:80":          {"10.0.1.1", "10.0.1.2"},
+		"[fd00::1:1]:80":        {"fd00::1", "fd00::2"},
+		"[::ffff:10.96.1.1]:80": {"10.0.1.1", "10.0.1.2"},
+		"[fd00::1:2]:80":        {"10.0.1.1"}, // no IPv6 endpoint: the IPv4 one
+	} {
+		seen := map[string]int{}
+		for range 6 {
+			r := Decide(snap, netip.MustParseAddrPort(dst), o.pick)
+			seen[r.Address.Addr().String()]++
+		}
+		for _, w := range want {
+			if seen[w] == 0 {
+				t.Errorf("%s: never went to %s (%v)", dst, w, seen)
+			}
+			delete(seen, w)
+		}
+		if len(seen) != 0 {
+			t.Errorf("%s: went to %v, want only %v", dst, seen, want)
+		}
+	}
+}
+
 func TestInboundCheck(t *testing.T) {
 	wp := &configv1alpha1.WaypointRef{Gateway: "shop/wp", Address: "10.96.0.100", Identity: sid("wp")}
 	plainOK := mustWorkload(t, &configv1alpha1.Workload{Name: "shop/a", Identity: sid("a"), Enrolled: true})
