@@ -102,39 +102,64 @@ func (c *capture) Close() ([][]byte, error) {
 	return c.frames, c.err
 }
 
-// segment is a decoded IPv4 TCP segment.
+// segment is a decoded TCP segment (IPv4 or IPv6).
 type segment struct {
 	src, dst netip.AddrPort
 	payload  []byte
 }
 
-// tcpSegments decodes Ethernet/IPv4/TCP frames and skips everything else.
+// tcpSegments decodes Ethernet/IPv4/TCP and Ethernet/IPv6/TCP frames (no
+// IPv6 extension headers: the lab sends none) and skips everything else.
 func tcpSegments(frames [][]byte) []segment {
 	var out []segment
 	for _, f := range frames {
-		if len(f) < 14 || binary.BigEndian.Uint16(f[12:14]) != 0x0800 {
+		if len(f) < 14 {
 			continue
 		}
-		ip := f[14:]
-		if len(ip) < 20 || ip[0]>>4 != 4 || ip[9] != syscall.IPPROTO_TCP {
+		var src, dst netip.Addr
+		var tcp []byte
+		switch binary.BigEndian.Uint16(f[12:14]) {
+		case 0x0800:
+			ip := f[14:]
+			if len(ip) < 20 || ip[0]>>4 != 4 || ip[9] != syscall.IPPROTO_TCP {
+				continue
+			}
+			ihl := int(ip[0]&0x0f) * 4
+			total := int(binary.BigEndian.Uint16(ip[2:4]))
+			if total == 0 || total > len(ip) { // 0: a GSO frame whose length the stack leaves unset
+				total = len(ip)
+			}
+			if ihl < 20 || total < ihl+20 {
+				continue
+			}
+			src, dst = netip.AddrFrom4([4]byte(ip[12:16])), netip.AddrFrom4([4]byte(ip[16:20]))
+			tcp = ip[ihl:total]
+		case 0x86dd:
+			ip := f[14:]
+			if len(ip) < 60 || ip[0]>>4 != 6 || ip[6] != syscall.IPPROTO_TCP {
+				continue
+			}
+			end := 40 + int(binary.BigEndian.Uint16(ip[4:6]))
+			if end == 40 || end > len(ip) { // 0: a GSO frame, as for IPv4
+				end = len(ip)
+			}
+			src, dst = netip.AddrFrom16([16]byte(ip[8:24])), netip.AddrFrom16([16]byte(ip[24:40]))
+			tcp = ip[40:end]
+		default:
 			continue
 		}
-		ihl := int(ip[0]&0x0f) * 4
-		total := int(binary.BigEndian.Uint16(ip[2:4]))
-		if total == 0 || total > len(ip) { // 0: a GSO frame whose length the stack leaves unset
-			total = len(ip)
-		}
-		if ihl < 20 || total < ihl+20 {
+		if len(tcp) < 20 {
 			continue
 		}
-		tcp := ip[ihl:total]
 		off := int(tcp[12]>>4) * 4
 		if off < 20 || off > len(tcp) {
 			continue
 		}
-		src := netip.AddrPortFrom(netip.AddrFrom4([4]byte(ip[12:16])), binary.BigEndian.Uint16(tcp[0:2]))
-		dst := netip.AddrPortFrom(netip.AddrFrom4([4]byte(ip[16:20])), binary.BigEndian.Uint16(tcp[2:4]))
-		out = append(out, segment{src: src, dst: dst, payload: tcp[off:]})
+		out = append(out, segment{
+			src:     netip.AddrPortFrom(src, binary.BigEndian.Uint16(tcp[0:2])),
+			dst:     netip.AddrPortFrom(dst, binary.BigEndian.Uint16(tcp[2:4])),
+			payload: tcp[off:],
+		})
 	}
 	return out
 }

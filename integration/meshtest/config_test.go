@@ -21,16 +21,31 @@ const (
 	echoPort    = 8080
 	whoamiPort  = 8090 // answers with the peer address the application saw
 	svcPort     = 80
+	// svcWhoamiPort is the echo Service's port for whoamiPort.
+	svcWhoamiPort = 81
 )
 
-// vip is the echo Service's cluster IP: inside the lab's range, answered by
-// nobody (ztunnel captures connections to it inside the client pod).
-var vip = netip.MustParseAddr("10.250.255.10")
+// vip and vip6 are the echo Service's cluster IPs (a dual-stack Service):
+// inside the lab's ranges, answered by nobody (ztunnel captures connections
+// to them inside the client pod).
+var (
+	vip  = netip.MustParseAddr("10.250.255.10")
+	vip6 = netip.MustParseAddr("fdab:250:ff00:ffff::10")
+)
 
 // podSpec is one lab pod as Kubernetes sees it.
 type podSpec struct {
 	name, ns, sa, node string
-	ip                 netip.Addr
+	ip, ip6            netip.Addr
+}
+
+// ips are the pod's addresses as the kubelet reports them (podIPs).
+func (p podSpec) ips() []string {
+	ips := []string{p.ip.String()}
+	if p.ip6.IsValid() {
+		ips = append(ips, p.ip6.String())
+	}
+	return ips
 }
 
 func (p podSpec) uid() string { return "uid-" + p.name }
@@ -89,40 +104,53 @@ metadata: {name: %s}
 func podsYAML(pods []podSpec) string {
 	var b strings.Builder
 	for _, p := range pods {
+		var podIPs []string
+		for _, ip := range p.ips() {
+			podIPs = append(podIPs, fmt.Sprintf("{ip: %q}", ip))
+		}
 		fmt.Fprintf(&b, `---
 apiVersion: v1
 kind: Pod
 metadata: {name: %[1]s, namespace: %[2]s, uid: %[3]s, labels: {app: %[1]s}}
 spec: {nodeName: %[4]s, serviceAccountName: %[5]s, containers: [{name: app, image: echo}]}
-status: {phase: Running, podIP: %[6]s, podIPs: [{ip: %[6]s}], conditions: [{type: Ready, status: "True"}]}
-`, p.name, p.ns, p.uid(), p.node, p.sa, p.ip)
+status: {phase: Running, podIP: %[6]s, podIPs: [%[7]s], conditions: [{type: Ready, status: "True"}]}
+`, p.name, p.ns, p.uid(), p.node, p.sa, p.ip, strings.Join(podIPs, ", "))
 	}
 	return b.String()
 }
 
-// serviceYAML is Service "echo" (VIP:80 -> 8080) with one EndpointSlice
-// holding the server pod.
+// serviceYAML is the dual-stack Service "echo" (VIPs vip and vip6; port
+// 80 -> 8080, the echo server, and 81 -> 8090, whoami) with one
+// EndpointSlice per family holding the server pod.
 func serviceYAML(server podSpec) string {
+	slice := func(name, family string, addr netip.Addr) string {
+		return fmt.Sprintf(`---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: %[1]s, namespace: %[2]s, labels: {kubernetes.io/service-name: echo}}
+addressType: %[3]s
+ports: [{name: tcp, port: %[4]d, protocol: TCP}, {name: whoami, port: %[5]d, protocol: TCP}]
+endpoints:
+- addresses: ["%[6]s"]
+  conditions: {ready: true, serving: true, terminating: false}
+  nodeName: %[7]s
+  targetRef: {kind: Pod, name: %[8]s, namespace: %[2]s, uid: %[9]s}
+`, name, meshNS, family, echoPort, whoamiPort, addr, server.node, server.name, server.uid())
+	}
 	return fmt.Sprintf(`apiVersion: v1
 kind: Service
 metadata: {name: echo, namespace: %[1]s}
 spec:
   clusterIP: %[2]s
-  clusterIPs: [%[2]s]
-  selector: {app: %[3]s}
-  ports: [{name: tcp, port: %[4]d, targetPort: %[5]d, protocol: TCP}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: echo-1, namespace: %[1]s, labels: {kubernetes.io/service-name: echo}}
-addressType: IPv4
-ports: [{name: tcp, port: %[5]d, protocol: TCP}]
-endpoints:
-- addresses: [%[6]s]
-  conditions: {ready: true, serving: true, terminating: false}
-  nodeName: %[7]s
-  targetRef: {kind: Pod, name: %[3]s, namespace: %[1]s, uid: %[8]s}
-`, meshNS, vip, server.name, svcPort, echoPort, server.ip, server.node, server.uid())
+  clusterIPs: [%[2]s, "%[3]s"]
+  ipFamilies: [IPv4, IPv6]
+  ipFamilyPolicy: RequireDualStack
+  selector: {app: %[4]s}
+  ports:
+  - {name: tcp, port: %[5]d, targetPort: %[6]d, protocol: TCP}
+  - {name: whoami, port: %[7]d, targetPort: %[8]d, protocol: TCP}
+`, meshNS, vip, vip6, server.name, svcPort, echoPort, svcWhoamiPort, whoamiPort) +
+		slice("echo-1", "IPv4", server.ip) + slice("echo-2", "IPv6", server.ip6)
 }
 
 // authzYAML is an AuthorizationPolicy selecting the server pod.

@@ -7,8 +7,10 @@
 // (with -race when the test runs with -race, so a data race in either
 // process fails the test).
 //
-// Pods are netlab namespaces (client and other on node0, server on node1 in
-// the ambient namespace; outsider on node1 in a namespace that is not),
+// Pods are netlab namespaces of a dual-stack lab (client and other on
+// node0, server on node1 in the ambient namespace; outsider on node1 in a
+// namespace that is not; each with an IPv4 and an IPv6 address, as is the
+// echo Service, with an EndpointSlice per family),
 // reported to their node's ztunnel over the enrolment socket as the CNI
 // plugin would. Certificates come from the real mesh CA (controller/ca)
 // served by the test on loopback, since local mode has no CA and ztunnel's

@@ -39,7 +39,7 @@ func TestMesh(t *testing.T) {
 	begin := time.Now()
 	bins := buildBinaries(t)
 	sp := newSpawner(t)
-	lab := netlab.New(t)
+	lab := netlab.New(t, netlab.DualStack())
 	n0, err := lab.AddNode("node0")
 	if err != nil {
 		t.Fatal(err)
@@ -68,7 +68,7 @@ func TestMesh(t *testing.T) {
 			t.Fatal(err)
 		}
 		lp[s.name] = p
-		specs = append(specs, podSpec{name: s.name, ns: s.ns, sa: s.name, node: s.node.Name, ip: p.IP})
+		specs = append(specs, podSpec{name: s.name, ns: s.ns, sa: s.name, node: s.node.Name, ip: p.IP, ip6: p.IP6})
 	}
 	spec := func(name string) podSpec {
 		i := slices.IndexFunc(specs, func(s podSpec) bool { return s.name == name })
@@ -256,6 +256,57 @@ func TestMesh(t *testing.T) {
 		}
 		if clientHellos == 0 {
 			t.Errorf("no TLS ClientHello from other to server:15008 on the wire")
+		}
+	})
+
+	t.Run("IPv6", func(t *testing.T) {
+		// The lab, the pods and the echo Service are dual-stack: the same
+		// mesh over IPv6, and each VIP to the endpoints of its family.
+		server6 := netip.AddrPortFrom(server.IP6, echoPort)
+		before := hboneFrom(t, spec("client"))
+		if err := transfer(client, server6, bigTransfer, 7); err != nil {
+			t.Fatal(err)
+		}
+		if got := hboneFrom(t, spec("client")); got < before+1 {
+			t.Errorf("server's ztunnel counted %v tunnels from client, want at least %v", got, before+1)
+		}
+		for _, c := range []struct{ vip, want netip.Addr }{{vip6, client.IP6}, {vip, client.IP}} {
+			for range 3 {
+				seen, _, err := client.Whoami(netip.AddrPortFrom(c.vip, svcWhoamiPort))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if seen.Addr().Unmap() != c.want {
+					t.Errorf("client -> %v: the application saw %v, want the client's %v (an endpoint of the VIP's family)", c.vip, seen, c.want)
+				}
+			}
+		}
+		seen, _, err := outsider.Whoami(netip.AddrPortFrom(server.IP6, whoamiPort))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen.Addr().Unmap() != outsider.IP6 {
+			t.Errorf("plaintext over IPv6 from outside the mesh: the application saw %v, want %v", seen, outsider.IP6)
+		}
+
+		marker := newMarker(t)
+		frames := captureWhile(t, n0, func() {
+			for _, dst := range []netip.AddrPort{server6, netip.AddrPortFrom(vip6, svcPort)} {
+				if err := client.Echo(dst, bytes.Repeat(marker, 64)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+		plain, hbone := countFlows(tcpSegments(frames), client.IP6, server.IP6)
+		t.Logf("captured %d frames on node0 eth0: %d HBONE segments with payload between the pods' IPv6 addresses, %d to or from the application port", len(frames), hbone, plain)
+		if hbone == 0 {
+			t.Errorf("no HBONE (TCP port 15008) over IPv6 between client and server on the wire")
+		}
+		if plain != 0 {
+			t.Errorf("%d segments to or from the application port %d crossed the wire", plain, echoPort)
+		}
+		if n := framesContaining(frames, marker); n != 0 {
+			t.Errorf("the plaintext marker appears in %d captured frames", n)
 		}
 	})
 

@@ -101,7 +101,7 @@ func (z *ztunnel) report(t *testing.T, p podSpec, netnsPath string) {
 	var err error
 	for ctx.Err() == nil {
 		_, err = z.client.AddPod(ctx, enroll.AddPodRequest{UID: p.uid(), Namespace: p.ns, Name: p.name,
-			ContainerID: "sandbox-" + p.name, NetnsPath: netnsPath, PodIPs: []string{p.ip.String()}})
+			ContainerID: "sandbox-" + p.name, NetnsPath: netnsPath, PodIPs: p.ips()})
 		if !errors.Is(err, enroll.ErrUnavailable) {
 			break
 		}
