@@ -184,6 +184,12 @@ func service(name, vip string, eps ...*configv1alpha1.Endpoint) *configv1alpha1.
 	}
 }
 
+// withVIP adds a VIP to svc (a dual-stack Service's second cluster IP).
+func withVIP(svc *configv1alpha1.Service, vip string) *configv1alpha1.Service {
+	svc.Vips = append(svc.Vips, vip)
+	return svc
+}
+
 type env struct {
 	ca       *identity.Authority
 	store    *Store
@@ -200,7 +206,8 @@ func config(v1, v2 string) map[string]map[string]proto.Message {
 	return map[string]map[string]proto.Message{
 		configv1alpha1.TypeWaypointConfig: {"default/waypoint": waypointConfig()},
 		configv1alpha1.TypeService: {
-			"default/echo": service("echo", "10.96.0.10"),
+			// dual-stack: both VIPs route alike.
+			"default/echo": withVIP(service("echo", "10.96.0.10"), "fd00:96::10"),
 			"default/echo-v1": service("echo-v1", "10.96.0.11",
 				&configv1alpha1.Endpoint{Workload: "default/v1-pod", Address: v1, Ready: true},
 				// not ready: must never be picked (nothing listens there).
@@ -399,6 +406,26 @@ func TestWeightedSplitOverHBONE(t *testing.T) {
 	}
 }
 
+// TestIPv6VIP checks tunnels whose authority is the IPv6 VIP of a
+// dual-stack Service: routed by the same rules as the IPv4 one.
+func TestIPv6VIP(t *testing.T) {
+	e := setup(t)
+	c := e.httpClient("[fd00:96::10]:80", false)
+	defer c.CloseIdleConnections()
+	counts := map[string]int{}
+	for range 40 {
+		counts[get(t, c, nil).Header.Get("X-Backend")]++
+	}
+	if counts["v1"] == 0 || counts["v2"] == 0 || counts["v1"]+counts["v2"] != 40 {
+		t.Errorf("split over the IPv6 VIP %v, want both backends", counts)
+	}
+	for range 5 {
+		if resp := get(t, c, map[string]string{"X-Canary": "yes"}); resp.Header.Get("X-Backend") != "v2" {
+			t.Fatalf("header match over the IPv6 VIP went to %q, want v2", resp.Header.Get("X-Backend"))
+		}
+	}
+}
+
 func TestUnknownVIPRejected(t *testing.T) {
 	e := setup(t)
 	_, err := e.client.Dial(context.Background(), hbone.Request{
@@ -467,6 +494,39 @@ func TestEndpointsReadyOnly(t *testing.T) {
 	}
 	if name, ok := s.ServiceByVIP(netip.MustParseAddr("10.0.0.1")); !ok || name != "default/echo" {
 		t.Fatalf("ServiceByVIP = %q, %v", name, ok)
+	}
+}
+
+// TestDualStackService checks a dual-stack Service: both VIPs name it,
+// endpoints of both families are addressed in their own notation, and a
+// workload is found by either address.
+func TestDualStackService(t *testing.T) {
+	s := NewStore(nil)
+	svc := service("echo", "10.0.0.1",
+		&configv1alpha1.Endpoint{Workload: "default/a", Address: "10.1.0.1", Ready: true},
+		&configv1alpha1.Endpoint{Workload: "default/a", Address: "fd00:1::1", Ready: true})
+	svc.Vips = append(svc.Vips, "fd00::1")
+	w := &configv1alpha1.Workload{Name: "default/a", Namespace: "default", Addresses: []string{"10.1.0.1", "fd00:1::1"}}
+	if err := s.HandleServices(resources(t, map[string]proto.Message{"default/echo": svc})); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.HandleWorkloads(resources(t, map[string]proto.Message{"default/a": w})); err != nil {
+		t.Fatal(err)
+	}
+	for _, vip := range []string{"10.0.0.1", "fd00::1", "::ffff:10.0.0.1"} {
+		if name, ok := s.ServiceByVIP(netip.MustParseAddr(vip)); !ok || name != "default/echo" {
+			t.Errorf("ServiceByVIP(%s) = %q, %v", vip, name, ok)
+		}
+	}
+	got := s.Endpoints(context.Background(), "default/echo", 80)
+	want := []proxy.Endpoint{{Address: "10.1.0.1:8080", Workload: "default/a"}, {Address: "[fd00:1::1]:8080", Workload: "default/a"}}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("endpoints %v, want %v", got, want)
+	}
+	for _, a := range []string{"10.1.0.1", "fd00:1::1"} {
+		if got := s.WorkloadByAddress(netip.MustParseAddr(a)); got.GetName() != "default/a" {
+			t.Errorf("WorkloadByAddress(%s) = %v", a, got)
+		}
 	}
 }
 
