@@ -328,7 +328,7 @@ func checkZtunnel(t *testing.T, c client.Client) {
 	}
 	wantArgs := []string{
 		"-cni-bin-dir=/host/opt/cni/bin", "-cni-conf-dir=/host/etc/cni/net.d",
-		"-ca-root-file=/etc/ambit/ca/root-cert.pem", "-daemonset=$(POD_NAMESPACE)/ztunnel",
+		"-ca-root-file=/etc/ambit/ca/root-cert.pem", "-daemonset=$(POD_NAMESPACE)/ztunnel", "-host-proc=/host/proc",
 	}
 	if !slices.Equal(ctr.Args, wantArgs) {
 		t.Errorf("args %q, want %q", ctr.Args, wantArgs)
@@ -368,6 +368,7 @@ func checkZtunnel(t *testing.T, c client.Client) {
 		{"/var/run/netns", "/var/run/netns"},
 		{"/opt/cni/bin", "/host/opt/cni/bin"},
 		{"/etc/cni/net.d", "/host/etc/cni/net.d"},
+		{"/proc", "/host/proc"},
 	}
 	for _, hp := range hostPaths {
 		m, ok := mounts[hp.mount]
@@ -382,6 +383,9 @@ func checkZtunnel(t *testing.T, c client.Client) {
 		}
 		if hp.host == "/var/run/ambit" && (v.HostPath.Type == nil || *v.HostPath.Type != corev1.HostPathDirectoryOrCreate) {
 			t.Errorf("hostPath /var/run/ambit type %v, want DirectoryOrCreate", v.HostPath.Type)
+		}
+		if hp.host == "/proc" && !m.ReadOnly {
+			t.Errorf("the host's /proc is mounted writable")
 		}
 		wantProp := corev1.MountPropagationNone
 		if hp.host == "/var/run/netns" {

@@ -181,7 +181,7 @@ func TestNoRouteOffMachine(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, n := range []*Node{a, b} {
-		routes := routesIn(t, n.ns)
+		routes := routesIn(t, n.ns, netlink.FAMILY_V4)
 		for _, r := range routes {
 			if r.Dst == nil || r.Dst.IP.IsUnspecified() {
 				t.Errorf("node %s has a default route: %+v", n.Name, r)
@@ -193,7 +193,7 @@ func TestNoRouteOffMachine(t *testing.T) {
 			}
 		}
 	}
-	for _, r := range routesIn(t, pod.ns) {
+	for _, r := range routesIn(t, pod.ns, netlink.FAMILY_V4) {
 		if r.Gw != nil {
 			gw, _ := netip.AddrFromSlice(r.Gw.To4())
 			if gw != a.PodCIDR.Addr().Next() {
@@ -204,7 +204,7 @@ func TestNoRouteOffMachine(t *testing.T) {
 	// IPv6 the same: the nodes route only Range6 (and their links'
 	// link-local and multicast ranges), the pod's gateway is its node.
 	for _, n := range []*Node{a, b} {
-		for _, r := range routesIn6(t, n.ns) {
+		for _, r := range routesIn(t, n.ns, netlink.FAMILY_V6) {
 			if r.Dst == nil || r.Dst.IP.IsUnspecified() {
 				t.Errorf("node %s has an IPv6 default route: %+v", n.Name, r)
 				continue
@@ -216,7 +216,7 @@ func TestNoRouteOffMachine(t *testing.T) {
 		}
 	}
 	gw6 := 0
-	for _, r := range routesIn6(t, pod.ns) {
+	for _, r := range routesIn(t, pod.ns, netlink.FAMILY_V6) {
 		if r.Gw != nil {
 			gw6++
 			if gw, _ := netip.AddrFromSlice(r.Gw); gw != a.PodCIDR6.Addr().Next() {
@@ -229,24 +229,11 @@ func TestNoRouteOffMachine(t *testing.T) {
 	}
 }
 
-func routesIn6(t *testing.T, ns *namespace) []netlink.Route {
+func routesIn(t *testing.T, ns *namespace, family int) []netlink.Route {
 	t.Helper()
 	var routes []netlink.Route
 	err := withHandle(ns, func(h *netlink.Handle) (err error) {
-		routes, err = h.RouteList(nil, netlink.FAMILY_V6)
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return routes
-}
-
-func routesIn(t *testing.T, ns *namespace) []netlink.Route {
-	t.Helper()
-	var routes []netlink.Route
-	err := withHandle(ns, func(h *netlink.Handle) (err error) {
-		routes, err = h.RouteList(nil, netlink.FAMILY_V4)
+		routes, err = h.RouteList(nil, family)
 		return err
 	})
 	if err != nil {

@@ -3,11 +3,13 @@ package daemon
 import (
 	"context"
 	"errors"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -54,13 +56,16 @@ type netnsInfo struct {
 // discover reports pods that run on this node but were never reported,
 // typically because they started before Ambit was installed: for every
 // Workload of this node whose UID nobody reported (and whose namespace is
-// not excluded, and that was not removed over the API lately), it looks for a namespace file in Config.DiscoverNetnsDir
-// holding one of the workload's addresses, and enrols the pod with that
+// not excluded, and that was not removed over the API lately), it looks for
+// a namespace file in Config.DiscoverNetnsDir holding one of the workload's
+// addresses, then, with the host's /proc mounted (Enroll.HostProc), for a
+// namespace of the host's processes that has no file (/proc/<pid>/ns/net,
+// as runtimes such as cri-dockerd name them), and enrols the pod with that
 // path as if the CNI plugin had reported it. Namespaces already read are
 // remembered by inode, so a pass opens only new ones.
 func (d *Daemon) discover(ctx context.Context) {
 	dir := d.cfg.DiscoverNetnsDir
-	if dir == "" {
+	if dir == "" && d.cfg.Enroll.HostProc == "" {
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, discoverTimeout)
@@ -84,25 +89,20 @@ func (d *Daemon) discover(ctx context.Context) {
 	if len(byIP) == 0 {
 		return
 	}
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		d.log.Warn("pod discovery: cannot read the netns folder", "dir", dir, "err", err)
-		return
-	}
 	seen := map[string]bool{}
-	for _, e := range entries {
-		if ctx.Err() != nil {
+	seenNetns := map[[2]uint64]bool{}
+	// try enrols the pod, if any, whose namespace the runtime would name
+	// path (opened at at).
+	try := func(path, at string) {
+		seen[path] = true
+		if reportedNetns[path] {
 			return
 		}
-		path := filepath.Join(dir, e.Name())
-		seen[path] = true
-		if reportedNetns[path] || e.IsDir() {
-			continue
-		}
-		info, ok := d.netnsAddrs(ctx, path)
+		info, ok := d.netnsAddrs(ctx, path, at)
 		if !ok {
-			continue
+			return
 		}
+		seenNetns[[2]uint64{info.dev, info.ino}] = true
 		var w *config.Workload
 		var ips []netip.Addr
 		for _, a := range info.addrs {
@@ -112,13 +112,13 @@ func (d *Daemon) discover(ctx context.Context) {
 			}
 		}
 		if w == nil {
-			continue
+			return
 		}
 		pod := enroll.Pod{UID: w.Proto.GetUid(), Namespace: w.Namespace, Name: w.PodName, NetnsPath: path, PodIPs: ips}
 		d.log.Info("pod discovery: found a pod nobody reported (it started before ztunnel)", "pod", pod.Key(), "netns", path, "ips", fmtAddrs(ips))
 		if _, err := d.enroll.Add(ctx, pod); err != nil {
 			d.log.Warn("pod discovery: enrolment failed", "pod", pod.Key(), "err", err)
-			continue
+			return
 		}
 		// A CNI DEL may have removed the pod between this pass's snapshot
 		// and the Add: Remove forgets the UID under the same per-pod lock
@@ -129,10 +129,43 @@ func (d *Daemon) discover(ctx context.Context) {
 			if _, err := d.enroll.Remove(ctx, pod.UID, ""); err != nil {
 				d.log.Warn("pod discovery: undoing the enrolment failed", "pod", pod.Key(), "err", err)
 			}
-			continue
+			return
 		}
 		for _, a := range w.Addresses {
 			delete(byIP, a)
+		}
+	}
+	if dir != "" {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			d.log.Warn("pod discovery: cannot read the netns folder", "dir", dir, "err", err)
+		}
+		for _, e := range entries {
+			if ctx.Err() != nil {
+				return
+			}
+			if !e.IsDir() {
+				path := filepath.Join(dir, e.Name())
+				try(path, path)
+			}
+		}
+	}
+	// Namespaces that have no file (runtimes such as cri-dockerd name a
+	// process's namespace instead): one process of each, the oldest,
+	// through the host's /proc.
+	if hostProc := d.cfg.Enroll.HostProc; hostProc != "" && len(byIP) > 0 {
+		for path := range reportedNetns {
+			var st syscall.Stat_t
+			if syscall.Stat(d.netnsAt(path), &st) == nil {
+				seenNetns[[2]uint64{uint64(st.Dev), st.Ino}] = true
+			}
+		}
+		for _, pid := range procNetnsOwners(hostProc, seenNetns) {
+			if ctx.Err() != nil || len(byIP) == 0 {
+				break
+			}
+			path := "/proc/" + strconv.Itoa(pid) + "/ns/net"
+			try(path, d.netnsAt(path))
 		}
 	}
 	d.discoverMu.Lock()
@@ -144,11 +177,11 @@ func (d *Daemon) discover(ctx context.Context) {
 	d.discoverMu.Unlock()
 }
 
-// netnsAddrs returns the global unicast addresses inside the namespace file
-// at path, from the cache when the file is the same one as before; ok is
-// false when path is not a readable namespace.
-func (d *Daemon) netnsAddrs(ctx context.Context, path string) (netnsInfo, bool) {
-	fi, err := os.Stat(path)
+// netnsAddrs returns the global unicast addresses inside the namespace that
+// the runtime would name path, opened at at, from the cache when it is the
+// same namespace as before; ok is false when it is not a readable namespace.
+func (d *Daemon) netnsAddrs(ctx context.Context, path, at string) (netnsInfo, bool) {
+	fi, err := os.Stat(at)
 	if err != nil {
 		return netnsInfo{}, false
 	}
@@ -162,10 +195,10 @@ func (d *Daemon) netnsAddrs(ctx context.Context, path string) (netnsInfo, bool) 
 	if hit && cached.dev == uint64(st.Dev) && cached.ino == st.Ino {
 		return cached, true
 	}
-	if netnsGone(path) != "" {
+	if netnsGone(at) != "" {
 		return netnsInfo{}, false
 	}
-	ns, err := redirect.OpenNetns(path)
+	ns, err := redirect.OpenNetns(at)
 	if err != nil {
 		return netnsInfo{}, false
 	}
@@ -196,4 +229,49 @@ func (d *Daemon) netnsAddrs(ctx context.Context, path string) (netnsInfo, bool) 
 	d.discovered[path] = info
 	d.discoverMu.Unlock()
 	return info, true
+}
+
+// procNetnsOwners returns, for each network namespace of the host's
+// processes (under hostProc) other than the host's own and those in skip,
+// the lowest PID in it: the sandbox's first process, which lives as long as
+// the pod.
+func procNetnsOwners(hostProc string, skip map[[2]uint64]bool) []int {
+	entries, err := os.ReadDir(hostProc)
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, e := range entries {
+		if pid, err := strconv.Atoi(e.Name()); err == nil && pid > 0 {
+			pids = append(pids, pid)
+		}
+	}
+	slices.Sort(pids)
+	netnsOf := func(dir string) ([2]uint64, bool) {
+		var st syscall.Stat_t
+		if err := syscall.Stat(filepath.Join(dir, "ns", "net"), &st); err != nil {
+			return [2]uint64{}, false
+		}
+		return [2]uint64{uint64(st.Dev), st.Ino}, true
+	}
+	seen := maps.Clone(skip)
+	if seen == nil {
+		seen = map[[2]uint64]bool{}
+	}
+	// The host's namespace (PID 1's) and ztunnel's own are never a pod's.
+	for _, dir := range []string{filepath.Join(hostProc, "1"), "/proc/self"} {
+		if k, ok := netnsOf(dir); ok {
+			seen[k] = true
+		}
+	}
+	var out []int
+	for _, pid := range pids {
+		k, ok := netnsOf(filepath.Join(hostProc, strconv.Itoa(pid)))
+		if !ok || seen[k] {
+			continue
+		}
+		seen[k] = true
+		out = append(out, pid)
+	}
+	return out
 }

@@ -174,7 +174,7 @@ func (d *Daemon) reconcileAll(ctx context.Context) {
 		err := d.reconcile(pctx, ps, snap)
 		cancel()
 		if err != nil {
-			if why := netnsGone(ps.pod.NetnsPath); why != "" {
+			if why := netnsGone(d.netnsAt(ps.pod.NetnsPath)); why != "" {
 				gone = append(gone, ps.pod)
 				d.log.Info("dropping pod whose netns is gone", "pod", ps.pod.Key(), "netns", ps.pod.NetnsPath, "reason", why, "err", err)
 				continue
@@ -192,6 +192,12 @@ func (d *Daemon) reconcileAll(ctx context.Context) {
 			d.log.Warn("dropping pod whose netns is gone", "pod", p.Key(), "err", err)
 		}
 	}
+}
+
+// netnsAt is where ztunnel opens the namespace a pod's enrolment names
+// (enroll.HostNetnsPath: /proc/<pid>/ns/net through the host's /proc).
+func (d *Daemon) netnsAt(path string) string {
+	return enroll.HostNetnsPath(path, d.cfg.Enroll.HostProc)
 }
 
 // netnsGone returns why path no longer is a namespace file (removed, or
@@ -272,7 +278,7 @@ func (d *Daemon) capture(ctx context.Context, ps *podState, w *config.Workload) 
 			d.unref(w.Identity)
 		}
 	}()
-	ns, err := redirect.OpenNetns(pod.NetnsPath)
+	ns, err := redirect.OpenNetns(d.netnsAt(pod.NetnsPath))
 	if err != nil {
 		return err
 	}
@@ -340,7 +346,7 @@ func (d *Daemon) release(ctx context.Context, ps *podState, removeRules, drain b
 	if removeRules && !twoStep {
 		if ps.ns != nil {
 			err = redirect.Remove(ctx, ps.ns)
-		} else if ns, oerr := redirect.OpenNetns(ps.pod.NetnsPath); oerr == nil {
+		} else if ns, oerr := redirect.OpenNetns(d.netnsAt(ps.pod.NetnsPath)); oerr == nil {
 			err = redirect.Remove(ctx, ns)
 			_ = ns.Close()
 		} else if !errors.Is(oerr, fs.ErrNotExist) {

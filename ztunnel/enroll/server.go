@@ -64,6 +64,9 @@ type Options struct {
 	HookTimeout time.Duration
 	// ReadTimeout bounds reading one request, headers and body (10 s).
 	ReadTimeout time.Duration
+	// HostProc is where the host's /proc is mounted, for netns paths under
+	// /proc/ (see HostNetnsPath); empty: such paths are opened as they are.
+	HostProc string
 }
 
 // Server serves the enrolment API and keeps the enrolled set. Its methods are
@@ -143,7 +146,7 @@ func (s *Server) Add(ctx context.Context, pod Pod) (changed bool, err error) {
 	if _, err := pod.Request().ToPod(); err != nil {
 		return false, err
 	}
-	if err := checkNetns(pod.NetnsPath); err != nil {
+	if err := checkNetns(pod.NetnsPath, s.opts.HostProc); err != nil {
 		return false, err
 	}
 	pod = pod.clone()
@@ -253,7 +256,7 @@ func (s *Server) Resync(ctx context.Context) error {
 			if !ok || !cur.Equal(p) {
 				return nil // changed by a request meanwhile
 			}
-			if err := checkNetns(p.NetnsPath); err != nil {
+			if err := checkNetns(p.NetnsPath, s.opts.HostProc); err != nil {
 				s.log.Info("dropping pod whose netns is gone", "pod", p.Key(), "netns", p.NetnsPath, "reason", err)
 				s.set(p.UID, nil)
 				dropped = true

@@ -66,6 +66,7 @@ func run(args []string) error {
 	cniTimeout := fs.String("cni-timeout", "", "bound on one plugin call to ztunnel (Go duration); empty: the plugin's default (10s)")
 	daemonSet := fs.String("daemonset", "", "<namespace>/<name> of ztunnel's DaemonSet: on SIGTERM, uninstall (release every pod, unchain the CNI plugin, remove the state) unless it still exists; empty: never uninstall (local mode)")
 	discoverDir := fs.String("discover-netns-dir", "auto", "folder of the node's named network namespaces where pods that started before ztunnel are looked for; auto: /var/run/netns with -daemonset, none otherwise; empty: none")
+	hostProc := fs.String("host-proc", "", "where the host's /proc is mounted when ztunnel has a PID namespace of its own: netns paths under /proc/ (runtimes without namespace files, such as cri-dockerd) are opened there, and pods that started before ztunnel are also looked for there; empty: /proc paths are opened as they are")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	// Runtime defaults for a node proxy (see docs/reference/ztunnel.md,
 	// "Performance", for the measurements behind them): one processor,
@@ -159,6 +160,14 @@ func run(args []string) error {
 	if *discoverDir != "" && !filepath.IsAbs(*discoverDir) {
 		return fmt.Errorf("-discover-netns-dir %q must be an absolute path", *discoverDir)
 	}
+	if *hostProc != "" {
+		if !filepath.IsAbs(*hostProc) {
+			return fmt.Errorf("-host-proc %q must be an absolute path", *hostProc)
+		}
+		if _, err := os.Stat(filepath.Join(*hostProc, "1", "ns", "net")); err != nil {
+			return fmt.Errorf("-host-proc %q is not the host's /proc (its PID 1 has no network namespace there): %w", *hostProc, err)
+		}
+	}
 
 	fetcher, closeFetcher, err := caclient.NewFetcher(caclient.FetcherConfig{
 		LocalTrustDomain: *localCA,
@@ -182,7 +191,7 @@ func run(args []string) error {
 		XDSStateFile:    *xdsState,
 		Fetcher:         fetcher,
 		Certificates:    identity.ManagerOptions{Validity: *validity},
-		Enroll:          enroll.Options{SocketPath: *socket, StateFile: *podState},
+		Enroll:          enroll.Options{SocketPath: *socket, StateFile: *podState, HostProc: *hostProc},
 		AdminAddr:       *admin,
 		MetricsAddr:     *metricsAddr,
 		ReadyAddr:       *ready,

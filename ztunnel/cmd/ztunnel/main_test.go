@@ -31,6 +31,8 @@ func TestFlagErrors(t *testing.T) {
 		"bad daemonset":        {[]string{"-daemonset", "ztunnel"}, "<namespace>/<name>"},
 		"daemonset outside":    {[]string{"-daemonset", "ambit-system/ztunnel"}, "KUBERNETES_SERVICE_HOST"},
 		"relative discovery":   {[]string{"-discover-netns-dir", "netns"}, "absolute"},
+		"relative host proc":   {[]string{"-host-proc", "proc"}, "absolute"},
+		"host proc not proc":   {[]string{"-host-proc", dir}, "not the host's /proc"},
 		"stray argument":       {[]string{"extra"}, "unexpected arguments"},
 		"local CA, secure xDS": {[]string{"-local-ca-trust-domain", "cluster.local"}, "add -xds-insecure"},
 		"bad nameserver":       {[]string{"-socks5-nameservers", "dns.example"}, "-socks5-nameservers"},
