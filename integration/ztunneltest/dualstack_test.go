@@ -59,10 +59,7 @@ func TestDualStack(t *testing.T) {
 				{Workload: ns + "/b", Address: b.IP6.String(), TargetPorts: ports, Ready: true},
 			},
 		}},
-		Authorizations: []*configv1alpha1.Authorization{{
-			Name: "ambit-system/noop", Namespace: "ambit-system",
-			Scope: configv1alpha1.Authorization_SCOPE_GLOBAL, Action: configv1alpha1.Authorization_ACTION_DENY,
-		}},
+		Authorizations: noopAuthorization(),
 	})
 	z0 := startZtunnel(t, "node0", x.addr, ztunnelFiles{dir: t.TempDir()}, ca)
 	z1 := startZtunnel(t, "node1", x.addr, ztunnelFiles{dir: t.TempDir()}, ca)

@@ -198,6 +198,15 @@ func workload(p *netlab.Pod, node string, enrolled bool) *configv1alpha1.Workloa
 	}
 }
 
+// noopAuthorization is a global policy that matches nothing: it keeps the
+// Authorization type non-empty, so that the ztunnels see it as configured.
+func noopAuthorization() []*configv1alpha1.Authorization {
+	return []*configv1alpha1.Authorization{{
+		Name: "ambit-system/noop", Namespace: "ambit-system",
+		Scope: configv1alpha1.Authorization_SCOPE_GLOBAL, Action: configv1alpha1.Authorization_ACTION_DENY,
+	}}
+}
+
 // podIPs are the pod's addresses as the kubelet reports them: IPv4, and
 // IPv6 in a dual-stack lab.
 func podIPs(p *netlab.Pod) []string {

@@ -67,12 +67,9 @@ func TestPodWithoutNetnsFile(t *testing.T) {
 	}
 	x := startXDS(t)
 	x.srv.Publish(&translate.Output{
-		Workloads: []*configv1alpha1.Workload{workload(pods["reported"], "node0", true), workload(pods["found"], "node0", true), workload(b, "node1", true)},
-		Services:  []*configv1alpha1.Service{},
-		Authorizations: []*configv1alpha1.Authorization{{
-			Name: "ambit-system/noop", Namespace: "ambit-system",
-			Scope: configv1alpha1.Authorization_SCOPE_GLOBAL, Action: configv1alpha1.Authorization_ACTION_DENY,
-		}},
+		Workloads:      []*configv1alpha1.Workload{workload(pods["reported"], "node0", true), workload(pods["found"], "node0", true), workload(b, "node1", true)},
+		Services:       []*configv1alpha1.Service{},
+		Authorizations: noopAuthorization(),
 	})
 	z1 := startZtunnel(t, "node1", x.addr, ztunnelFiles{dir: t.TempDir()}, ca)
 	z1.enrol(t, b)

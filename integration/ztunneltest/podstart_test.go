@@ -56,10 +56,7 @@ func TestPodCapturedBeforeItStarts(t *testing.T) {
 	}
 	known := map[string]*configv1alpha1.Workload{"b": workload(b, "node1", true), "early": scheduled(pods["early"])}
 	publish := func() {
-		out := &translate.Output{Authorizations: []*configv1alpha1.Authorization{{
-			Name: "ambit-system/noop", Namespace: "ambit-system",
-			Scope: configv1alpha1.Authorization_SCOPE_GLOBAL, Action: configv1alpha1.Authorization_ACTION_DENY,
-		}}, Services: []*configv1alpha1.Service{{Name: ns + "/echo", Namespace: ns, Hostname: "echo.shop.svc.cluster.local",
+		out := &translate.Output{Authorizations: noopAuthorization(), Services: []*configv1alpha1.Service{{Name: ns + "/echo", Namespace: ns, Hostname: "echo.shop.svc.cluster.local",
 			Vips: []string{vip.String()}, Ports: []*configv1alpha1.ServicePort{{Name: "tcp", Port: 80, TargetPort: echoPort}}}}}
 		for _, n := range []string{"b", "early", "late", "never"} {
 			if w := known[n]; w != nil {

@@ -138,10 +138,7 @@ func TestPodSOCKS5(t *testing.T) {
 		for _, n := range []string{"a", "u", "b"} {
 			out.Workloads = append(out.Workloads, workloads[n])
 		}
-		out.Authorizations = append([]*configv1alpha1.Authorization{{
-			Name: "ambit-system/noop", Namespace: "ambit-system",
-			Scope: configv1alpha1.Authorization_SCOPE_GLOBAL, Action: configv1alpha1.Authorization_ACTION_DENY,
-		}}, authz...)
+		out.Authorizations = append(noopAuthorization(), authz...)
 		x.srv.Publish(out)
 	}
 	publish()

@@ -43,12 +43,7 @@ func (m *mesh) publish() {
 	for _, n := range []string{"a", "b", "c", "u", "wp"} {
 		out.Workloads = append(out.Workloads, proto.Clone(m.workloads[n]).(*configv1alpha1.Workload))
 	}
-	// An always-present global policy that matches nothing keeps every
-	// resource type non-empty.
-	out.Authorizations = append([]*configv1alpha1.Authorization{{
-		Name: "ambit-system/noop", Namespace: "ambit-system",
-		Scope: configv1alpha1.Authorization_SCOPE_GLOBAL, Action: configv1alpha1.Authorization_ACTION_DENY,
-	}}, m.authz...)
+	out.Authorizations = append(noopAuthorization(), m.authz...)
 	m.x.srv.Publish(out)
 }
 
