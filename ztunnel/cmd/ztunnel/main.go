@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ambit-mesh/ambit/pkg/caclient"
 	"github.com/ambit-mesh/ambit/pkg/goruntime"
 	"github.com/ambit-mesh/ambit/pkg/identity"
@@ -164,8 +166,12 @@ func run(args []string) error {
 		if !filepath.IsAbs(*hostProc) {
 			return fmt.Errorf("-host-proc %q must be an absolute path", *hostProc)
 		}
-		if _, err := os.Stat(filepath.Join(*hostProc, "1", "ns", "net")); err != nil {
-			return fmt.Errorf("-host-proc %q is not the host's /proc (its PID 1 has no network namespace there): %w", *hostProc, err)
+		var st unix.Statfs_t
+		if err := unix.Statfs(*hostProc, &st); err != nil {
+			return fmt.Errorf("-host-proc: %w", err)
+		}
+		if st.Type != unix.PROC_SUPER_MAGIC {
+			return fmt.Errorf("-host-proc %q is not a proc filesystem (type %#x): mount the host's /proc there", *hostProc, st.Type)
 		}
 	}
 

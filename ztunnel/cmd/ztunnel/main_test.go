@@ -32,7 +32,7 @@ func TestFlagErrors(t *testing.T) {
 		"daemonset outside":    {[]string{"-daemonset", "ambit-system/ztunnel"}, "KUBERNETES_SERVICE_HOST"},
 		"relative discovery":   {[]string{"-discover-netns-dir", "netns"}, "absolute"},
 		"relative host proc":   {[]string{"-host-proc", "proc"}, "absolute"},
-		"host proc not proc":   {[]string{"-host-proc", dir}, "not the host's /proc"},
+		"host proc not proc":   {[]string{"-host-proc", dir}, "not a proc filesystem"},
 		"stray argument":       {[]string{"extra"}, "unexpected arguments"},
 		"local CA, secure xDS": {[]string{"-local-ca-trust-domain", "cluster.local"}, "add -xds-insecure"},
 		"bad nameserver":       {[]string{"-socks5-nameservers", "dns.example"}, "-socks5-nameservers"},
