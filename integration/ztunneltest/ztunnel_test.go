@@ -122,13 +122,20 @@ func TestZtunnelEndToEnd(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		// Counted once ztunnel has seen both directions end.
-		eventually(t, "3 closed connections to the service", func() bool {
-			return metricValue(t, z0, "istio_tcp_connections_closed_total", map[string]string{
-				"reporter": "source", "destination_service": "echo.shop.svc.cluster.local", "destination_workload": "b-deploy",
-				"connection_security_policy": "mutual_tls",
-			}) >= 3
-		})
+		// Counted once ztunnel has seen both directions end, by both
+		// sides: the destination's ztunnel learns the service from the
+		// tunnel's Forwarded host=.
+		for _, c := range []struct {
+			z        *ztunnel
+			reporter string
+		}{{z0, "source"}, {z1, "destination"}} {
+			eventually(t, "3 closed connections to the service, reporter "+c.reporter, func() bool {
+				return metricValue(t, c.z, "istio_tcp_connections_closed_total", map[string]string{
+					"reporter": c.reporter, "destination_service": "echo.shop.svc.cluster.local", "destination_workload": "b-deploy",
+					"source_principal": aID, "connection_security_policy": "mutual_tls",
+				}) >= 3
+			})
+		}
 	})
 
 	t.Run("plaintext from an unenrolled pod under PERMISSIVE", func(t *testing.T) {

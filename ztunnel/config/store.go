@@ -29,6 +29,9 @@ type Snapshot struct {
 
 	byIP  map[netip.Addr]*Workload
 	byVIP map[netip.AddrPort]vipTarget
+	// atEndpoint lists, for each endpoint address:target port, the
+	// services that send there, by name.
+	atEndpoint map[netip.AddrPort][]*Service
 }
 
 type vipTarget struct {
@@ -46,6 +49,13 @@ func (s *Snapshot) WorkloadByIP(a netip.Addr) *Workload { return s.byIP[a.Unmap(
 func (s *Snapshot) ServiceByVIP(dst netip.AddrPort) (*Service, Port, bool) {
 	t, ok := s.byVIP[netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())]
 	return t.svc, t.port, ok
+}
+
+// ServicesAt returns the services, by name, one of whose ports sends to
+// an endpoint at dst (its address and target port): the services a
+// connection to a workload's address and port may have been meant for.
+func (s *Snapshot) ServicesAt(dst netip.AddrPort) []*Service {
+	return s.atEndpoint[netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())]
 }
 
 // Empty returns a snapshot with nothing in it.
@@ -92,7 +102,7 @@ func build(ws map[string]*Workload, ss map[string]*Service, as map[string]*confi
 		as = map[string]*configv1alpha1.Authorization{}
 	}
 	snap := &Snapshot{Workloads: ws, Services: ss, Authorizations: as, Generation: gen,
-		byIP: map[netip.Addr]*Workload{}, byVIP: map[netip.AddrPort]vipTarget{}}
+		byIP: map[netip.Addr]*Workload{}, byVIP: map[netip.AddrPort]vipTarget{}, atEndpoint: map[netip.AddrPort][]*Service{}}
 	// Deterministic winners when two resources claim one address: the
 	// lexically first name.
 	for _, name := range sortedKeys(ws) {
@@ -110,6 +120,14 @@ func build(ws map[string]*Workload, ss map[string]*Service, as map[string]*confi
 				k := netip.AddrPortFrom(v, p.Port)
 				if _, dup := snap.byVIP[k]; !dup {
 					snap.byVIP[k] = vipTarget{svc: svc, port: p}
+				}
+			}
+		}
+		for _, ep := range svc.Endpoints {
+			for _, p := range svc.Ports {
+				k := netip.AddrPortFrom(ep.Address.Unmap(), ep.TargetPort(p))
+				if at := snap.atEndpoint[k]; len(at) == 0 || at[len(at)-1] != svc {
+					snap.atEndpoint[k] = append(at, svc)
 				}
 			}
 		}

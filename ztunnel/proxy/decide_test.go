@@ -225,10 +225,42 @@ func TestInboundCheck(t *testing.T) {
 	}
 }
 
+// TestInboundService checks the destination service the destination's
+// ztunnel reports: the one the client named if it sends to the address and
+// port, else the first by name that does, else unknown.
+func TestInboundService(t *testing.T) {
+	ep := func(port uint16) []*configv1alpha1.Endpoint {
+		return []*configv1alpha1.Endpoint{{Workload: "shop/db-1", Address: "10.0.0.9", Ready: true, TargetPorts: map[uint32]uint32{80: uint32(port)}}}
+	}
+	snap := config.Build(nil, []*config.Service{
+		mustService(t, &configv1alpha1.Service{Name: "shop/db", Hostname: "db.shop.svc.cluster.local", Vips: []string{"10.96.0.9"},
+			Ports: []*configv1alpha1.ServicePort{{Port: 80, TargetPort: 5432}}, Endpoints: ep(5432)}),
+		mustService(t, &configv1alpha1.Service{Name: "shop/alias", Hostname: "alias.shop.svc.cluster.local", Vips: []string{"10.96.0.10"},
+			Ports: []*configv1alpha1.ServicePort{{Port: 80, TargetPort: 5432}}, Endpoints: ep(5432)}),
+		mustService(t, &configv1alpha1.Service{Name: "shop/admin", Hostname: "admin.shop.svc.cluster.local", Vips: []string{"10.96.0.11"},
+			Ports: []*configv1alpha1.ServicePort{{Port: 80, TargetPort: 9000}}, Endpoints: ep(9000)}),
+	}, nil)
+	ap := netip.MustParseAddrPort
+	for _, tc := range []struct{ dst, claimed, want string }{
+		{"10.0.0.9:5432", "", "alias.shop.svc.cluster.local"}, // two send there: the first by name
+		{"10.0.0.9:5432", "db.shop.svc.cluster.local", "db.shop.svc.cluster.local"},
+		{"10.0.0.9:5432", "DB.shop.svc.cluster.local", "db.shop.svc.cluster.local"},
+		{"10.0.0.9:5432", "admin.shop.svc.cluster.local", "alias.shop.svc.cluster.local"}, // a claim for a service that does not send there
+		{"10.0.0.9:9000", "", "admin.shop.svc.cluster.local"},
+		{"[::ffff:10.0.0.9]:9000", "", "admin.shop.svc.cluster.local"},
+		{"10.0.0.9:22", "db.shop.svc.cluster.local", "unknown"},
+		{"10.0.0.8:5432", "", "unknown"},
+	} {
+		if got := inboundService(snap, ap(tc.dst), tc.claimed); got != tc.want {
+			t.Errorf("inboundService(%s, %q) = %q, want %q", tc.dst, tc.claimed, got, tc.want)
+		}
+	}
+}
+
 func TestTunnelHeaders(t *testing.T) {
 	w := mustWorkload(t, &configv1alpha1.Workload{Name: "shop/web-1", Identity: sid("web"),
 		WorkloadName: "web", CanonicalName: "web-app", CanonicalRevision: "v2"})
-	h := tunnelHeader(w, netip.MustParseAddr("10.0.0.1"))
+	h := tunnelHeader(w, netip.MustParseAddr("10.0.0.1"), nil)
 	if got := h.Get("Forwarded"); got != "for=10.0.0.1" {
 		t.Errorf("forwarded %q", got)
 	}
@@ -239,9 +271,20 @@ func TestTunnelHeaders(t *testing.T) {
 			t.Errorf("baggage %s = %q, want %q (header %q)", k, b[k], v, h.Get("Baggage"))
 		}
 	}
-	h6 := tunnelHeader(nil, netip.MustParseAddr("fd00::1"))
+	h6 := tunnelHeader(nil, netip.MustParseAddr("fd00::1"), nil)
 	if got := h6.Get("Forwarded"); got != `for="[fd00::1]"` {
 		t.Errorf("forwarded v6 %q", got)
+	}
+	svc := mustService(t, &configv1alpha1.Service{Name: "shop/db", Hostname: "db.shop.svc.cluster.local", Vips: []string{"10.96.0.9"}})
+	hs := tunnelHeader(w, netip.MustParseAddr("10.0.0.1"), svc)
+	if got := hs.Get("Forwarded"); got != "for=10.0.0.1;host=db.shop.svc.cluster.local" {
+		t.Errorf("forwarded to a service %q", got)
+	}
+	if got := ForwardedHost(hs); got != "db.shop.svc.cluster.local" {
+		t.Errorf("ForwardedHost = %q", got)
+	}
+	if a, ok := ForwardedFor(hs); !ok || a.String() != "10.0.0.1" {
+		t.Errorf("ForwardedFor with host= = %v %v", a, ok)
 	}
 	for _, tc := range []struct {
 		v    string

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/ambit-mesh/ambit/ztunnel/config"
+	"github.com/ambit-mesh/ambit/ztunnel/metrics"
 )
 
 // Baggage keys carried in the tunnel's `baggage` header (W3C baggage), the
@@ -19,8 +20,9 @@ const (
 )
 
 // tunnelHeader returns the headers of an outbound tunnel from src (nil when
-// unknown) whose application connected from srcIP.
-func tunnelHeader(src *config.Workload, srcIP netip.Addr) http.Header {
+// unknown) whose application connected from srcIP, to svc (nil when the
+// application connected to a workload, not a service).
+func tunnelHeader(src *config.Workload, srcIP netip.Addr, svc *config.Service) http.Header {
 	h := http.Header{}
 	if src != nil {
 		var parts []string
@@ -39,9 +41,46 @@ func tunnelHeader(src *config.Workload, srcIP netip.Addr) http.Header {
 		}
 	}
 	if srcIP.IsValid() {
-		h.Set("Forwarded", forwardedFor(srcIP))
+		fwd := forwardedFor(srcIP)
+		if svc != nil {
+			// The service the application asked for, which the
+			// destination's ztunnel reports (inboundService).
+			fwd += ";host=" + serviceHost(svc)
+		}
+		h.Set("Forwarded", fwd)
 	}
 	return h
+}
+
+// serviceHost is the name metrics give a service: its hostname, else
+// "<namespace>/<name>".
+func serviceHost(svc *config.Service) string {
+	if h := svc.Proto.GetHostname(); h != "" {
+		return h
+	}
+	return svc.Name
+}
+
+// inboundService is the destination_service the destination's ztunnel
+// reports for a connection to dst, an address and port of one of its pods:
+// among the services that send to dst (config.Snapshot.ServicesAt), the one
+// the client named (claimed, the tunnel's Forwarded host=), else the first
+// by name; Unknown when none does. Several services selecting the same pod
+// port make it a guess, as in Istio's ztunnel; a claim is believed only for
+// a service that does send there.
+func inboundService(snap *config.Snapshot, dst netip.AddrPort, claimed string) string {
+	svcs := snap.ServicesAt(dst)
+	if len(svcs) == 0 {
+		return metrics.Unknown
+	}
+	if claimed != "" {
+		for _, s := range svcs {
+			if h := serviceHost(s); strings.EqualFold(h, claimed) {
+				return h
+			}
+		}
+	}
+	return serviceHost(svcs[0])
 }
 
 // forwardedFor formats an RFC 7239 `for=` element.
@@ -56,23 +95,29 @@ func forwardedFor(ip netip.Addr) string {
 // ForwardedFor returns the address of the first `for=` element of a
 // Forwarded header, if it holds an IP.
 func ForwardedFor(h http.Header) (netip.Addr, bool) {
-	v := h.Get("Forwarded")
-	if v == "" {
-		return netip.Addr{}, false
-	}
-	first, _, _ := strings.Cut(v, ",")
-	for _, pair := range strings.Split(first, ";") {
-		k, val, ok := strings.Cut(strings.TrimSpace(pair), "=")
-		if !ok || !strings.EqualFold(k, "for") {
-			continue
-		}
-		val = strings.Trim(val, `"`)
-		val = strings.TrimSuffix(strings.TrimPrefix(val, "["), "]")
-		if a, err := netip.ParseAddr(val); err == nil {
-			return a.Unmap(), true
-		}
+	val := forwardedParam(h, "for")
+	val = strings.TrimSuffix(strings.TrimPrefix(val, "["), "]")
+	if a, err := netip.ParseAddr(val); err == nil {
+		return a.Unmap(), true
 	}
 	return netip.Addr{}, false
+}
+
+// ForwardedHost returns the `host=` parameter of a Forwarded header's
+// first element, or "".
+func ForwardedHost(h http.Header) string { return forwardedParam(h, "host") }
+
+// forwardedParam returns parameter key of the first element of a Forwarded
+// header (RFC 7239), unquoted, or "".
+func forwardedParam(h http.Header, key string) string {
+	first, _, _ := strings.Cut(h.Get("Forwarded"), ",")
+	for _, pair := range strings.Split(first, ";") {
+		k, val, ok := strings.Cut(strings.TrimSpace(pair), "=")
+		if ok && strings.EqualFold(k, key) {
+			return strings.Trim(val, `"`)
+		}
+	}
+	return ""
 }
 
 // BaggageValues parses a W3C baggage header into key/value pairs (members'

@@ -61,7 +61,7 @@ func (p *Pod) serveHBONE(st *hbone.Stream) {
 		Reporter:           metrics.ReporterDestination,
 		Source:             src,
 		Destination:        metrics.PeerOf(dst),
-		DestinationService: metrics.Unknown,
+		DestinationService: inboundService(snap, auth, ForwardedHost(st.Header())),
 		Security:           metrics.SecurityMutualTLS,
 	}
 	// The logger with the tunnel's attributes is made only for a line to
@@ -120,7 +120,7 @@ func (p *Pod) servePlaintext(c *net.TCPConn) {
 		Reporter:           metrics.ReporterDestination,
 		Source:             metrics.PeerOf(snap.WorkloadByIP(srcIP)),
 		Destination:        metrics.PeerOf(w),
-		DestinationService: metrics.Unknown,
+		DestinationService: inboundService(snap, dst, ""),
 		Security:           metrics.SecurityNone,
 	}
 	// A plaintext source has no verified identity, whatever its address says.

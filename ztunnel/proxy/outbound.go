@@ -84,10 +84,7 @@ func (o *Outbound) Open(ctx context.Context, dst netip.AddrPort, srcIP netip.Add
 		Security:           metrics.SecurityNone,
 	}
 	if route.Service != nil {
-		labels.DestinationService = route.Service.Proto.GetHostname()
-		if labels.DestinationService == "" {
-			labels.DestinationService = route.Service.Name
-		}
+		labels.DestinationService = serviceHost(route.Service)
 	}
 	if route.Kind == HBONE || route.Kind == Waypoint {
 		labels.Security = metrics.SecurityMutualTLS
@@ -117,7 +114,7 @@ func (o *Outbound) Open(ctx context.Context, dst netip.AddrPort, srcIP netip.Add
 			Destination: route.Identity,
 			Address:     route.Address,
 			Authority:   route.Authority,
-			Header:      tunnelHeader(src, srcIP),
+			Header:      tunnelHeader(src, srcIP, route.Service),
 		}
 		if first == nil {
 			upstream, err = o.tunnel.Dial(ctx, req)
