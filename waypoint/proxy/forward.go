@@ -100,7 +100,7 @@ func (x *exchange) forward(ctx context.Context) {
 	st := p.state(x.be)
 	st.budget.Request()
 	policy := rule.Retry
-	if !policy.MethodAllowed(x.in.Method) || !x.replayable {
+	if !policy.MethodAllowed(x.in.Method) || !x.replayable || x.upgrade != "" {
 		policy = nil
 	}
 	maxTries := 1
@@ -198,7 +198,8 @@ func (x *exchange) try(ctx context.Context, st backendView) (resp *http.Response
 		return nil, noop, noop, &tryError{http.StatusServiceUnavailable, FlagUpstreamOverflow}
 	}
 	tryCtx, cancel := ctx, context.CancelFunc(noop)
-	if rule.BackendRequestTimeout > 0 {
+	if rule.BackendRequestTimeout > 0 && x.upgrade == "" {
+		// (An upgrade has one try: the request timeout bounds it.)
 		tryCtx, cancel = context.WithTimeout(ctx, rule.BackendRequestTimeout)
 	}
 	out := x.out.WithContext(tryCtx)

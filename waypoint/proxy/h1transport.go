@@ -236,7 +236,7 @@ func (t *H1Transport) CloseIdleConnections() {
 	}
 }
 
-// errUpgrade: the proxy strips Upgrade, so a 101 is the endpoint's error.
+// errUpgrade: a 101 to a request that did not ask to switch protocols.
 var errUpgrade = errors.New("endpoint switched protocols without being asked to")
 
 // exchange writes r on pc and reads the response head. again reports
@@ -271,6 +271,12 @@ func (t *H1Transport) exchange(ctx context.Context, pc *h1Conn, r *http.Request,
 			break
 		}
 		// 1xx (100 Continue, 103 Early Hints): the final answer follows.
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols && httpTokenContains(r.Header.Get("Connection"), "upgrade") {
+		// The connection is the caller's now: ctx no longer closes it.
+		stop()
+		resp.Body = &upgradedConn{br: pc.br, c: pc.c}
+		return resp, false, nil
 	}
 	if resp.StatusCode < 200 {
 		return fail(errUpgrade, false)
@@ -363,4 +369,23 @@ func (b *h1Body) finishLocked(reuse bool, err error) {
 		return
 	}
 	_ = b.pc.c.Close()
+}
+
+// upgradedConn is a connection that switched protocols: what the reader
+// buffered after the 101 comes first.
+type upgradedConn struct {
+	br *bufio.Reader
+	c  net.Conn
+}
+
+func (u *upgradedConn) Read(p []byte) (int, error)  { return u.br.Read(p) }
+func (u *upgradedConn) Write(p []byte) (int, error) { return u.c.Write(p) }
+func (u *upgradedConn) Close() error                { return u.c.Close() }
+
+// CloseWrite half-closes the connection when it can, else closes it.
+func (u *upgradedConn) CloseWrite() error {
+	if cw, ok := u.c.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return u.c.Close()
 }

@@ -162,6 +162,14 @@ type exchange struct {
 	body   []byte // buffered request body; nil when not buffered
 	// replayable is true when out's body can be sent again (buffered or empty).
 	replayable bool
+	// upgrade is the protocol an HTTP/1.1 request asks to switch to
+	// (Connection: Upgrade, Upgrade: websocket), or "".
+	upgrade string
+	// stopTimeout ends the route's request timeout once an upgrade is
+	// answered: it bounds the wait for the 101, not the session.
+	stopTimeout func() bool
+	// upSent and upRecv count an upgraded session's bytes.
+	upSent, upRecv int64
 }
 
 // ServeHTTP routes and forwards one request.
@@ -174,7 +182,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		req.Body = body
 	}
 	defer func() {
-		x.res.BytesReceived, x.res.BytesSent = body.n, x.w.n
+		x.res.BytesReceived, x.res.BytesSent = body.n+x.upRecv, x.w.n+x.upSent
 		if x.res.Code == 0 {
 			x.res.Code = x.w.code
 		}
@@ -236,12 +244,25 @@ func (x *exchange) serve() {
 	x.prefix, _ = rule.Match.PathPrefix()
 
 	ctx := x.in.Context()
+	if x.in.ProtoMajor == 1 && httpTokenContains(x.in.Header.Get("Connection"), "upgrade") {
+		x.upgrade = x.in.Header.Get("Upgrade")
+	}
 	if rule.RequestTimeout > 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, rule.RequestTimeout)
+		if x.upgrade == "" {
+			ctx, cancel = context.WithTimeout(ctx, rule.RequestTimeout)
+		} else {
+			ctx, cancel = context.WithCancel(ctx)
+			x.stopTimeout = time.AfterFunc(rule.RequestTimeout, cancel).Stop
+		}
 		defer cancel()
 	}
 	x.out = outgoing(ctx, x.in)
+	if x.upgrade != "" {
+		// Hop-by-hop, but the endpoint must see the request to switch.
+		x.out.Header.Set("Connection", "Upgrade")
+		x.out.Header.Set("Upgrade", x.upgrade)
+	}
 
 	if rd := rule.Filters.Redirect; rd != nil {
 		x.applyRequestFilters(rule.Filters)
@@ -267,7 +288,10 @@ func (x *exchange) serve() {
 		return
 	}
 	mirrors := append(append([]*filter.Mirror(nil), rule.Filters.Mirrors...), x.be.Filters.Mirrors...)
-	canRetry := rule.Retry != nil && rule.Retry.MethodAllowed(x.in.Method)
+	canRetry := rule.Retry != nil && rule.Retry.MethodAllowed(x.in.Method) && x.upgrade == ""
+	if x.upgrade != "" {
+		mirrors = nil // a session cannot be sent twice
+	}
 	if err := x.bufferBody(ctx, canRetry || len(mirrors) > 0); err != nil {
 		switch {
 		case errors.Is(err, errBodyTimeout):

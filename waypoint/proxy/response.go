@@ -56,6 +56,10 @@ var copyBufs = sync.Pool{New: func() any {
 // as it arrives when its length is unknown) and the trailers.
 func (x *exchange) writeResponse(resp *http.Response) {
 	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusSwitchingProtocols && x.upgrade != "" {
+		x.switchProtocols(resp)
+		return
+	}
 	removeHopHeaders(resp.Header)
 	h := x.w.Header()
 	for k, vv := range resp.Header {
@@ -153,4 +157,54 @@ func (b *countingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	b.n += int64(n)
 	return n, err
+}
+
+// switchProtocols carries an upgraded request (a WebSocket, say) once the
+// endpoint answered 101: the answer goes to the client, whose connection
+// the proxy then takes over from the server, and the bytes are copied both
+// ways until either side closes. The route's timeouts ended with the
+// answer; the session lasts as long as both sides keep it.
+func (x *exchange) switchProtocols(resp *http.Response) {
+	up, ok := resp.Body.(io.ReadWriteCloser)
+	if !ok {
+		x.fail(http.StatusBadGateway, FlagUpstreamReset)
+		return
+	}
+	if x.stopTimeout != nil {
+		x.stopTimeout()
+	}
+	proto := resp.Header.Get("Upgrade")
+	removeHopHeaders(resp.Header)
+	x.applyResponseHeaders(resp.Header)
+	resp.Header.Set("Connection", "Upgrade")
+	resp.Header.Set("Upgrade", proto)
+	conn, brw, err := http.NewResponseController(x.w).Hijack()
+	if err != nil {
+		x.p.log().DebugContext(x.in.Context(), "upgrade: the client's connection cannot be taken over", "error", err)
+		x.fail(http.StatusBadGateway, FlagUpstreamReset)
+		return
+	}
+	defer conn.Close()
+	x.res.Code = http.StatusSwitchingProtocols
+	head := &http.Response{StatusCode: resp.StatusCode, Status: resp.Status, ProtoMajor: 1, ProtoMinor: 1, Header: resp.Header}
+	if err := head.Write(brw.Writer); err != nil || brw.Flush() != nil {
+		x.res.flag(FlagDownstreamTermination)
+		return
+	}
+	// The client's end of its writes is passed on (a half-close) and the
+	// endpoint's answer still flows; the endpoint's end ends the session.
+	fromClient := make(chan struct{})
+	go func() {
+		defer close(fromClient)
+		x.upRecv, _ = io.Copy(up, brw.Reader)
+		if cw, ok := up.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		} else {
+			_ = up.Close()
+		}
+	}()
+	x.upSent, _ = io.Copy(conn, up)
+	_ = conn.Close()
+	_ = up.Close()
+	<-fromClient
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"net/http"
 	"runtime"
 	"strconv"
@@ -296,6 +297,9 @@ func (h *h1conn) serveRequest(req *http.Request) (keep bool) {
 		}
 	}()
 	h.handler.ServeHTTP(w, req)
+	if w.hijacked {
+		return false
+	}
 	keep = w.finish(body)
 	if keep && w.readDeadline.Load() {
 		_ = h.c.SetReadDeadline(time.Time{}) // the handler's, for its body only
@@ -387,6 +391,8 @@ type h1writer struct {
 	// readDeadline is set once the handler set a read deadline.
 	// It may be set from another goroutine (a timeout's).
 	readDeadline atomic.Bool
+	// hijacked is set once the handler took the tunnel over (Hijack).
+	hijacked bool
 }
 
 func (w *h1writer) Header() http.Header { return w.header }
@@ -615,6 +621,22 @@ func (w *h1writer) finish(body *h1body) bool {
 		drained = body.discard()
 	}
 	return w.err == nil && !w.closeAfter && drained
+}
+
+// Hijack hands the tunnel to the handler, for a request that switched
+// protocols (the proxy's upgrades): it writes the answer itself and reads
+// the client's bytes through the returned reader, which holds what the
+// server had buffered. The server neither answers nor reuses the tunnel
+// afterwards; it closes it when the handler returns.
+func (w *h1writer) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if w.wroteHeader {
+		return nil, nil, errors.New("hijack after the answer began")
+	}
+	w.hijacked = true
+	w.wroteHeader = true
+	_ = w.h.c.SetReadDeadline(time.Time{})
+	_ = w.h.c.SetWriteDeadline(time.Time{})
+	return w.h.c, bufio.NewReadWriter(w.h.br, w.h.bw), nil
 }
 
 // Flush sends the headers and what is buffered.

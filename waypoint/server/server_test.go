@@ -53,6 +53,10 @@ func startBackend(t testing.TB, ca *identity.Authority, name string, id identity
 	b := &backend{name: name, peers: map[string]int{}}
 	ln := newStreamListener(l.Addr())
 	b.http = proxy.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") == "echo-test" {
+			serveUpgrade(w, r, name)
+			return
+		}
 		if r.URL.Path == "/echo" {
 			// The body back, with its length, as make bench's echo
 			// server does.
