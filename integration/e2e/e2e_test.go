@@ -323,6 +323,44 @@ spec:
 		})
 	})
 
+	e.step(t, "WebSocket", func(t *testing.T) {
+		e := e.sub(t)
+		// The waypoint routes the handshake, answers the 101 and then
+		// carries the session's frames both ways.
+		match := map[string]string{
+			"reporter":                 "waypoint",
+			"destination_service_name": "echo",
+			"source_principal":         fmt.Sprintf("spiffe://%s/ns/%s/sa/client", trustDomain, appNS),
+			"response_code":            "101",
+		}
+		url := "http://echo." + appNS + ".svc.cluster.local:8080/ws"
+		eventually(t, "a WebSocket from client to echo through the waypoint", 90*time.Second, func() error {
+			start, err := waypointRequests(match)
+			if err != nil {
+				return err
+			}
+			code, body, err := e.demoGet(appNS, "client", []string{"-websocket", "hello-ambit"}, url)
+			if err != nil {
+				return err
+			}
+			if code != http.StatusSwitchingProtocols || !strings.HasPrefix(body, "echo ") || !strings.Contains(body, ": hello-ambit") {
+				return fmt.Errorf("status %d, answer %q; want 101 and echo's answer to the message", code, body)
+			}
+			// The waypoint counts the session once it has ended.
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				got, err := waypointRequests(match)
+				if err == nil && got > start {
+					return nil
+				}
+				if time.Now().After(deadline) {
+					return fmt.Errorf("waypoint istio_requests_total%v %v -> %v (%v)", match, start, got, err)
+				}
+				time.Sleep(500 * time.Millisecond)
+			}
+		})
+	})
+
 	e.step(t, "WeightedSplit", func(t *testing.T) {
 		e := e.sub(t)
 		e.apply(fmt.Sprintf(`apiVersion: gateway.networking.k8s.io/v1

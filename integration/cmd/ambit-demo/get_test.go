@@ -68,3 +68,25 @@ func TestGetThroughSOCKS5(t *testing.T) {
 		t.Errorf("a name the proxy cannot resolve: exit %d, want 1", code)
 	}
 }
+
+// TestGetWebSocket runs get -websocket against serve: the handshake, one
+// message and its answer, naming the service and version.
+func TestGetWebSocket(t *testing.T) {
+	r := startServe(t, "-service", "echo", "-version", "v2")
+	var stdout, stderr bytes.Buffer
+	if code := getCommand(t.Context(), []string{"-websocket", "hello over ws", r.url + "/ws"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("get -websocket: exit %d: %s", code, stderr.String())
+	}
+	if got, want := stdout.String(), "echo v2: hello over ws\n"; got != want {
+		t.Errorf("answer %q, want %q", got, want)
+	}
+	if !bytes.Contains(stderr.Bytes(), []byte("HTTP/1.1 101 Switching Protocols")) {
+		t.Errorf("stderr %q, want the handshake's status line", stderr.String())
+	}
+	// No WebSocket server there: exit 1.
+	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "no") }))
+	defer plain.Close()
+	if code := getCommand(t.Context(), []string{"-websocket", "x", plain.URL}, io.Discard, io.Discard); code != 1 {
+		t.Errorf("get -websocket to a plain HTTP server: exit %d, want 1", code)
+	}
+}

@@ -18,6 +18,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/net/websocket"
 )
 
 // Response is what `serve` answers: who answered, what it received and what
@@ -152,6 +154,10 @@ func (s *demoServer) fail() bool {
 }
 
 func (s *demoServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+		s.serveWebSocket(w, r)
+		return
+	}
 	if r.URL.Path == "/healthz" {
 		if s.draining.Load() {
 			http.Error(w, "shutting down", http.StatusServiceUnavailable)
@@ -308,4 +314,25 @@ func formatCounts(m map[string]uint64) string {
 		parts[i] = fmt.Sprintf("%s=%d", k, m[k])
 	}
 	return strings.Join(parts, " ")
+}
+
+// serveWebSocket answers a WebSocket handshake (RFC 6455) and then each
+// message with "<service> <version>: <message>" until the client closes.
+// Any origin is accepted: the demo has no browser clients to protect.
+func (s *demoServer) serveWebSocket(w http.ResponseWriter, r *http.Request) {
+	websocket.Server{
+		Handshake: func(*websocket.Config, *http.Request) error { return nil },
+		Handler: func(ws *websocket.Conn) {
+			defer ws.Close()
+			for {
+				var msg string
+				if err := websocket.Message.Receive(ws, &msg); err != nil {
+					return
+				}
+				if err := websocket.Message.Send(ws, s.cfg.service+" "+s.cfg.version+": "+msg); err != nil {
+					return
+				}
+			}
+		},
+	}.ServeHTTP(w, r)
 }
