@@ -1,7 +1,17 @@
 package main
 
-import "github.com/ambit-mesh/ambit/pkg/version"
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/ambit-mesh/ambit/controller/ambitctl"
+)
 
 func main() {
-	version.Placeholder("ambitctl", "is the command-line tool for operating an Ambit mesh")
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := ambitctl.Run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
 }

@@ -1,0 +1,236 @@
+package ambitctl
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func run(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code = Run(t.Context(), args, &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+func TestUsage(t *testing.T) {
+	code, out, _ := run(t)
+	if code != ExitUsage || !strings.Contains(out, "waypoint apply") || !strings.Contains(out, "ztunnel-config") {
+		t.Errorf("no arguments: exit %d, output %q; want the usage and %d", code, out, ExitUsage)
+	}
+	if code, out, _ := run(t, "help"); code != ExitOK || !strings.Contains(out, "check") {
+		t.Errorf("help: exit %d, output %q", code, out)
+	}
+	code, _, errOut := run(t, "frobnicate")
+	if code != ExitUsage || !strings.Contains(errOut, `unknown command "frobnicate"`) {
+		t.Errorf("unknown command: exit %d, stderr %q", code, errOut)
+	}
+	code, _, errOut = run(t, "waypoint", "explode")
+	if code != ExitUsage || !strings.Contains(errOut, `unknown command "waypoint explode"`) {
+		t.Errorf("unknown subcommand: exit %d, stderr %q", code, errOut)
+	}
+	code, _, errOut = run(t, "check", "-h")
+	if code != ExitOK || !strings.Contains(errOut, "-kubeconfig") || !strings.Contains(errOut, "usage: ambitctl check") {
+		t.Errorf("check -h: exit %d, stderr %q", code, errOut)
+	}
+	code, _, errOut = run(t, "waypoint", "list", "-bogus")
+	if code != ExitUsage || !strings.Contains(errOut, "flag provided but not defined: -bogus") {
+		t.Errorf("unknown flag: exit %d, stderr %q", code, errOut)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	for _, args := range [][]string{{"version"}, {"-version"}, {"--version"}} {
+		code, out, _ := run(t, args...)
+		if code != ExitOK || !strings.HasPrefix(out, "ambitctl ") {
+			t.Errorf("%q: exit %d, output %q", args, code, out)
+		}
+	}
+	if code, _, _ := run(t, "version", "extra"); code != ExitUsage {
+		t.Errorf("version extra: exit %d, want %d", code, ExitUsage)
+	}
+}
+
+// TestKubeconfigErrors: a command that needs the cluster fails clearly
+// when the kubeconfig is missing or broken, before doing anything.
+func TestKubeconfigErrors(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "nope")
+	code, _, errOut := run(t, "check", "-kubeconfig", missing)
+	if code != ExitFailed || !strings.Contains(errOut, "kubeconfig") || !strings.Contains(errOut, "nope") {
+		t.Errorf("missing kubeconfig: exit %d, stderr %q", code, errOut)
+	}
+	broken := filepath.Join(t.TempDir(), "broken")
+	if err := os.WriteFile(broken, []byte("apiVersion: v1\nkind: Config\nclusters: [}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errOut = run(t, "waypoint", "list", "-kubeconfig", broken)
+	if code != ExitFailed || !strings.Contains(errOut, "kubeconfig") {
+		t.Errorf("broken kubeconfig: exit %d, stderr %q", code, errOut)
+	}
+	code, _, errOut = run(t, "check", "-kubeconfig", writeKubeconfig(t, "https://127.0.0.1:1"), "-context", "elsewhere")
+	if code != ExitFailed || !strings.Contains(errOut, `context "elsewhere"`) {
+		t.Errorf("unknown context: exit %d, stderr %q", code, errOut)
+	}
+}
+
+// TestCheckUnreachable: check reports an API server it cannot reach as a
+// failed check, with the address.
+func TestCheckUnreachable(t *testing.T) {
+	code, out, errOut := run(t, "check", "-kubeconfig", writeKubeconfig(t, "https://127.0.0.1:1"), "-request-timeout", "2s")
+	if code != ExitFailed || !strings.Contains(out, "[FAIL] Kubernetes API at https://127.0.0.1:1") || !strings.Contains(errOut, "1 of 1 checks failed") {
+		t.Errorf("exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+}
+
+func writeKubeconfig(t *testing.T, server string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "kubeconfig")
+	doc := `apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "` + server + `", insecure-skip-tls-verify: true}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: here, context: {cluster: c, user: u, namespace: demo}}]
+current-context: here
+`
+	if err := os.WriteFile(p, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestUsageErrorsBeforeTheCluster: bad arguments are refused as usage
+// errors (exit 2), after the kubeconfig is read but before any request.
+func TestUsageErrorsBeforeTheCluster(t *testing.T) {
+	kc := writeKubeconfig(t, "https://127.0.0.1:1")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"waypoint", "apply", "-name", "Not_A_Name"}, `-name "Not_A_Name"`},
+		{[]string{"waypoint", "apply", "-for", "everything"}, `-for "everything": want service, workload, all or none`},
+		{[]string{"waypoint", "apply", "extra"}, "takes no arguments"},
+		{[]string{"waypoint", "list", "extra"}, "takes no arguments"},
+		{[]string{"check", "extra"}, "takes no arguments"},
+		{[]string{"ztunnel-config", "sockets"}, `section "sockets": want one of pods, workloads, services, policies, certificates, all`},
+		{[]string{"ztunnel-config", "pods", "workloads"}, "one section at most"},
+		{[]string{"ztunnel-config", "-o", "yaml"}, `-o "yaml": want table or json`},
+	} {
+		code, _, errOut := run(t, append(tc.args, "-kubeconfig", kc)...)
+		if code != ExitUsage || !strings.Contains(errOut, tc.want) {
+			t.Errorf("%q: exit %d, stderr %q; want %d and %q", tc.args, code, errOut, ExitUsage, tc.want)
+		}
+	}
+}
+
+func TestParseInterspersed(t *testing.T) {
+	fs := flag.NewFlagSet("x", flag.ContinueOnError)
+	n := fs.String("n", "", "")
+	all := fs.Bool("A", false, "")
+	got, err := parseInterspersed(fs, []string{"a", "-n", "ns", "b", "-A", "--", "-c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"a", "b", "-c"}; !slices.Equal(got, want) || *n != "ns" || !*all {
+		t.Errorf("positional %q (want %q), -n %q, -A %v", got, want, *n, *all)
+	}
+}
+
+func TestFindCommand(t *testing.T) {
+	for _, tc := range []struct {
+		args     []string
+		name     string
+		rest     []string
+		notFound bool
+	}{
+		{args: []string{"waypoint", "delete", "a", "b"}, name: "waypoint delete", rest: []string{"a", "b"}},
+		{args: []string{"check", "-n", "x"}, name: "check", rest: []string{"-n", "x"}},
+		{args: []string{"waypoint"}, notFound: true},
+		{args: []string{"ztunnel-config"}, name: "ztunnel-config", rest: []string{}},
+	} {
+		cmd, rest, ok := findCommand(tc.args)
+		if ok == tc.notFound || (ok && (cmd.name != tc.name || !slices.Equal(rest, tc.rest))) {
+			t.Errorf("%q: %q %q %v", tc.args, cmd.name, rest, ok)
+		}
+	}
+}
+
+func TestMinorOf(t *testing.T) {
+	for in, want := range map[string]string{"v1.6.3": "v1.6", "v1.6.0": "v1.6", "v1.7": "v1.7", "dev": "dev"} {
+		if got := minorOf(in); got != want {
+			t.Errorf("minorOf(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// A config dump as ztunnel writes it (ztunnel/daemon ConfigDump; the
+// integration module's TestZtunnelDumpDecodes checks the two agree).
+const sampleDump = `{
+  "node": "node-a",
+  "ready": "ready",
+  "xds": {"connected": false, "fromDisk": true, "lastError": "connection refused", "resources": {}, "acks": 3, "nacks": 0},
+  "workloads": {
+    "demo/client-1": {"name": "client-1", "namespace": "demo", "node": "node-a", "addresses": ["10.0.0.5"], "enrolled": true, "ready": true, "identity": "spiffe://cluster.local/ns/demo/sa/client"},
+    "demo/echo-1": {"name": "echo-1", "namespace": "demo", "node": "node-b", "addresses": ["10.0.1.7", "fd00::7"], "enrolled": true, "waypoint": {"gateway": "demo/waypoint"}, "futureField": 1}
+  },
+  "services": {
+    "demo/echo": {"name": "echo", "namespace": "demo", "vips": ["10.96.0.10"], "ports": [{"port": 8080, "targetPort": 8080}], "endpoints": [{"workload": "demo/echo-1", "address": "10.0.1.7", "ready": true}, {"workload": "demo/echo-2"}]}
+  },
+  "authorizations": {
+    "demo/deny-all": {"name": "deny-all", "namespace": "demo", "scope": "SCOPE_NAMESPACE", "action": "ACTION_DENY", "rules": [{}]}
+  },
+  "pods": [
+    {"pod": {"uid": "u1", "namespace": "demo", "name": "client-1", "netnsPath": "/var/run/netns/x", "podIPs": ["10.0.0.5"]}, "captured": true, "state": "captured", "identity": "spiffe://cluster.local/ns/demo/sa/client"},
+    {"pod": {"uid": "u2", "namespace": "demo", "name": "broken", "netnsPath": "/nope", "podIPs": null}, "captured": false, "state": "failed", "error": "open /nope: no such file"}
+  ],
+  "certificates": {"identities": [{"id": "spiffe://cluster.local/ns/demo/sa/client", "serial": "1f", "notAfter": "2026-11-29T10:00:00Z", "valid": true, "nextRefresh": "2026-11-28T22:00:00Z"}], "roots": [{"subject": "O=ambit", "serial": "01", "notAfter": "2036-01-01T00:00:00Z"}]},
+  "configGeneration": 7
+}`
+
+func TestZtunnelTables(t *testing.T) {
+	var d ZtunnelDump
+	if err := jsonUnmarshal(sampleDump, &d); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := writeSectionTable(&buf, &d, "all"); err != nil {
+		t.Fatal(err)
+	}
+	out := buf.String()
+	for _, want := range []string{
+		"ztunnel on node node-a: ready: ready; controller: not connected, running on the configuration saved on disk (last error: connection refused)",
+		"demo       client-1  10.0.0.5",
+		"captured",
+		"failed: open /nope: no such file",
+		"10.0.1.7,fd00::7",
+		"demo/waypoint",
+		"10.96.0.10",
+		"8080->8080",
+		"1/2",
+		"deny-all",
+		"NAMESPACE  DENY",
+		"2026-11-29T10:00:00Z",
+		"root O=ambit",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("tables lack %q:\n%s", want, out)
+		}
+	}
+	buf.Reset()
+	if err := writeSectionJSON(&buf, []byte(sampleDump), "policies"); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(buf.String(), `"action": "ACTION_DENY"`) || strings.Contains(buf.String(), "client-1") {
+		t.Errorf("policies JSON:\n%s", buf.String())
+	}
+	d.Workloads["demo/bad"] = []byte(`{"name": 5}`)
+	if err := writeSectionTable(&buf, &d, "workloads"); err == nil || !strings.Contains(err.Error(), "demo/bad") {
+		t.Errorf("a workload that does not decode: %v, want an error naming it", err)
+	}
+}
+
+func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }

@@ -1,0 +1,434 @@
+package ambitctl
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	gwapiv1 "sigs.k8s.io/gateway-api/apis/v1"
+	"sigs.k8s.io/gateway-api/pkg/consts"
+
+	"github.com/ambit-mesh/ambit/controller/ca"
+	"github.com/ambit-mesh/ambit/controller/translate"
+)
+
+// Names of the installed objects (manifests/).
+const (
+	ControllerDeployment = "ambit-controller"
+	ZtunnelDaemonSet     = "ztunnel"
+	// ZtunnelPodLabel selects ztunnel's pods (the DaemonSet's selector).
+	ZtunnelPodLabel = "app.kubernetes.io/name=ztunnel"
+)
+
+// GatewayAPICRDs and AmbitCRDs are the CustomResourceDefinitions Ambit
+// needs.
+var (
+	GatewayAPICRDs = []string{
+		"gatewayclasses.gateway.networking.k8s.io",
+		"gateways.gateway.networking.k8s.io",
+		"grpcroutes.gateway.networking.k8s.io",
+		"httproutes.gateway.networking.k8s.io",
+		"referencegrants.gateway.networking.k8s.io",
+	}
+	AmbitCRDs = []string{
+		"authorizationpolicies.security.ambit.dev",
+		"peerauthentications.security.ambit.dev",
+		"backendpolicies.traffic.ambit.dev",
+		"faultinjections.traffic.ambit.dev",
+	}
+)
+
+// Check results.
+const (
+	checkOK   = "ok"
+	checkWarn = "warn"
+	checkFail = "FAIL"
+)
+
+type checkResult struct {
+	status string
+	what   string
+	hint   string // for warn and FAIL: what to look at or do
+}
+
+func checkFlags(*flag.FlagSet) func(context.Context, *cli, []string) error {
+	return func(ctx context.Context, c *cli, args []string) error {
+		if len(args) > 0 {
+			return usageErrorf("check takes no arguments")
+		}
+		results := runChecks(ctx, c)
+		failed, warned := 0, 0
+		for _, r := range results {
+			fmt.Fprintf(c.stdout, "%-6s %s\n", "["+r.status+"]", r.what)
+			if r.hint != "" {
+				fmt.Fprintf(c.stdout, "       %s\n", r.hint)
+			}
+			switch r.status {
+			case checkFail:
+				failed++
+			case checkWarn:
+				warned++
+			}
+		}
+		if failed > 0 {
+			return fmt.Errorf("%d of %d checks failed, %d warnings", failed, len(results), warned)
+		}
+		fmt.Fprintf(c.stdout, "Ambit is installed and healthy (%d checks, %d warnings).\n", len(results), warned)
+		return nil
+	}
+}
+
+// runChecks checks the installation, in the order a user would fix it.
+func runChecks(ctx context.Context, c *cli) []checkResult {
+	v, err := c.kube.Discovery().ServerVersion()
+	if err != nil {
+		return []checkResult{{status: checkFail, what: fmt.Sprintf("Kubernetes API at %s: %v", c.restConfig.Host, err),
+			hint: "check -kubeconfig/-context, and that the cluster is up"}}
+	}
+	results := []checkResult{{status: checkOK, what: fmt.Sprintf("Kubernetes API at %s answers (%s)", c.restConfig.Host, v.GitVersion)}}
+	results = append(results, checkCRDs(ctx, c, "Gateway API", GatewayAPICRDs)...)
+	results = append(results, checkCRDs(ctx, c, "Ambit", AmbitCRDs)...)
+	sys := c.systemNamespace
+	var ns corev1.Namespace
+	if err := c.client.Get(ctx, types.NamespacedName{Name: sys}, &ns); err != nil {
+		return append(results, checkResult{status: checkFail, what: fmt.Sprintf("namespace %s: %s", sys, reason(err)),
+			hint: "install Ambit: kubectl apply -k manifests/ (docs/reference/install.md)"})
+	}
+	results = append(results, checkResult{status: checkOK, what: "namespace " + sys + " exists"})
+	results = append(results, checkController(ctx, c), checkCARoot(ctx, c), checkZtunnel(ctx, c), checkGatewayClass(ctx, c))
+	results = append(results, checkWaypoints(ctx, c)...)
+	results = append(results, checkEnrolment(ctx, c)...)
+	return results
+}
+
+// reason is err without the API group noise of a NotFound.
+func reason(err error) string {
+	if apierrors.IsNotFound(err) {
+		return "not found"
+	}
+	return err.Error()
+}
+
+func checkCRDs(ctx context.Context, c *cli, group string, names []string) []checkResult {
+	var missing, notEstablished, bundles []string
+	for _, name := range names {
+		var crd apiextensionsv1.CustomResourceDefinition
+		if err := c.client.Get(ctx, types.NamespacedName{Name: name}, &crd); err != nil {
+			if !apierrors.IsNotFound(err) {
+				return []checkResult{{status: checkFail, what: fmt.Sprintf("%s CRDs: %v", group, err)}}
+			}
+			missing = append(missing, name)
+			continue
+		}
+		if !crdEstablished(&crd) {
+			notEstablished = append(notEstablished, name)
+		}
+		if b := crd.Annotations[consts.BundleVersionAnnotation]; b != "" && !slices.Contains(bundles, b) {
+			bundles = append(bundles, b)
+		}
+	}
+	switch {
+	case len(missing) > 0:
+		return []checkResult{{status: checkFail, what: fmt.Sprintf("%s CRDs missing: %s", group, strings.Join(missing, ", ")),
+			hint: "install them with Ambit: kubectl apply -k manifests/ (Gateway API " + consts.BundleVersion + ", experimental channel)"}}
+	case len(notEstablished) > 0:
+		return []checkResult{{status: checkFail, what: fmt.Sprintf("%s CRDs not established: %s", group, strings.Join(notEstablished, ", ")),
+			hint: "kubectl describe crd " + notEstablished[0]}}
+	}
+	r := checkResult{status: checkOK, what: fmt.Sprintf("%s CRDs established (%d)", group, len(names))}
+	if len(bundles) > 0 {
+		sort.Strings(bundles)
+		r.what += ", bundle version " + strings.Join(bundles, ", ")
+		if len(bundles) > 1 || minorOf(bundles[0]) != minorOf(consts.BundleVersion) {
+			r.status = checkWarn
+			r.hint = "Ambit is built and tested with Gateway API " + consts.BundleVersion + " (manifests/gateway-api); other versions may lack fields it reads"
+		}
+	}
+	return []checkResult{r}
+}
+
+// minorOf is "v1.6" of "v1.6.3".
+func minorOf(v string) string {
+	if i := strings.LastIndexByte(v, '.'); i > 0 && strings.Count(v, ".") == 2 {
+		return v[:i]
+	}
+	return v
+}
+
+func crdEstablished(crd *apiextensionsv1.CustomResourceDefinition) bool {
+	for _, cond := range crd.Status.Conditions {
+		if cond.Type == apiextensionsv1.Established {
+			return cond.Status == apiextensionsv1.ConditionTrue
+		}
+	}
+	return false
+}
+
+func checkController(ctx context.Context, c *cli) checkResult {
+	name := c.systemNamespace + "/" + ControllerDeployment
+	var d appsv1.Deployment
+	if err := c.client.Get(ctx, types.NamespacedName{Namespace: c.systemNamespace, Name: ControllerDeployment}, &d); err != nil {
+		return checkResult{status: checkFail, what: fmt.Sprintf("controller Deployment %s: %s", name, reason(err)),
+			hint: "install Ambit: kubectl apply -k manifests/"}
+	}
+	want := int32(1)
+	if d.Spec.Replicas != nil {
+		want = *d.Spec.Replicas
+	}
+	hint := fmt.Sprintf("kubectl -n %s describe deployment %s; kubectl -n %s logs deployment/%s", c.systemNamespace, ControllerDeployment, c.systemNamespace, ControllerDeployment)
+	switch avail := d.Status.AvailableReplicas; {
+	case avail == 0:
+		what := fmt.Sprintf("controller Deployment %s: no replica available (of %d)", name, want)
+		if msg := deploymentMessage(&d); msg != "" {
+			what += ": " + msg
+		}
+		return checkResult{status: checkFail, what: what, hint: hint}
+	case avail < want:
+		return checkResult{status: checkWarn, what: fmt.Sprintf("controller Deployment %s: %d of %d replicas available", name, avail, want), hint: hint}
+	default:
+		return checkResult{status: checkOK, what: fmt.Sprintf("controller Deployment %s: %d of %d replicas available", name, avail, want)}
+	}
+}
+
+// deploymentMessage is the message of a false Available or Progressing
+// condition.
+func deploymentMessage(d *appsv1.Deployment) string {
+	for _, t := range []appsv1.DeploymentConditionType{appsv1.DeploymentAvailable, appsv1.DeploymentProgressing} {
+		for _, cond := range d.Status.Conditions {
+			if cond.Type == t && cond.Status != corev1.ConditionTrue && cond.Message != "" {
+				return cond.Message
+			}
+		}
+	}
+	return ""
+}
+
+func checkCARoot(ctx context.Context, c *cli) checkResult {
+	name := c.systemNamespace + "/" + ca.DefaultConfigMapName
+	var cm corev1.ConfigMap
+	if err := c.client.Get(ctx, types.NamespacedName{Namespace: c.systemNamespace, Name: ca.DefaultConfigMapName}, &cm); err != nil {
+		return checkResult{status: checkFail, what: fmt.Sprintf("mesh CA root ConfigMap %s: %s", name, reason(err)),
+			hint: "the controller publishes it at its first start; ztunnel pods wait for it (ContainerCreating)"}
+	}
+	if strings.TrimSpace(cm.Data[ca.ConfigMapRootKey]) == "" {
+		return checkResult{status: checkFail, what: fmt.Sprintf("mesh CA root ConfigMap %s has no %s", name, ca.ConfigMapRootKey),
+			hint: "the controller rewrites it; kubectl -n " + c.systemNamespace + " logs deployment/" + ControllerDeployment}
+	}
+	return checkResult{status: checkOK, what: "mesh CA root published in ConfigMap " + name}
+}
+
+func checkZtunnel(ctx context.Context, c *cli) checkResult {
+	name := c.systemNamespace + "/" + ZtunnelDaemonSet
+	var ds appsv1.DaemonSet
+	if err := c.client.Get(ctx, types.NamespacedName{Namespace: c.systemNamespace, Name: ZtunnelDaemonSet}, &ds); err != nil {
+		return checkResult{status: checkFail, what: fmt.Sprintf("ztunnel DaemonSet %s: %s", name, reason(err)),
+			hint: "install Ambit: kubectl apply -k manifests/"}
+	}
+	desired, ready := ds.Status.DesiredNumberScheduled, ds.Status.NumberReady
+	if desired == 0 {
+		return checkResult{status: checkFail, what: fmt.Sprintf("ztunnel DaemonSet %s runs on no node", name),
+			hint: "kubectl -n " + c.systemNamespace + " describe daemonset " + ZtunnelDaemonSet}
+	}
+	if ready < desired {
+		what := fmt.Sprintf("ztunnel DaemonSet %s: %d of %d nodes ready", name, ready, desired)
+		if nodes := unreadyZtunnelNodes(ctx, c); len(nodes) > 0 {
+			what += "; not ready on " + strings.Join(nodes, ", ")
+		}
+		return checkResult{status: checkFail, what: what,
+			hint: "pods on those nodes are not captured; kubectl -n " + c.systemNamespace + " get pods -l " + ZtunnelPodLabel + " -o wide"}
+	}
+	return checkResult{status: checkOK, what: fmt.Sprintf("ztunnel DaemonSet %s: ready on %d of %d nodes", name, ready, desired)}
+}
+
+// unreadyZtunnelNodes names the nodes whose ztunnel pod is not Ready.
+func unreadyZtunnelNodes(ctx context.Context, c *cli) []string {
+	pods, err := ztunnelPods(ctx, c)
+	if err != nil {
+		return nil
+	}
+	var nodes []string
+	for _, p := range pods {
+		if !podReady(&p) {
+			node := p.Spec.NodeName
+			if node == "" {
+				node = "(unscheduled " + p.Name + ")"
+			}
+			nodes = append(nodes, node)
+		}
+	}
+	sort.Strings(nodes)
+	return nodes
+}
+
+func ztunnelPods(ctx context.Context, c *cli) ([]corev1.Pod, error) {
+	sel, err := metav1.ParseToLabelSelector(ZtunnelPodLabel)
+	if err != nil {
+		return nil, err
+	}
+	s, err := metav1.LabelSelectorAsSelector(sel)
+	if err != nil {
+		return nil, err
+	}
+	var pods corev1.PodList
+	if err := c.client.List(ctx, &pods, client.InNamespace(c.systemNamespace), client.MatchingLabelsSelector{Selector: s}); err != nil {
+		return nil, err
+	}
+	return pods.Items, nil
+}
+
+func podReady(p *corev1.Pod) bool {
+	if p.DeletionTimestamp != nil || p.Status.Phase != corev1.PodRunning {
+		return false
+	}
+	for _, cond := range p.Status.Conditions {
+		if cond.Type == corev1.PodReady {
+			return cond.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+func checkGatewayClass(ctx context.Context, c *cli) checkResult {
+	var gc gwapiv1.GatewayClass
+	if err := c.client.Get(ctx, types.NamespacedName{Name: translate.WaypointClassName}, &gc); err != nil {
+		return checkResult{status: checkFail, what: fmt.Sprintf("GatewayClass %s: %s", translate.WaypointClassName, reason(err)),
+			hint: "the controller's leader creates it; kubectl -n " + c.systemNamespace + " logs deployment/" + ControllerDeployment}
+	}
+	if string(gc.Spec.ControllerName) != translate.ControllerName {
+		return checkResult{status: checkFail, what: fmt.Sprintf("GatewayClass %s names controller %q, not Ambit's %q", gc.Name, gc.Spec.ControllerName, translate.ControllerName),
+			hint: "Ambit leaves an existing class as it is: delete it and the controller recreates it"}
+	}
+	cond := meta.FindStatusCondition(gc.Status.Conditions, string(gwapiv1.GatewayClassConditionStatusAccepted))
+	if cond == nil || cond.Status != metav1.ConditionTrue || cond.ObservedGeneration != gc.Generation {
+		return checkResult{status: checkFail, what: fmt.Sprintf("GatewayClass %s not accepted: %s", gc.Name, conditionText(cond)),
+			hint: "the controller sets it; kubectl -n " + c.systemNamespace + " logs deployment/" + ControllerDeployment}
+	}
+	return checkResult{status: checkOK, what: "GatewayClass " + gc.Name + " accepted"}
+}
+
+func conditionText(cond *metav1.Condition) string {
+	if cond == nil {
+		return "no condition yet"
+	}
+	s := fmt.Sprintf("%s=%s", cond.Type, cond.Status)
+	if cond.Reason != "" {
+		s += " (" + cond.Reason + ")"
+	}
+	if cond.Message != "" {
+		s += ": " + cond.Message
+	}
+	return s
+}
+
+// waypointGateways lists the Gateways of class ambit-waypoint in ns ("" for
+// every namespace), sorted.
+func waypointGateways(ctx context.Context, c *cli, ns string) ([]gwapiv1.Gateway, error) {
+	var list gwapiv1.GatewayList
+	var opts []client.ListOption
+	if ns != "" {
+		opts = append(opts, client.InNamespace(ns))
+	}
+	if err := c.client.List(ctx, &list, opts...); err != nil {
+		return nil, err
+	}
+	var out []gwapiv1.Gateway
+	for _, gw := range list.Items {
+		if gw.Spec.GatewayClassName == translate.WaypointClassName {
+			out = append(out, gw)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		return out[i].Namespace+"/"+out[i].Name < out[j].Namespace+"/"+out[j].Name
+	})
+	return out, nil
+}
+
+// programmed is a waypoint Gateway's Programmed condition, if current.
+func programmed(gw *gwapiv1.Gateway) (bool, string) {
+	cond := meta.FindStatusCondition(gw.Status.Conditions, string(gwapiv1.GatewayConditionProgrammed))
+	if cond != nil && cond.ObservedGeneration != gw.Generation {
+		return false, "status is for an older generation (the controller has not seen the change yet)"
+	}
+	if cond == nil || cond.Status != metav1.ConditionTrue {
+		return false, conditionText(cond)
+	}
+	return true, ""
+}
+
+func checkWaypoints(ctx context.Context, c *cli) []checkResult {
+	gws, err := waypointGateways(ctx, c, "")
+	if err != nil {
+		return []checkResult{{status: checkFail, what: "waypoints: " + err.Error()}}
+	}
+	var results []checkResult
+	ok := 0
+	for _, gw := range gws {
+		if p, why := programmed(&gw); !p {
+			results = append(results, checkResult{status: checkFail, what: fmt.Sprintf("waypoint %s/%s not programmed: %s", gw.Namespace, gw.Name, why),
+				hint: fmt.Sprintf("kubectl -n %s describe gateway %s; kubectl -n %s get deployment %s", gw.Namespace, gw.Name, gw.Namespace, gw.Name)})
+			continue
+		}
+		ok++
+	}
+	if ok > 0 || len(gws) == 0 {
+		results = append([]checkResult{{status: checkOK, what: fmt.Sprintf("%d of %d waypoints programmed", ok, len(gws))}}, results...)
+	}
+	return results
+}
+
+// checkEnrolment reports the namespaces in the mesh and warns about
+// ambit.dev/use-waypoint labels that name no waypoint.
+func checkEnrolment(ctx context.Context, c *cli) []checkResult {
+	var nss corev1.NamespaceList
+	if err := c.client.List(ctx, &nss); err != nil {
+		return []checkResult{{status: checkFail, what: "namespaces: " + err.Error()}}
+	}
+	gws, err := waypointGateways(ctx, c, "")
+	if err != nil {
+		return []checkResult{{status: checkFail, what: "waypoints: " + err.Error()}}
+	}
+	have := map[string]bool{}
+	for _, gw := range gws {
+		have[gw.Namespace+"/"+gw.Name] = true
+	}
+	var enrolled []string
+	var results []checkResult
+	for _, ns := range nss.Items {
+		if ns.Labels[translate.LabelDataplaneMode] == translate.DataplaneModeAmbient {
+			enrolled = append(enrolled, ns.Name)
+		}
+		if wp := ns.Labels[translate.LabelUseWaypoint]; wp != "" && !have[ns.Name+"/"+wp] {
+			results = append(results, checkResult{status: checkWarn,
+				what: fmt.Sprintf("namespace %s: %s=%s names no waypoint in it", ns.Name, translate.LabelUseWaypoint, wp),
+				hint: fmt.Sprintf("ambitctl waypoint apply -n %s --name %s, or kubectl label namespace %s %s-", ns.Name, wp, ns.Name, translate.LabelUseWaypoint)})
+		}
+	}
+	var svcs corev1.ServiceList
+	if err := c.client.List(ctx, &svcs, client.HasLabels{translate.LabelUseWaypoint}); err != nil {
+		return append(results, checkResult{status: checkFail, what: "services: " + err.Error()})
+	}
+	for _, s := range svcs.Items {
+		if wp := s.Labels[translate.LabelUseWaypoint]; wp != "" && !have[s.Namespace+"/"+wp] {
+			results = append(results, checkResult{status: checkWarn,
+				what: fmt.Sprintf("service %s/%s: %s=%s names no waypoint in its namespace", s.Namespace, s.Name, translate.LabelUseWaypoint, wp),
+				hint: fmt.Sprintf("ambitctl waypoint apply -n %s --name %s, or kubectl -n %s label service %s %s-", s.Namespace, wp, s.Namespace, s.Name, translate.LabelUseWaypoint)})
+		}
+	}
+	sort.Strings(enrolled)
+	summary := checkResult{status: checkOK, what: fmt.Sprintf("%d namespaces in the mesh (%s=%s)", len(enrolled), translate.LabelDataplaneMode, translate.DataplaneModeAmbient)}
+	if len(enrolled) > 0 {
+		summary.what += ": " + strings.Join(enrolled, ", ")
+	}
+	return append([]checkResult{summary}, results...)
+}
