@@ -72,9 +72,10 @@ Ambit $version is running on a one-machine Kubernetes (up in $(( $(date +%s) - s
   kubectl -n ambit-demo logs deploy/loadgen -f          # steady traffic: codes and versions every 10 s
 
 Things to try (examples/, walked through in README.md):
+  bin/ambitctl check                                    # Ambit installed and healthy?
+  bin/ambitctl ztunnel-config pods                      # what the node's ztunnel captures
   kubectl apply -f examples/catalog-90-10.yaml          # HTTPRoute: catalog 90% v1, 10% v2
-  kubectl apply -f examples/waypoint.yaml               # a waypoint for ambit-demo ...
-  kubectl label namespace ambit-demo ambit.dev/use-waypoint=waypoint   # ... and use it
+  bin/ambitctl waypoint apply -n ambit-demo -enroll-namespace -wait   # a waypoint for ambit-demo, used by its services
   kubectl apply -f examples/catalog-header-v2.yaml      # x-version: v2 goes to v2
   kubectl apply -f examples/authz-metrics-get-only.yaml # L7 policy at the waypoint
 

@@ -59,6 +59,7 @@ func commands() []command {
 		{name: "waypoint apply", summary: "create (or update) a waypoint Gateway in a namespace", flags: waypointApplyFlags},
 		{name: "waypoint delete", args: "[NAME...]", summary: "delete waypoint Gateways (default: waypoint)", flags: waypointDeleteFlags},
 		{name: "waypoint list", summary: "list waypoints, their state and what uses them", flags: waypointListFlags},
+		{name: "waypoint-config", args: "[NAME]", summary: "show a waypoint's state: routes, policies, certificates (its admin config dump, through a port-forward)", flags: waypointConfigFlags},
 		{name: "ztunnel-config", args: "[pods|workloads|services|policies|certificates|all]", summary: "show a node's ztunnel state (its admin config dump, through a port-forward)", flags: ztunnelConfigFlags},
 	}
 }

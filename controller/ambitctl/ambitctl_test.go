@@ -119,6 +119,8 @@ func TestUsageErrorsBeforeTheCluster(t *testing.T) {
 		{[]string{"ztunnel-config", "sockets"}, `section "sockets": want one of pods, workloads, services, policies, certificates, all`},
 		{[]string{"ztunnel-config", "pods", "workloads"}, "one section at most"},
 		{[]string{"ztunnel-config", "-o", "yaml"}, `-o "yaml": want table or json`},
+		{[]string{"waypoint-config", "a", "b"}, "one waypoint at most"},
+		{[]string{"waypoint-config", "-o", "yaml"}, `-o "yaml": want table or json`},
 	} {
 		code, _, errOut := run(t, append(tc.args, "-kubeconfig", kc)...)
 		if code != ExitUsage || !strings.Contains(errOut, tc.want) {
@@ -172,16 +174,16 @@ func TestMinorOf(t *testing.T) {
 const sampleDump = `{
   "node": "node-a",
   "ready": "ready",
-  "xds": {"connected": false, "fromDisk": true, "lastError": "connection refused", "resources": {}, "acks": 3, "nacks": 0},
+  "xds": {"connected": false, "fromDisk": true, "lastError": "connection refused", "resources": {}, "acks": 3, "nacks": 2},
   "workloads": {
-    "demo/client-1": {"name": "client-1", "namespace": "demo", "node": "node-a", "addresses": ["10.0.0.5"], "enrolled": true, "ready": true, "identity": "spiffe://cluster.local/ns/demo/sa/client"},
-    "demo/echo-1": {"name": "echo-1", "namespace": "demo", "node": "node-b", "addresses": ["10.0.1.7", "fd00::7"], "enrolled": true, "waypoint": {"gateway": "demo/waypoint"}, "futureField": 1}
+    "demo/client-1": {"name": "demo/client-1", "namespace": "demo", "node": "node-a", "addresses": ["10.0.0.5"], "enrolled": true, "ready": true, "identity": "spiffe://cluster.local/ns/demo/sa/client"},
+    "demo/echo-1": {"name": "demo/echo-1", "namespace": "demo", "node": "node-b", "addresses": ["10.0.1.7", "fd00::7"], "enrolled": true, "waypoint": {"gateway": "demo/waypoint"}, "futureField": 1}
   },
   "services": {
-    "demo/echo": {"name": "echo", "namespace": "demo", "vips": ["10.96.0.10"], "ports": [{"port": 8080, "targetPort": 8080}], "endpoints": [{"workload": "demo/echo-1", "address": "10.0.1.7", "ready": true}, {"workload": "demo/echo-2"}]}
+    "demo/echo": {"name": "demo/echo", "namespace": "demo", "vips": ["10.96.0.10"], "ports": [{"port": 8080, "targetPort": 8080}], "endpoints": [{"workload": "demo/echo-1", "address": "10.0.1.7", "ready": true}, {"workload": "demo/echo-2"}]}
   },
   "authorizations": {
-    "demo/deny-all": {"name": "deny-all", "namespace": "demo", "scope": "SCOPE_NAMESPACE", "action": "ACTION_DENY", "rules": [{}]}
+    "demo/deny-all": {"name": "demo/deny-all", "namespace": "demo", "scope": "SCOPE_NAMESPACE", "action": "ACTION_DENY", "rules": [{}]}
   },
   "pods": [
     {"pod": {"uid": "u1", "namespace": "demo", "name": "client-1", "netnsPath": "/var/run/netns/x", "podIPs": ["10.0.0.5"]}, "captured": true, "state": "captured", "identity": "spiffe://cluster.local/ns/demo/sa/client"},
@@ -197,12 +199,15 @@ func TestZtunnelTables(t *testing.T) {
 		t.Fatal(err)
 	}
 	var buf bytes.Buffer
-	if err := writeSectionTable(&buf, &d, "all"); err != nil {
+	if err := writeSectionTable(&buf, &d, "all", ""); err != nil {
 		t.Fatal(err)
 	}
 	out := buf.String()
 	for _, want := range []string{
-		"ztunnel on node node-a: ready: ready; controller: not connected, running on the configuration saved on disk (last error: connection refused)",
+		"ztunnel on node node-a: ready: ready; controller: not connected, running on the configuration saved on disk (last error: connection refused); rejected 2 configuration updates",
+		"demo       echo-1    10.0.1.7,fd00::7",
+		"demo       echo  10.96.0.10",
+		"demo       deny-all  NAMESPACE  DENY",
 		"demo       client-1  10.0.0.5",
 		"captured",
 		"failed: open /nope: no such file",
@@ -212,13 +217,20 @@ func TestZtunnelTables(t *testing.T) {
 		"8080->8080",
 		"1/2",
 		"deny-all",
-		"NAMESPACE  DENY",
 		"2026-11-29T10:00:00Z",
 		"root O=ambit",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("tables lack %q:\n%s", want, out)
 		}
+	}
+	buf.Reset()
+	if err := writeSectionTable(&buf, &d, "all", "other"); err != nil {
+		t.Fatal(err)
+	}
+	if out := buf.String(); strings.Contains(out, "client-1") || strings.Contains(out, "echo") || strings.Contains(out, "deny-all") ||
+		strings.Contains(out, "sa/client") || !strings.Contains(out, "root O=ambit") {
+		t.Errorf("tables of namespace other show another namespace's rows, or no roots:\n%s", out)
 	}
 	buf.Reset()
 	if err := writeSectionJSON(&buf, []byte(sampleDump), "policies"); err != nil {
@@ -228,9 +240,53 @@ func TestZtunnelTables(t *testing.T) {
 		t.Errorf("policies JSON:\n%s", buf.String())
 	}
 	d.Workloads["demo/bad"] = []byte(`{"name": 5}`)
-	if err := writeSectionTable(&buf, &d, "workloads"); err == nil || !strings.Contains(err.Error(), "demo/bad") {
+	if err := writeSectionTable(&buf, &d, "workloads", ""); err == nil || !strings.Contains(err.Error(), "demo/bad") {
 		t.Errorf("a workload that does not decode: %v, want an error naming it", err)
 	}
 }
 
 func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }
+
+// A waypoint's config dump as it writes it (waypoint/cmd/waypoint
+// configDump; the e2e step Ambitctl reads a real one).
+const sampleWaypointDump = `{
+  "gateway": "demo/waypoint",
+  "identity": "spiffe://cluster.local/ns/demo/sa/waypoint",
+  "ready": "ready",
+  "xds": {"connected": true, "fromDisk": false, "lastError": "an old one", "resources": {"a": 1}, "acks": 4, "nacks": 0},
+  "config": {"routes": [{"service": "demo/echo:8080", "protocol": "HTTP", "rules": 2}, {"service": "demo/db:5432", "protocol": "TCP", "rules": 0}],
+    "services": 3, "workloads": 5, "authorizations": ["demo/get-only"], "generation": 9, "draining": ["demo/old:80"]},
+  "certificates": {"identities": [{"id": "spiffe://cluster.local/ns/demo/sa/waypoint", "serial": "2a", "valid": true}], "roots": []},
+  "version": "waypoint dev (go1.26.0, linux/amd64)"
+}`
+
+func TestWaypointConfigTables(t *testing.T) {
+	var buf bytes.Buffer
+	if err := WriteWaypointConfig(&buf, []byte(sampleWaypointDump), "table"); err != nil {
+		t.Fatal(err)
+	}
+	out := buf.String()
+	for _, want := range []string{
+		"waypoint demo/waypoint (waypoint dev (go1.26.0, linux/amd64)), identity spiffe://cluster.local/ns/demo/sa/waypoint",
+		"ready: ready; controller: connected\n",
+		"configuration: 3 services, 5 workloads; policies in force: demo/get-only",
+		"draining (left the configuration, still served): demo/old:80",
+		"demo/echo:8080  HTTP      2",
+		"demo/db:5432    TCP       0",
+		"spiffe://cluster.local/ns/demo/sa/waypoint  2a",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("waypoint-config lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "an old one") {
+		t.Errorf("a connected waypoint's old error shown:\n%s", out)
+	}
+	buf.Reset()
+	if err := WriteWaypointConfig(&buf, []byte(sampleWaypointDump), "json"); err != nil || !strings.Contains(buf.String(), `"acks": 4`) {
+		t.Errorf("json: %v\n%s", err, buf.String())
+	}
+	if err := WriteWaypointConfig(&buf, []byte("<html>"), "table"); err == nil || !strings.Contains(err.Error(), "not a waypoint config dump") {
+		t.Errorf("not JSON: %v", err)
+	}
+}

@@ -2,7 +2,6 @@ package ambitctl
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"reflect"
@@ -10,6 +9,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -37,7 +37,7 @@ func waypointApplyFlags(fs *flag.FlagSet) func(context.Context, *cli, []string) 
 	name := fs.String("name", DefaultWaypointName, "the waypoint's name (its Gateway, Deployment and Service)")
 	forTraffic := fs.String("for", "", "the traffic it handles: service (the default when unset), workload, all or none (label "+translate.LabelWaypointFor+")")
 	enroll := fs.Bool("enroll-namespace", false, "also label the namespace "+translate.LabelUseWaypoint+"=NAME, so that its services' traffic goes through the waypoint")
-	wait := fs.Bool("wait", false, "wait until the waypoint is programmed (its pods ready)")
+	wait := fs.Bool("wait", false, "wait until the waypoint is programmed and a pod of it is available (with -enroll-namespace, the namespace is labelled after that)")
 	timeout := fs.Duration("timeout", 2*time.Minute, "how long -wait waits")
 	return func(ctx context.Context, c *cli, args []string) error {
 		if len(args) > 0 {
@@ -63,23 +63,27 @@ func waypointApplyFlags(fs *flag.FlagSet) func(context.Context, *cli, []string) 
 			return err
 		}
 		fmt.Fprintf(c.stdout, "waypoint %s %s\n", key, outcome)
+		// With -wait the namespace is labelled only once the waypoint can
+		// take its traffic.
+		if *wait {
+			if err := waitReady(ctx, c, key, *timeout); err != nil {
+				return err
+			}
+		}
 		if *enroll {
 			if namespace.Labels[translate.LabelUseWaypoint] == *name {
 				fmt.Fprintf(c.stdout, "namespace %s already uses waypoint %s\n", ns, *name)
-			} else {
-				patch := client.MergeFrom(namespace.DeepCopy())
-				if namespace.Labels == nil {
-					namespace.Labels = map[string]string{}
-				}
-				namespace.Labels[translate.LabelUseWaypoint] = *name
-				if err := c.client.Patch(ctx, &namespace, patch); err != nil {
-					return fmt.Errorf("label namespace %s: %w", ns, err)
-				}
-				fmt.Fprintf(c.stdout, "namespace %s labelled %s=%s\n", ns, translate.LabelUseWaypoint, *name)
+				return nil
 			}
-		}
-		if *wait {
-			return waitProgrammed(ctx, c, key, *timeout)
+			patch := client.MergeFrom(namespace.DeepCopy())
+			if namespace.Labels == nil {
+				namespace.Labels = map[string]string{}
+			}
+			namespace.Labels[translate.LabelUseWaypoint] = *name
+			if err := c.client.Patch(ctx, &namespace, patch); err != nil {
+				return fmt.Errorf("label namespace %s: %w", ns, err)
+			}
+			fmt.Fprintf(c.stdout, "namespace %s labelled %s=%s\n", ns, translate.LabelUseWaypoint, *name)
 		}
 		return nil
 	}
@@ -108,13 +112,18 @@ func applyWaypoint(ctx context.Context, c *cli, key types.NamespacedName, forTra
 		return "created", nil
 	}
 	if err != nil {
-		return "", fmt.Errorf("Gateway %s: %w", key, err)
+		return "", fmt.Errorf("gateway %s: %w", key, err)
 	}
 	if gw.Spec.GatewayClassName != translate.WaypointClassName {
-		return "", fmt.Errorf("Gateway %s exists with class %q: it is not a waypoint (class %s); choose another -name", key, gw.Spec.GatewayClassName, translate.WaypointClassName)
+		return "", fmt.Errorf("a Gateway %s exists with class %q: it is not a waypoint (class %s); choose another -name", key, gw.Spec.GatewayClassName, translate.WaypointClassName)
 	}
 	before := gw.DeepCopy()
-	gw.Spec.Listeners = waypointListeners()
+	// The apiserver fills in defaults (allowedRoutes): a listener that
+	// already is the waypoint's stays as it is.
+	if l := gw.Spec.Listeners; len(l) != 1 || l[0].Name != "mesh" || l[0].Port != translate.WaypointListenerPort ||
+		l[0].Protocol != translate.WaypointListenerProtocol || l[0].Hostname != nil || l[0].TLS != nil {
+		gw.Spec.Listeners = waypointListeners()
+	}
 	gw.Spec.Addresses = nil
 	if forTraffic != "" {
 		if gw.Labels == nil {
@@ -131,32 +140,51 @@ func applyWaypoint(ctx context.Context, c *cli, key types.NamespacedName, forTra
 	return "updated", nil
 }
 
-// waitProgrammed polls the Gateway until its Programmed condition is true
-// for its current generation.
-func waitProgrammed(ctx context.Context, c *cli, key types.NamespacedName, timeout time.Duration) error {
+// waitReady polls until the Gateway's Programmed condition is true for its
+// current generation and its Deployment (the controller names it after the
+// Gateway) has an available pod.
+func waitReady(ctx context.Context, c *cli, key types.NamespacedName, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
-	last := "not found"
+	last, isProgrammed := "not found", false
 	for {
-		var gw gwapiv1.Gateway
-		err := c.client.Get(ctx, key, &gw)
-		switch {
-		case err == nil:
-			ok, why := programmed(&gw)
-			if ok {
-				fmt.Fprintf(c.stdout, "waypoint %s programmed\n", key)
-				return nil
+		if !isProgrammed {
+			var gw gwapiv1.Gateway
+			err := c.client.Get(ctx, key, &gw)
+			switch {
+			case err == nil:
+				var why string
+				if isProgrammed, why = programmed(&gw); isProgrammed {
+					fmt.Fprintf(c.stdout, "waypoint %s programmed\n", key)
+					last = "its Deployment not found"
+				} else {
+					last = "not programmed: " + why
+				}
+			case ctx.Err() == nil:
+				last = err.Error()
 			}
-			last = why
-		case errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil:
-		default:
-			last = err.Error()
+		}
+		if isProgrammed {
+			var d appsv1.Deployment
+			err := c.client.Get(ctx, key, &d)
+			switch {
+			case err == nil && d.Status.ObservedGeneration >= d.Generation && d.Status.AvailableReplicas > 0:
+				fmt.Fprintf(c.stdout, "waypoint %s ready: %d of %d pods available\n", key, d.Status.AvailableReplicas, d.Status.Replicas)
+				return nil
+			case err == nil:
+				last = fmt.Sprintf("programmed, but no pod of its Deployment available yet (%d of %d)", d.Status.AvailableReplicas, d.Status.Replicas)
+				if msg := deploymentMessage(&d); msg != "" {
+					last += ": " + msg
+				}
+			case ctx.Err() == nil:
+				last = "its Deployment: " + reason(err)
+			}
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("waypoint %s not programmed after %v: %s (kubectl -n %s describe gateway %s)", key, timeout, last, key.Namespace, key.Name)
+			return fmt.Errorf("waypoint %s not ready after %v: %s (kubectl -n %s describe gateway %s; kubectl -n %s get pods)", key, timeout, last, key.Namespace, key.Name, key.Namespace)
 		case <-tick.C:
 		}
 	}
@@ -194,7 +222,7 @@ func deleteWaypoint(ctx context.Context, c *cli, key types.NamespacedName) error
 		return fmt.Errorf("waypoint %s: %s", key, reason(err))
 	}
 	if gw.Spec.GatewayClassName != translate.WaypointClassName {
-		return fmt.Errorf("Gateway %s has class %q: not a waypoint, left alone", key, gw.Spec.GatewayClassName)
+		return fmt.Errorf("the Gateway %s has class %q: not a waypoint, left alone", key, gw.Spec.GatewayClassName)
 	}
 	if err := c.client.Delete(ctx, &gw, client.Preconditions{UID: &gw.UID}); err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("delete Gateway %s: %w", key, err)

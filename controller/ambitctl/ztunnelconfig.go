@@ -17,12 +17,13 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/util/httpstream"
 	"k8s.io/client-go/tools/portforward"
 	"k8s.io/client-go/transport/spdy"
+	streamhttp "k8s.io/streaming/pkg/httpstream"
 
 	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
 	"github.com/ambit-mesh/ambit/pkg/identity"
+	"github.com/ambit-mesh/ambit/pkg/xds"
 )
 
 // ZtunnelAdminPort is ztunnel's admin port (localhost inside its pod).
@@ -31,13 +32,9 @@ const ZtunnelAdminPort = 15000
 // ZtunnelDump is the part of ztunnel's /config_dump (ztunnel/daemon
 // ConfigDump) that ztunnel-config shows.
 type ZtunnelDump struct {
-	Node  string `json:"node"`
-	Ready string `json:"ready"`
-	XDS   struct {
-		Connected bool   `json:"connected"`
-		FromDisk  bool   `json:"fromDisk"`
-		LastError string `json:"lastError,omitempty"`
-	} `json:"xds"`
+	Node           string                     `json:"node"`
+	Ready          string                     `json:"ready"`
+	XDS            xds.Status                 `json:"xds"`
 	Workloads      map[string]json.RawMessage `json:"workloads"`
 	Services       map[string]json.RawMessage `json:"services"`
 	Authorizations map[string]json.RawMessage `json:"authorizations"`
@@ -82,19 +79,31 @@ func ztunnelConfigFlags(fs *flag.FlagSet) func(context.Context, *cli, []string) 
 		if err != nil {
 			return err
 		}
-		raw, err := fetchZtunnelDump(ctx, c, pod)
+		raw, err := fetchAdmin(ctx, c, pod, ZtunnelAdminPort, "/config_dump")
 		if err != nil {
 			return err
 		}
-		var dump ZtunnelDump
-		if err := json.Unmarshal(raw, &dump); err != nil {
-			return fmt.Errorf("ztunnel %s/%s answered something that is not its config dump: %w", pod.Namespace, pod.Name, err)
+		// -n narrows the tables; without it they show every namespace.
+		if err := WriteZtunnelConfig(c.stdout, raw, section, *output, c.namespace); err != nil {
+			return fmt.Errorf("ztunnel %s/%s: %w", pod.Namespace, pod.Name, err)
 		}
-		if *output == "json" {
-			return writeSectionJSON(c.stdout, raw, section)
-		}
-		return writeSectionTable(c.stdout, &dump, section)
+		return nil
 	}
+}
+
+// WriteZtunnelConfig prints a section (pods, workloads, services, policies,
+// certificates or all) of ztunnel's /config_dump document raw, as tables
+// or as JSON (output "table" or "json"). A namespace other than "" keeps
+// only its rows in the tables (JSON is printed as ztunnel wrote it).
+func WriteZtunnelConfig(w io.Writer, raw []byte, section, output, namespace string) error {
+	var dump ZtunnelDump
+	if err := json.Unmarshal(raw, &dump); err != nil {
+		return fmt.Errorf("not a ztunnel config dump: %w", err)
+	}
+	if output == "json" {
+		return writeSectionJSON(w, raw, section)
+	}
+	return writeSectionTable(w, &dump, section, namespace)
 }
 
 // pickZtunnel finds the ztunnel pod on node, or the only one.
@@ -126,10 +135,10 @@ func pickZtunnel(ctx context.Context, c *cli, node string) (*corev1.Pod, error) 
 	return &match[0], nil
 }
 
-// fetchZtunnelDump port-forwards to the pod's admin port and GETs
-// /config_dump, as kubectl port-forward would (WebSocket tunnelling, SPDY
-// when the server does not offer it).
-func fetchZtunnelDump(ctx context.Context, c *cli, pod *corev1.Pod) ([]byte, error) {
+// fetchAdmin port-forwards to the pod's port and GETs path from it, as
+// kubectl port-forward would (WebSocket tunnelling, SPDY when the server
+// does not offer it): the admin endpoints listen on the pod's localhost.
+func fetchAdmin(ctx context.Context, c *cli, pod *corev1.Pod, port int, path string) ([]byte, error) {
 	target := pod.Namespace + "/" + pod.Name
 	u := c.kube.CoreV1().RESTClient().Post().Resource("pods").Namespace(pod.Namespace).Name(pod.Name).SubResource("portforward").URL()
 	dialer, err := portForwardDialer(c, u)
@@ -138,7 +147,7 @@ func fetchZtunnelDump(ctx context.Context, c *cli, pod *corev1.Pod) ([]byte, err
 	}
 	stop, ready := make(chan struct{}), make(chan struct{})
 	var errOut strings.Builder
-	pf, err := portforward.NewOnAddresses(dialer, []string{"127.0.0.1"}, []string{fmt.Sprintf("0:%d", ZtunnelAdminPort)}, stop, ready, io.Discard, &errOut)
+	pf, err := portforward.NewOnAddressesForStreaming(dialer, []string{"127.0.0.1"}, []string{fmt.Sprintf("0:%d", port)}, stop, ready, io.Discard, &errOut)
 	if err != nil {
 		return nil, fmt.Errorf("port-forward to %s: %w", target, err)
 	}
@@ -162,37 +171,37 @@ func fetchZtunnelDump(ctx context.Context, c *cli, pod *corev1.Pod) ([]byte, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/config_dump", ports[0].Local), nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d%s", ports[0].Local, path), nil)
 	if err != nil {
 		return nil, err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("ztunnel %s admin (port %d): %v %s", target, ZtunnelAdminPort, err, strings.TrimSpace(errOut.String()))
+		return nil, fmt.Errorf("%s admin (port %d): %v %s", target, port, err, strings.TrimSpace(errOut.String()))
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return nil, fmt.Errorf("ztunnel %s admin: %w", target, err)
+		return nil, fmt.Errorf("%s admin: %w", target, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("ztunnel %s admin: %s: %s", target, resp.Status, strings.TrimSpace(string(body)))
+		return nil, fmt.Errorf("%s admin: %s: %s", target, resp.Status, strings.TrimSpace(string(body)))
 	}
 	return body, nil
 }
 
-func portForwardDialer(c *cli, u *url.URL) (httpstream.Dialer, error) {
+func portForwardDialer(c *cli, u *url.URL) (streamhttp.Dialer, error) {
 	transport, upgrader, err := spdy.RoundTripperFor(c.restConfig)
 	if err != nil {
 		return nil, err
 	}
-	spdyDialer := spdy.NewDialer(upgrader, &http.Client{Transport: transport}, http.MethodPost, u)
-	ws, err := portforward.NewSPDYOverWebsocketDialer(u, c.restConfig)
+	spdyDialer := spdy.NewDialerForStreaming(upgrader, &http.Client{Transport: transport}, http.MethodPost, u)
+	ws, err := portforward.NewSPDYOverWebsocketDialerForStreaming(u, c.restConfig)
 	if err != nil {
 		return nil, err
 	}
-	return portforward.NewFallbackDialer(ws, spdyDialer, func(err error) bool {
-		return httpstream.IsUpgradeFailure(err) || httpstream.IsHTTPSProxyError(err)
+	return portforward.NewFallbackDialerForStreaming(ws, spdyDialer, func(err error) bool {
+		return streamhttp.IsUpgradeFailure(err) || streamhttp.IsHTTPSProxyError(err)
 	}), nil
 }
 
@@ -218,9 +227,10 @@ func writeSectionJSON(w io.Writer, raw []byte, section string) error {
 }
 
 // writeSectionTable prints a section as a table.
-func writeSectionTable(w io.Writer, d *ZtunnelDump, section string) error {
+func writeSectionTable(w io.Writer, d *ZtunnelDump, section, namespace string) error {
+	in := func(ns string) bool { return namespace == "" || ns == namespace }
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(w, "ztunnel on node %s: ready: %s; controller: %s\n\n", d.Node, d.Ready, xdsState(d))
+	fmt.Fprintf(w, "ztunnel on node %s: ready: %s; controller: %s\n\n", d.Node, d.Ready, xdsState(d.XDS))
 	sections := []string{section}
 	if section == "all" {
 		sections = ztunnelSections[:len(ztunnelSections)-1]
@@ -232,15 +242,15 @@ func writeSectionTable(w io.Writer, d *ZtunnelDump, section string) error {
 		var err error
 		switch s {
 		case "pods":
-			err = podsTable(tw, d)
+			err = podsTable(tw, d, in)
 		case "workloads":
-			err = workloadsTable(tw, d)
+			err = workloadsTable(tw, d, in)
 		case "services":
-			err = servicesTable(tw, d)
+			err = servicesTable(tw, d, in)
 		case "policies":
-			err = policiesTable(tw, d)
+			err = policiesTable(tw, d, in)
 		case "certificates":
-			certificatesTable(tw, d)
+			certificatesTable(tw, d.Certificates, namespace)
 		}
 		if err != nil {
 			return err
@@ -249,23 +259,38 @@ func writeSectionTable(w io.Writer, d *ZtunnelDump, section string) error {
 	return tw.Flush()
 }
 
-func xdsState(d *ZtunnelDump) string {
+// xdsState says how ztunnel stands with the controller: the last error
+// only while it is not connected (once connected it is history), and any
+// configuration it rejected.
+func xdsState(st xds.Status) string {
 	s := "connected"
 	switch {
-	case !d.XDS.Connected && d.XDS.FromDisk:
+	case !st.Connected && st.FromDisk:
 		s = "not connected, running on the configuration saved on disk"
-	case !d.XDS.Connected:
+	case !st.Connected:
 		s = "not connected"
 	}
-	if d.XDS.LastError != "" {
-		s += " (last error: " + d.XDS.LastError + ")"
+	if !st.Connected && st.LastError != "" {
+		s += " (last error: " + st.LastError + ")"
+	}
+	if st.Nacks > 0 {
+		s += fmt.Sprintf("; rejected %d configuration updates (its log says why)", st.Nacks)
 	}
 	return s
 }
 
-func podsTable(tw io.Writer, d *ZtunnelDump) error {
+// shortName is "echo" of "shop/echo", the form the configuration names
+// workloads, services and policies in.
+func shortName(namespace, name string) string {
+	return strings.TrimPrefix(name, namespace+"/")
+}
+
+func podsTable(tw io.Writer, d *ZtunnelDump, in func(string) bool) error {
 	fmt.Fprintln(tw, "NAMESPACE\tPOD\tIP\tSTATE\tIDENTITY")
 	for _, p := range d.Pods {
+		if !in(p.Pod.Namespace) {
+			continue
+		}
 		state := p.State
 		if p.Error != "" {
 			state += ": " + p.Error
@@ -300,26 +325,32 @@ func decodeAll[T any, P interface {
 
 type protoMessage = proto.Message
 
-func workloadsTable(tw io.Writer, d *ZtunnelDump) error {
+func workloadsTable(tw io.Writer, d *ZtunnelDump, in func(string) bool) error {
 	ws, err := decodeAll[configv1alpha1.Workload](d.Workloads)
 	if err != nil {
 		return fmt.Errorf("workloads: %w", err)
 	}
 	fmt.Fprintln(tw, "NAMESPACE\tNAME\tADDRESSES\tNODE\tIN MESH\tREADY\tWAYPOINT\tIDENTITY")
 	for _, w := range ws {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", w.GetNamespace(), w.GetName(), dash(strings.Join(w.GetAddresses(), ",")),
+		if !in(w.GetNamespace()) {
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", w.GetNamespace(), shortName(w.GetNamespace(), w.GetName()), dash(strings.Join(w.GetAddresses(), ",")),
 			dash(w.GetNode()), yesNo(w.GetEnrolled()), yesNo(w.GetReady()), dash(w.GetWaypoint().GetGateway()), dash(w.GetIdentity()))
 	}
 	return nil
 }
 
-func servicesTable(tw io.Writer, d *ZtunnelDump) error {
+func servicesTable(tw io.Writer, d *ZtunnelDump, in func(string) bool) error {
 	ss, err := decodeAll[configv1alpha1.Service](d.Services)
 	if err != nil {
 		return fmt.Errorf("services: %w", err)
 	}
 	fmt.Fprintln(tw, "NAMESPACE\tNAME\tVIPS\tPORTS\tENDPOINTS (READY/ALL)\tWAYPOINT")
 	for _, s := range ss {
+		if !in(s.GetNamespace()) {
+			continue
+		}
 		var ports []string
 		for _, p := range s.GetPorts() {
 			ports = append(ports, fmt.Sprintf("%d->%d", p.GetPort(), p.GetTargetPort()))
@@ -330,31 +361,39 @@ func servicesTable(tw io.Writer, d *ZtunnelDump) error {
 				ready++
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%s\n", s.GetNamespace(), s.GetName(), dash(strings.Join(s.GetVips(), ",")),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%s\n", s.GetNamespace(), shortName(s.GetNamespace(), s.GetName()), dash(strings.Join(s.GetVips(), ",")),
 			dash(strings.Join(ports, ",")), ready, len(s.GetEndpoints()), dash(s.GetWaypoint().GetGateway()))
 	}
 	return nil
 }
 
-func policiesTable(tw io.Writer, d *ZtunnelDump) error {
+func policiesTable(tw io.Writer, d *ZtunnelDump, in func(string) bool) error {
 	as, err := decodeAll[configv1alpha1.Authorization](d.Authorizations)
 	if err != nil {
 		return fmt.Errorf("policies: %w", err)
 	}
 	fmt.Fprintln(tw, "NAMESPACE\tNAME\tSCOPE\tACTION\tRULES\tTARGETS")
 	for _, a := range as {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", a.GetNamespace(), a.GetName(), enumName(a.GetScope().String(), "SCOPE_"),
+		if !in(a.GetNamespace()) {
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", a.GetNamespace(), shortName(a.GetNamespace(), a.GetName()), enumName(a.GetScope().String(), "SCOPE_"),
 			enumName(a.GetAction().String(), "ACTION_"), len(a.GetRules()), dash(strings.Join(a.GetTargets(), ",")))
 	}
 	return nil
 }
 
-func certificatesTable(tw io.Writer, d *ZtunnelDump) {
+// certificatesTable lists the workload certificates (those of namespace's
+// identities, when namespace is not "") and the roots.
+func certificatesTable(tw io.Writer, certs identity.ManagerSnapshot, namespace string) {
 	fmt.Fprintln(tw, "IDENTITY\tSERIAL\tVALID\tNOT AFTER\tNEXT REFRESH\tLAST ERROR")
-	for _, c := range d.Certificates.Identities {
+	for _, c := range certs.Identities {
+		if namespace != "" && !strings.Contains(c.ID, "/ns/"+namespace+"/") {
+			continue
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", c.ID, dash(c.Serial), yesNo(c.Valid), timeOrDash(c.NotAfter), timeOrDash(c.NextRefresh), dash(c.LastError))
 	}
-	for _, r := range d.Certificates.Roots {
+	for _, r := range certs.Roots {
 		fmt.Fprintf(tw, "root %s\t%s\t\t%s\t\t\n", r.Subject, r.Serial, timeOrDash(r.NotAfter))
 	}
 }

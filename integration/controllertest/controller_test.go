@@ -45,6 +45,7 @@ func TestController(t *testing.T) {
 		return nil
 	})
 
+	t.Run("Ambitctl", func(t *testing.T) { testAmbitctl(t, env) })
 	t.Run("Waypoint", func(t *testing.T) { testWaypoint(t, env) })
 	t.Run("RouteStatus", func(t *testing.T) { testRouteStatus(t, env) })
 	t.Run("PolicyStatus", func(t *testing.T) { testPolicyStatus(t, env) })

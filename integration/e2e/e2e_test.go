@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -280,24 +281,20 @@ spec:
 
 	e.step(t, "Waypoint", func(t *testing.T) {
 		e := e.sub(t)
-		e.apply(fmt.Sprintf(`apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: waypoint, namespace: %s}
-spec:
-  gatewayClassName: ambit-waypoint
-  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
-`, appNS))
-		eventually(t, "waypoint Deployment created", time.Minute, func() error {
-			_, err := e.kube.AppsV1().Deployments(appNS).Get(ctx, "waypoint", metav1.GetOptions{})
-			return err
-		})
+		// As a user would: ambitctl creates the Gateway and waits for the
+		// controller to program it.
+		if out := e.mustAmbitctl("waypoint", "apply", "-n", appNS, "-wait", "-timeout", "120s"); !strings.Contains(out, "waypoint "+appNS+"/waypoint programmed") {
+			t.Fatalf("ambitctl waypoint apply: %q", out)
+		}
 		e.mustK("", "-n", appNS, "rollout", "status", "deployment/waypoint", "--timeout=180s")
 		if _, err := e.kube.CoreV1().Services(appNS).Get(ctx, "waypoint", metav1.GetOptions{}); err != nil {
 			t.Fatalf("waypoint Service: %v", err)
 		}
-		e.mustK("", "-n", appNS, "wait", "gateway/waypoint", "--for=condition=Programmed", "--timeout=120s")
-
-		e.mustK("", "label", "namespace", appNS, "ambit.dev/use-waypoint=waypoint", "--overwrite")
+		// Its pods ready, the namespace's traffic goes through it.
+		if out := e.mustAmbitctl("waypoint", "apply", "-n", appNS, "-enroll-namespace"); !strings.Contains(out, "unchanged") ||
+			!strings.Contains(out, "namespace "+appNS+" labelled ambit.dev/use-waypoint=waypoint") {
+			t.Fatalf("ambitctl waypoint apply -enroll-namespace: %q", out)
+		}
 		match := map[string]string{
 			"reporter":                 "waypoint",
 			"destination_service_name": "echo",
@@ -321,6 +318,53 @@ spec:
 			}
 			return nil
 		})
+	})
+
+	e.step(t, "Ambitctl", func(t *testing.T) {
+		e := e.sub(t)
+		// check: the installation, the waypoint and the enrolled namespace.
+		out := e.mustAmbitctl("check")
+		for _, want := range []string{
+			"[ok]   controller Deployment ambit-system/ambit-controller: ",
+			"[ok]   mesh CA root published in ConfigMap ambit-system/ambit-ca-root",
+			"[ok]   ztunnel DaemonSet ambit-system/ztunnel: ready on 1 of 1 nodes",
+			"[ok]   GatewayClass ambit-waypoint accepted",
+			"[ok]   1 of 1 waypoints programmed",
+			"ambit.dev/dataplane-mode=ambient): " + appNS,
+			"Ambit is installed and healthy",
+		} {
+			if !strings.Contains(out, want) {
+				t.Errorf("ambitctl check lacks %q", want)
+			}
+		}
+		if out := e.mustAmbitctl("waypoint", "list", "-n", appNS); !regexp.MustCompile(appNS + `\s+waypoint\s+service\s+True\s+\S+\s+namespace ` + appNS).MatchString(out) {
+			t.Errorf("ambitctl waypoint list: %q", out)
+		}
+		// ztunnel-config through a port-forward to the node's ztunnel.
+		clientID := fmt.Sprintf("spiffe://%s/ns/%s/sa/client", trustDomain, appNS)
+		out = e.mustAmbitctl("ztunnel-config", "pods")
+		if !strings.Contains(out, "ready: ready; controller: connected") ||
+			!regexp.MustCompile(appNS+`\s+client-\S+\s+\S+\s+captured\s+`+regexp.QuoteMeta(clientID)).MatchString(out) {
+			t.Errorf("ambitctl ztunnel-config pods: %q", out)
+		}
+		if out := e.mustAmbitctl("ztunnel-config", "services", "-n", appNS); !regexp.MustCompile(appNS + `\s+echo\s+\S+\s+8080->8080\s+\d+/\d+\s+` + appNS + `/waypoint`).MatchString(out) {
+			t.Errorf("ambitctl ztunnel-config services: %q", out)
+		}
+		// waypoint-config: the waypoint's routes and identity.
+		out = e.mustAmbitctl("waypoint-config", "-n", appNS)
+		for _, want := range []string{
+			"waypoint " + appNS + "/waypoint (waypoint ",
+			fmt.Sprintf("identity spiffe://%s/ns/%s/sa/waypoint", trustDomain, appNS),
+			"ready: ready; controller: connected",
+			appNS + "/echo:8080",
+		} {
+			if !strings.Contains(out, want) {
+				t.Errorf("ambitctl waypoint-config lacks %q", want)
+			}
+		}
+		if out := e.mustAmbitctl("ztunnel-config", "certificates", "-o", "json"); !strings.Contains(out, `"id": "`+clientID+`"`) || strings.Contains(out, "PRIVATE KEY") {
+			t.Errorf("ambitctl ztunnel-config certificates -o json: %q", out)
+		}
 	})
 
 	e.step(t, "WebSocket", func(t *testing.T) {

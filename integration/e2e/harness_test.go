@@ -26,6 +26,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/ambit-mesh/ambit/controller/ambitctl"
 	"github.com/ambit-mesh/ambit/integration/internal/tier"
 )
 
@@ -122,6 +123,22 @@ func (e *env) k(stdin string, args ...string) (string, error) {
 }
 
 // mustK is k that fails the test on error.
+// mustAmbitctl runs ambitctl (in this process, with the cluster's
+// kubeconfig) and returns its standard output; a non-zero exit fails the
+// test.
+func (e *env) mustAmbitctl(args ...string) string {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(e.t.Context(), 3*time.Minute)
+	defer cancel()
+	var out, errOut bytes.Buffer
+	code := ambitctl.Run(ctx, append(args, "-kubeconfig", e.kubeconfig), &out, &errOut)
+	e.t.Logf("ambitctl %s: exit %d\n%s%s", strings.Join(args, " "), code, out.String(), errOut.String())
+	if code != ambitctl.ExitOK {
+		e.t.Fatalf("ambitctl %s: exit %d: %s", strings.Join(args, " "), code, errOut.String())
+	}
+	return out.String()
+}
+
 func (e *env) mustK(stdin string, args ...string) string {
 	e.t.Helper()
 	out, err := e.k(stdin, args...)

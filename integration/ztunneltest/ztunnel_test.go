@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
+	"github.com/ambit-mesh/ambit/controller/ambitctl"
 	"github.com/ambit-mesh/ambit/controller/translate"
 	"github.com/ambit-mesh/ambit/integration/internal/tier"
 	"github.com/ambit-mesh/ambit/integration/netlab"
@@ -401,6 +402,14 @@ func TestZtunnelEndToEnd(t *testing.T) {
 		dump := httpGet(t, "http://"+z1.d.HTTPAddr("admin").String()+"/config_dump")
 		if !contains(dump, `"shop/b"`, `"echo.shop.svc.cluster.local"`, `"captured": true`, `"table": "inet ambit"`, bID) || contains(dump, "PRIVATE KEY") {
 			t.Errorf("config dump:\n%s", dump)
+		}
+		// ambitctl ztunnel-config reads the same document.
+		var tables strings.Builder
+		if err := ambitctl.WriteZtunnelConfig(&tables, []byte(dump), "all", "table", ""); err != nil {
+			t.Fatalf("ambitctl: %v", err)
+		}
+		if !contains(tables.String(), "ztunnel on node node1: ready: ready; controller: connected", "captured", bID, "echo", "NOT AFTER") {
+			t.Errorf("ambitctl ztunnel-config all:\n%s", tables.String())
 		}
 	})
 
