@@ -9,6 +9,10 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 )
 
 func run(t *testing.T, args ...string) (code int, stdout, stderr string) {
@@ -288,5 +292,57 @@ func TestWaypointConfigTables(t *testing.T) {
 	}
 	if err := WriteWaypointConfig(&buf, []byte("<html>"), "table"); err == nil || !strings.Contains(err.Error(), "not a waypoint config dump") {
 		t.Errorf("not JSON: %v", err)
+	}
+}
+
+// TestCaptureResults: check -pods compares the pods that should be in the
+// mesh with a node's ztunnel dump, by UID.
+func TestCaptureResults(t *testing.T) {
+	var d ZtunnelDump
+	if err := jsonUnmarshal(sampleDump, &d); err != nil {
+		t.Fatal(err)
+	}
+	d.Pods = append(d.Pods, ZtunnelPod{State: "unknown"})
+	d.Pods[2].Pod.UID = "u3"
+	pod := func(name, uid string) corev1.Pod {
+		return corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: name, UID: types.UID(uid)}}
+	}
+	zt := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ambit-system", Name: "ztunnel-x"}}
+	n, rs := captureResults("node-a", zt, []corev1.Pod{pod("client-1", "u1"), pod("broken", "u2"), pod("late", "u3"), pod("never", "u4")}, &d)
+	if n != 1 || len(rs) != 3 {
+		t.Fatalf("%d captured, results %+v; want 1 and 3", n, rs)
+	}
+	for i, want := range []struct{ status, what, hint string }{
+		{checkFail, "pod demo/broken (node node-a): capture failed: open /nope: no such file", "kubectl -n ambit-system logs ztunnel-x"},
+		{checkWarn, "pod demo/late (node node-a): unknown in ztunnel's configuration, not captured", "controller"},
+		{checkWarn, "pod demo/never (node node-a): never reported to ztunnel, not captured", "restart it"},
+	} {
+		if rs[i].status != want.status || rs[i].what != want.what || !strings.Contains(rs[i].hint, want.hint) {
+			t.Errorf("result %d: %+v, want %+v", i, rs[i], want)
+		}
+	}
+}
+
+func TestExpectCaptured(t *testing.T) {
+	enrolled := map[string]bool{"demo": true}
+	base := func() *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: "p"},
+			Spec: corev1.PodSpec{NodeName: "n"}, Status: corev1.PodStatus{Phase: corev1.PodRunning}}
+	}
+	if !expectCaptured(base(), enrolled) {
+		t.Error("a running pod of an enrolled namespace: not expected")
+	}
+	for what, change := range map[string]func(*corev1.Pod){
+		"another namespace": func(p *corev1.Pod) { p.Namespace = "other" },
+		"opted out":         func(p *corev1.Pod) { p.Labels = map[string]string{"ambit.dev/dataplane-mode": "none"} },
+		"host network":      func(p *corev1.Pod) { p.Spec.HostNetwork = true },
+		"pending":           func(p *corev1.Pod) { p.Status.Phase = corev1.PodPending },
+		"unscheduled":       func(p *corev1.Pod) { p.Spec.NodeName = "" },
+	} {
+		p := base()
+		change(p)
+		if expectCaptured(p, enrolled) {
+			t.Errorf("%s: expected captured", what)
+		}
 	}
 }

@@ -2,6 +2,7 @@ package ambitctl
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"slices"
@@ -62,12 +63,16 @@ type checkResult struct {
 	hint   string // for warn and FAIL: what to look at or do
 }
 
-func checkFlags(*flag.FlagSet) func(context.Context, *cli, []string) error {
+func checkFlags(fs *flag.FlagSet) func(context.Context, *cli, []string) error {
+	pods := fs.Bool("pods", false, "also ask each node's ztunnel (through a port-forward) whether it captures every running pod of the enrolled namespaces")
 	return func(ctx context.Context, c *cli, args []string) error {
 		if len(args) > 0 {
 			return usageErrorf("check takes no arguments")
 		}
 		results := runChecks(ctx, c)
+		if *pods && !anyFailed(results) {
+			results = append(results, checkCapture(ctx, c)...)
+		}
 		failed, warned := 0, 0
 		for _, r := range results {
 			fmt.Fprintf(c.stdout, "%-6s %s\n", "["+r.status+"]", r.what)
@@ -431,4 +436,124 @@ func checkEnrolment(ctx context.Context, c *cli) []checkResult {
 		summary.what += ": " + strings.Join(enrolled, ", ")
 	}
 	return append([]checkResult{summary}, results...)
+}
+
+func anyFailed(results []checkResult) bool {
+	for _, r := range results {
+		if r.status == checkFail {
+			return true
+		}
+	}
+	return false
+}
+
+// expectCaptured reports whether a pod should be in the mesh, by the rule
+// the controller applies (its namespace enrolled, the pod not opted out,
+// not on the host's network), and is running on a node.
+func expectCaptured(p *corev1.Pod, enrolled map[string]bool) bool {
+	return enrolled[p.Namespace] && p.Labels[translate.LabelDataplaneMode] != translate.DataplaneModeNone &&
+		!p.Spec.HostNetwork && p.Spec.NodeName != "" && p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil
+}
+
+// checkCapture asks the ztunnel of every node that runs pods of enrolled
+// namespaces which of them it captures.
+func checkCapture(ctx context.Context, c *cli) []checkResult {
+	var nss corev1.NamespaceList
+	if err := c.client.List(ctx, &nss, client.MatchingLabels{translate.LabelDataplaneMode: translate.DataplaneModeAmbient}); err != nil {
+		return []checkResult{{status: checkFail, what: "namespaces: " + err.Error()}}
+	}
+	enrolled := map[string]bool{}
+	for _, ns := range nss.Items {
+		enrolled[ns.Name] = true
+	}
+	byNode := map[string][]corev1.Pod{}
+	for ns := range enrolled {
+		var pods corev1.PodList
+		if err := c.client.List(ctx, &pods, client.InNamespace(ns)); err != nil {
+			return []checkResult{{status: checkFail, what: fmt.Sprintf("pods of %s: %v", ns, err)}}
+		}
+		for _, p := range pods.Items {
+			if expectCaptured(&p, enrolled) {
+				byNode[p.Spec.NodeName] = append(byNode[p.Spec.NodeName], p)
+			}
+		}
+	}
+	zts, err := ztunnelPods(ctx, c)
+	if err != nil {
+		return []checkResult{{status: checkFail, what: "ztunnel pods: " + err.Error()}}
+	}
+	ztOn := map[string]*corev1.Pod{}
+	for i := range zts {
+		if zts[i].Status.Phase == corev1.PodRunning && zts[i].DeletionTimestamp == nil {
+			ztOn[zts[i].Spec.NodeName] = &zts[i]
+		}
+	}
+	nodes := make([]string, 0, len(byNode))
+	for n := range byNode {
+		nodes = append(nodes, n)
+	}
+	sort.Strings(nodes)
+	var results []checkResult
+	captured, total := 0, 0
+	for _, node := range nodes {
+		pods := byNode[node]
+		total += len(pods)
+		zt := ztOn[node]
+		if zt == nil {
+			results = append(results, checkResult{status: checkFail,
+				what: fmt.Sprintf("node %s: %d pods of enrolled namespaces, no running ztunnel", node, len(pods)),
+				hint: "their traffic is not in the mesh; kubectl -n " + c.systemNamespace + " get pods -l " + ZtunnelPodLabel + " -o wide"})
+			continue
+		}
+		raw, err := fetchAdmin(ctx, c, zt, ZtunnelAdminPort, "/config_dump")
+		var dump ZtunnelDump
+		if err == nil {
+			err = json.Unmarshal(raw, &dump)
+		}
+		if err != nil {
+			results = append(results, checkResult{status: checkWarn,
+				what: fmt.Sprintf("node %s: cannot ask ztunnel %s: %v", node, zt.Name, err),
+				hint: "port-forward needs the pods/portforward permission in " + c.systemNamespace})
+			continue
+		}
+		ok, rs := captureResults(node, zt, pods, &dump)
+		captured += ok
+		results = append(results, rs...)
+	}
+	summary := checkResult{status: checkOK, what: fmt.Sprintf("%d of %d running pods of enrolled namespaces captured by their node's ztunnel (%d nodes)", captured, total, len(nodes))}
+	if captured < total {
+		summary.status = checkWarn
+	}
+	return append([]checkResult{summary}, results...)
+}
+
+// captureResults compares the pods Kubernetes runs on node, which should be
+// in the mesh, with what that node's ztunnel zt reports; it returns how many
+// are captured and a result for each that is not.
+func captureResults(node string, zt *corev1.Pod, pods []corev1.Pod, dump *ZtunnelDump) (int, []checkResult) {
+	byUID := map[string]*ZtunnelPod{}
+	for i := range dump.Pods {
+		byUID[dump.Pods[i].Pod.UID] = &dump.Pods[i]
+	}
+	sort.Slice(pods, func(i, j int) bool { return pods[i].Namespace+"/"+pods[i].Name < pods[j].Namespace+"/"+pods[j].Name })
+	captured := 0
+	var results []checkResult
+	for _, p := range pods {
+		name := fmt.Sprintf("pod %s/%s (node %s)", p.Namespace, p.Name, node)
+		zp := byUID[string(p.UID)]
+		switch {
+		case zp == nil:
+			results = append(results, checkResult{status: checkWarn, what: name + ": never reported to ztunnel, not captured",
+				hint: "it started before ztunnel chained its CNI plugin and discovery did not find it: restart it (kubectl delete pod)"})
+		case zp.State == "captured":
+			captured++
+		case zp.State == "failed":
+			results = append(results, checkResult{status: checkFail, what: name + ": capture failed: " + zp.Error,
+				hint: fmt.Sprintf("ztunnel retries every 5 s; its log says more: kubectl -n %s logs %s", zt.Namespace, zt.Name)})
+		default:
+			results = append(results, checkResult{status: checkWarn, what: name + ": " + zp.State + " in ztunnel's configuration, not captured",
+				hint: "the controller has not sent it as enrolled yet; if this lasts, check the controller's log"})
+		}
+	}
+	return captured, results
 }

@@ -45,6 +45,7 @@ type ZtunnelDump struct {
 // ZtunnelPod is one pod ztunnel was told about.
 type ZtunnelPod struct {
 	Pod struct {
+		UID       string   `json:"uid"`
 		Namespace string   `json:"namespace"`
 		Name      string   `json:"name"`
 		PodIPs    []string `json:"podIPs"`
