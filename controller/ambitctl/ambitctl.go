@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -152,23 +153,11 @@ func findCommand(args []string) (command, []string, bool) {
 	bestWords := 0
 	for _, cmd := range commands() {
 		words := strings.Fields(cmd.name)
-		if len(words) <= len(args) && len(words) > bestWords && slicesEqual(words, args[:len(words)]) {
+		if len(words) <= len(args) && len(words) > bestWords && slices.Equal(words, args[:len(words)]) {
 			best, bestWords = cmd, len(words)
 		}
 	}
 	return best, args[bestWords:], bestWords > 0
-}
-
-func slicesEqual(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // parseInterspersed parses flags anywhere among the positional arguments

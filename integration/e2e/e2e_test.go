@@ -320,6 +320,32 @@ spec:
 		})
 	})
 
+	e.step(t, "WaypointForwardsClient", func(t *testing.T) {
+		e := e.sub(t)
+		// Through the waypoint echo's connection comes from the waypoint;
+		// X-Forwarded-For names the client pod.
+		ip := e.clientIP(t)
+		a, err := e.get(appNS, echoURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := a.Headers["x-forwarded-for"]; got != ip || a.Headers["x-forwarded-proto"] != "http" {
+			t.Errorf("echo saw X-Forwarded-For %q, X-Forwarded-Proto %q; want the client pod's %s and http", got, a.Headers["x-forwarded-proto"], ip)
+		}
+		if host, _, _ := net.SplitHostPort(a.Remote); host == ip {
+			t.Errorf("echo's connection came from the client pod %s: not through the waypoint", a.Remote)
+		}
+		// The identities the waypoint verified, not what the client sends.
+		a, err = e.get(appNS, echoURL, "X-Forwarded-Client-Cert: URI=spiffe://"+trustDomain+"/ns/kube-system/sa/admin")
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := fmt.Sprintf("By=spiffe://%s/ns/%s/sa/waypoint;URI=spiffe://%s/ns/%s/sa/client", trustDomain, appNS, trustDomain, appNS)
+		if got := a.Headers["x-forwarded-client-cert"]; got != want {
+			t.Errorf("echo saw X-Forwarded-Client-Cert %q, want %q", got, want)
+		}
+	})
+
 	e.step(t, "Ambitctl", func(t *testing.T) {
 		e := e.sub(t)
 		// check: the installation, the waypoint and the enrolled namespace.
@@ -336,6 +362,13 @@ spec:
 			if !strings.Contains(out, want) {
 				t.Errorf("ambitctl check lacks %q", want)
 			}
+		}
+		// check -pods: every running pod of the namespace captured, by
+		// the node's ztunnel's own account (the waypoint's pod is not in
+		// the mesh, and not counted).
+		out = e.mustAmbitctl("check", "-pods")
+		if m := regexp.MustCompile(`\[ok\]\s+(\d+) of (\d+) running pods of enrolled namespaces captured by their node's ztunnel \(1 nodes\)`).FindStringSubmatch(out); m == nil || m[1] != m[2] || len(m[1]) == 1 && m[1] < "5" {
+			t.Errorf("ambitctl check -pods: %q", out)
 		}
 		if out := e.mustAmbitctl("waypoint", "list", "-n", appNS); !regexp.MustCompile(appNS + `\s+waypoint\s+service\s+True\s+\S+\s+namespace ` + appNS).MatchString(out) {
 			t.Errorf("ambitctl waypoint list: %q", out)

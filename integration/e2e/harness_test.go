@@ -178,6 +178,9 @@ type answer struct {
 	Namespace string `json:"namespace"`
 	// Remote is the client's address as the server saw it.
 	Remote string `json:"remote"`
+	// Headers are the request's headers as the server got them (names in
+	// lower case).
+	Headers map[string]string `json:"headers"`
 }
 
 // get runs `ambit-demo get` inside the client pod of ns: a new connection

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ambit-mesh/ambit/pkg/identity"
 	"github.com/ambit-mesh/ambit/waypoint/filter"
 	"github.com/ambit-mesh/ambit/waypoint/resilience"
 	"github.com/ambit-mesh/ambit/waypoint/route"
@@ -330,7 +331,40 @@ func outgoing(ctx context.Context, in *http.Request) *http.Request {
 	if _, ok := out.Header["User-Agent"]; !ok {
 		out.Header.Set("User-Agent", "") // do not send Go's default
 	}
+	addForwardedHeaders(out.Header, SourceFromContext(ctx))
 	return out
+}
+
+// addForwardedHeaders tells the endpoint who the client is, which it cannot
+// see otherwise (its connection comes from the waypoint): the client's
+// address is appended to X-Forwarded-For (after any addresses the client
+// sent, as reverse proxies do: the last one is the waypoint's own
+// finding), and X-Forwarded-Proto is "http" unless the client said
+// otherwise (the request was plaintext HTTP inside the tunnel; an ingress
+// in front may have set "https"). X-Forwarded-Client-Cert is replaced by
+// the verified identities (Envoy's SANITIZE_SET, the fields a sidecar mesh
+// gives applications: By=<waypoint>;URI=<client>), so a client cannot
+// claim another identity through it. Route header filters run after this
+// and may change or remove all three.
+func addForwardedHeaders(h http.Header, src Source) {
+	h.Del("X-Forwarded-Client-Cert")
+	if src.Identity != (identity.SPIFFEID{}) {
+		v := "URI=" + src.Identity.String()
+		if src.VerifiedBy != (identity.SPIFFEID{}) {
+			v = "By=" + src.VerifiedBy.String() + ";" + v
+		}
+		h.Set("X-Forwarded-Client-Cert", v)
+	}
+	if src.Address.IsValid() {
+		ip := src.Address.Unmap().String()
+		if prior := h.Values("X-Forwarded-For"); len(prior) > 0 {
+			ip = strings.Join(prior, ", ") + ", " + ip
+		}
+		h.Set("X-Forwarded-For", ip)
+	}
+	if h.Get("X-Forwarded-Proto") == "" {
+		h.Set("X-Forwarded-Proto", "http")
+	}
 }
 
 // applyRequestFilters applies header modifiers, then the URL rewrite.

@@ -106,6 +106,9 @@ type Source struct {
 	// Identity is the SPIFFE ID the tunnel's peer certificate proved; zero
 	// when unknown.
 	Identity identity.SPIFFEID
+	// VerifiedBy is the identity of the proxy that verified that
+	// certificate (the waypoint's own); zero when unknown.
+	VerifiedBy identity.SPIFFEID
 	// Address is the client's IP: the tunnel's Forwarded for= element when
 	// the sending ztunnel set one, else the tunnel connection's remote
 	// address. Invalid when unknown.

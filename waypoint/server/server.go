@@ -244,7 +244,7 @@ func (s *Server) serveStream(st *hbone.Stream) {
 		}
 		pre = b
 	}
-	c := &streamConn{Stream: st, dest: d, source: sourceOf(st), pre: pre, done: make(chan struct{})}
+	c := &streamConn{Stream: st, dest: d, source: s.sourceOf(st), pre: pre, done: make(chan struct{})}
 	if kind != sniffHTTP2 && !s.serveH1(c, kind == sniffHTTP1) {
 		return
 	}
@@ -266,11 +266,12 @@ type destination struct {
 	workload *proxy.Endpoint
 }
 
-// sourceOf describes a tunnel's client: its peer identity, its address
-// (the Forwarded for= element the sending ztunnel adds, else the
-// connection's remote address) and the CONNECT headers.
-func sourceOf(st *hbone.Stream) proxy.Source {
-	src := proxy.Source{Identity: st.Peer(), Header: st.Header()}
+// sourceOf describes a tunnel's client: its peer identity (verified by
+// this waypoint), its address (the Forwarded for= element the sending
+// ztunnel adds, else the connection's remote address) and the CONNECT
+// headers.
+func (s *Server) sourceOf(st *hbone.Stream) proxy.Source {
+	src := proxy.Source{Identity: st.Peer(), VerifiedBy: s.cfg.Identity, Header: st.Header()}
 	if ip, ok := forwardedFor(st.Header()); ok {
 		src.Address = ip
 	} else if ap, err := netip.ParseAddrPort(st.RemoteAddr().String()); err == nil {

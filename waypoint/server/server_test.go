@@ -32,7 +32,8 @@ func sa(name string) identity.SPIFFEID {
 type peerKey struct{}
 
 // echoHeaders are request headers the backends echo as X-Echo-<name>.
-var echoHeaders = []string{"Traceparent", "Tracestate", "B3", "X-B3-Traceid", "X-B3-Spanid", "X-B3-Parentspanid", "X-B3-Sampled", "Baggage"}
+var echoHeaders = []string{"Traceparent", "Tracestate", "B3", "X-B3-Traceid", "X-B3-Spanid", "X-B3-Parentspanid", "X-B3-Sampled", "Baggage",
+	"X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Client-Cert"}
 
 // backend is an HBONE server on ip:port that answers HTTP (HTTP/1.1 and
 // h2c) in its tunnels with its name and the tunnel's peer.
@@ -644,5 +645,55 @@ func TestTransportLookupFollowsIdentity(t *testing.T) {
 		if v == upstreamTransport(tr) {
 			t.Fatalf("the old identity's transport is still pooled under %v", k)
 		}
+	}
+}
+
+// TestForwardedHeaders: the endpoint learns the client's address from
+// X-Forwarded-For (the tunnel's Forwarded for=, which the client's ztunnel
+// sets, else the tunnel's source address), appended to what the client
+// sent, X-Forwarded-Proto http unless the client set it, and the verified
+// identities in X-Forwarded-Client-Cert (a forged one replaced); over
+// HTTP/1.1 and h2c.
+func TestForwardedHeaders(t *testing.T) {
+	for _, h2c := range []bool{false, true} {
+		t.Run(fmt.Sprintf("h2c=%v", h2c), func(t *testing.T) {
+			e := setup(t)
+			d := &hbone.Dialer{TLSConfig: func(_, dst identity.SPIFFEID) (*tls.Config, error) {
+				cert, err := e.ca.Issue(e.clientID, time.Hour)
+				if err != nil {
+					return nil, err
+				}
+				return identity.ClientConfig(identity.StaticCert(cert), e.ca.Pool, dst), nil
+			}}
+			t.Cleanup(func() { _ = d.Close() })
+			for _, tc := range []struct {
+				name      string
+				tunnel    http.Header
+				req       map[string]string
+				xff, prot string
+			}{
+				{name: "ztunnel's forwarded for", tunnel: http.Header{"Forwarded": {`for="[fd00::7]"`}}, xff: "fd00::7", prot: "http"},
+				{name: "IPv4, appended, proto kept", tunnel: http.Header{"Forwarded": {"for=10.1.2.3"}},
+					req: map[string]string{"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https",
+						"X-Forwarded-Client-Cert": "By=spiffe://cluster.local/ns/default/sa/waypoint;URI=spiffe://cluster.local/ns/kube-system/sa/admin"},
+					xff: "203.0.113.9, 10.1.2.3", prot: "https"},
+				{name: "no forwarded: the tunnel's source", xff: "127.0.0.1", prot: "http"},
+			} {
+				c := e.clientFor(d, e.clientID, "10.96.0.10:80", h2c, tc.tunnel)
+				resp := get(t, c, tc.req)
+				c.CloseIdleConnections()
+				if got := resp.Header.Get("X-Echo-X-Forwarded-For"); got != tc.xff {
+					t.Errorf("%s: X-Forwarded-For %q, want %q", tc.name, got, tc.xff)
+				}
+				if got := resp.Header.Values("X-Echo-X-Forwarded-Proto"); len(got) != 1 || got[0] != tc.prot {
+					t.Errorf("%s: X-Forwarded-Proto %q, want %q", tc.name, got, tc.prot)
+				}
+				// The verified identities, never what the client claimed.
+				want := "By=" + sa("waypoint").String() + ";URI=" + e.clientID.String()
+				if got := resp.Header.Values("X-Echo-X-Forwarded-Client-Cert"); len(got) != 1 || got[0] != want {
+					t.Errorf("%s: X-Forwarded-Client-Cert %q, want %q", tc.name, got, want)
+				}
+			}
+		})
 	}
 }
