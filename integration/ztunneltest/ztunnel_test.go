@@ -294,6 +294,14 @@ func TestZtunnelEndToEnd(t *testing.T) {
 		if got := h.Get("Forwarded"); got != "for="+a.IP.String() {
 			t.Errorf("forwarded header %q", got)
 		}
+		// The waypoint passes a's connection through and names a in its
+		// tunnel's Forwarded: b's application sees a's address, as without
+		// the mesh, not the waypoint's.
+		b.ServeWhoami(t, 8082)
+		sawFrom, _, err := a.Whoami(netip.AddrPortFrom(b.IP, 8082))
+		if err != nil || sawFrom.Addr() != a.IP || !fw.saw(netip.AddrPortFrom(b.IP, 8082).String()+" "+aID) {
+			t.Errorf("through the waypoint b's application saw %v (%v), want a's address %s", sawFrom, err, a.IP)
+		}
 		if got := h.Get("Baggage"); !contains(got, "k8s.namespace.name=shop", "k8s.pod.name=a", "k8s.workload.name=a-deploy", "service.name=a") {
 			t.Errorf("baggage header %q", got)
 		}
@@ -302,7 +310,7 @@ func TestZtunnelEndToEnd(t *testing.T) {
 			"reporter": "destination", "source_principal": wpID.String(), "connection_security_policy": "mutual_tls"}); v < 2 {
 			t.Errorf("b counted %v tunnels from the waypoint", v)
 		}
-		err := dialHBONEFrom(t, u, ca, aSID, bSID, b.IP, bAddr)
+		err = dialHBONEFrom(t, u, ca, aSID, bSID, b.IP, bAddr)
 		var se *hbone.StatusError
 		if !errors.As(err, &se) || se.Code != 403 {
 			t.Errorf("a tunnel that bypasses the waypoint: %v, want 403", err)

@@ -97,7 +97,8 @@ func startRawBackend(t *testing.T, e *env, ip string, id identity.SPIFFEID) *raw
 			if err := st.Accept(); err != nil {
 				return
 			}
-			fmt.Fprintf(st, "hello %s\n", st.Peer())
+			// The tunnel's Forwarded names the waypoint's client.
+			fmt.Fprintf(st, "hello %s %s\n", st.Peer(), st.Header().Get("Forwarded"))
 			_, _ = io.Copy(st, st)
 			_ = st.CloseWrite()
 		},
@@ -209,7 +210,7 @@ func TestSniffedProtocols(t *testing.T) {
 	})
 	e.mesh(t, nil)
 	raw := startRawBackend(t, e, "127.0.0.4", sa("raw"))
-	wantGreeting := fmt.Sprintf("hello %s\n", sa("waypoint"))
+	wantGreeting := fmt.Sprintf("hello %s for=127.0.0.1\n", sa("waypoint"))
 
 	for i, h2c := range []bool{false, true} {
 		c := e.httpClient("10.96.0.11:80", h2c)
@@ -319,6 +320,11 @@ func TestExplicitTCPNotSniffed(t *testing.T) {
 	if err != nil || !strings.HasPrefix(line, "hello ") {
 		t.Fatalf("greeting %q: %v", line, err)
 	}
+	// The waypoint's tunnel to the endpoint names its client (here the
+	// tunnel's source, 127.0.0.1: the client set no Forwarded).
+	if want := "hello " + sa("waypoint").String() + " for=127.0.0.1\n"; line != want {
+		t.Errorf("greeting %q, want %q", line, want)
+	}
 	if waited := time.Since(start); waited >= 2*time.Second {
 		t.Fatalf("greeting after %v: the TCP port was sniffed", waited)
 	}
@@ -377,7 +383,7 @@ func TestWorkloadAddressedTunnels(t *testing.T) {
 	}
 	greeting, echoed := echoThrough(t, c, []byte("\x00binary"))
 	_ = c.Close()
-	if greeting != fmt.Sprintf("hello %s\n", sa("waypoint")) || string(echoed) != "\x00binary" {
+	if greeting != fmt.Sprintf("hello %s for=127.0.0.1\n", sa("waypoint")) || string(echoed) != "\x00binary" {
 		t.Fatalf("workload tcp: %q %q", greeting, echoed)
 	}
 	if r := conns.nth(t, 1); !r.Opened || r.Service != "" || r.Workload != "default/raw-pod" || r.Endpoint != "127.0.0.4:9000" {

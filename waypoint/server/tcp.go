@@ -28,7 +28,7 @@ const tcpDialTimeout = 10 * time.Second
 // sent to the endpoint first.
 func (s *Server) serveTCP(st *hbone.Stream, d destination, pre []byte, accepted bool) {
 	svc, port := d.service, d.port
-	res := &proxy.ConnResult{Service: svc, Port: port, Source: sourceOf(st), Start: time.Now()}
+	res := &proxy.ConnResult{Service: svc, Port: port, Source: s.sourceOf(st), Start: time.Now()}
 	defer func() {
 		res.Duration = time.Since(res.Start)
 		if s.cfg.OnConn != nil {
@@ -72,7 +72,7 @@ func (s *Server) serveTCP(st *hbone.Stream, d destination, pre []byte, accepted 
 	ep := eps[int((s.tcpNext.Add(1)-1)%uint64(len(eps)))]
 	res.Endpoint, res.Workload = ep.Address, ep.Workload
 	ctx, cancel := context.WithTimeout(st.Context(), tcpDialTimeout)
-	up, err := s.dialEndpoint(ctx, ep)
+	up, err := s.dialEndpoint(ctx, ep, res.Source.Address)
 	cancel()
 	if err != nil {
 		s.log.Debug("tcp pass-through: endpoint unreachable", "service", svc, "endpoint", ep.Address, "err", err)
@@ -97,8 +97,11 @@ func (s *Server) serveTCP(st *hbone.Stream, d destination, pre []byte, accepted 
 	res.BytesReceived, res.BytesSent = client.read.Load(), upstream.read.Load()
 }
 
-// dialEndpoint opens an HBONE tunnel, as the waypoint, to an endpoint.
-func (s *Server) dialEndpoint(ctx context.Context, ep proxy.Endpoint) (net.Conn, error) {
+// dialEndpoint opens an HBONE tunnel, as the waypoint, to an endpoint, for
+// one client connection: its Forwarded for= names the client, so that the
+// endpoint's ztunnel connects to the application from the client's address
+// (it believes that only from a waypoint serving the pod).
+func (s *Server) dialEndpoint(ctx context.Context, ep proxy.Endpoint, client netip.Addr) (net.Conn, error) {
 	addr, err := netip.ParseAddrPort(ep.Address)
 	if err != nil {
 		return nil, fmt.Errorf("endpoint %q: %w", ep.Address, err)
@@ -111,12 +114,27 @@ func (s *Server) dialEndpoint(ctx context.Context, ep proxy.Endpoint) (net.Conn,
 	if err != nil {
 		return nil, fmt.Errorf("workload %s identity: %w", ep.Workload, err)
 	}
+	var h http.Header
+	if client.IsValid() {
+		h = http.Header{"Forwarded": {forwardedElement(client)}}
+	}
 	return s.dialer.Dial(ctx, hbone.Request{
 		Source:      s.cfg.Identity,
 		Destination: dst,
 		Address:     netip.AddrPortFrom(addr.Addr(), s.cfg.HBONEPort),
 		Authority:   addr,
+		Header:      h,
 	})
+}
+
+// forwardedElement is the RFC 7239 element for=ip (an IPv6 address quoted
+// in brackets).
+func forwardedElement(ip netip.Addr) string {
+	ip = ip.Unmap()
+	if ip.Is6() {
+		return `for="[` + ip.String() + `]"`
+	}
+	return "for=" + ip.String()
 }
 
 // countingConn counts the bytes read from a connection; it keeps the

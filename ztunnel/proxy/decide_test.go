@@ -299,3 +299,49 @@ func TestTunnelHeaders(t *testing.T) {
 		}
 	}
 }
+
+// TestAppSource: the application sees the tunnel's source, or the client
+// the tunnel's Forwarded for= names when the peer is a waypoint serving
+// the pod (its own, or its Service's on that port); another peer's claim
+// is ignored.
+func TestAppSource(t *testing.T) {
+	wpPod := &configv1alpha1.WaypointRef{Gateway: "shop/pod-wp", Address: "10.0.5.1", Identity: sid("pod-wp")}
+	wpSvc := &configv1alpha1.WaypointRef{Gateway: "shop/svc-wp", Address: "10.0.5.2", Identity: sid("svc-wp")}
+	db := mustWorkload(t, &configv1alpha1.Workload{Name: "shop/db-1", Identity: sid("db"), Addresses: []string{"10.0.0.9"}, Waypoint: wpPod})
+	plain := mustWorkload(t, &configv1alpha1.Workload{Name: "shop/cache-1", Identity: sid("cache"), Addresses: []string{"10.0.0.8"}})
+	snap := config.Build([]*config.Workload{db, plain}, []*config.Service{
+		mustService(t, &configv1alpha1.Service{Name: "shop/db", Hostname: "db.shop.svc.cluster.local", Vips: []string{"10.96.0.9"},
+			Ports: []*configv1alpha1.ServicePort{{Port: 5432, TargetPort: 5432}}, Waypoint: wpSvc,
+			Endpoints: []*configv1alpha1.Endpoint{{Workload: "shop/db-1", Address: "10.0.0.9", Ready: true}}}),
+	}, nil)
+	ap, ip := netip.MustParseAddrPort, netip.MustParseAddr
+	id := func(sa string) identity.SPIFFEID {
+		v, err := identity.ParseSPIFFEID(sid(sa))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	remote := ip("10.0.5.7")
+	fwd := func(v string) http.Header { return http.Header{"Forwarded": {v}} }
+	for _, tc := range []struct {
+		name string
+		dst  *config.Workload
+		peer identity.SPIFFEID
+		auth string
+		h    http.Header
+		want string
+	}{
+		{"the pod's waypoint", db, id("pod-wp"), "10.0.0.9:5432", fwd("for=10.0.1.4"), "10.0.1.4"},
+		{"the service's waypoint", db, id("svc-wp"), "10.0.0.9:5432", fwd(`for="[fd00::4]"`), "fd00::4"},
+		{"the service's waypoint, a port the service does not send to", plain, id("svc-wp"), "10.0.0.8:22", fwd("for=10.0.1.4"), "10.0.5.7"},
+		{"a client's own claim", db, id("web"), "10.0.0.9:5432", fwd("for=10.0.1.4"), "10.0.5.7"},
+		{"a waypoint without for=", db, id("pod-wp"), "10.0.0.9:5432", nil, "10.0.5.7"},
+		{"a waypoint's for= that is no address", db, id("pod-wp"), "10.0.0.9:5432", fwd("for=unknown"), "10.0.5.7"},
+		{"an unknown pod", nil, id("pod-wp"), "10.0.0.7:5432", fwd("for=10.0.1.4"), "10.0.5.7"},
+	} {
+		if got := appSource(snap, tc.dst, tc.peer, ap(tc.auth), tc.h, remote); got != ip(tc.want) {
+			t.Errorf("%s: %s, want %s", tc.name, got, tc.want)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 
 	"github.com/ambit-mesh/ambit/pkg/hbone"
@@ -79,12 +80,13 @@ func (p *Pod) serveHBONE(st *hbone.Stream) {
 		_ = st.Reject(code, text)
 		return
 	}
-	// The application sees the tunnel's source (the client's pod, or its
-	// waypoint), with a port of its own.
-	var from netip.AddrPort
+	// The application sees the tunnel's source (the client's pod), or the
+	// client a waypoint serving this pod names, with a port of its own.
+	var remote netip.Addr
 	if ta, ok := st.RemoteAddr().(*net.TCPAddr); ok {
-		from = netip.AddrPortFrom(ta.AddrPort().Addr(), 0)
+		remote = ta.AddrPort().Addr()
 	}
+	from := netip.AddrPortFrom(appSource(snap, dst, peer, auth, st.Header(), remote), 0)
 	app, err := p.dialApp(st.Context(), from, auth)
 	if err != nil {
 		labels.ResponseFlags = metrics.FlagUpstreamFailure
@@ -184,4 +186,40 @@ func sourceOf(snap *config.Snapshot, st *hbone.Stream, peer identity.SPIFFEID) m
 	src.Namespace = peer.Namespace
 	src.Principal = peer.String()
 	return src
+}
+
+// appSource is the address ztunnel connects to the application from for a
+// tunnel to auth: the tunnel's source address (remote: the client's pod,
+// whose ztunnel opened the tunnel inside it), except when the peer is a
+// waypoint that serves this pod (the pod's own, or that of a Service that
+// sends to this pod port) and names the client in the tunnel's Forwarded
+// for= element: the waypoint opens one tunnel per client connection it
+// passes through (TCP), and that client is who the application would see
+// without the mesh. Another peer's for= is not believed: any workload
+// could claim any address.
+func appSource(snap *config.Snapshot, dst *config.Workload, peer identity.SPIFFEID, auth netip.AddrPort, h http.Header, remote netip.Addr) netip.Addr {
+	if !servesAsWaypoint(snap, dst, peer, auth) {
+		return remote
+	}
+	if ip, ok := ForwardedFor(h); ok {
+		return ip
+	}
+	return remote
+}
+
+// servesAsWaypoint reports whether peer is the waypoint of workload dst or
+// of a Service that sends to its address auth.
+func servesAsWaypoint(snap *config.Snapshot, dst *config.Workload, peer identity.SPIFFEID, auth netip.AddrPort) bool {
+	if peer == (identity.SPIFFEID{}) {
+		return false
+	}
+	if dst != nil && dst.Waypoint != nil && dst.Waypoint.Identity == peer {
+		return true
+	}
+	for _, s := range snap.ServicesAt(auth) {
+		if s.Waypoint != nil && s.Waypoint.Identity == peer {
+			return true
+		}
+	}
+	return false
 }
