@@ -345,3 +345,39 @@ func TestAppSource(t *testing.T) {
 		}
 	}
 }
+
+// TestSourceOf: the destination's metrics name the client pod its
+// forwarded address names when that pod has the peer's identity, else the
+// workload the tunnel comes from when it has the peer's identity (a
+// waypoint, with or without its client's for=), else the baggage.
+func TestSourceOf(t *testing.T) {
+	web := mustWorkload(t, &configv1alpha1.Workload{Name: "shop/web-1", Identity: sid("web"), Addresses: []string{"10.0.0.5"}, WorkloadName: "web"})
+	wp := mustWorkload(t, &configv1alpha1.Workload{Name: "shop/waypoint-1", Identity: sid("waypoint"), Addresses: []string{"10.0.5.1"}, WorkloadName: "waypoint"})
+	snap := config.Build([]*config.Workload{web, wp}, nil, nil)
+	ip := netip.MustParseAddr
+	id := func(sa string) identity.SPIFFEID {
+		v, err := identity.ParseSPIFFEID(sid(sa))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	for _, tc := range []struct {
+		name         string
+		h            http.Header
+		remote       string
+		peer         identity.SPIFFEID
+		workload, ns string
+	}{
+		{"a client pod", http.Header{"Forwarded": {"for=10.0.0.5"}}, "10.0.0.5", id("web"), "web", "shop"},
+		{"a waypoint's HTTP tunnel", nil, "10.0.5.1", id("waypoint"), "waypoint", "shop"},
+		{"a waypoint passing web's TCP through", http.Header{"Forwarded": {"for=10.0.0.5"}}, "10.0.5.1", id("waypoint"), "waypoint", "shop"},
+		{"an unknown peer with baggage", http.Header{"Forwarded": {"for=10.0.0.5"}, "Baggage": {"k8s.workload.name=batch"}}, "10.9.9.9",
+			identity.SPIFFEID{TrustDomain: "cluster.local", Namespace: "jobs", ServiceAccount: "batch"}, "batch", "jobs"},
+	} {
+		got := sourceOf(snap, tc.h, ip(tc.remote), tc.peer)
+		if got.Workload != tc.workload || got.Namespace != tc.ns || got.Principal != tc.peer.String() {
+			t.Errorf("%s: %+v, want workload %s, namespace %s, principal %s", tc.name, got, tc.workload, tc.ns, tc.peer)
+		}
+	}
+}

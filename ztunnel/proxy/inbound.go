@@ -57,7 +57,11 @@ func (p *Pod) serveHBONE(st *hbone.Stream) {
 	peer := st.Peer()
 	snap := p.env.Config()
 	dst := snap.Workload(p.cfg.Name)
-	src := sourceOf(snap, st, peer)
+	var remote netip.Addr
+	if ta, ok := st.RemoteAddr().(*net.TCPAddr); ok {
+		remote = ta.AddrPort().Addr()
+	}
+	src := sourceOf(snap, st.Header(), remote, peer)
 	labels := metrics.Labels{
 		Reporter:           metrics.ReporterDestination,
 		Source:             src,
@@ -82,10 +86,6 @@ func (p *Pod) serveHBONE(st *hbone.Stream) {
 	}
 	// The application sees the tunnel's source (the client's pod), or the
 	// client a waypoint serving this pod names, with a port of its own.
-	var remote netip.Addr
-	if ta, ok := st.RemoteAddr().(*net.TCPAddr); ok {
-		remote = ta.AddrPort().Addr()
-	}
 	from := netip.AddrPortFrom(appSource(snap, dst, peer, auth, st.Header(), remote), 0)
 	app, err := p.dialApp(st.Context(), from, auth)
 	if err != nil {
@@ -162,16 +162,23 @@ func (p *Pod) deny(labels metrics.Labels, reason string) {
 }
 
 // sourceOf describes a tunnel's source for metrics: the workload at the
-// forwarded address if its identity is the peer's, else what the baggage
-// says, with the verified peer identity as principal.
-func sourceOf(snap *config.Snapshot, st *hbone.Stream, peer identity.SPIFFEID) metrics.Peer {
-	if ip, ok := ForwardedFor(st.Header()); ok {
+// forwarded address if its identity is the peer's (a client pod's
+// ztunnel), else the workload the tunnel comes from if its identity is the
+// peer's (a waypoint, whose tunnels name its clients or nobody), else what
+// the baggage says, with the verified peer identity as principal.
+func sourceOf(snap *config.Snapshot, h http.Header, remote netip.Addr, peer identity.SPIFFEID) metrics.Peer {
+	if ip, ok := ForwardedFor(h); ok {
 		if w := snap.WorkloadByIP(ip); w != nil && w.Identity == peer {
 			return metrics.PeerOf(w)
 		}
 	}
+	if remote.IsValid() {
+		if w := snap.WorkloadByIP(remote); w != nil && w.Identity == peer {
+			return metrics.PeerOf(w)
+		}
+	}
 	src := metrics.PeerOf(nil)
-	b := BaggageValues(st.Header())
+	b := BaggageValues(h)
 	if v := b[BaggageWorkload]; v != "" {
 		src.Workload = v
 	} else if v := b[BaggagePod]; v != "" {
