@@ -346,3 +346,24 @@ func TestExpectCaptured(t *testing.T) {
 		}
 	}
 }
+
+func TestZtunnelStateResults(t *testing.T) {
+	var d ZtunnelDump
+	if err := jsonUnmarshal(sampleDump, &d); err != nil {
+		t.Fatal(err)
+	}
+	zt := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ambit-system", Name: "ztunnel-x"}}
+	rs := ztunnelStateResults("node-a", zt, &d)
+	if len(rs) != 2 || rs[0].what != "node node-a: ztunnel not connected to the controller, running on its last configuration: connection refused" ||
+		rs[1].what != "node node-a: ztunnel rejected 2 configuration updates" || !strings.Contains(rs[0].hint, "kubectl -n ambit-system logs ztunnel-x") {
+		t.Errorf("disconnected ztunnel: %+v", rs)
+	}
+	d.Ready, d.XDS.Connected, d.XDS.Nacks = "certificate for spiffe://x not valid yet", true, 0
+	if rs := ztunnelStateResults("node-a", zt, &d); len(rs) != 1 || rs[0].status != checkWarn || rs[0].what != "node node-a: ztunnel not ready: certificate for spiffe://x not valid yet" {
+		t.Errorf("unready ztunnel: %+v", rs)
+	}
+	d.Ready = "ready"
+	if rs := ztunnelStateResults("node-a", zt, &d); len(rs) != 0 {
+		t.Errorf("a healthy ztunnel: %+v", rs)
+	}
+}

@@ -518,6 +518,7 @@ func checkCapture(ctx context.Context, c *cli) []checkResult {
 		}
 		ok, rs := captureResults(node, zt, pods, &dump)
 		captured += ok
+		results = append(results, ztunnelStateResults(node, zt, &dump)...)
 		results = append(results, rs...)
 	}
 	summary := checkResult{status: checkOK, what: fmt.Sprintf("%d of %d running pods of enrolled namespaces captured by their node's ztunnel (%d nodes)", captured, total, len(nodes))}
@@ -556,4 +557,28 @@ func captureResults(node string, zt *corev1.Pod, pods []corev1.Pod, dump *Ztunne
 		}
 	}
 	return captured, results
+}
+
+// ztunnelStateResults warns about a node's ztunnel that is not ready or
+// not connected to the controller (it then runs on its last configuration:
+// new pods, services and policies do not reach it).
+func ztunnelStateResults(node string, zt *corev1.Pod, dump *ZtunnelDump) []checkResult {
+	var rs []checkResult
+	logs := fmt.Sprintf("kubectl -n %s logs %s", zt.Namespace, zt.Name)
+	if dump.Ready != "ready" {
+		rs = append(rs, checkResult{status: checkWarn, what: fmt.Sprintf("node %s: ztunnel not ready: %s", node, dump.Ready), hint: logs})
+	}
+	if !dump.XDS.Connected {
+		what := fmt.Sprintf("node %s: ztunnel not connected to the controller, running on its last configuration", node)
+		if dump.XDS.LastError != "" {
+			what += ": " + dump.XDS.LastError
+		}
+		rs = append(rs, checkResult{status: checkWarn, what: what,
+			hint: "changes (new pods, services, policies) do not reach this node until it reconnects; " + logs})
+	}
+	if dump.XDS.Nacks > 0 {
+		rs = append(rs, checkResult{status: checkWarn, what: fmt.Sprintf("node %s: ztunnel rejected %d configuration updates", node, dump.XDS.Nacks),
+			hint: "it keeps the last configuration it accepted; its log says why: " + logs})
+	}
+	return rs
 }
