@@ -49,13 +49,15 @@ type command struct {
 	// flags registers the command's own flags; run runs it with the
 	// remaining positional arguments.
 	flags func(fs *flag.FlagSet) func(ctx context.Context, c *cli, args []string) error
-	// local: the command needs no cluster.
-	local bool
+	// local: the command needs no cluster. optionalCluster: it uses the
+	// cluster when it can reach it (c.kube is nil when not, connectErr says
+	// why).
+	local, optionalCluster bool
 }
 
 func commands() []command {
 	return []command{
-		{name: "version", summary: "print ambitctl's version", local: true, flags: versionFlags},
+		{name: "version", summary: "print ambitctl's version and the images of the controller, ztunnel and waypoints running in the cluster", optionalCluster: true, flags: versionFlags},
 		{name: "check", summary: "check that Ambit is installed and healthy: CRDs, controller, CA root, ztunnel on every node, waypoints", flags: checkFlags},
 		{name: "waypoint apply", summary: "create (or update) a waypoint Gateway in a namespace", flags: waypointApplyFlags},
 		{name: "waypoint delete", args: "[NAME...]", summary: "delete waypoint Gateways (default: waypoint)", flags: waypointDeleteFlags},
@@ -78,6 +80,9 @@ type cli struct {
 	// defaultNamespace is the kubeconfig context's namespace ("default"
 	// when it has none); namespace (-n) wins over it.
 	defaultNamespace string
+	// connectErr is why a command that can do without the cluster has no
+	// clients.
+	connectErr error
 }
 
 // ns is the namespace a command works in: -n, else the context's.
@@ -100,7 +105,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return ExitOK
 	}
 	if args[0] == "-version" || args[0] == "--version" {
-		args = []string{"version"}
+		args = []string{"version", "-short"}
 	}
 	cmd, rest, ok := findCommand(args)
 	if !ok {
@@ -130,7 +135,11 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return ExitUsage // the flag package printed the error and the usage
 	}
-	if !cmd.local {
+	switch {
+	case cmd.local:
+	case cmd.optionalCluster:
+		c.connectErr = c.connect()
+	default:
 		if err := c.connect(); err != nil {
 			fmt.Fprintf(stderr, "ambitctl %s: %v\n", cmd.name, err)
 			return ExitFailed
@@ -245,14 +254,4 @@ func (c *cli) connect() error {
 	}
 	c.restConfig, c.kube, c.client, c.defaultNamespace = cfg, kube, cl, ns
 	return nil
-}
-
-func versionFlags(*flag.FlagSet) func(context.Context, *cli, []string) error {
-	return func(_ context.Context, c *cli, args []string) error {
-		if len(args) > 0 {
-			return usageErrorf("version takes no arguments")
-		}
-		fmt.Fprintln(c.stdout, version.String("ambitctl"))
-		return nil
-	}
 }

@@ -49,10 +49,15 @@ func TestUsage(t *testing.T) {
 }
 
 func TestVersion(t *testing.T) {
-	for _, args := range [][]string{{"version"}, {"-version"}, {"--version"}} {
-		code, out, _ := run(t, args...)
-		if code != ExitOK || !strings.HasPrefix(out, "ambitctl ") {
+	// No cluster: ambitctl's own version, and why the cluster's are missing.
+	t.Setenv("KUBECONFIG", filepath.Join(t.TempDir(), "none"))
+	for _, args := range [][]string{{"version"}, {"version", "-short"}, {"-version"}, {"--version"}} {
+		code, out, errOut := run(t, args...)
+		if code != ExitOK || !strings.HasPrefix(out, "ambitctl ") || strings.Count(out, "\n") != 1 {
 			t.Errorf("%q: exit %d, output %q", args, code, out)
+		}
+		if short := len(args) > 1 || strings.HasPrefix(args[0], "-"); short == strings.Contains(errOut, "the cluster's versions are unknown") {
+			t.Errorf("%q: stderr %q", args, errOut)
 		}
 	}
 	if code, _, _ := run(t, "version", "extra"); code != ExitUsage {

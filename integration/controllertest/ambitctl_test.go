@@ -290,6 +290,12 @@ func testAmbitctl(t *testing.T, env *kubetest.Env) {
 		[2]string{"ok", "ztunnel DaemonSet ambit-system/ztunnel: ready on 2 of 2 nodes"},
 		[2]string{"warn", "service " + shop + "/api"},
 	)
+	// version: the images the cluster runs, by its pods.
+	code, out, _ = ctl("version")
+	if code != ambitctl.ExitOK || !strings.Contains(out, "controller: none running\n") ||
+		!strings.Contains(out, "ztunnel:   example.invalid/ztunnel (2 pods)\n") || !strings.Contains(out, "waypoints: none running\n") {
+		t.Errorf("version: exit %d, stdout %q", code, out)
+	}
 	// ztunnel-config finds the pods; with two nodes it needs -node.
 	if code, _, errOut := ctl("ztunnel-config"); code != ambitctl.ExitUsage || !strings.Contains(errOut, "ztunnel runs on 2 nodes (node-a, node-b): choose one with -node") {
 		t.Errorf("ztunnel-config with two nodes: exit %d, stderr %q", code, errOut)

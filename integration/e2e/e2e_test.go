@@ -363,6 +363,13 @@ spec:
 				t.Errorf("ambitctl check lacks %q", want)
 			}
 		}
+		// version: the images running, by their pods.
+		out = e.mustAmbitctl("version")
+		for _, re := range []string{`controller: \S+/ambit/controller:\S+ \(2 pods\)`, `ztunnel:   \S+/ambit/ztunnel:\S+ \(1 pod\)`, `waypoints: \S+/ambit/waypoint:\S+ \(1 pod\)`} {
+			if !regexp.MustCompile(re).MatchString(out) {
+				t.Errorf("ambitctl version lacks %s", re)
+			}
+		}
 		// check -pods: every running pod of the namespace captured, by
 		// the node's ztunnel's own account (the waypoint's pod is not in
 		// the mesh, and not counted).
