@@ -87,6 +87,9 @@ func checkFlags(fs *flag.FlagSet) func(context.Context, *cli, []string) error {
 			}
 		}
 		if failed > 0 {
+			if *pods {
+				fmt.Fprintln(c.stdout, "(-pods: the pods were not checked; fix the failures above first)")
+			}
 			return fmt.Errorf("%d of %d checks failed, %d warnings", failed, len(results), warned)
 		}
 		fmt.Fprintf(c.stdout, "Ambit is installed and healthy (%d checks, %d warnings).\n", len(results), warned)
@@ -108,7 +111,7 @@ func runChecks(ctx context.Context, c *cli) []checkResult {
 	var ns corev1.Namespace
 	if err := c.client.Get(ctx, types.NamespacedName{Name: sys}, &ns); err != nil {
 		return append(results, checkResult{status: checkFail, what: fmt.Sprintf("namespace %s: %s", sys, reason(err)),
-			hint: "install Ambit: kubectl apply -k manifests/ (docs/reference/install.md)"})
+			hint: "install Ambit: kubectl apply --server-side -k manifests/ (docs/reference/install.md)"})
 	}
 	results = append(results, checkResult{status: checkOK, what: "namespace " + sys + " exists"})
 	results = append(results, checkController(ctx, c), checkCARoot(ctx, c), checkZtunnel(ctx, c), checkGatewayClass(ctx, c))
@@ -146,7 +149,7 @@ func checkCRDs(ctx context.Context, c *cli, group string, names []string) []chec
 	switch {
 	case len(missing) > 0:
 		return []checkResult{{status: checkFail, what: fmt.Sprintf("%s CRDs missing: %s", group, strings.Join(missing, ", ")),
-			hint: "install them with Ambit: kubectl apply -k manifests/ (Gateway API " + consts.BundleVersion + ", experimental channel)"}}
+			hint: "install them with Ambit: kubectl apply --server-side -k manifests/ (Gateway API " + consts.BundleVersion + ", experimental channel)"}}
 	case len(notEstablished) > 0:
 		return []checkResult{{status: checkFail, what: fmt.Sprintf("%s CRDs not established: %s", group, strings.Join(notEstablished, ", ")),
 			hint: "kubectl describe crd " + notEstablished[0]}}
@@ -185,7 +188,7 @@ func checkController(ctx context.Context, c *cli) checkResult {
 	var d appsv1.Deployment
 	if err := c.client.Get(ctx, types.NamespacedName{Namespace: c.systemNamespace, Name: ControllerDeployment}, &d); err != nil {
 		return checkResult{status: checkFail, what: fmt.Sprintf("controller Deployment %s: %s", name, reason(err)),
-			hint: "install Ambit: kubectl apply -k manifests/"}
+			hint: "install Ambit: kubectl apply --server-side -k manifests/"}
 	}
 	want := int32(1)
 	if d.Spec.Replicas != nil {
@@ -238,7 +241,7 @@ func checkZtunnel(ctx context.Context, c *cli) checkResult {
 	var ds appsv1.DaemonSet
 	if err := c.client.Get(ctx, types.NamespacedName{Namespace: c.systemNamespace, Name: ZtunnelDaemonSet}, &ds); err != nil {
 		return checkResult{status: checkFail, what: fmt.Sprintf("ztunnel DaemonSet %s: %s", name, reason(err)),
-			hint: "install Ambit: kubectl apply -k manifests/"}
+			hint: "install Ambit: kubectl apply --server-side -k manifests/"}
 	}
 	desired, ready := ds.Status.DesiredNumberScheduled, ds.Status.NumberReady
 	if desired == 0 {
