@@ -365,7 +365,7 @@ spec:
 		}
 		// version: the images running, by their pods.
 		out = e.mustAmbitctl("version")
-		for _, re := range []string{`controller: \S+/ambit/controller:\S+ \(2 pods\)`, `ztunnel:   \S+/ambit/ztunnel:\S+ \(1 pod\)`, `waypoints: \S+/ambit/waypoint:\S+ \(1 pod\)`} {
+		for _, re := range []string{`controller: (\S+/)?ambit/controller:\S+ \(2 pods\)`, `ztunnel:   (\S+/)?ambit/ztunnel:\S+ \(1 pod\)`, `waypoints: (\S+/)?ambit/waypoint:\S+ \(1 pod\)`} {
 			if !regexp.MustCompile(re).MatchString(out) {
 				t.Errorf("ambitctl version lacks %s", re)
 			}
