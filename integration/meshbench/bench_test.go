@@ -45,6 +45,9 @@ var (
 	httpPaths = []string{"http-direct", "http-haproxy-l7", "http-l4", "http-waypoint"}
 	// HTTP with a new connection per request, between the same pods.
 	connPaths = []string{"conn-direct", "conn-haproxy", "conn-mesh"}
+	// gRPC (fortio's ping over h2c), between the same pods.
+	grpcPaths = []string{"grpc-direct", "grpc-l4", "grpc-waypoint"}
+	allPaths  = [][]string{tcpPaths, httpPaths, connPaths, grpcPaths}
 )
 
 // BenchmarkPaths measures the TCP paths (direct, HAProxy pair, mesh) and
@@ -99,7 +102,7 @@ func BenchmarkPaths(b *testing.B) {
 	// and the sink.
 	sp.start(b, server.Start, "fortio-tcp-echo", logDir, tl.fortio, "tcp-echo", "-tcp-port", fmt.Sprint(echoPort))
 	sp.start(b, server.Start, "fortio-http-echo", logDir, tl.fortio, "server", "-http-port", fmt.Sprint(httpPort),
-		"-grpc-port", "disabled", "-redirect-port", "disabled", "-tcp-port", "disabled", "-udp-port", "disabled")
+		"-grpc-port", fmt.Sprint(grpcPort), "-redirect-port", "disabled", "-tcp-port", "disabled", "-udp-port", "disabled")
 	serveSink(b, server)
 
 	// The mesh runs from the start, with the namespace not enrolled: its
@@ -122,6 +125,7 @@ func BenchmarkPaths(b *testing.B) {
 	echoDst, sinkDst := addrPort(server.IP, echoPort), addrPort(server.IP, sinkPort)
 	httpDirect := "http://" + addrPort(server.IP, httpPort) + httpPath
 	httpWaypoint := "http://" + addrPort(httpVIP, httpServicePort) + httpPath
+	grpcDirect, grpcWaypoint := addrPort(server.IP, grpcPort), addrPort(grpcVIP, grpcServicePort)
 	capture := func(on bool) {
 		cfg.write(b, "00-namespace.yaml", namespaceYAML(on))
 		z0.waitCaptured(b, "client", on)
@@ -130,6 +134,9 @@ func BenchmarkPaths(b *testing.B) {
 		waitHTTP(b, client, httpDirect)
 		if on {
 			waitHTTP(b, client, httpWaypoint)
+			if selected["grpc-waypoint"] {
+				waitGRPC(b, sp, tl.fortio, client, logDir, grpcWaypoint)
+			}
 		}
 	}
 	capture(false)
@@ -210,6 +217,21 @@ func BenchmarkPaths(b *testing.B) {
 		r.requests = r.lat.requests
 		return r
 	}
+	// measureGRPC runs the fixed-rate gRPC load.
+	measureGRPC := func(round int, name, target string, procs []*process) result {
+		r := result{name: name, proxies: len(procs)}
+		var c0, w0 time.Duration
+		var t0 time.Time
+		r.lat = steady(b, ambit(procs), func() { c0, w0, t0 = cpuTimes(b, procs), cpuTime(b, wp.proc.pid()), time.Now() }, func() latency {
+			return runFortio(b, sp, tl.fortio, client, logDir, fortioRun{name: fmt.Sprintf("%s-%d", name, round),
+				target: target, qps: loadQPS, conns: loadConns, dur: loadDuration, grpc: true})
+		})
+		r.wall = time.Since(t0)
+		r.cpu = cpuTimes(b, procs) - c0
+		r.wpCPU = cpuTime(b, wp.proc.pid()) - w0
+		r.requests = r.lat.requests
+		return r
+	}
 	clientID := fmt.Sprintf(`source_principal="spiffe://%s/ns/%s/sa/client"`, trustDomain, benchNS)
 	wpID := fmt.Sprintf(`source_principal="spiffe://%s/ns/%s/sa/%s"`, trustDomain, benchNS, waypointName)
 	wpServed := func() float64 {
@@ -265,7 +287,30 @@ func BenchmarkPaths(b *testing.B) {
 			}
 			return r
 		}},
+		// grpc-l4: to the server pod's address, through both ztunnels only;
+		// grpc-waypoint: to the Service, every call counted by the waypoint
+		// as gRPC from the client.
+		{"grpc-l4", true, func(round int) result {
+			served0 := wp.requests(b)
+			r := measureGRPC(round, "grpc-l4", grpcDirect, zt)
+			if got := wp.requests(b) - served0; got != 0 {
+				b.Fatalf("round %d: the waypoint served %v requests during grpc-l4, want none", round, got)
+			}
+			return r
+		}},
+		{"grpc-waypoint", true, func(round int) result {
+			grpcServed := func() float64 {
+				return wp.requests(b, clientID, `destination_service_name="grpc"`, `request_protocol="grpc"`)
+			}
+			served0 := grpcServed()
+			r := measureGRPC(round, "grpc-waypoint", grpcWaypoint, []*process{z0.proc, z1.proc, wp.proc})
+			if got := grpcServed() - served0; got < float64(r.lat.requests) {
+				b.Fatalf("round %d: the waypoint counted %v gRPC calls from the client during grpc-waypoint, want at least %d (fortio's): traffic bypassed the waypoint", round, got, r.lat.requests)
+			}
+			return r
+		}},
 		{"http-direct", false, func(round int) result { return measureHTTP(round, "http-direct", httpDirect, nil, true) }},
+		{"grpc-direct", false, func(round int) result { return measureGRPC(round, "grpc-direct", grpcDirect, nil) }},
 		{"http-haproxy-l7", false, func(round int) result {
 			return measureHTTP(round, "http-haproxy-l7", httpHAProxy, []*process{hl7}, false)
 		}},
@@ -339,7 +384,7 @@ func BenchmarkPaths(b *testing.B) {
 		}
 	}
 	b.ReportMetric(0, "ns/op")
-	for _, group := range [][]string{tcpPaths, httpPaths, connPaths} {
+	for _, group := range allPaths {
 		base := d.results[group[0]]
 		for _, name := range group[1:] {
 			r, ok := d.results[name]
@@ -376,7 +421,7 @@ func BenchmarkPaths(b *testing.B) {
 // comma-separated list), or every path. A path's baseline (the first path
 // of its group: direct, http-direct, conn-direct) must be in the list.
 func benchPaths(b *testing.B) map[string]bool {
-	all := slices.Concat(tcpPaths, httpPaths, connPaths)
+	all := slices.Concat(allPaths...)
 	v := os.Getenv("AMBIT_BENCH_PATHS")
 	sel, err := parsePaths(v)
 	if err != nil {
@@ -389,7 +434,7 @@ func benchPaths(b *testing.B) map[string]bool {
 // path.
 func parsePaths(v string) (map[string]bool, error) {
 	sel := map[string]bool{}
-	groups := [][]string{tcpPaths, httpPaths, connPaths}
+	groups := allPaths
 	if strings.TrimSpace(v) == "" {
 		for _, g := range groups {
 			for _, name := range g {
@@ -472,8 +517,8 @@ func report(d reportData) string {
 	fmt.Fprintf(&s, "load: fortio, %d B requests, %d qps, %d connections, -uniform -nocatchup -r 0.00001, %v per path and round; TCP: echo; HTTP: POST echoed by fortio's HTTP server; bulk: %d MiB single stream; max req/s: -qps 0 -c %d for %v\n",
 		payloadSize, loadQPS, loadConns, loadDuration, bulkBytes>>20, maxConns, maxDuration)
 	which := "every path"
-	if len(d.perRound) < len(tcpPaths)+len(httpPaths)+len(connPaths) {
-		which = "the paths " + strings.Join(d.ranOf(slices.Concat(tcpPaths, httpPaths, connPaths)), ", ")
+	if len(d.perRound) < len(slices.Concat(allPaths...)) {
+		which = "the paths " + strings.Join(d.ranOf(slices.Concat(allPaths...)), ", ")
 	}
 	fmt.Fprintf(&s, "%d rounds of %s (every other round in reverse order); each figure is the median round (CPU: total over all rounds)\n", d.rounds, which)
 	fmt.Fprintf(&s, "machine: %d CPUs; load average before %s, after %s; took %v\n\n", runtime.NumCPU(), d.load0, d.load1, d.took.Round(time.Second))
@@ -536,10 +581,20 @@ func report(d reportData) string {
 		}
 		fmt.Fprintln(&s)
 	}
+	gd := rs["grpc-direct"]
+	if d.ran("grpc-direct") {
+		fmt.Fprintf(&s, "gRPC (fortio -grpc -ping: a unary call with a %d B payload, echoed; h2c, %d connections; the waypoint routes it as gRPC):\n\n", payloadSize, loadConns)
+		fmt.Fprintf(&s, "| path | calls | p50 µs | p90 µs | p99 µs | p50 added | p99 added | proxy CPU-s per 1000 calls |\n")
+		fmt.Fprintf(&s, "|---|---|---|---|---|---|---|---|\n")
+		for _, name := range d.ranOf(grpcPaths) {
+			fmt.Fprintf(&s, "%s %s |\n", row(rs[name], gd), cpu(rs[name]))
+		}
+		fmt.Fprintln(&s)
+	}
 	fmt.Fprintf(&s, "rounds (p50 / p99 µs, then bulk MB/s or max req/s):\n")
 	var behindLines []string
 	var steals []float64
-	for _, name := range d.ranOf(slices.Concat(tcpPaths, httpPaths, connPaths)) {
+	for _, name := range d.ranOf(slices.Concat(allPaths...)) {
 		fmt.Fprintf(&s, "- %-15s", name)
 		var behind []string
 		for i, x := range d.perRound[name] {
@@ -601,6 +656,10 @@ func report(d reportData) string {
 	if d.ran("http-waypoint", "http-l4") {
 		fmt.Fprintf(&s, "the waypoint's share (http-waypoint minus http-l4): p50 %s µs, p99 %s µs, %.3f CPU-s per 1000 req\n",
 			us(w.lat.p50-l4.lat.p50), us(w.lat.p99-l4.lat.p99), w.cpuPer1000()-l4.cpuPer1000())
+	}
+	if gw, gl4 := rs["grpc-waypoint"], rs["grpc-l4"]; d.ran("grpc-waypoint", "grpc-l4") {
+		fmt.Fprintf(&s, "the waypoint's share for gRPC (grpc-waypoint minus grpc-l4): p50 %s µs, p99 %s µs; the waypoint process alone: %.3f CPU-s per 1000 calls, %.3f vCPU at %d calls/s\n",
+			us(gw.lat.p50-gl4.lat.p50), us(gw.lat.p99-gl4.lat.p99), gw.wpCPU.Seconds()/(float64(gw.requests)/1000), gw.wpCPU.Seconds()/gw.wall.Seconds(), loadQPS)
 	}
 	fmt.Fprintln(&s)
 	goal := func(ok bool, text string, args ...any) {

@@ -23,6 +23,13 @@
 //     which routes the request and forwards it in HBONE, as its own
 //     identity, to the server's ztunnel.
 //
+// gRPC paths (fortio's gRPC ping, a unary call with a 1 KiB payload over
+// h2c): grpc-direct, grpc-l4 (through both ztunnels) and grpc-waypoint
+// (the Service "grpc", appProtocol grpc, through the waypoint).
+//
+// HTTP with a new connection per request: conn-direct, conn-haproxy (the
+// HAProxy pair) and conn-mesh.
+//
 // Load is fortio v1.68.2 (built by `make tools` into bin/tools/bench-*) at a
 // constant 1000 requests/s, plus a max-requests/s run of the direct, l4 and
 // waypoint HTTP paths. Every figure is reported next to the direct path of

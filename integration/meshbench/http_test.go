@@ -24,6 +24,8 @@ import (
 const (
 	httpPort         = 8080 // fortio server (HTTP echo) in the server pod
 	httpServicePort  = 80   // Service "http": VIP:80 -> server pod:8080
+	grpcPort         = 8077 // fortio server (gRPC ping) in the server pod
+	grpcServicePort  = 7070 // Service "grpc" (appProtocol grpc): VIP:7070 -> server pod:8077
 	httpPrefix       = "/bench"
 	httpPath         = httpPrefix + "/echo"
 	waypointName     = "waypoint" // Gateway, its Service, pod and service account
@@ -38,6 +40,7 @@ const (
 // lab has no kube-proxy; without capture a packet to them goes nowhere).
 var (
 	httpVIP     = netip.MustParseAddr("10.250.255.10") // Service http, use-waypoint=waypoint
+	grpcVIP     = netip.MustParseAddr("10.250.255.11") // Service grpc, use-waypoint=waypoint
 	waypointVIP = netip.MustParseAddr("10.250.255.20") // the waypoint's Service
 )
 
@@ -47,7 +50,9 @@ var (
 // waypoint, its EndpointSlice (the server pod), and an HTTPRoute on that
 // Service: POSTs under httpPrefix go to the Service with a request header
 // set; anything else has no route (404 from the waypoint), so a request
-// that did not go through the route fails the run.
+// that did not go through the route fails the run. The Service "grpc"
+// (appProtocol grpc, the same pod) uses the waypoint too, with its default
+// route.
 func waypointYAML(wp, server podSpec) string {
 	return fmt.Sprintf(`apiVersion: v1
 kind: Pod
@@ -85,41 +90,49 @@ endpoints:
   conditions: {ready: true, serving: true, terminating: false}
   nodeName: %[4]s
   targetRef: {kind: Pod, name: %[2]s, namespace: %[1]s, uid: %[3]s}
----
-apiVersion: v1
-kind: Service
-metadata: {name: http, namespace: %[1]s, labels: {ambit.dev/use-waypoint: %[2]s}}
-spec:
-  clusterIP: %[7]s
-  clusterIPs: [%[7]s]
-  selector: {app: %[8]s}
-  ports: [{name: http, port: %[9]d, targetPort: %[10]d, protocol: TCP, appProtocol: http}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: http-1, namespace: %[1]s, labels: {kubernetes.io/service-name: http}}
-addressType: IPv4
-ports: [{name: http, port: %[10]d, protocol: TCP}]
-endpoints:
-- addresses: [%[11]s]
-  conditions: {ready: true, serving: true, terminating: false}
-  nodeName: %[12]s
-  targetRef: {kind: Pod, name: %[8]s, namespace: %[1]s, uid: %[13]s}
----
+%[11]s%[12]s---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: http, namespace: %[1]s}
 spec:
-  parentRefs: [{group: "", kind: Service, name: http, port: %[9]d}]
+  parentRefs: [{group: "", kind: Service, name: http, port: %[7]d}]
   rules:
-  - matches: [{path: {type: PathPrefix, value: %[14]s}, method: POST}]
+  - matches: [{path: {type: PathPrefix, value: %[8]s}, method: POST}]
     filters:
     - type: RequestHeaderModifier
-      requestHeaderModifier: {set: [{name: %[15]s, value: %[16]s}]}
-    backendRefs: [{name: http, port: %[9]d}]
-`, benchNS, wp.name, wp.uid(), wp.node, wp.ip, waypointVIP,
-		httpVIP, server.name, httpServicePort, httpPort, server.ip, server.node, server.uid(),
-		httpPrefix, routeHeader, routeHeaderValue)
+      requestHeaderModifier: {set: [{name: %[9]s, value: %[10]s}]}
+    backendRefs: [{name: http, port: %[7]d}]
+`, benchNS, wp.name, wp.uid(), wp.node, wp.ip, waypointVIP, httpServicePort,
+		httpPrefix, routeHeader, routeHeaderValue,
+		wpServiceYAML("http", "http", httpVIP, httpServicePort, httpPort, wp.name, server),
+		wpServiceYAML("grpc", "grpc", grpcVIP, grpcServicePort, grpcPort, wp.name, server))
+}
+
+// wpServiceYAML is a Service of the server pod that uses the waypoint
+// (VIP:port -> the pod's targetPort, with appProtocol) and its
+// EndpointSlice.
+func wpServiceYAML(name, appProtocol string, vip netip.Addr, port, targetPort int, waypoint string, server podSpec) string {
+	return fmt.Sprintf(`---
+apiVersion: v1
+kind: Service
+metadata: {name: %[2]s, namespace: %[1]s, labels: {ambit.dev/use-waypoint: %[7]s}}
+spec:
+  clusterIP: %[4]s
+  clusterIPs: [%[4]s]
+  selector: {app: %[8]s}
+  ports: [{name: %[2]s, port: %[5]d, targetPort: %[6]d, protocol: TCP, appProtocol: %[3]s}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: %[2]s-1, namespace: %[1]s, labels: {kubernetes.io/service-name: %[2]s}}
+addressType: IPv4
+ports: [{name: %[2]s, port: %[6]d, protocol: TCP}]
+endpoints:
+- addresses: [%[9]s]
+  conditions: {ready: true, serving: true, terminating: false}
+  nodeName: %[10]s
+  targetRef: {kind: Pod, name: %[8]s, namespace: %[1]s, uid: %[11]s}
+`, benchNS, name, appProtocol, vip, port, targetPort, waypoint, server.name, server.ip, server.node, server.uid())
 }
 
 // waypoint is the waypoint process in its pod and what the benchmark reads
@@ -349,4 +362,27 @@ func postOnce(client *netlab.Pod, url string) error {
 		return fmt.Errorf("%s: status %d, %d bytes back (want the %d sent)", url, resp.StatusCode, len(got), len(msg))
 	}
 	return nil
+}
+
+// waitGRPC waits until a gRPC ping through target answers (`fortio
+// grpcping -n 1`, run in the client pod), for up to settle.
+func waitGRPC(b *testing.B, sp *spawner, fortio string, client *netlab.Pod, logDir, target string) {
+	b.Helper()
+	deadline := time.Now().Add(settle)
+	for i := 0; ; i++ {
+		p := sp.start(b, client.Start, fmt.Sprintf("fortio-grpcping-%s-%d", strings.ReplaceAll(target, ":", "_"), i), logDir, fortio,
+			"grpcping", "-n", "1", "-payload-size", strconv.Itoa(payloadSize), target)
+		select {
+		case <-p.done:
+		case <-time.After(10 * time.Second):
+			b.Fatalf("fortio grpcping %s did not finish", target)
+		}
+		if p.err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("no gRPC ping through %s within %v: %v (log %s)", target, settle, p.err, p.logPath)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

@@ -73,6 +73,9 @@ type fortioRun struct {
 	conns    int
 	dur      time.Duration
 	newConns bool
+	// grpc: fortio's gRPC ping (-grpc -ping, the payload echoed) to a
+	// host:port target, over h2c.
+	grpc bool
 }
 
 // runFortio runs `fortio load` in the client pod and returns its
@@ -88,6 +91,9 @@ func runFortio(b *testing.B, sp *spawner, fortio string, client *netlab.Pod, log
 	}
 	if run.newConns {
 		args = append(args, "-keepalive=false")
+	}
+	if run.grpc {
+		args = append(args, "-grpc", "-ping")
 	}
 	args = append(args,
 		"-r", "0.00001", // 10 µs histogram resolution
@@ -116,8 +122,9 @@ func runFortio(b *testing.B, sp *spawner, fortio string, client *netlab.Pod, log
 	}
 	l := latency{requests: r.DurationHistogram.Count, qps: r.ActualQPS}
 	for code, n := range r.RetCodes {
-		// TCP mode counts "OK"; HTTP mode counts status codes.
-		if code != "OK" && code != "200" {
+		// TCP mode counts "OK"; HTTP mode counts status codes; gRPC ping
+		// counts "SERVING".
+		if code != "OK" && code != "200" && code != "SERVING" {
 			l.errors += n
 		}
 	}

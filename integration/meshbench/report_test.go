@@ -140,7 +140,7 @@ func TestPairedLead(t *testing.T) {
 
 func TestParsePaths(t *testing.T) {
 	all, err := parsePaths("")
-	if err != nil || len(all) != len(tcpPaths)+len(httpPaths)+len(connPaths) {
+	if err != nil || len(all) != len(tcpPaths)+len(httpPaths)+len(connPaths)+len(grpcPaths) || !all["grpc-waypoint"] {
 		t.Fatalf("parsePaths(\"\") = %v, %v; want every path", all, err)
 	}
 	tcp, err := parsePaths("direct, haproxy,mesh")
@@ -152,6 +152,7 @@ func TestParsePaths(t *testing.T) {
 		"haproxy,mesh":      "haproxy needs its baseline direct in the list",
 		"direct,http-l4":    "http-l4 needs its baseline http-direct in the list",
 		"conn-mesh":         "conn-mesh needs its baseline conn-direct in the list",
+		"grpc-waypoint":     "grpc-waypoint needs its baseline grpc-direct in the list",
 		"direct,,mesh":      `unknown path ""`,
 	} {
 		if _, err := parsePaths(v); err == nil || err.Error() != want {
@@ -196,7 +197,7 @@ func TestReportTCPOnly(t *testing.T) {
 			t.Errorf("report lacks %q:\n%s", want, rep)
 		}
 	}
-	for _, absent := range []string{"\nHTTP:\n", "http-l4", "conn-mesh", "the waypoint adds", "waypoint < 0.25"} {
+	for _, absent := range []string{"\nHTTP:\n", "http-l4", "conn-mesh", "gRPC", "grpc-", "the waypoint adds", "waypoint < 0.25"} {
 		if strings.Contains(rep, absent) {
 			t.Errorf("report has %q, whose path did not run:\n%s", absent, rep)
 		}
