@@ -23,13 +23,20 @@ import (
 
 // BenchmarkRequestOverHBONE measures one GET through the waypoint on
 // loopback: client -> HBONE -> waypoint (routing, forwarding) -> HBONE ->
-// backend, over kept-alive tunnels. "engine" has no observability;
+// backend, over kept-alive tunnels, in HTTP/1.1 or (-h2c) HTTP/2 without
+// TLS inside the tunnels, as gRPC. "engine" has no observability;
 // "observed" adds an ALLOW policy, metrics, the access log (to a discarded
 // JSON handler) and spans (created and propagated, not exported), as the
 // binary runs.
 func BenchmarkRequestOverHBONE(b *testing.B) {
-	for _, observed := range []bool{false, true} {
+	for _, v := range []struct {
+		observed, h2c bool
+	}{{false, false}, {true, false}, {false, true}, {true, true}} {
+		observed := v.observed
 		name := map[bool]string{false: "engine", true: "observed"}[observed]
+		if v.h2c {
+			name += "-h2c"
+		}
 		b.Run(name, func(b *testing.B) {
 			var opts []func(*Config)
 			if observed {
@@ -49,7 +56,7 @@ func BenchmarkRequestOverHBONE(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
-			c := e.httpClient("10.96.0.10:80", false)
+			c := e.httpClient("10.96.0.10:80", v.h2c)
 			defer c.CloseIdleConnections()
 			req, _ := http.NewRequest(http.MethodGet, "http://echo.default.svc/metrics", nil)
 			req.Header.Set("X-Canary", "yes")
