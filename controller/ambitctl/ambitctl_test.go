@@ -263,7 +263,7 @@ const sampleWaypointDump = `{
   "identity": "spiffe://cluster.local/ns/demo/sa/waypoint",
   "ready": "ready",
   "xds": {"connected": true, "fromDisk": false, "lastError": "an old one", "resources": {"a": 1}, "acks": 4, "nacks": 0},
-  "config": {"routes": [{"service": "demo/echo:8080", "protocol": "HTTP", "rules": 2}, {"service": "demo/db:5432", "protocol": "TCP", "rules": 0}],
+  "config": {"routes": [{"service": "demo/echo:8080", "protocol": "HTTP", "rules": 2}, {"service": "demo/db:5432", "protocol": "TCP", "rules": 0}, {"service": "demo/misc:9090", "protocol": "UNSPECIFIED", "rules": 0}],
     "services": 3, "workloads": 5, "authorizations": ["demo/get-only"], "generation": 9, "draining": ["demo/old:80"]},
   "certificates": {"identities": [{"id": "spiffe://cluster.local/ns/demo/sa/waypoint", "serial": "2a", "valid": true}], "roots": []},
   "version": "waypoint dev (go1.26.0, linux/amd64)"
@@ -282,6 +282,7 @@ func TestWaypointConfigTables(t *testing.T) {
 		"draining (left the configuration, still served): demo/old:80",
 		"demo/echo:8080  HTTP      2",
 		"demo/db:5432    TCP       0",
+		"demo/misc:9090  sniffed   0",
 		"spiffe://cluster.local/ns/demo/sa/waypoint  2a",
 	} {
 		if !strings.Contains(out, want) {

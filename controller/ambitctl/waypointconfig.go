@@ -125,7 +125,11 @@ func WriteWaypointConfig(w io.Writer, raw []byte, output string) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SERVICE:PORT\tPROTOCOL\tRULES")
 	for _, r := range d.Config.Routes {
-		fmt.Fprintf(tw, "%s\t%s\t%d\n", r.Service, r.Protocol, r.Rules)
+		proto := r.Protocol
+		if proto == "UNSPECIFIED" {
+			proto = "sniffed" // nothing declares it: the waypoint looks at the first bytes
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\n", r.Service, proto, r.Rules)
 	}
 	fmt.Fprintln(tw)
 	certificatesTable(tw, d.Certificates, "")
