@@ -25,6 +25,7 @@ type loadConfig struct {
 	qps           float64
 	duration      time.Duration
 	timeout       time.Duration
+	connMaxAge    time.Duration
 	report        time.Duration
 	metricsListen string
 	headers       http.Header
@@ -58,6 +59,7 @@ func parseLoad(args []string, out io.Writer) (*loadConfig, error) {
 	fs.Float64Var(&c.qps, "qps", 5, "requests per second, over all URLs")
 	fs.DurationVar(&c.duration, "duration", 0, "stop after this long (0: until SIGTERM)")
 	fs.DurationVar(&c.timeout, "timeout", 2*time.Second, "timeout of each request")
+	fs.DurationVar(&c.connMaxAge, "conn-max-age", defaultConnMaxAge, "close idle connections this often, so that a mesh change (it applies to new connections) shows within seconds; 0 keeps them")
 	fs.DurationVar(&c.report, "report", 10*time.Second, "interval of the summary log line")
 	fs.StringVar(&c.metricsListen, "metrics-listen", ":9090", "address of the /metrics endpoint (empty: none)")
 	fs.BoolVar(&c.h2c, "h2c", false, "speak HTTP/2 without TLS (h2c prior knowledge) instead of HTTP/1.1")
@@ -296,6 +298,7 @@ func loadCommand(ctx context.Context, args []string, stderr io.Writer, log *slog
 		return 2
 	}
 	l := newLoader(cfg, log)
+	go recycleIdle(ctx, l.client.Transport.(*http.Transport), cfg.connMaxAge)
 	if cfg.metricsListen != "" {
 		ln, err := net.Listen("tcp", cfg.metricsListen)
 		if err != nil {

@@ -63,6 +63,7 @@ type serveConfig struct {
 	status                     int
 	latency                    time.Duration
 	callTimeout, shutdownGrace time.Duration
+	connMaxAge                 time.Duration
 	propagate                  []string
 }
 
@@ -85,6 +86,7 @@ func parseServe(args []string, out io.Writer) (*serveConfig, error) {
 	fs.IntVar(&c.status, "status", 0, "answer every request with this HTTP status (0: 200, or 502 when a -call fails)")
 	fs.DurationVar(&c.latency, "latency", 0, "delay added before answering")
 	fs.DurationVar(&c.callTimeout, "call-timeout", 2*time.Second, "timeout of each downstream call")
+	fs.DurationVar(&c.connMaxAge, "conn-max-age", defaultConnMaxAge, "close the downstream calls' idle connections this often, so that a mesh change (it applies to new connections) shows within seconds; 0 keeps them")
 	fs.DurationVar(&c.shutdownGrace, "shutdown-grace", 5*time.Second, "on SIGTERM, how long in-flight requests may finish")
 	propagate := fs.String("propagate", defaultPropagate, "comma-separated request headers passed on to -call services")
 	if err := fs.Parse(args); err != nil {
@@ -283,7 +285,9 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer, log *slo
 		fmt.Fprintf(stderr, "ambit-demo serve: %v\n", err)
 		return 1
 	}
-	if err := newDemoServer(cfg, log).serve(ctx, ln); err != nil {
+	s := newDemoServer(cfg, log)
+	go recycleIdle(ctx, s.client.Transport.(*http.Transport), cfg.connMaxAge)
+	if err := s.serve(ctx, ln); err != nil {
 		fmt.Fprintf(stderr, "ambit-demo serve: %v\n", err)
 		return 1
 	}
