@@ -115,8 +115,12 @@ func runChecks(ctx context.Context, c *cli) []checkResult {
 	}
 	results = append(results, checkResult{status: checkOK, what: "namespace " + sys + " exists"})
 	results = append(results, checkController(ctx, c), checkCARoot(ctx, c), checkZtunnel(ctx, c), checkGatewayClass(ctx, c))
-	results = append(results, checkWaypoints(ctx, c)...)
-	results = append(results, checkEnrolment(ctx, c)...)
+	gws, err := waypointGateways(ctx, c, "")
+	if err != nil {
+		return append(results, checkResult{status: checkFail, what: "waypoints: " + err.Error()})
+	}
+	results = append(results, checkWaypoints(gws)...)
+	results = append(results, checkEnrolment(ctx, c, gws)...)
 	return results
 }
 
@@ -374,11 +378,7 @@ func programmed(gw *gwapiv1.Gateway) (bool, string) {
 	return true, ""
 }
 
-func checkWaypoints(ctx context.Context, c *cli) []checkResult {
-	gws, err := waypointGateways(ctx, c, "")
-	if err != nil {
-		return []checkResult{{status: checkFail, what: "waypoints: " + err.Error()}}
-	}
+func checkWaypoints(gws []gwapiv1.Gateway) []checkResult {
 	var results []checkResult
 	ok := 0
 	for _, gw := range gws {
@@ -397,14 +397,10 @@ func checkWaypoints(ctx context.Context, c *cli) []checkResult {
 
 // checkEnrolment reports the namespaces in the mesh and warns about
 // ambit.dev/use-waypoint labels that name no waypoint.
-func checkEnrolment(ctx context.Context, c *cli) []checkResult {
+func checkEnrolment(ctx context.Context, c *cli, gws []gwapiv1.Gateway) []checkResult {
 	var nss corev1.NamespaceList
 	if err := c.client.List(ctx, &nss); err != nil {
 		return []checkResult{{status: checkFail, what: "namespaces: " + err.Error()}}
-	}
-	gws, err := waypointGateways(ctx, c, "")
-	if err != nil {
-		return []checkResult{{status: checkFail, what: "waypoints: " + err.Error()}}
 	}
 	have := map[string]bool{}
 	for _, gw := range gws {

@@ -78,3 +78,15 @@ func (sc *serverConn) writeResponseHeadersLocked(id uint32, status int, endStrea
 		StreamID: id, BlockFragment: sc.hbuf.Bytes(), EndStream: endStream, EndHeaders: true,
 	})
 }
+
+// ForwardedFor formats the RFC 7239 `for=` element naming a tunnel's client
+// (an IPv6 address quoted in brackets), for the Forwarded header of a
+// Request: ztunnel names the application's address, a waypoint the client
+// of a connection it passes through.
+func ForwardedFor(ip netip.Addr) string {
+	ip = ip.Unmap()
+	if ip.Is6() {
+		return `for="[` + ip.String() + `]"`
+	}
+	return "for=" + ip.String()
+}

@@ -116,7 +116,7 @@ func (s *Server) dialEndpoint(ctx context.Context, ep proxy.Endpoint, client net
 	}
 	var h http.Header
 	if client.IsValid() {
-		h = http.Header{"Forwarded": {forwardedElement(client)}}
+		h = http.Header{"Forwarded": {hbone.ForwardedFor(client)}}
 	}
 	return s.dialer.Dial(ctx, hbone.Request{
 		Source:      s.cfg.Identity,
@@ -125,16 +125,6 @@ func (s *Server) dialEndpoint(ctx context.Context, ep proxy.Endpoint, client net
 		Authority:   addr,
 		Header:      h,
 	})
-}
-
-// forwardedElement is the RFC 7239 element for=ip (an IPv6 address quoted
-// in brackets).
-func forwardedElement(ip netip.Addr) string {
-	ip = ip.Unmap()
-	if ip.Is6() {
-		return `for="[` + ip.String() + `]"`
-	}
-	return "for=" + ip.String()
 }
 
 // countingConn counts the bytes read from a connection; it keeps the

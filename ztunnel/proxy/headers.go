@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/ambit-mesh/ambit/pkg/hbone"
 	"github.com/ambit-mesh/ambit/ztunnel/config"
 	"github.com/ambit-mesh/ambit/ztunnel/metrics"
 )
@@ -41,7 +42,7 @@ func tunnelHeader(src *config.Workload, srcIP netip.Addr, svc *config.Service) h
 		}
 	}
 	if srcIP.IsValid() {
-		fwd := forwardedFor(srcIP)
+		fwd := hbone.ForwardedFor(srcIP)
 		if svc != nil {
 			// The service the application asked for, which the
 			// destination's ztunnel reports (inboundService).
@@ -81,15 +82,6 @@ func inboundService(snap *config.Snapshot, dst netip.AddrPort, claimed string) s
 		}
 	}
 	return serviceHost(svcs[0])
-}
-
-// forwardedFor formats an RFC 7239 `for=` element.
-func forwardedFor(ip netip.Addr) string {
-	ip = ip.Unmap()
-	if ip.Is6() {
-		return `for="[` + ip.String() + `]"`
-	}
-	return "for=" + ip.String()
 }
 
 // ForwardedFor returns the address of the first `for=` element of a
