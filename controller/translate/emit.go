@@ -59,6 +59,8 @@ func emitWorkload(w *Workload) *configv1alpha1.Workload {
 		Waypoint: emitWaypointRef(w.Waypoint), MtlsMode: w.MTLS, CanonicalName: w.CanonicalName,
 		CanonicalRevision: w.CanonicalRevision, WorkloadName: w.WorkloadName,
 		AuthorizationPolicies: slices.Clone(w.Authorizations), TrustDomain: w.TrustDomain,
+		Dns: &configv1alpha1.DNSConfig{Policy: w.DNS.Policy, Nameservers: slices.Clone(w.DNS.Nameservers),
+			Searches: slices.Clone(w.DNS.Searches), Ndots: w.DNS.Ndots},
 	}
 }
 

@@ -44,6 +44,18 @@ type Workload struct {
 	WorkloadName      string
 	// Authorizations are the WORKLOAD_SELECTOR policies selecting the pod, sorted.
 	Authorizations []string
+	// DNS is the pod's resolver configuration.
+	DNS DNSConfig
+}
+
+// DNSConfig is a pod's resolver configuration as the kubelet forms it:
+// Nameservers are the pod's own (dnsConfig), the cluster's or node's are
+// the data plane's to add.
+type DNSConfig struct {
+	Policy      configv1alpha1.DNSConfig_Policy
+	Nameservers []string
+	Searches    []string
+	Ndots       uint32
 }
 
 // WaypointRef is a ready waypoint: its Gateway has been accepted and its
@@ -268,6 +280,8 @@ func (w *Workload) Validate() error {
 		return invalid("workload %s identity %q is not a SPIFFE ID", w.Key, w.Identity)
 	case w.MTLS == configv1alpha1.MTLSMode_MTLS_MODE_UNSPECIFIED:
 		return invalid("workload %s has no mTLS mode", w.Key)
+	case w.DNS.Policy == configv1alpha1.DNSConfig_POLICY_UNSPECIFIED:
+		return invalid("workload %s has no DNS policy", w.Key)
 	}
 	return w.Waypoint.Validate()
 }

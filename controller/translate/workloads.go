@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -122,6 +123,7 @@ func (b *builder) workloadsIR() {
 				pod.Labels[LabelDataplaneMode] != DataplaneModeNone && !pod.Spec.HostNetwork,
 			MTLS:         b.mtlsMode(pod),
 			WorkloadName: workloadName(pod),
+			DNS:          dnsConfig(pod, b.opts.ClusterDomain),
 		}
 		for _, c := range pod.Status.Conditions {
 			if c.Type == corev1.PodReady {
@@ -174,4 +176,59 @@ func workloadName(pod *corev1.Pod) string {
 		}
 	}
 	return owner.Name
+}
+
+// Resolver limits the kubelet applies: at most three nameservers in a
+// resolv.conf, and glibc's largest ndots.
+const (
+	maxNameservers = 3
+	maxNdots       = 15
+)
+
+// dnsConfig is the resolver configuration the kubelet gives pod: its
+// dnsPolicy says whose nameservers come first (the cluster's DNS, the
+// node's, or none) and the search list; dnsConfig's nameservers and
+// searches are appended without duplicates, and its ndots option overrides.
+// A pod with host networking and ClusterFirst gets the node's resolver, as
+// the kubelet does.
+func dnsConfig(pod *corev1.Pod, clusterDomain string) DNSConfig {
+	var d DNSConfig
+	switch pod.Spec.DNSPolicy {
+	case corev1.DNSNone:
+		d.Policy, d.Ndots = configv1alpha1.DNSConfig_POLICY_NONE, 1
+	case corev1.DNSDefault:
+		d.Policy, d.Ndots = configv1alpha1.DNSConfig_POLICY_DEFAULT, 1
+	case corev1.DNSClusterFirst, "":
+		if pod.Spec.HostNetwork {
+			d.Policy, d.Ndots = configv1alpha1.DNSConfig_POLICY_DEFAULT, 1
+			break
+		}
+		fallthrough
+	default: // ClusterFirstWithHostNet
+		d.Policy, d.Ndots = configv1alpha1.DNSConfig_POLICY_CLUSTER_FIRST, 5
+		d.Searches = []string{pod.Namespace + ".svc." + clusterDomain, "svc." + clusterDomain, clusterDomain}
+	}
+	c := pod.Spec.DNSConfig
+	if c == nil {
+		return d
+	}
+	for _, ns := range c.Nameservers {
+		if ns != "" && !slices.Contains(d.Nameservers, ns) && len(d.Nameservers) < maxNameservers {
+			d.Nameservers = append(d.Nameservers, ns)
+		}
+	}
+	for _, s := range c.Searches {
+		if s = strings.TrimSuffix(s, "."); s != "" && !slices.Contains(d.Searches, s) {
+			d.Searches = append(d.Searches, s)
+		}
+	}
+	for _, o := range c.Options {
+		if o.Name != "ndots" || o.Value == nil {
+			continue
+		}
+		if n, err := strconv.Atoi(*o.Value); err == nil && n >= 0 {
+			d.Ndots = uint32(min(n, maxNdots))
+		}
+	}
+	return d
 }

@@ -106,6 +106,22 @@ func socksEcho(c net.Conn) error {
 	return nil
 }
 
+// serveDNSIn runs a DNS server on pod p's address and port until the test
+// ends.
+func serveDNSIn(t *testing.T, p *netlab.Pod, port uint16, table map[string]netip.Addr) *dnstest.Server {
+	t.Helper()
+	var ln net.Listener
+	if err := p.Do(func() (err error) {
+		ln, err = net.Listen("tcp", netip.AddrPortFrom(p.IP, port).String())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	s := dnstest.Serve(ln, table)
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
 // TestPodSOCKS5 checks the SOCKS5 listener ztunnel opens on 127.0.0.1:15080
 // inside every captured pod: a client in pod a reaches pod b's service
 // (by VIP and by name) on another node through ztunnel, the server-side
@@ -144,15 +160,7 @@ func TestPodSOCKS5(t *testing.T) {
 	publish()
 	// A nameserver in pod u for names outside the mesh: outside.example
 	// is pod b's address.
-	var dnsLn net.Listener
-	if err := u.Do(func() (err error) {
-		dnsLn, err = net.Listen("tcp", netip.AddrPortFrom(u.IP, 5353).String())
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	dns := dnstest.Serve(dnsLn, map[string]netip.Addr{"outside.example.": b.IP})
-	t.Cleanup(func() { _ = dns.Close() })
+	dns := serveDNSIn(t, u, 5353, map[string]netip.Addr{"outside.example.": b.IP})
 	files0 := ztunnelFiles{dir: t.TempDir()}
 	z0 := startZtunnel(t, "node0", x.addr, files0, ca, func(c *daemon.Config) {
 		c.SOCKS5Nameservers = []netip.AddrPort{dns.Addr}
@@ -234,6 +242,58 @@ func TestPodSOCKS5(t *testing.T) {
 		connections++
 		if !slices.Contains(dns.Asked(), "outside.example. TypeA") {
 			t.Errorf("the nameserver was asked %v", dns.Asked())
+		}
+	})
+
+	t.Run("the pod's own DNS settings", func(t *testing.T) {
+		// Pod a gets dnsPolicy None with a nameserver in pod u (port 53)
+		// and a search list: "inside" is asked as inside.corp.example, of
+		// that nameserver only, not of ztunnel's.
+		podDNS := serveDNSIn(t, u, 53, map[string]netip.Addr{"inside.corp.example.": b.IP})
+		own := workload(a, "node0", true)
+		own.Dns = &configv1alpha1.DNSConfig{Policy: configv1alpha1.DNSConfig_POLICY_NONE,
+			Nameservers: []string{u.IP.String()}, Searches: []string{"corp.example"}, Ndots: 1}
+		workloads["a"] = own
+		publish()
+		defer func() {
+			workloads["a"] = workload(a, "node0", true)
+			publish()
+			eventually(t, "ztunnel's nameserver asked again", func() bool {
+				c, code, err := socksDial(a, fmt.Sprintf("outside.example:%d", echoPort))
+				if err == nil && code == 0 {
+					c.Close()
+				}
+				return err == nil && code == 0
+			})
+		}()
+		dial := func() (net.Conn, bool) {
+			c, code, err := socksDial(a, fmt.Sprintf("inside:%d", echoPort))
+			return c, err == nil && code == 0
+		}
+		eventually(t, "inside resolved by the pod's nameserver", func() bool {
+			c, ok := dial()
+			if ok {
+				c.Close()
+			}
+			return ok
+		})
+		asked := len(dns.Asked())
+		c, ok := dial()
+		if !ok {
+			t.Fatalf("SOCKS5 CONNECT inside failed once resolved (the pod's nameserver was asked %v)", podDNS.Asked())
+		}
+		defer c.Close()
+		if err := socksEcho(c); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Contains(podDNS.Asked(), "inside.corp.example. TypeA") {
+			t.Errorf("the pod's nameserver was asked %v", podDNS.Asked())
+		}
+		if got := dns.Asked()[asked:]; len(got) != 0 {
+			t.Errorf("under dnsPolicy None ztunnel's nameserver was asked %v", got)
+		}
+		if _, code, err := socksDial(a, fmt.Sprintf("outside.example:%d", echoPort)); err != nil || code != 4 {
+			t.Errorf("a name only ztunnel's nameserver knows, under dnsPolicy None: code %d, %v; want 4", code, err)
 		}
 	})
 

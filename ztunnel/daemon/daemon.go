@@ -83,9 +83,11 @@ type Config struct {
 	// SOCKS5Workload is the Workload ("<namespace>/<pod>") whose identity
 	// the node-level listener's clients act as.
 	SOCKS5Workload string
-	// SOCKS5Nameservers resolve SOCKS5 destination names that are not
-	// services of the mesh (DNS over TCP, from inside the pod for a pod's
-	// listener); empty: such names are not resolved.
+	// SOCKS5Nameservers (the cluster's DNS) resolve SOCKS5 destination
+	// names that are not services of the mesh, with the source pod's search
+	// list and before its own nameservers, unless its dnsPolicy is None
+	// (DNS over TCP, from inside the pod for a pod's listener); empty: only
+	// pods' own nameservers (dnsConfig) are asked.
 	SOCKS5Nameservers []netip.AddrPort
 	// DisablePodSOCKS5 turns off the SOCKS5 listener ztunnel otherwise opens
 	// on PodSOCKS5Addr inside every captured pod.

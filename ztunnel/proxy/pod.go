@@ -38,10 +38,11 @@ type Env struct {
 	// way has closed, the OS thread running its copies is ended (see
 	// endThread). Zero means DefaultBulkThreadBytes; negative, never.
 	BulkThreadBytes int64
-	// Nameservers resolve the SOCKS5 destination names that are not
-	// services of the mesh (DNS over TCP, through the SOCKS5 server's
-	// dial: from inside the pod, as the pod). Empty: such names are not
-	// resolved.
+	// Nameservers (the cluster's DNS) resolve the SOCKS5 destination
+	// names that are not services of the mesh, before the source pod's own
+	// nameservers, unless its dnsPolicy is None (DNS over TCP, through the
+	// SOCKS5 server's dial: from inside the pod, as the pod). Empty: only
+	// pods' own nameservers are asked.
 	Nameservers []netip.AddrPort
 }
 

@@ -12,9 +12,9 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
+	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
 	"github.com/ambit-mesh/ambit/ztunnel/config"
 	"github.com/ambit-mesh/ambit/ztunnel/metrics"
 )
@@ -44,16 +44,12 @@ const socksHandshakeTimeout = 10 * time.Second
 // it routes a captured outbound connection, as the source workload the
 // SOCKS5 server was made for. Only CONNECT with no authentication is
 // supported. Destinations are IPv4 or IPv6 addresses, the hostname of a
-// service of the mesh (see resolveName), or any other name, which
-// Env.Nameservers resolve (see lookup).
+// service of the mesh (see resolveName), or any other name, which the
+// source pod's resolver settings resolve (see lookup).
 type SOCKS5 struct {
 	out   *Outbound
 	log   *slog.Logger
 	srcIP netip.Addr
-	// dns resolves names outside the mesh with nameservers; nil without
-	// Env.Nameservers.
-	dns         *net.Resolver
-	nameservers []netip.AddrPort
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -87,59 +83,164 @@ func newSOCKS5(env *Env, source string, srcIP netip.Addr, dial func(ctx context.
 	o := NewOutbound(env, source, dial)
 	s := &SOCKS5{out: o, log: o.log.With("listener", "socks5", "source", source), srcIP: srcIP, conns: newConnSet()}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	if ns := slices.Clone(env.Nameservers); len(ns) > 0 {
-		s.nameservers = ns
-		var next atomic.Uint32
-		s.dns = &net.Resolver{PreferGo: true, StrictErrors: true,
-			// Every query goes to one of ns in turn, over TCP: a stream
-			// connection makes Go's resolver use DNS over TCP framing.
-			Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				a := ns[int(next.Add(1)-1)%len(ns)]
-				return o.dial(ctx, "tcp", a.String())
-			}}
-	}
 	return s
 }
 
-// socksLookupTimeout bounds the resolution of one name outside the mesh.
+// socksLookupTimeout bounds the resolution of one name outside the mesh,
+// search list included.
 const socksLookupTimeout = 5 * time.Second
 
-// lookup resolves a name that is not a service of the mesh with the
-// nameservers: as an absolute name (the search list of ztunnel's own
-// resolv.conf belongs to ztunnel's namespace, not the pod's), to its first
-// IPv4 address, else its first address.
-func (s *SOCKS5) lookup(name string) (netip.Addr, error) {
-	if s.dns == nil {
-		return netip.Addr{}, errors.New("not a service of the mesh, and no nameserver is configured")
+// podNameserverPort is the port of a pod's own nameservers (dnsConfig
+// names addresses only); tests change it.
+var podNameserverPort uint16 = 53
+
+// maxNameservers is how many nameservers a resolv.conf holds: the kubelet
+// keeps the first three.
+const maxNameservers = 3
+
+// resolver is how the source workload resolves names, as its resolv.conf
+// says: the nameservers to ask, the search list, and ndots.
+type resolver struct {
+	servers  []netip.AddrPort
+	searches []string
+	ndots    int
+}
+
+// resolverFor returns the source workload's resolver: the pod's DNS
+// settings from the mesh configuration (Workload.dns) with nameservers
+// (Env.Nameservers, the cluster's DNS) first unless its dnsPolicy is None.
+// A workload the configuration does not know, or one without DNS settings
+// (from a controller that predates them), gets nameservers and no search
+// list.
+func resolverFor(snap *config.Snapshot, source string, nameservers []netip.AddrPort) resolver {
+	var d *configv1alpha1.DNSConfig
+	if w := snap.Workload(source); w != nil {
+		d = w.Proto.GetDns()
 	}
+	r := resolver{ndots: 1}
+	add := func(a netip.AddrPort) {
+		if len(r.servers) < maxNameservers && !slices.Contains(r.servers, a) {
+			r.servers = append(r.servers, a)
+		}
+	}
+	if d.GetPolicy() != configv1alpha1.DNSConfig_POLICY_NONE {
+		for _, a := range nameservers {
+			add(a)
+		}
+	}
+	for _, ns := range d.GetNameservers() {
+		if a, err := netip.ParseAddr(ns); err == nil {
+			add(netip.AddrPortFrom(a.Unmap(), podNameserverPort))
+		}
+	}
+	if d != nil {
+		r.searches, r.ndots = d.GetSearches(), int(d.GetNdots())
+	}
+	return r
+}
+
+// names returns the absolute names to ask for name, in order, as glibc's
+// and Go's resolvers do: a name with a final dot is only itself; a name
+// with at least ndots dots is tried as it is first, then with each search
+// domain; one with fewer dots with each search domain first, then as it
+// is.
+func (r resolver) names(name string) []string {
+	if strings.HasSuffix(name, ".") {
+		return []string{name}
+	}
+	var out []string
+	asIs := strings.Count(name, ".") >= r.ndots
+	if asIs {
+		out = append(out, name+".")
+	}
+	for _, s := range r.searches {
+		if s = strings.Trim(s, "."); s != "" {
+			out = append(out, name+"."+s+".")
+		}
+	}
+	if !asIs {
+		out = append(out, name+".")
+	}
+	return out
+}
+
+// lookup resolves a name that is not a service of the mesh as the source
+// pod would (see resolverFor; ztunnel cannot read the pod's resolv.conf,
+// so the settings come from its spec): each candidate of the search list
+// (see names) is asked as an absolute name, over TCP, through the SOCKS5
+// server's dial (from inside the pod, for a pod's server). As with glibc,
+// the nameservers are asked in order and the next one only when one fails
+// (no answer, refused, server failure); "no such name" from one is the
+// answer for that candidate, and the next candidate is tried. The result
+// is the first IPv4 address, else the first address.
+func (s *SOCKS5) lookup(name string) (netip.Addr, error) {
 	if strings.Trim(name, ".") == "" {
 		return netip.Addr{}, errors.New("empty name")
 	}
+	r := resolverFor(s.out.env.Config(), s.out.source, s.out.env.Nameservers)
+	if len(r.servers) == 0 {
+		return netip.Addr{}, errors.New("not a service of the mesh, and no nameserver is configured")
+	}
 	ctx, cancel := context.WithTimeout(s.ctx, socksLookupTimeout)
 	defer cancel()
-	as, err := s.dns.LookupNetIP(ctx, "ip", strings.TrimSuffix(name, ".")+".")
-	if err != nil {
-		// Go's error names the server of ztunnel's own resolv.conf, not
-		// the one asked.
-		var de *net.DNSError
-		if errors.As(err, &de) {
-			return netip.Addr{}, fmt.Errorf("lookup %s with %v: %s", de.Name, s.nameservers, de.Err)
+	names := r.names(name)
+	for _, n := range names {
+		as, err := s.ask(ctx, r.servers, n)
+		if err != nil {
+			return netip.Addr{}, err
 		}
-		return netip.Addr{}, err
-	}
-	for _, a := range as {
-		if a.Unmap().Is4() {
-			return a.Unmap(), nil
+		for _, a := range as {
+			if a.Unmap().Is4() {
+				return a.Unmap(), nil
+			}
+		}
+		if len(as) > 0 {
+			return as[0], nil
 		}
 	}
-	if len(as) == 0 {
-		return netip.Addr{}, errors.New("no address")
-	}
-	return as[0], nil
+	return netip.Addr{}, fmt.Errorf("no such host: asked %s of %v", strings.Join(names, ", "), r.servers)
 }
 
-// Serve accepts SOCKS5 clients on ln until ctx ends or ln fails; it then
-// closes ln and every connection being served (Close).
+// socksServerTimeout bounds the questions to one nameserver, so that one
+// that does not answer leaves time for the next.
+const socksServerTimeout = 2 * time.Second
+
+// ask resolves the absolute name n with the first of servers that answers:
+// its addresses, none when the name does not exist, or an error when no
+// server answered.
+func (s *SOCKS5) ask(ctx context.Context, servers []netip.AddrPort, n string) ([]netip.Addr, error) {
+	var errs []string
+	for _, server := range servers {
+		dns := &net.Resolver{PreferGo: true, StrictErrors: true,
+			// A stream connection makes Go's resolver use DNS over TCP
+			// framing; every query goes to server, whatever ztunnel's own
+			// resolv.conf names.
+			Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return s.out.dial(ctx, "tcp", server.String())
+			}}
+		qctx, cancel := context.WithTimeout(ctx, socksServerTimeout)
+		as, err := dns.LookupNetIP(qctx, "ip", n)
+		cancel()
+		var de *net.DNSError
+		switch {
+		case err == nil:
+			return as, nil
+		case errors.As(err, &de) && de.IsNotFound:
+			return nil, nil
+		case de != nil:
+			// Go's error names the server of ztunnel's own resolv.conf,
+			// not the one asked.
+			errs = append(errs, fmt.Sprintf("lookup %s with %v: %s", n, server, de.Err))
+		default:
+			errs = append(errs, fmt.Sprintf("lookup %s with %v: %v", n, server, err))
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, errors.New(strings.Join(errs, "; "))
+}
+
 func (s *SOCKS5) Serve(ctx context.Context, ln net.Listener) error {
 	stop := context.AfterFunc(ctx, func() { _ = ln.Close() })
 	defer stop()

@@ -83,6 +83,65 @@ func (MTLSMode) EnumDescriptor() ([]byte, []int) {
 	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{0}
 }
 
+// Policy is the pod's dnsPolicy, which says where its nameservers come
+// from.
+type DNSConfig_Policy int32
+
+const (
+	DNSConfig_POLICY_UNSPECIFIED DNSConfig_Policy = 0
+	// CLUSTER_FIRST: the cluster's DNS (ClusterFirst, and
+	// ClusterFirstWithHostNet for a pod without host networking), then
+	// nameservers.
+	DNSConfig_POLICY_CLUSTER_FIRST DNSConfig_Policy = 1
+	// DEFAULT: the node's resolver (Default), then nameservers.
+	DNSConfig_POLICY_DEFAULT DNSConfig_Policy = 2
+	// NONE: only nameservers (None).
+	DNSConfig_POLICY_NONE DNSConfig_Policy = 3
+)
+
+// Enum value maps for DNSConfig_Policy.
+var (
+	DNSConfig_Policy_name = map[int32]string{
+		0: "POLICY_UNSPECIFIED",
+		1: "POLICY_CLUSTER_FIRST",
+		2: "POLICY_DEFAULT",
+		3: "POLICY_NONE",
+	}
+	DNSConfig_Policy_value = map[string]int32{
+		"POLICY_UNSPECIFIED":   0,
+		"POLICY_CLUSTER_FIRST": 1,
+		"POLICY_DEFAULT":       2,
+		"POLICY_NONE":          3,
+	}
+)
+
+func (x DNSConfig_Policy) Enum() *DNSConfig_Policy {
+	p := new(DNSConfig_Policy)
+	*p = x
+	return p
+}
+
+func (x DNSConfig_Policy) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DNSConfig_Policy) Descriptor() protoreflect.EnumDescriptor {
+	return file_config_v1alpha1_config_proto_enumTypes[1].Descriptor()
+}
+
+func (DNSConfig_Policy) Type() protoreflect.EnumType {
+	return &file_config_v1alpha1_config_proto_enumTypes[1]
+}
+
+func (x DNSConfig_Policy) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DNSConfig_Policy.Descriptor instead.
+func (DNSConfig_Policy) EnumDescriptor() ([]byte, []int) {
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{1, 0}
+}
+
 type Authorization_Scope int32
 
 const (
@@ -130,11 +189,11 @@ func (x Authorization_Scope) String() string {
 }
 
 func (Authorization_Scope) Descriptor() protoreflect.EnumDescriptor {
-	return file_config_v1alpha1_config_proto_enumTypes[1].Descriptor()
+	return file_config_v1alpha1_config_proto_enumTypes[2].Descriptor()
 }
 
 func (Authorization_Scope) Type() protoreflect.EnumType {
-	return &file_config_v1alpha1_config_proto_enumTypes[1]
+	return &file_config_v1alpha1_config_proto_enumTypes[2]
 }
 
 func (x Authorization_Scope) Number() protoreflect.EnumNumber {
@@ -143,7 +202,7 @@ func (x Authorization_Scope) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Authorization_Scope.Descriptor instead.
 func (Authorization_Scope) EnumDescriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{5, 0}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{6, 0}
 }
 
 type Authorization_Action int32
@@ -179,11 +238,11 @@ func (x Authorization_Action) String() string {
 }
 
 func (Authorization_Action) Descriptor() protoreflect.EnumDescriptor {
-	return file_config_v1alpha1_config_proto_enumTypes[2].Descriptor()
+	return file_config_v1alpha1_config_proto_enumTypes[3].Descriptor()
 }
 
 func (Authorization_Action) Type() protoreflect.EnumType {
-	return &file_config_v1alpha1_config_proto_enumTypes[2]
+	return &file_config_v1alpha1_config_proto_enumTypes[3]
 }
 
 func (x Authorization_Action) Number() protoreflect.EnumNumber {
@@ -192,7 +251,7 @@ func (x Authorization_Action) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Authorization_Action.Descriptor instead.
 func (Authorization_Action) EnumDescriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{5, 1}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{6, 1}
 }
 
 type ServiceRoutes_Protocol int32
@@ -232,11 +291,11 @@ func (x ServiceRoutes_Protocol) String() string {
 }
 
 func (ServiceRoutes_Protocol) Descriptor() protoreflect.EnumDescriptor {
-	return file_config_v1alpha1_config_proto_enumTypes[3].Descriptor()
+	return file_config_v1alpha1_config_proto_enumTypes[4].Descriptor()
 }
 
 func (ServiceRoutes_Protocol) Type() protoreflect.EnumType {
-	return &file_config_v1alpha1_config_proto_enumTypes[3]
+	return &file_config_v1alpha1_config_proto_enumTypes[4]
 }
 
 func (x ServiceRoutes_Protocol) Number() protoreflect.EnumNumber {
@@ -245,7 +304,7 @@ func (x ServiceRoutes_Protocol) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ServiceRoutes_Protocol.Descriptor instead.
 func (ServiceRoutes_Protocol) EnumDescriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{8, 0}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{9, 0}
 }
 
 type StringMatch_Type int32
@@ -284,11 +343,11 @@ func (x StringMatch_Type) String() string {
 }
 
 func (StringMatch_Type) Descriptor() protoreflect.EnumDescriptor {
-	return file_config_v1alpha1_config_proto_enumTypes[4].Descriptor()
+	return file_config_v1alpha1_config_proto_enumTypes[5].Descriptor()
 }
 
 func (StringMatch_Type) Type() protoreflect.EnumType {
-	return &file_config_v1alpha1_config_proto_enumTypes[4]
+	return &file_config_v1alpha1_config_proto_enumTypes[5]
 }
 
 func (x StringMatch_Type) Number() protoreflect.EnumNumber {
@@ -297,7 +356,7 @@ func (x StringMatch_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use StringMatch_Type.Descriptor instead.
 func (StringMatch_Type) EnumDescriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{12, 0}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{13, 0}
 }
 
 // Workload is one pod (or other addressable workload) the mesh knows.
@@ -345,7 +404,11 @@ type Workload struct {
 	// that select this workload at L4, in no particular order.
 	AuthorizationPolicies []string `protobuf:"bytes,15,rep,name=authorization_policies,json=authorizationPolicies,proto3" json:"authorization_policies,omitempty"`
 	// trust_domain of the identity.
-	TrustDomain   string `protobuf:"bytes,16,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	TrustDomain string `protobuf:"bytes,16,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	// dns is the pod's resolver configuration, as the kubelet writes it into
+	// the pod's resolv.conf (from dnsPolicy and dnsConfig); ztunnel's SOCKS5
+	// listener resolves names outside the mesh with it.
+	Dns           *DNSConfig `protobuf:"bytes,17,opt,name=dns,proto3" json:"dns,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -492,6 +555,89 @@ func (x *Workload) GetTrustDomain() string {
 	return ""
 }
 
+func (x *Workload) GetDns() *DNSConfig {
+	if x != nil {
+		return x.Dns
+	}
+	return nil
+}
+
+// DNSConfig is a pod's resolver configuration.
+type DNSConfig struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Policy DNSConfig_Policy       `protobuf:"varint,1,opt,name=policy,proto3,enum=ambit.config.v1alpha1.DNSConfig_Policy" json:"policy,omitempty"`
+	// nameservers are the pod's dnsConfig.nameservers (IP addresses), in
+	// order; the cluster's or node's come from the data plane's own settings.
+	Nameservers []string `protobuf:"bytes,2,rep,name=nameservers,proto3" json:"nameservers,omitempty"`
+	// searches is the search list in order: for CLUSTER_FIRST
+	// "<namespace>.svc.<cluster domain>", "svc.<cluster domain>",
+	// "<cluster domain>", then dnsConfig.searches; otherwise dnsConfig.searches.
+	Searches []string `protobuf:"bytes,3,rep,name=searches,proto3" json:"searches,omitempty"`
+	// ndots: a name with fewer dots is tried with the search list first
+	// (5 for CLUSTER_FIRST, 1 otherwise, unless dnsConfig.options sets it).
+	Ndots         uint32 `protobuf:"varint,4,opt,name=ndots,proto3" json:"ndots,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DNSConfig) Reset() {
+	*x = DNSConfig{}
+	mi := &file_config_v1alpha1_config_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DNSConfig) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DNSConfig) ProtoMessage() {}
+
+func (x *DNSConfig) ProtoReflect() protoreflect.Message {
+	mi := &file_config_v1alpha1_config_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DNSConfig.ProtoReflect.Descriptor instead.
+func (*DNSConfig) Descriptor() ([]byte, []int) {
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *DNSConfig) GetPolicy() DNSConfig_Policy {
+	if x != nil {
+		return x.Policy
+	}
+	return DNSConfig_POLICY_UNSPECIFIED
+}
+
+func (x *DNSConfig) GetNameservers() []string {
+	if x != nil {
+		return x.Nameservers
+	}
+	return nil
+}
+
+func (x *DNSConfig) GetSearches() []string {
+	if x != nil {
+		return x.Searches
+	}
+	return nil
+}
+
+func (x *DNSConfig) GetNdots() uint32 {
+	if x != nil {
+		return x.Ndots
+	}
+	return 0
+}
+
 // WaypointRef says how to reach a waypoint.
 type WaypointRef struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -508,7 +654,7 @@ type WaypointRef struct {
 
 func (x *WaypointRef) Reset() {
 	*x = WaypointRef{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[1]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -520,7 +666,7 @@ func (x *WaypointRef) String() string {
 func (*WaypointRef) ProtoMessage() {}
 
 func (x *WaypointRef) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[1]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -533,7 +679,7 @@ func (x *WaypointRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaypointRef.ProtoReflect.Descriptor instead.
 func (*WaypointRef) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{1}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *WaypointRef) GetGateway() string {
@@ -579,7 +725,7 @@ type Service struct {
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[2]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -591,7 +737,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[2]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -604,7 +750,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{2}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Service) GetName() string {
@@ -673,7 +819,7 @@ type ServicePort struct {
 
 func (x *ServicePort) Reset() {
 	*x = ServicePort{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[3]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -685,7 +831,7 @@ func (x *ServicePort) String() string {
 func (*ServicePort) ProtoMessage() {}
 
 func (x *ServicePort) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[3]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -698,7 +844,7 @@ func (x *ServicePort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServicePort.ProtoReflect.Descriptor instead.
 func (*ServicePort) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{3}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ServicePort) GetName() string {
@@ -744,7 +890,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[4]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -756,7 +902,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[4]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -769,7 +915,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{4}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Endpoint) GetWorkload() string {
@@ -820,7 +966,7 @@ type Authorization struct {
 
 func (x *Authorization) Reset() {
 	*x = Authorization{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[5]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -832,7 +978,7 @@ func (x *Authorization) String() string {
 func (*Authorization) ProtoMessage() {}
 
 func (x *Authorization) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[5]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -845,7 +991,7 @@ func (x *Authorization) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Authorization.ProtoReflect.Descriptor instead.
 func (*Authorization) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{5}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Authorization) GetName() string {
@@ -902,7 +1048,7 @@ type AuthorizationRule struct {
 
 func (x *AuthorizationRule) Reset() {
 	*x = AuthorizationRule{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[6]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -914,7 +1060,7 @@ func (x *AuthorizationRule) String() string {
 func (*AuthorizationRule) ProtoMessage() {}
 
 func (x *AuthorizationRule) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[6]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -927,7 +1073,7 @@ func (x *AuthorizationRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthorizationRule.ProtoReflect.Descriptor instead.
 func (*AuthorizationRule) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{6}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *AuthorizationRule) GetFrom() []*AuthorizationRule_Source {
@@ -960,7 +1106,7 @@ type WaypointConfig struct {
 
 func (x *WaypointConfig) Reset() {
 	*x = WaypointConfig{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[7]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -972,7 +1118,7 @@ func (x *WaypointConfig) String() string {
 func (*WaypointConfig) ProtoMessage() {}
 
 func (x *WaypointConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[7]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -985,7 +1131,7 @@ func (x *WaypointConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaypointConfig.ProtoReflect.Descriptor instead.
 func (*WaypointConfig) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{7}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *WaypointConfig) GetName() string {
@@ -1031,7 +1177,7 @@ type ServiceRoutes struct {
 
 func (x *ServiceRoutes) Reset() {
 	*x = ServiceRoutes{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[8]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1043,7 +1189,7 @@ func (x *ServiceRoutes) String() string {
 func (*ServiceRoutes) ProtoMessage() {}
 
 func (x *ServiceRoutes) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[8]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1056,7 +1202,7 @@ func (x *ServiceRoutes) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceRoutes.ProtoReflect.Descriptor instead.
 func (*ServiceRoutes) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{8}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ServiceRoutes) GetService() string {
@@ -1108,7 +1254,7 @@ type ConsumerRoutes struct {
 
 func (x *ConsumerRoutes) Reset() {
 	*x = ConsumerRoutes{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[9]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1120,7 +1266,7 @@ func (x *ConsumerRoutes) String() string {
 func (*ConsumerRoutes) ProtoMessage() {}
 
 func (x *ConsumerRoutes) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[9]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1133,7 +1279,7 @@ func (x *ConsumerRoutes) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumerRoutes.ProtoReflect.Descriptor instead.
 func (*ConsumerRoutes) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{9}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ConsumerRoutes) GetNamespace() string {
@@ -1172,7 +1318,7 @@ type RouteRule struct {
 
 func (x *RouteRule) Reset() {
 	*x = RouteRule{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[10]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1184,7 +1330,7 @@ func (x *RouteRule) String() string {
 func (*RouteRule) ProtoMessage() {}
 
 func (x *RouteRule) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[10]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1197,7 +1343,7 @@ func (x *RouteRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteRule.ProtoReflect.Descriptor instead.
 func (*RouteRule) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{10}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RouteRule) GetRoute() string {
@@ -1271,7 +1417,7 @@ type RouteMatch struct {
 
 func (x *RouteMatch) Reset() {
 	*x = RouteMatch{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[11]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1283,7 +1429,7 @@ func (x *RouteMatch) String() string {
 func (*RouteMatch) ProtoMessage() {}
 
 func (x *RouteMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[11]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1296,7 +1442,7 @@ func (x *RouteMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteMatch.ProtoReflect.Descriptor instead.
 func (*RouteMatch) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{11}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RouteMatch) GetPath() *StringMatch {
@@ -1338,7 +1484,7 @@ type StringMatch struct {
 
 func (x *StringMatch) Reset() {
 	*x = StringMatch{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[12]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1350,7 +1496,7 @@ func (x *StringMatch) String() string {
 func (*StringMatch) ProtoMessage() {}
 
 func (x *StringMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[12]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1363,7 +1509,7 @@ func (x *StringMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StringMatch.ProtoReflect.Descriptor instead.
 func (*StringMatch) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{12}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StringMatch) GetType() StringMatch_Type {
@@ -1391,7 +1537,7 @@ type HeaderMatch struct {
 
 func (x *HeaderMatch) Reset() {
 	*x = HeaderMatch{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[13]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1403,7 +1549,7 @@ func (x *HeaderMatch) String() string {
 func (*HeaderMatch) ProtoMessage() {}
 
 func (x *HeaderMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[13]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1416,7 +1562,7 @@ func (x *HeaderMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderMatch.ProtoReflect.Descriptor instead.
 func (*HeaderMatch) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{13}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *HeaderMatch) GetName() string {
@@ -1451,7 +1597,7 @@ type Filter struct {
 
 func (x *Filter) Reset() {
 	*x = Filter{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[14]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1463,7 +1609,7 @@ func (x *Filter) String() string {
 func (*Filter) ProtoMessage() {}
 
 func (x *Filter) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[14]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1476,7 +1622,7 @@ func (x *Filter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Filter.ProtoReflect.Descriptor instead.
 func (*Filter) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{14}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Filter) GetKind() isFilter_Kind {
@@ -1591,7 +1737,7 @@ type HeaderModifier struct {
 
 func (x *HeaderModifier) Reset() {
 	*x = HeaderModifier{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[15]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1603,7 +1749,7 @@ func (x *HeaderModifier) String() string {
 func (*HeaderModifier) ProtoMessage() {}
 
 func (x *HeaderModifier) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[15]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1616,7 +1762,7 @@ func (x *HeaderModifier) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderModifier.ProtoReflect.Descriptor instead.
 func (*HeaderModifier) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{15}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *HeaderModifier) GetSet() map[string]string {
@@ -1654,7 +1800,7 @@ type Redirect struct {
 
 func (x *Redirect) Reset() {
 	*x = Redirect{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[16]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1666,7 +1812,7 @@ func (x *Redirect) String() string {
 func (*Redirect) ProtoMessage() {}
 
 func (x *Redirect) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[16]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1679,7 +1825,7 @@ func (x *Redirect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Redirect.ProtoReflect.Descriptor instead.
 func (*Redirect) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{16}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Redirect) GetScheme() string {
@@ -1727,7 +1873,7 @@ type Rewrite struct {
 
 func (x *Rewrite) Reset() {
 	*x = Rewrite{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[17]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1739,7 +1885,7 @@ func (x *Rewrite) String() string {
 func (*Rewrite) ProtoMessage() {}
 
 func (x *Rewrite) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[17]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1752,7 +1898,7 @@ func (x *Rewrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rewrite.ProtoReflect.Descriptor instead.
 func (*Rewrite) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{17}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Rewrite) GetHostname() string {
@@ -1782,7 +1928,7 @@ type PathModifier struct {
 
 func (x *PathModifier) Reset() {
 	*x = PathModifier{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[18]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1794,7 +1940,7 @@ func (x *PathModifier) String() string {
 func (*PathModifier) ProtoMessage() {}
 
 func (x *PathModifier) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[18]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1807,7 +1953,7 @@ func (x *PathModifier) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PathModifier.ProtoReflect.Descriptor instead.
 func (*PathModifier) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{18}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PathModifier) GetKind() isPathModifier_Kind {
@@ -1862,7 +2008,7 @@ type Mirror struct {
 
 func (x *Mirror) Reset() {
 	*x = Mirror{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[19]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1874,7 +2020,7 @@ func (x *Mirror) String() string {
 func (*Mirror) ProtoMessage() {}
 
 func (x *Mirror) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[19]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1887,7 +2033,7 @@ func (x *Mirror) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mirror.ProtoReflect.Descriptor instead.
 func (*Mirror) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{19}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Mirror) GetBackend() *WeightedBackend {
@@ -1917,7 +2063,7 @@ type Fault struct {
 
 func (x *Fault) Reset() {
 	*x = Fault{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[20]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1929,7 +2075,7 @@ func (x *Fault) String() string {
 func (*Fault) ProtoMessage() {}
 
 func (x *Fault) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[20]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1942,7 +2088,7 @@ func (x *Fault) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fault.ProtoReflect.Descriptor instead.
 func (*Fault) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{20}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Fault) GetDelay() *durationpb.Duration {
@@ -2000,7 +2146,7 @@ type WeightedBackend struct {
 
 func (x *WeightedBackend) Reset() {
 	*x = WeightedBackend{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[21]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2012,7 +2158,7 @@ func (x *WeightedBackend) String() string {
 func (*WeightedBackend) ProtoMessage() {}
 
 func (x *WeightedBackend) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[21]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2025,7 +2171,7 @@ func (x *WeightedBackend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WeightedBackend.ProtoReflect.Descriptor instead.
 func (*WeightedBackend) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{21}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *WeightedBackend) GetService() string {
@@ -2082,7 +2228,7 @@ type Retry struct {
 
 func (x *Retry) Reset() {
 	*x = Retry{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[22]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2094,7 +2240,7 @@ func (x *Retry) String() string {
 func (*Retry) ProtoMessage() {}
 
 func (x *Retry) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[22]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2107,7 +2253,7 @@ func (x *Retry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Retry.ProtoReflect.Descriptor instead.
 func (*Retry) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{22}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Retry) GetCodes() []uint32 {
@@ -2143,7 +2289,7 @@ type OutlierDetection struct {
 
 func (x *OutlierDetection) Reset() {
 	*x = OutlierDetection{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[23]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2155,7 +2301,7 @@ func (x *OutlierDetection) String() string {
 func (*OutlierDetection) ProtoMessage() {}
 
 func (x *OutlierDetection) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[23]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2168,7 +2314,7 @@ func (x *OutlierDetection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutlierDetection.ProtoReflect.Descriptor instead.
 func (*OutlierDetection) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{23}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *OutlierDetection) GetConsecutive_5XxErrors() uint32 {
@@ -2210,7 +2356,7 @@ type Limits struct {
 
 func (x *Limits) Reset() {
 	*x = Limits{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[24]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2222,7 +2368,7 @@ func (x *Limits) String() string {
 func (*Limits) ProtoMessage() {}
 
 func (x *Limits) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[24]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2235,7 +2381,7 @@ func (x *Limits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Limits.ProtoReflect.Descriptor instead.
 func (*Limits) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{24}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Limits) GetMaxConnections() uint32 {
@@ -2271,7 +2417,7 @@ type AuthorizationRule_Source struct {
 
 func (x *AuthorizationRule_Source) Reset() {
 	*x = AuthorizationRule_Source{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[26]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2283,7 +2429,7 @@ func (x *AuthorizationRule_Source) String() string {
 func (*AuthorizationRule_Source) ProtoMessage() {}
 
 func (x *AuthorizationRule_Source) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[26]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2296,7 +2442,7 @@ func (x *AuthorizationRule_Source) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthorizationRule_Source.ProtoReflect.Descriptor instead.
 func (*AuthorizationRule_Source) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{6, 0}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{7, 0}
 }
 
 func (x *AuthorizationRule_Source) GetPrincipals() []string {
@@ -2341,7 +2487,7 @@ type AuthorizationRule_Operation struct {
 
 func (x *AuthorizationRule_Operation) Reset() {
 	*x = AuthorizationRule_Operation{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[27]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2353,7 +2499,7 @@ func (x *AuthorizationRule_Operation) String() string {
 func (*AuthorizationRule_Operation) ProtoMessage() {}
 
 func (x *AuthorizationRule_Operation) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[27]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2366,7 +2512,7 @@ func (x *AuthorizationRule_Operation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthorizationRule_Operation.ProtoReflect.Descriptor instead.
 func (*AuthorizationRule_Operation) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{6, 1}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{7, 1}
 }
 
 func (x *AuthorizationRule_Operation) GetPorts() []uint32 {
@@ -2421,7 +2567,7 @@ type AuthorizationRule_HeaderMatch struct {
 
 func (x *AuthorizationRule_HeaderMatch) Reset() {
 	*x = AuthorizationRule_HeaderMatch{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[28]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2433,7 +2579,7 @@ func (x *AuthorizationRule_HeaderMatch) String() string {
 func (*AuthorizationRule_HeaderMatch) ProtoMessage() {}
 
 func (x *AuthorizationRule_HeaderMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[28]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2446,7 +2592,7 @@ func (x *AuthorizationRule_HeaderMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthorizationRule_HeaderMatch.ProtoReflect.Descriptor instead.
 func (*AuthorizationRule_HeaderMatch) Descriptor() ([]byte, []int) {
-	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{6, 2}
+	return file_config_v1alpha1_config_proto_rawDescGZIP(), []int{7, 2}
 }
 
 func (x *AuthorizationRule_HeaderMatch) GetName() string {
@@ -2467,7 +2613,7 @@ var File_config_v1alpha1_config_proto protoreflect.FileDescriptor
 
 const file_config_v1alpha1_config_proto_rawDesc = "" +
 	"\n" +
-	"\x1cconfig/v1alpha1/config.proto\x12\x15ambit.config.v1alpha1\x1a\x1egoogle/protobuf/duration.proto\"\xca\x04\n" +
+	"\x1cconfig/v1alpha1/config.proto\x12\x15ambit.config.v1alpha1\x1a\x1egoogle/protobuf/duration.proto\"\xfe\x04\n" +
 	"\bWorkload\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
 	"\x03uid\x18\x02 \x01(\tR\x03uid\x12\x1c\n" +
@@ -2485,7 +2631,18 @@ const file_config_v1alpha1_config_proto_rawDesc = "" +
 	"\x12canonical_revision\x18\r \x01(\tR\x11canonicalRevision\x12#\n" +
 	"\rworkload_name\x18\x0e \x01(\tR\fworkloadName\x125\n" +
 	"\x16authorization_policies\x18\x0f \x03(\tR\x15authorizationPolicies\x12!\n" +
-	"\ftrust_domain\x18\x10 \x01(\tR\vtrustDomain\"]\n" +
+	"\ftrust_domain\x18\x10 \x01(\tR\vtrustDomain\x122\n" +
+	"\x03dns\x18\x11 \x01(\v2 .ambit.config.v1alpha1.DNSConfigR\x03dns\"\x81\x02\n" +
+	"\tDNSConfig\x12?\n" +
+	"\x06policy\x18\x01 \x01(\x0e2'.ambit.config.v1alpha1.DNSConfig.PolicyR\x06policy\x12 \n" +
+	"\vnameservers\x18\x02 \x03(\tR\vnameservers\x12\x1a\n" +
+	"\bsearches\x18\x03 \x03(\tR\bsearches\x12\x14\n" +
+	"\x05ndots\x18\x04 \x01(\rR\x05ndots\"_\n" +
+	"\x06Policy\x12\x16\n" +
+	"\x12POLICY_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14POLICY_CLUSTER_FIRST\x10\x01\x12\x12\n" +
+	"\x0ePOLICY_DEFAULT\x10\x02\x12\x0f\n" +
+	"\vPOLICY_NONE\x10\x03\"]\n" +
 	"\vWaypointRef\x12\x18\n" +
 	"\agateway\x18\x01 \x01(\tR\agateway\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1a\n" +
@@ -2677,99 +2834,103 @@ func file_config_v1alpha1_config_proto_rawDescGZIP() []byte {
 	return file_config_v1alpha1_config_proto_rawDescData
 }
 
-var file_config_v1alpha1_config_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_config_v1alpha1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_config_v1alpha1_config_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_config_v1alpha1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_config_v1alpha1_config_proto_goTypes = []any{
 	(MTLSMode)(0),                         // 0: ambit.config.v1alpha1.MTLSMode
-	(Authorization_Scope)(0),              // 1: ambit.config.v1alpha1.Authorization.Scope
-	(Authorization_Action)(0),             // 2: ambit.config.v1alpha1.Authorization.Action
-	(ServiceRoutes_Protocol)(0),           // 3: ambit.config.v1alpha1.ServiceRoutes.Protocol
-	(StringMatch_Type)(0),                 // 4: ambit.config.v1alpha1.StringMatch.Type
-	(*Workload)(nil),                      // 5: ambit.config.v1alpha1.Workload
-	(*WaypointRef)(nil),                   // 6: ambit.config.v1alpha1.WaypointRef
-	(*Service)(nil),                       // 7: ambit.config.v1alpha1.Service
-	(*ServicePort)(nil),                   // 8: ambit.config.v1alpha1.ServicePort
-	(*Endpoint)(nil),                      // 9: ambit.config.v1alpha1.Endpoint
-	(*Authorization)(nil),                 // 10: ambit.config.v1alpha1.Authorization
-	(*AuthorizationRule)(nil),             // 11: ambit.config.v1alpha1.AuthorizationRule
-	(*WaypointConfig)(nil),                // 12: ambit.config.v1alpha1.WaypointConfig
-	(*ServiceRoutes)(nil),                 // 13: ambit.config.v1alpha1.ServiceRoutes
-	(*ConsumerRoutes)(nil),                // 14: ambit.config.v1alpha1.ConsumerRoutes
-	(*RouteRule)(nil),                     // 15: ambit.config.v1alpha1.RouteRule
-	(*RouteMatch)(nil),                    // 16: ambit.config.v1alpha1.RouteMatch
-	(*StringMatch)(nil),                   // 17: ambit.config.v1alpha1.StringMatch
-	(*HeaderMatch)(nil),                   // 18: ambit.config.v1alpha1.HeaderMatch
-	(*Filter)(nil),                        // 19: ambit.config.v1alpha1.Filter
-	(*HeaderModifier)(nil),                // 20: ambit.config.v1alpha1.HeaderModifier
-	(*Redirect)(nil),                      // 21: ambit.config.v1alpha1.Redirect
-	(*Rewrite)(nil),                       // 22: ambit.config.v1alpha1.Rewrite
-	(*PathModifier)(nil),                  // 23: ambit.config.v1alpha1.PathModifier
-	(*Mirror)(nil),                        // 24: ambit.config.v1alpha1.Mirror
-	(*Fault)(nil),                         // 25: ambit.config.v1alpha1.Fault
-	(*WeightedBackend)(nil),               // 26: ambit.config.v1alpha1.WeightedBackend
-	(*Retry)(nil),                         // 27: ambit.config.v1alpha1.Retry
-	(*OutlierDetection)(nil),              // 28: ambit.config.v1alpha1.OutlierDetection
-	(*Limits)(nil),                        // 29: ambit.config.v1alpha1.Limits
-	nil,                                   // 30: ambit.config.v1alpha1.Endpoint.TargetPortsEntry
-	(*AuthorizationRule_Source)(nil),      // 31: ambit.config.v1alpha1.AuthorizationRule.Source
-	(*AuthorizationRule_Operation)(nil),   // 32: ambit.config.v1alpha1.AuthorizationRule.Operation
-	(*AuthorizationRule_HeaderMatch)(nil), // 33: ambit.config.v1alpha1.AuthorizationRule.HeaderMatch
-	nil,                                   // 34: ambit.config.v1alpha1.HeaderModifier.SetEntry
-	nil,                                   // 35: ambit.config.v1alpha1.HeaderModifier.AddEntry
-	(*durationpb.Duration)(nil),           // 36: google.protobuf.Duration
+	(DNSConfig_Policy)(0),                 // 1: ambit.config.v1alpha1.DNSConfig.Policy
+	(Authorization_Scope)(0),              // 2: ambit.config.v1alpha1.Authorization.Scope
+	(Authorization_Action)(0),             // 3: ambit.config.v1alpha1.Authorization.Action
+	(ServiceRoutes_Protocol)(0),           // 4: ambit.config.v1alpha1.ServiceRoutes.Protocol
+	(StringMatch_Type)(0),                 // 5: ambit.config.v1alpha1.StringMatch.Type
+	(*Workload)(nil),                      // 6: ambit.config.v1alpha1.Workload
+	(*DNSConfig)(nil),                     // 7: ambit.config.v1alpha1.DNSConfig
+	(*WaypointRef)(nil),                   // 8: ambit.config.v1alpha1.WaypointRef
+	(*Service)(nil),                       // 9: ambit.config.v1alpha1.Service
+	(*ServicePort)(nil),                   // 10: ambit.config.v1alpha1.ServicePort
+	(*Endpoint)(nil),                      // 11: ambit.config.v1alpha1.Endpoint
+	(*Authorization)(nil),                 // 12: ambit.config.v1alpha1.Authorization
+	(*AuthorizationRule)(nil),             // 13: ambit.config.v1alpha1.AuthorizationRule
+	(*WaypointConfig)(nil),                // 14: ambit.config.v1alpha1.WaypointConfig
+	(*ServiceRoutes)(nil),                 // 15: ambit.config.v1alpha1.ServiceRoutes
+	(*ConsumerRoutes)(nil),                // 16: ambit.config.v1alpha1.ConsumerRoutes
+	(*RouteRule)(nil),                     // 17: ambit.config.v1alpha1.RouteRule
+	(*RouteMatch)(nil),                    // 18: ambit.config.v1alpha1.RouteMatch
+	(*StringMatch)(nil),                   // 19: ambit.config.v1alpha1.StringMatch
+	(*HeaderMatch)(nil),                   // 20: ambit.config.v1alpha1.HeaderMatch
+	(*Filter)(nil),                        // 21: ambit.config.v1alpha1.Filter
+	(*HeaderModifier)(nil),                // 22: ambit.config.v1alpha1.HeaderModifier
+	(*Redirect)(nil),                      // 23: ambit.config.v1alpha1.Redirect
+	(*Rewrite)(nil),                       // 24: ambit.config.v1alpha1.Rewrite
+	(*PathModifier)(nil),                  // 25: ambit.config.v1alpha1.PathModifier
+	(*Mirror)(nil),                        // 26: ambit.config.v1alpha1.Mirror
+	(*Fault)(nil),                         // 27: ambit.config.v1alpha1.Fault
+	(*WeightedBackend)(nil),               // 28: ambit.config.v1alpha1.WeightedBackend
+	(*Retry)(nil),                         // 29: ambit.config.v1alpha1.Retry
+	(*OutlierDetection)(nil),              // 30: ambit.config.v1alpha1.OutlierDetection
+	(*Limits)(nil),                        // 31: ambit.config.v1alpha1.Limits
+	nil,                                   // 32: ambit.config.v1alpha1.Endpoint.TargetPortsEntry
+	(*AuthorizationRule_Source)(nil),      // 33: ambit.config.v1alpha1.AuthorizationRule.Source
+	(*AuthorizationRule_Operation)(nil),   // 34: ambit.config.v1alpha1.AuthorizationRule.Operation
+	(*AuthorizationRule_HeaderMatch)(nil), // 35: ambit.config.v1alpha1.AuthorizationRule.HeaderMatch
+	nil,                                   // 36: ambit.config.v1alpha1.HeaderModifier.SetEntry
+	nil,                                   // 37: ambit.config.v1alpha1.HeaderModifier.AddEntry
+	(*durationpb.Duration)(nil),           // 38: google.protobuf.Duration
 }
 var file_config_v1alpha1_config_proto_depIdxs = []int32{
-	6,  // 0: ambit.config.v1alpha1.Workload.waypoint:type_name -> ambit.config.v1alpha1.WaypointRef
+	8,  // 0: ambit.config.v1alpha1.Workload.waypoint:type_name -> ambit.config.v1alpha1.WaypointRef
 	0,  // 1: ambit.config.v1alpha1.Workload.mtls_mode:type_name -> ambit.config.v1alpha1.MTLSMode
-	8,  // 2: ambit.config.v1alpha1.Service.ports:type_name -> ambit.config.v1alpha1.ServicePort
-	9,  // 3: ambit.config.v1alpha1.Service.endpoints:type_name -> ambit.config.v1alpha1.Endpoint
-	6,  // 4: ambit.config.v1alpha1.Service.waypoint:type_name -> ambit.config.v1alpha1.WaypointRef
-	30, // 5: ambit.config.v1alpha1.Endpoint.target_ports:type_name -> ambit.config.v1alpha1.Endpoint.TargetPortsEntry
-	1,  // 6: ambit.config.v1alpha1.Authorization.scope:type_name -> ambit.config.v1alpha1.Authorization.Scope
-	2,  // 7: ambit.config.v1alpha1.Authorization.action:type_name -> ambit.config.v1alpha1.Authorization.Action
-	11, // 8: ambit.config.v1alpha1.Authorization.rules:type_name -> ambit.config.v1alpha1.AuthorizationRule
-	31, // 9: ambit.config.v1alpha1.AuthorizationRule.from:type_name -> ambit.config.v1alpha1.AuthorizationRule.Source
-	32, // 10: ambit.config.v1alpha1.AuthorizationRule.to:type_name -> ambit.config.v1alpha1.AuthorizationRule.Operation
-	13, // 11: ambit.config.v1alpha1.WaypointConfig.services:type_name -> ambit.config.v1alpha1.ServiceRoutes
-	3,  // 12: ambit.config.v1alpha1.ServiceRoutes.protocol:type_name -> ambit.config.v1alpha1.ServiceRoutes.Protocol
-	15, // 13: ambit.config.v1alpha1.ServiceRoutes.rules:type_name -> ambit.config.v1alpha1.RouteRule
-	14, // 14: ambit.config.v1alpha1.ServiceRoutes.consumers:type_name -> ambit.config.v1alpha1.ConsumerRoutes
-	15, // 15: ambit.config.v1alpha1.ConsumerRoutes.rules:type_name -> ambit.config.v1alpha1.RouteRule
-	16, // 16: ambit.config.v1alpha1.RouteRule.match:type_name -> ambit.config.v1alpha1.RouteMatch
-	19, // 17: ambit.config.v1alpha1.RouteRule.filters:type_name -> ambit.config.v1alpha1.Filter
-	26, // 18: ambit.config.v1alpha1.RouteRule.backends:type_name -> ambit.config.v1alpha1.WeightedBackend
-	36, // 19: ambit.config.v1alpha1.RouteRule.request_timeout:type_name -> google.protobuf.Duration
-	36, // 20: ambit.config.v1alpha1.RouteRule.backend_request_timeout:type_name -> google.protobuf.Duration
-	27, // 21: ambit.config.v1alpha1.RouteRule.retry:type_name -> ambit.config.v1alpha1.Retry
-	17, // 22: ambit.config.v1alpha1.RouteMatch.path:type_name -> ambit.config.v1alpha1.StringMatch
-	18, // 23: ambit.config.v1alpha1.RouteMatch.headers:type_name -> ambit.config.v1alpha1.HeaderMatch
-	18, // 24: ambit.config.v1alpha1.RouteMatch.query_params:type_name -> ambit.config.v1alpha1.HeaderMatch
-	4,  // 25: ambit.config.v1alpha1.StringMatch.type:type_name -> ambit.config.v1alpha1.StringMatch.Type
-	17, // 26: ambit.config.v1alpha1.HeaderMatch.value:type_name -> ambit.config.v1alpha1.StringMatch
-	20, // 27: ambit.config.v1alpha1.Filter.request_header_modifier:type_name -> ambit.config.v1alpha1.HeaderModifier
-	20, // 28: ambit.config.v1alpha1.Filter.response_header_modifier:type_name -> ambit.config.v1alpha1.HeaderModifier
-	21, // 29: ambit.config.v1alpha1.Filter.request_redirect:type_name -> ambit.config.v1alpha1.Redirect
-	22, // 30: ambit.config.v1alpha1.Filter.url_rewrite:type_name -> ambit.config.v1alpha1.Rewrite
-	24, // 31: ambit.config.v1alpha1.Filter.request_mirror:type_name -> ambit.config.v1alpha1.Mirror
-	25, // 32: ambit.config.v1alpha1.Filter.fault:type_name -> ambit.config.v1alpha1.Fault
-	34, // 33: ambit.config.v1alpha1.HeaderModifier.set:type_name -> ambit.config.v1alpha1.HeaderModifier.SetEntry
-	35, // 34: ambit.config.v1alpha1.HeaderModifier.add:type_name -> ambit.config.v1alpha1.HeaderModifier.AddEntry
-	23, // 35: ambit.config.v1alpha1.Redirect.path:type_name -> ambit.config.v1alpha1.PathModifier
-	23, // 36: ambit.config.v1alpha1.Rewrite.path:type_name -> ambit.config.v1alpha1.PathModifier
-	26, // 37: ambit.config.v1alpha1.Mirror.backend:type_name -> ambit.config.v1alpha1.WeightedBackend
-	36, // 38: ambit.config.v1alpha1.Fault.delay:type_name -> google.protobuf.Duration
-	19, // 39: ambit.config.v1alpha1.WeightedBackend.filters:type_name -> ambit.config.v1alpha1.Filter
-	28, // 40: ambit.config.v1alpha1.WeightedBackend.outlier_detection:type_name -> ambit.config.v1alpha1.OutlierDetection
-	29, // 41: ambit.config.v1alpha1.WeightedBackend.limits:type_name -> ambit.config.v1alpha1.Limits
-	36, // 42: ambit.config.v1alpha1.Retry.backoff:type_name -> google.protobuf.Duration
-	36, // 43: ambit.config.v1alpha1.OutlierDetection.interval:type_name -> google.protobuf.Duration
-	36, // 44: ambit.config.v1alpha1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	33, // 45: ambit.config.v1alpha1.AuthorizationRule.Operation.headers:type_name -> ambit.config.v1alpha1.AuthorizationRule.HeaderMatch
-	46, // [46:46] is the sub-list for method output_type
-	46, // [46:46] is the sub-list for method input_type
-	46, // [46:46] is the sub-list for extension type_name
-	46, // [46:46] is the sub-list for extension extendee
-	0,  // [0:46] is the sub-list for field type_name
+	7,  // 2: ambit.config.v1alpha1.Workload.dns:type_name -> ambit.config.v1alpha1.DNSConfig
+	1,  // 3: ambit.config.v1alpha1.DNSConfig.policy:type_name -> ambit.config.v1alpha1.DNSConfig.Policy
+	10, // 4: ambit.config.v1alpha1.Service.ports:type_name -> ambit.config.v1alpha1.ServicePort
+	11, // 5: ambit.config.v1alpha1.Service.endpoints:type_name -> ambit.config.v1alpha1.Endpoint
+	8,  // 6: ambit.config.v1alpha1.Service.waypoint:type_name -> ambit.config.v1alpha1.WaypointRef
+	32, // 7: ambit.config.v1alpha1.Endpoint.target_ports:type_name -> ambit.config.v1alpha1.Endpoint.TargetPortsEntry
+	2,  // 8: ambit.config.v1alpha1.Authorization.scope:type_name -> ambit.config.v1alpha1.Authorization.Scope
+	3,  // 9: ambit.config.v1alpha1.Authorization.action:type_name -> ambit.config.v1alpha1.Authorization.Action
+	13, // 10: ambit.config.v1alpha1.Authorization.rules:type_name -> ambit.config.v1alpha1.AuthorizationRule
+	33, // 11: ambit.config.v1alpha1.AuthorizationRule.from:type_name -> ambit.config.v1alpha1.AuthorizationRule.Source
+	34, // 12: ambit.config.v1alpha1.AuthorizationRule.to:type_name -> ambit.config.v1alpha1.AuthorizationRule.Operation
+	15, // 13: ambit.config.v1alpha1.WaypointConfig.services:type_name -> ambit.config.v1alpha1.ServiceRoutes
+	4,  // 14: ambit.config.v1alpha1.ServiceRoutes.protocol:type_name -> ambit.config.v1alpha1.ServiceRoutes.Protocol
+	17, // 15: ambit.config.v1alpha1.ServiceRoutes.rules:type_name -> ambit.config.v1alpha1.RouteRule
+	16, // 16: ambit.config.v1alpha1.ServiceRoutes.consumers:type_name -> ambit.config.v1alpha1.ConsumerRoutes
+	17, // 17: ambit.config.v1alpha1.ConsumerRoutes.rules:type_name -> ambit.config.v1alpha1.RouteRule
+	18, // 18: ambit.config.v1alpha1.RouteRule.match:type_name -> ambit.config.v1alpha1.RouteMatch
+	21, // 19: ambit.config.v1alpha1.RouteRule.filters:type_name -> ambit.config.v1alpha1.Filter
+	28, // 20: ambit.config.v1alpha1.RouteRule.backends:type_name -> ambit.config.v1alpha1.WeightedBackend
+	38, // 21: ambit.config.v1alpha1.RouteRule.request_timeout:type_name -> google.protobuf.Duration
+	38, // 22: ambit.config.v1alpha1.RouteRule.backend_request_timeout:type_name -> google.protobuf.Duration
+	29, // 23: ambit.config.v1alpha1.RouteRule.retry:type_name -> ambit.config.v1alpha1.Retry
+	19, // 24: ambit.config.v1alpha1.RouteMatch.path:type_name -> ambit.config.v1alpha1.StringMatch
+	20, // 25: ambit.config.v1alpha1.RouteMatch.headers:type_name -> ambit.config.v1alpha1.HeaderMatch
+	20, // 26: ambit.config.v1alpha1.RouteMatch.query_params:type_name -> ambit.config.v1alpha1.HeaderMatch
+	5,  // 27: ambit.config.v1alpha1.StringMatch.type:type_name -> ambit.config.v1alpha1.StringMatch.Type
+	19, // 28: ambit.config.v1alpha1.HeaderMatch.value:type_name -> ambit.config.v1alpha1.StringMatch
+	22, // 29: ambit.config.v1alpha1.Filter.request_header_modifier:type_name -> ambit.config.v1alpha1.HeaderModifier
+	22, // 30: ambit.config.v1alpha1.Filter.response_header_modifier:type_name -> ambit.config.v1alpha1.HeaderModifier
+	23, // 31: ambit.config.v1alpha1.Filter.request_redirect:type_name -> ambit.config.v1alpha1.Redirect
+	24, // 32: ambit.config.v1alpha1.Filter.url_rewrite:type_name -> ambit.config.v1alpha1.Rewrite
+	26, // 33: ambit.config.v1alpha1.Filter.request_mirror:type_name -> ambit.config.v1alpha1.Mirror
+	27, // 34: ambit.config.v1alpha1.Filter.fault:type_name -> ambit.config.v1alpha1.Fault
+	36, // 35: ambit.config.v1alpha1.HeaderModifier.set:type_name -> ambit.config.v1alpha1.HeaderModifier.SetEntry
+	37, // 36: ambit.config.v1alpha1.HeaderModifier.add:type_name -> ambit.config.v1alpha1.HeaderModifier.AddEntry
+	25, // 37: ambit.config.v1alpha1.Redirect.path:type_name -> ambit.config.v1alpha1.PathModifier
+	25, // 38: ambit.config.v1alpha1.Rewrite.path:type_name -> ambit.config.v1alpha1.PathModifier
+	28, // 39: ambit.config.v1alpha1.Mirror.backend:type_name -> ambit.config.v1alpha1.WeightedBackend
+	38, // 40: ambit.config.v1alpha1.Fault.delay:type_name -> google.protobuf.Duration
+	21, // 41: ambit.config.v1alpha1.WeightedBackend.filters:type_name -> ambit.config.v1alpha1.Filter
+	30, // 42: ambit.config.v1alpha1.WeightedBackend.outlier_detection:type_name -> ambit.config.v1alpha1.OutlierDetection
+	31, // 43: ambit.config.v1alpha1.WeightedBackend.limits:type_name -> ambit.config.v1alpha1.Limits
+	38, // 44: ambit.config.v1alpha1.Retry.backoff:type_name -> google.protobuf.Duration
+	38, // 45: ambit.config.v1alpha1.OutlierDetection.interval:type_name -> google.protobuf.Duration
+	38, // 46: ambit.config.v1alpha1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	35, // 47: ambit.config.v1alpha1.AuthorizationRule.Operation.headers:type_name -> ambit.config.v1alpha1.AuthorizationRule.HeaderMatch
+	48, // [48:48] is the sub-list for method output_type
+	48, // [48:48] is the sub-list for method input_type
+	48, // [48:48] is the sub-list for extension type_name
+	48, // [48:48] is the sub-list for extension extendee
+	0,  // [0:48] is the sub-list for field type_name
 }
 
 func init() { file_config_v1alpha1_config_proto_init() }
@@ -2777,7 +2938,7 @@ func file_config_v1alpha1_config_proto_init() {
 	if File_config_v1alpha1_config_proto != nil {
 		return
 	}
-	file_config_v1alpha1_config_proto_msgTypes[14].OneofWrappers = []any{
+	file_config_v1alpha1_config_proto_msgTypes[15].OneofWrappers = []any{
 		(*Filter_RequestHeaderModifier)(nil),
 		(*Filter_ResponseHeaderModifier)(nil),
 		(*Filter_RequestRedirect)(nil),
@@ -2785,7 +2946,7 @@ func file_config_v1alpha1_config_proto_init() {
 		(*Filter_RequestMirror)(nil),
 		(*Filter_Fault)(nil),
 	}
-	file_config_v1alpha1_config_proto_msgTypes[18].OneofWrappers = []any{
+	file_config_v1alpha1_config_proto_msgTypes[19].OneofWrappers = []any{
 		(*PathModifier_ReplaceFullPath)(nil),
 		(*PathModifier_ReplacePrefixMatch)(nil),
 	}
@@ -2794,8 +2955,8 @@ func file_config_v1alpha1_config_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_config_v1alpha1_config_proto_rawDesc), len(file_config_v1alpha1_config_proto_rawDesc)),
-			NumEnums:      5,
-			NumMessages:   31,
+			NumEnums:      6,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

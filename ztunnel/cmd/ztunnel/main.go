@@ -50,7 +50,7 @@ func run(args []string) error {
 	ready := fs.String("ready-address", daemon.DefaultReadyAddr, "readiness listener; empty disables")
 	socksAddr := fs.String("socks5-address", daemon.DefaultSOCKS5Addr, "explicit-mode SOCKS5 listener, used with -socks5-workload")
 	socksWorkload := fs.String("socks5-workload", "", "workload (<namespace>/<pod>) whose identity SOCKS5 clients use; empty disables SOCKS5")
-	socksNS := fs.String("socks5-nameservers", "auto", "DNS servers (comma-separated IP or IP:port; DNS over TCP) that resolve SOCKS5 destination names which are not services of the mesh, asked from inside the pod; auto: the nameservers of "+daemon.DefaultResolvConf+" (in the DaemonSet the cluster DNS); none: such names are not resolved")
+	socksNS := fs.String("socks5-nameservers", "auto", "the cluster's DNS servers (comma-separated IP or IP:port; DNS over TCP) that resolve SOCKS5 destination names which are not services of the mesh, asked from inside the pod with the pod's search list, before the pod's own dnsConfig nameservers, unless its dnsPolicy is None; auto: the nameservers of "+daemon.DefaultResolvConf+" (in the DaemonSet the cluster DNS); none: only pods' own nameservers are asked")
 	socksPerPod := fs.Bool("socks5-per-pod", true, "open a SOCKS5 listener on "+daemon.PodSOCKS5Addr+" (and "+daemon.PodSOCKS5Addr6+") inside every captured pod")
 	validity := fs.Duration("cert-validity", identity.DefaultCertLifetime, "workload certificate lifetime asked of the CA")
 	originalSource := fs.Bool("original-source", true, "connect to a pod's application from the client's address (the tunnel's source, or the plaintext connection's), as it would see it without the mesh; false: from the pod's own address")
