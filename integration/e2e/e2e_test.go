@@ -340,9 +340,10 @@ spec:
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := fmt.Sprintf("By=spiffe://%s/ns/%s/sa/waypoint;URI=spiffe://%s/ns/%s/sa/client", trustDomain, appNS, trustDomain, appNS)
-		if got := a.Headers["x-forwarded-client-cert"]; got != want {
-			t.Errorf("echo saw X-Forwarded-Client-Cert %q, want %q", got, want)
+		want := regexp.MustCompile(fmt.Sprintf(`^By=spiffe://%s/ns/%s/sa/waypoint;Hash=[0-9a-f]{64};Subject="";URI=spiffe://%s/ns/%s/sa/client$`,
+			regexp.QuoteMeta(trustDomain), appNS, regexp.QuoteMeta(trustDomain), appNS))
+		if got := a.Headers["x-forwarded-client-cert"]; !want.MatchString(got) {
+			t.Errorf("echo saw X-Forwarded-Client-Cert %q, want %s", got, want)
 		}
 	})
 

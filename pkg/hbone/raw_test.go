@@ -80,7 +80,7 @@ func rawFrameRequest(t testing.TB, fields [][2]string, endStream bool) rawResult
 func rawFrameExchange(srv *Server, fields [][2]string, endStream bool) (rawResult, error) {
 	cli, srvConn := net.Pipe()
 	served := make(chan error, 1)
-	go func() { served <- srv.serveHTTP2(context.Background(), srvConn, clientID) }()
+	go func() { served <- srv.serveHTTP2(context.Background(), srvConn, clientID, nil) }()
 	defer func() {
 		cli.Close()
 		<-served

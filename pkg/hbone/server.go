@@ -3,6 +3,7 @@ package hbone
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -181,18 +182,20 @@ func (s *Server) serve(ctx context.Context, c net.Conn) error {
 		c.Close()
 		return ErrServerClosed
 	}
-	tc, peer, err := s.handshake(ctx, c)
+	tc, peer, cert, err := s.handshake(ctx, c)
 	if err != nil {
 		c.Close()
 		s.logger().Debug("hbone: handshake failed", "remote", c.RemoteAddr().String(), "error", err.Error())
 		return err
 	}
-	return s.serveHTTP2(ctx, tc, peer)
+	return s.serveHTTP2(ctx, tc, peer, cert)
 }
 
-// serveHTTP2 serves HTTP/2 on a connection whose peer is authenticated.
-func (s *Server) serveHTTP2(ctx context.Context, c net.Conn, peer identity.SPIFFEID) error {
+// serveHTTP2 serves HTTP/2 on a connection whose peer is authenticated:
+// peer is its identity, cert the certificate that proved it.
+func (s *Server) serveHTTP2(ctx context.Context, c net.Conn, peer identity.SPIFFEID, cert *x509.Certificate) error {
 	sc := newServerConn(ctx, s, c, peer)
+	sc.peerCert = cert
 	if !s.trackConn(sc, true) {
 		c.Close()
 		return ErrServerClosed
@@ -201,7 +204,7 @@ func (s *Server) serveHTTP2(ctx context.Context, c net.Conn, peer identity.SPIFF
 	return sc.serve()
 }
 
-func (s *Server) handshake(ctx context.Context, c net.Conn) (net.Conn, identity.SPIFFEID, error) {
+func (s *Server) handshake(ctx context.Context, c net.Conn) (net.Conn, identity.SPIFFEID, *x509.Certificate, error) {
 	type handshaker interface {
 		net.Conn
 		HandshakeContext(context.Context) error
@@ -213,25 +216,25 @@ func (s *Server) handshake(ctx context.Context, c net.Conn) (net.Conn, identity.
 	} else if s.TLSConfig != nil {
 		tc = tlsServer(c, s.TLSConfig)
 	} else {
-		return nil, identity.SPIFFEID{}, errors.New("hbone: no TLSConfig and the connection is not TLS")
+		return nil, identity.SPIFFEID{}, nil, errors.New("hbone: no TLSConfig and the connection is not TLS")
 	}
 	hctx, cancel := context.WithTimeout(ctx, s.handshakeTimeout())
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {
-		return nil, identity.SPIFFEID{}, err
+		return nil, identity.SPIFFEID{}, nil, err
 	}
 	cs := tc.ConnectionState()
 	if cs.NegotiatedProtocol != identity.ALPNHBONE {
-		return nil, identity.SPIFFEID{}, fmt.Errorf("hbone: ALPN %q, want %q", cs.NegotiatedProtocol, identity.ALPNHBONE)
+		return nil, identity.SPIFFEID{}, nil, fmt.Errorf("hbone: ALPN %q, want %q", cs.NegotiatedProtocol, identity.ALPNHBONE)
 	}
 	if cs.Version != tls.VersionTLS13 {
-		return nil, identity.SPIFFEID{}, fmt.Errorf("hbone: TLS version %#x, want TLS 1.3", cs.Version)
+		return nil, identity.SPIFFEID{}, nil, fmt.Errorf("hbone: TLS version %#x, want TLS 1.3", cs.Version)
 	}
 	peer, err := identity.PeerID(cs)
 	if err != nil {
-		return nil, identity.SPIFFEID{}, err
+		return nil, identity.SPIFFEID{}, nil, err
 	}
-	return tc, peer, nil
+	return tc, peer, cs.PeerCertificates[0], nil
 }
 
 // addConnWG counts a connection goroutine unless the server is shutting

@@ -2,6 +2,7 @@ package hbone
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -40,6 +41,7 @@ type serverConn struct {
 	srv        *Server
 	conn       net.Conn // a *tls.Conn, except in tests
 	peer       identity.SPIFFEID
+	peerCert   *x509.Certificate // the certificate that proved peer; nil in tests
 	ctx        context.Context
 	cancel     context.CancelFunc
 	maxStreams uint32

@@ -2,6 +2,7 @@ package hbone
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -98,6 +99,10 @@ func (st *Stream) Context() context.Context { return st.ctx }
 
 // Peer is the client's SPIFFE ID, verified in the TLS handshake.
 func (st *Stream) Peer() identity.SPIFFEID { return st.sc.peer }
+
+// PeerCertificate returns the leaf certificate the peer proved its identity
+// with (shared by the connection's streams; do not modify it).
+func (st *Stream) PeerCertificate() *x509.Certificate { return st.sc.peerCert }
 
 // Authority is the destination the client asked for (:authority).
 func (st *Stream) Authority() netip.AddrPort { return st.authority }

@@ -3,6 +3,7 @@ package proxy
 import (
 	"net/http"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/ambit-mesh/ambit/pkg/identity"
@@ -24,6 +25,8 @@ func TestAddForwardedHeaders(t *testing.T) {
 			in:  http.Header{"X-Forwarded-For": {"203.0.113.1", "198.51.100.2"}, "X-Forwarded-Proto": {"https"}, "X-Forwarded-Client-Cert": {"URI=spiffe://evil"}},
 			src: Source{Identity: client, Address: netip.MustParseAddr("::ffff:10.0.0.5")},
 			xff: "203.0.113.1, 198.51.100.2, 10.0.0.5", proto: "https", cc: "URI=spiffe://cluster.local/ns/shop/sa/web"},
+		{name: "with the certificate", in: http.Header{}, src: Source{Identity: client, VerifiedBy: wp, CertHash: "ab01", CertSubject: `O=Sh"op\\`},
+			proto: "http", xffAbsent: true, cc: `By=spiffe://cluster.local/ns/shop/sa/waypoint;Hash=ab01;Subject="O=Sh\"op\\\\";URI=spiffe://cluster.local/ns/shop/sa/web`},
 		{name: "nothing known: no address, no identity", in: http.Header{"X-Forwarded-Client-Cert": {"URI=spiffe://evil"}},
 			proto: "http", xffAbsent: true, ccAb: true},
 	} {
@@ -45,7 +48,7 @@ func TestAddForwardedHeaders(t *testing.T) {
 func BenchmarkAddForwardedHeaders(b *testing.B) {
 	src := Source{Identity: identity.SPIFFEID{TrustDomain: "cluster.local", Namespace: "shop", ServiceAccount: "web"},
 		VerifiedBy: identity.SPIFFEID{TrustDomain: "cluster.local", Namespace: "shop", ServiceAccount: "waypoint"},
-		Address:    netip.MustParseAddr("10.0.0.5")}
+		Address:    netip.MustParseAddr("10.0.0.5"), CertHash: strings.Repeat("ab", 32)}
 	b.ReportAllocs()
 	for b.Loop() {
 		h := make(http.Header, 8)

@@ -343,13 +343,17 @@ func outgoing(ctx context.Context, in *http.Request) *http.Request {
 // otherwise (the request was plaintext HTTP inside the tunnel; an ingress
 // in front may have set "https"). X-Forwarded-Client-Cert is replaced by
 // the verified identities (Envoy's SANITIZE_SET, the fields a sidecar mesh
-// gives applications: By=<waypoint>;URI=<client>), so a client cannot
+// gives applications: By=<waypoint>;Hash=<client certificate's
+// SHA-256>;Subject="<its subject>";URI=<client>), so a client cannot
 // claim another identity through it. Route header filters run after this
 // and may change or remove all three.
 func addForwardedHeaders(h http.Header, src Source) {
 	h.Del("X-Forwarded-Client-Cert")
 	if src.Identity != (identity.SPIFFEID{}) {
 		v := "URI=" + src.Identity.String()
+		if src.CertHash != "" {
+			v = "Hash=" + src.CertHash + ";Subject=" + xfccQuote(src.CertSubject) + ";" + v
+		}
 		if src.VerifiedBy != (identity.SPIFFEID{}) {
 			v = "By=" + src.VerifiedBy.String() + ";" + v
 		}
@@ -365,6 +369,16 @@ func addForwardedHeaders(h http.Header, src Source) {
 	if h.Get("X-Forwarded-Proto") == "" {
 		h.Set("X-Forwarded-Proto", "http")
 	}
+}
+
+// xfccQuote returns s as an X-Forwarded-Client-Cert value in double
+// quotes, as Envoy writes Subject: a quote or backslash in it escaped with
+// a backslash.
+func xfccQuote(s string) string {
+	if !strings.ContainsAny(s, `"\`) {
+		return `"` + s + `"`
+	}
+	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
 }
 
 // applyRequestFilters applies header modifiers, then the URL rewrite.

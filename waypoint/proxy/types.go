@@ -109,6 +109,11 @@ type Source struct {
 	// VerifiedBy is the identity of the proxy that verified that
 	// certificate (the waypoint's own); zero when unknown.
 	VerifiedBy identity.SPIFFEID
+	// CertHash is the hex SHA-256 of the DER certificate that proved
+	// Identity, and CertSubject its subject (empty for the mesh's workload
+	// certificates); X-Forwarded-Client-Cert's Hash and Subject. CertHash
+	// is "" when unknown.
+	CertHash, CertSubject string
 	// Address is the client's IP: the tunnel's Forwarded for= element when
 	// the sending ztunnel set one, else the tunnel connection's remote
 	// address. Invalid when unknown.

@@ -2,7 +2,9 @@ package server
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -267,11 +269,15 @@ type destination struct {
 }
 
 // sourceOf describes a tunnel's client: its peer identity (verified by
-// this waypoint), its address (the Forwarded for= element the sending
+// this waypoint) and certificate, its address (the Forwarded for= element the sending
 // ztunnel adds, else the connection's remote address) and the CONNECT
 // headers.
 func (s *Server) sourceOf(st *hbone.Stream) proxy.Source {
 	src := proxy.Source{Identity: st.Peer(), VerifiedBy: s.cfg.Identity, Header: st.Header()}
+	if cert := st.PeerCertificate(); cert != nil {
+		sum := sha256.Sum256(cert.Raw)
+		src.CertHash, src.CertSubject = hex.EncodeToString(sum[:]), cert.Subject.String()
+	}
 	if ip, ok := forwardedFor(st.Header()); ok {
 		src.Address = ip
 	} else if ap, err := netip.ParseAddrPort(st.RemoteAddr().String()); err == nil {

@@ -2,7 +2,9 @@ package server
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +14,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -658,11 +661,15 @@ func TestForwardedHeaders(t *testing.T) {
 	for _, h2c := range []bool{false, true} {
 		t.Run(fmt.Sprintf("h2c=%v", h2c), func(t *testing.T) {
 			e := setup(t)
+			// The client's certificate, one per tunnel connection: its hash
+			// is X-Forwarded-Client-Cert's.
+			var issued atomic.Pointer[tls.Certificate]
 			d := &hbone.Dialer{TLSConfig: func(_, dst identity.SPIFFEID) (*tls.Config, error) {
 				cert, err := e.ca.Issue(e.clientID, time.Hour)
 				if err != nil {
 					return nil, err
 				}
+				issued.Store(cert)
 				return identity.ClientConfig(identity.StaticCert(cert), e.ca.Pool, dst), nil
 			}}
 			t.Cleanup(func() { _ = d.Close() })
@@ -689,7 +696,8 @@ func TestForwardedHeaders(t *testing.T) {
 					t.Errorf("%s: X-Forwarded-Proto %q, want %q", tc.name, got, tc.prot)
 				}
 				// The verified identities, never what the client claimed.
-				want := "By=" + sa("waypoint").String() + ";URI=" + e.clientID.String()
+				sum := sha256.Sum256(issued.Load().Certificate[0])
+				want := "By=" + sa("waypoint").String() + ";Hash=" + hex.EncodeToString(sum[:]) + `;Subject="";URI=` + e.clientID.String()
 				if got := resp.Header.Values("X-Echo-X-Forwarded-Client-Cert"); len(got) != 1 || got[0] != want {
 					t.Errorf("%s: X-Forwarded-Client-Cert %q, want %q", tc.name, got, want)
 				}
