@@ -213,7 +213,9 @@ func TestE2E(t *testing.T) {
 		e := e.sub(t)
 		// A headless Service has no VIP, so the mesh configuration does
 		// not resolve its name: ztunnel asks the cluster DNS (the
-		// nameserver of its own resolv.conf) from inside the client pod.
+		// nameserver of its own resolv.conf) from inside the client pod,
+		// with the client pod's search list (dnsPolicy ClusterFirst), so
+		// its short name works too.
 		e.apply(fmt.Sprintf(`apiVersion: v1
 kind: Service
 metadata: {name: echo-pods, namespace: %s}
@@ -225,6 +227,7 @@ spec:
 		for _, url := range []string{
 			"http://echo." + appNS + ".svc.cluster.local:8080/socks5-mesh-name",
 			"http://echo-pods." + appNS + ".svc.cluster.local:8080/socks5-dns-name",
+			"http://echo-pods:8080/socks5-search-list",
 		} {
 			eventually(t, "GET "+url+" through the client pod's SOCKS5 listener, over mTLS", time.Minute, func() error {
 				start, err := meshConns()
