@@ -41,7 +41,10 @@ type builder struct {
 	authzSelectors map[types.NamespacedName]labels.Selector
 	// attachments are the accepted routes per parent Service.
 	attachments map[types.NamespacedName][]attachment
-	mesh        Mesh
+	// clusterSearches is the ClusterFirst search list per namespace,
+	// shared by the namespace's workloads (see dnsConfig).
+	clusterSearches map[string][]string
+	mesh            Mesh
 }
 
 // Translate turns the objects of in into data-plane configuration and status.

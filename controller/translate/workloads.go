@@ -123,7 +123,7 @@ func (b *builder) workloadsIR() {
 				pod.Labels[LabelDataplaneMode] != DataplaneModeNone && !pod.Spec.HostNetwork,
 			MTLS:         b.mtlsMode(pod),
 			WorkloadName: workloadName(pod),
-			DNS:          dnsConfig(pod, b.opts.ClusterDomain),
+			DNS:          dnsConfig(pod, b.searchesFor(pod.Namespace)),
 		}
 		for _, c := range pod.Status.Conditions {
 			if c.Type == corev1.PodReady {
@@ -185,13 +185,29 @@ const (
 	maxNdots       = 15
 )
 
+// searchesFor returns the ClusterFirst search list of namespace ns:
+// "<ns>.svc.<domain>", "svc.<domain>", "<domain>". The namespace's pods
+// share one slice (with no spare capacity, so that appending to it copies).
+func (b *builder) searchesFor(ns string) []string {
+	if s, ok := b.clusterSearches[ns]; ok {
+		return s
+	}
+	if b.clusterSearches == nil {
+		b.clusterSearches = map[string][]string{}
+	}
+	d := b.opts.ClusterDomain
+	s := []string{ns + ".svc." + d, "svc." + d, d}
+	b.clusterSearches[ns] = s[:len(s):len(s)]
+	return b.clusterSearches[ns]
+}
+
 // dnsConfig is the resolver configuration the kubelet gives pod: its
 // dnsPolicy says whose nameservers come first (the cluster's DNS, the
-// node's, or none) and the search list; dnsConfig's nameservers and
-// searches are appended without duplicates, and its ndots option overrides.
-// A pod with host networking and ClusterFirst gets the node's resolver, as
-// the kubelet does.
-func dnsConfig(pod *corev1.Pod, clusterDomain string) DNSConfig {
+// node's, or none) and the search list (clusterSearches for ClusterFirst);
+// dnsConfig's nameservers and searches are appended without duplicates,
+// and its ndots option overrides. A pod with host networking and
+// ClusterFirst gets the node's resolver, as the kubelet does.
+func dnsConfig(pod *corev1.Pod, clusterSearches []string) DNSConfig {
 	var d DNSConfig
 	switch pod.Spec.DNSPolicy {
 	case corev1.DNSNone:
@@ -206,7 +222,7 @@ func dnsConfig(pod *corev1.Pod, clusterDomain string) DNSConfig {
 		fallthrough
 	default: // ClusterFirstWithHostNet
 		d.Policy, d.Ndots = configv1alpha1.DNSConfig_POLICY_CLUSTER_FIRST, 5
-		d.Searches = []string{pod.Namespace + ".svc." + clusterDomain, "svc." + clusterDomain, clusterDomain}
+		d.Searches = clusterSearches
 	}
 	c := pod.Spec.DNSConfig
 	if c == nil {
@@ -219,7 +235,7 @@ func dnsConfig(pod *corev1.Pod, clusterDomain string) DNSConfig {
 	}
 	for _, s := range c.Searches {
 		if s = strings.TrimSuffix(s, "."); s != "" && !slices.Contains(d.Searches, s) {
-			d.Searches = append(d.Searches, s)
+			d.Searches = append(d.Searches, s) // copies a shared list: it has no spare capacity
 		}
 	}
 	for _, o := range c.Options {
