@@ -3,6 +3,7 @@ package proxy
 import (
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 )
@@ -47,5 +48,41 @@ func FuzzHeaders(f *testing.F) {
 			t.Errorf("ForwardedFor(%q) reported an invalid address", fwd)
 		}
 		_ = BaggageValues(h)
+	})
+}
+
+// FuzzResolverNames expands arbitrary names with a search list: every
+// candidate is absolute, a name with a final dot is only itself, and the
+// name as given is always among the candidates, once.
+func FuzzResolverNames(f *testing.F) {
+	f.Add("db", "shop.svc.cluster.local", uint8(5))
+	f.Add("db.example.", "corp.example.", uint8(1))
+	f.Add("a.b.c", "", uint8(0))
+	f.Add(".", "..", uint8(15))
+	f.Fuzz(func(t *testing.T, name, search string, ndots uint8) {
+		if strings.Trim(name, ".") == "" {
+			return // lookup refuses an empty name before expanding it
+		}
+		r := resolver{searches: []string{search, "svc.cluster.local"}, ndots: int(ndots)}
+		got := r.names(name)
+		asIs := name
+		if !strings.HasSuffix(asIs, ".") {
+			asIs += "."
+		}
+		n := 0
+		for _, c := range got {
+			if !strings.HasSuffix(c, ".") {
+				t.Fatalf("names(%q) gave %q, not absolute", name, c)
+			}
+			if c == asIs {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Fatalf("names(%q) = %q: the name as given %d times", name, got, n)
+		}
+		if strings.HasSuffix(name, ".") && len(got) != 1 {
+			t.Fatalf("names(%q) = %q: an absolute name is only itself", name, got)
+		}
 	})
 }
