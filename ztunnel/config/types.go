@@ -22,6 +22,8 @@ type Workload struct {
 	Identity identity.SPIFFEID
 	// Waypoint serves traffic sent to this workload, or nil.
 	Waypoint *Waypoint
+	// DNSNameservers are the pod's own nameservers (dns.nameservers).
+	DNSNameservers []netip.Addr
 }
 
 // Enrolled reports whether ztunnel captures the workload's traffic.
@@ -136,6 +138,41 @@ func parseWorkload(name string, w *configv1alpha1.Workload) (*Workload, error) {
 		return nil, fmt.Errorf("workload %q: %w", name, err)
 	}
 	out.Waypoint = wp
+	if out.DNSNameservers, err = parseDNS(w.GetDns()); err != nil {
+		return nil, fmt.Errorf("workload %q: dns: %w", name, err)
+	}
+	return out, nil
+}
+
+// maxNdots is the largest ndots a resolver takes (glibc's limit, which the
+// controller applies).
+const maxNdots = 15
+
+// parseDNS validates a workload's resolver configuration (nil is none) and
+// returns its nameservers.
+func parseDNS(d *configv1alpha1.DNSConfig) ([]netip.Addr, error) {
+	if d == nil {
+		return nil, nil
+	}
+	if d.GetPolicy() < configv1alpha1.DNSConfig_POLICY_UNSPECIFIED || d.GetPolicy() > configv1alpha1.DNSConfig_POLICY_NONE {
+		return nil, fmt.Errorf("unknown policy %d", d.GetPolicy())
+	}
+	if d.GetNdots() > maxNdots {
+		return nil, fmt.Errorf("ndots %d is above %d", d.GetNdots(), maxNdots)
+	}
+	for _, s := range d.GetSearches() {
+		if strings.Trim(s, ".") == "" {
+			return nil, fmt.Errorf("empty search domain %q", s)
+		}
+	}
+	var out []netip.Addr
+	for _, s := range d.GetNameservers() {
+		a, err := parseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("nameserver: %w", err)
+		}
+		out = append(out, a)
+	}
 	return out, nil
 }
 

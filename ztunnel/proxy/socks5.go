@@ -114,8 +114,9 @@ type resolver struct {
 // list.
 func resolverFor(snap *config.Snapshot, source string, nameservers []netip.AddrPort) resolver {
 	var d *configv1alpha1.DNSConfig
+	var own []netip.Addr
 	if w := snap.Workload(source); w != nil {
-		d = w.Proto.GetDns()
+		d, own = w.Proto.GetDns(), w.DNSNameservers
 	}
 	r := resolver{ndots: 1}
 	add := func(a netip.AddrPort) {
@@ -128,10 +129,8 @@ func resolverFor(snap *config.Snapshot, source string, nameservers []netip.AddrP
 			add(a)
 		}
 	}
-	for _, ns := range d.GetNameservers() {
-		if a, err := netip.ParseAddr(ns); err == nil {
-			add(netip.AddrPortFrom(a.Unmap(), podNameserverPort))
-		}
+	for _, a := range own {
+		add(netip.AddrPortFrom(a, podNameserverPort))
 	}
 	if d != nil {
 		r.searches, r.ndots = d.GetSearches(), int(d.GetNdots())
