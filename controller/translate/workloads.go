@@ -3,6 +3,7 @@ package translate
 import (
 	"cmp"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -229,7 +230,14 @@ func dnsConfig(pod *corev1.Pod, clusterSearches []string) DNSConfig {
 		return d
 	}
 	for _, ns := range c.Nameservers {
-		if ns != "" && !slices.Contains(d.Nameservers, ns) && len(d.Nameservers) < maxNameservers {
+		// The API server checks that these are IP addresses; one that
+		// cannot be asked (0.0.0.0, ::, zoned) is left out, as the data
+		// plane would refuse the Workload.
+		a, err := netip.ParseAddr(ns)
+		if err != nil || a.IsUnspecified() || a.Zone() != "" {
+			continue
+		}
+		if ns = a.Unmap().String(); !slices.Contains(d.Nameservers, ns) && len(d.Nameservers) < maxNameservers {
 			d.Nameservers = append(d.Nameservers, ns)
 		}
 	}
