@@ -242,7 +242,7 @@ func dnsConfig(pod *corev1.Pod, clusterSearches []string) DNSConfig {
 		}
 	}
 	for _, s := range c.Searches {
-		if s = strings.TrimSuffix(s, "."); s != "" && !slices.Contains(d.Searches, s) {
+		if s = strings.TrimSuffix(s, "."); strings.Trim(s, ".") != "" && !slices.Contains(d.Searches, s) {
 			d.Searches = append(d.Searches, s) // copies a shared list: it has no spare capacity
 		}
 	}

@@ -240,6 +240,8 @@ func (s *SOCKS5) ask(ctx context.Context, servers []netip.AddrPort, n string) ([
 	return nil, errors.New(strings.Join(errs, "; "))
 }
 
+// Serve accepts SOCKS5 clients on ln until ctx ends or ln fails; it then
+// closes ln and every connection being served (Close).
 func (s *SOCKS5) Serve(ctx context.Context, ln net.Listener) error {
 	stop := context.AfterFunc(ctx, func() { _ = ln.Close() })
 	defer stop()
