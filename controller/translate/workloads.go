@@ -188,7 +188,8 @@ const (
 
 // searchesFor returns the ClusterFirst search list of namespace ns:
 // "<ns>.svc.<domain>", "svc.<domain>", "<domain>". The namespace's pods
-// share one slice (with no spare capacity, so that appending to it copies).
+// share one slice (a slice literal has no spare capacity, so appending to
+// it copies).
 func (b *builder) searchesFor(ns string) []string {
 	if s, ok := b.clusterSearches[ns]; ok {
 		return s
@@ -198,8 +199,8 @@ func (b *builder) searchesFor(ns string) []string {
 	}
 	d := b.opts.ClusterDomain
 	s := []string{ns + ".svc." + d, "svc." + d, d}
-	b.clusterSearches[ns] = s[:len(s):len(s)]
-	return b.clusterSearches[ns]
+	b.clusterSearches[ns] = s
+	return s
 }
 
 // dnsConfig is the resolver configuration the kubelet gives pod: its
