@@ -5,6 +5,7 @@ package cluster
 import (
 	"archive/tar"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -25,6 +26,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/ambit-mesh/ambit/integration/images"
 	"github.com/ambit-mesh/ambit/integration/internal/tier"
 )
 
@@ -549,30 +551,36 @@ func saveImages(ctx context.Context, t *testing.T, c *Cluster, dir string) saved
 }
 
 // exportImages exports refs into the archive at path and reads the archive
-// back to the end. Once (2026-11-27, in CI) an archive that ctr had just
-// exported without an error could not be read ("unexpected EOF"), and the
-// test failed later, at the cluster's start; so an archive that does not
-// read is logged and exported once more, and a second bad one fails here.
+// back to the end. ctr exports with --local: through containerd's transfer
+// API (ctr's default) the archive is streamed back from the daemon, and twice
+// in CI (2026-11-27, 2026-11-29) an archive ctr had exported without an error
+// was cut short: once inside an entry ("unexpected EOF"), once between two
+// entries, leaving the blobs without index.json. The read-back checks that the
+// archive is whole and that its index names every ref; a bad archive is logged
+// and exported once more, and a second bad one fails here.
 func exportImages(ctx context.Context, t *testing.T, c *Cluster, path string, refs ...string) {
 	t.Helper()
 	for attempt := 1; ; attempt++ {
-		if _, err := c.ctr(ctx, append([]string{"images", "export", path}, refs...)...); err != nil {
+		if _, err := c.ctr(ctx, append([]string{"images", "export", "--local", path}, refs...)...); err != nil {
 			t.Fatal(err)
 		}
-		err := readArchive(path)
+		err := readArchive(path, refs...)
 		if err == nil {
 			return
 		}
 		if attempt == 2 {
-			t.Fatalf("ctr images export %s %v: the archive does not read, twice: %v", path, refs, err)
+			t.Fatalf("ctr images export %s %v: the archive is not whole, twice: %v", path, refs, err)
 		}
-		t.Logf("ctr images export %s %v: the archive does not read (%v): exporting again", path, refs, err)
+		t.Logf("ctr images export %s %v: the archive is not whole (%v): exporting again", path, refs, err)
 	}
 }
 
-// readArchive reads a tar archive to its end (Next reads past each
-// entry's data, so a truncated entry fails it).
-func readArchive(path string) error {
+// readArchive reads an OCI image archive to its end (Next reads past each
+// entry's data, so a truncated entry fails it) and checks that its
+// index.json names every one of refs (the io.containerd.image.name
+// annotation ctr writes), which an archive cut short between two entries
+// lacks.
+func readArchive(path string, refs ...string) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return err
@@ -580,8 +588,9 @@ func readArchive(path string) error {
 	defer func() { _ = f.Close() }()
 	tr := tar.NewReader(f)
 	entries := 0
+	var named map[string]bool
 	for {
-		_, err := tr.Next()
+		h, err := tr.Next()
 		if err == io.EOF {
 			break
 		}
@@ -589,9 +598,32 @@ func readArchive(path string) error {
 			return fmt.Errorf("entry %d: %w", entries+1, err)
 		}
 		entries++
+		if strings.TrimPrefix(h.Name, "./") != "index.json" {
+			continue
+		}
+		var idx struct {
+			Manifests []struct {
+				Annotations map[string]string `json:"annotations"`
+			} `json:"manifests"`
+		}
+		if err := json.NewDecoder(tr).Decode(&idx); err != nil {
+			return fmt.Errorf("index.json: %w", err)
+		}
+		named = map[string]bool{}
+		for _, m := range idx.Manifests {
+			named[m.Annotations[images.AnnotationContainerdName]] = true
+		}
 	}
 	if entries == 0 {
 		return fmt.Errorf("no entries")
+	}
+	if named == nil {
+		return fmt.Errorf("no index.json in %d entries", entries)
+	}
+	for _, r := range refs {
+		if !named[r] {
+			return fmt.Errorf("index.json does not name %s", r)
+		}
 	}
 	return nil
 }
@@ -650,38 +682,50 @@ func restoreImages(ctx context.Context, t *testing.T, c *Cluster, s savedImages)
 	}
 }
 
-// TestReadArchive: readArchive accepts a whole archive and refuses a
-// truncated or empty one.
+// TestReadArchive: readArchive accepts a whole archive whose index names
+// the refs and refuses one truncated in an entry, one cut short between
+// entries (blobs without index.json), one whose index lacks a ref, and an
+// empty one.
 func TestReadArchive(t *testing.T) {
 	dir := t.TempDir()
-	var whole strings.Builder
-	tw := tar.NewWriter(&whole)
-	body := strings.Repeat("x", 3000)
-	for _, name := range []string{"index.json", "blobs/sha256/aa"} {
-		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(body))}); err != nil {
+	const ref = "docker.io/ambit/pause:test"
+	blob := strings.Repeat("x", 3000)
+	index := `{"schemaVersion":2,"manifests":[{"annotations":{"io.containerd.image.name":"` + ref + `"}}]}`
+	archive := func(entries ...[2]string) string {
+		var b strings.Builder
+		tw := tar.NewWriter(&b)
+		for _, e := range entries {
+			if err := tw.WriteHeader(&tar.Header{Name: e[0], Mode: 0o644, Size: int64(len(e[1]))}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tw.Write([]byte(e[1])); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := tw.Close(); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := tw.Write([]byte(body)); err != nil {
-			t.Fatal(err)
-		}
+		return b.String()
 	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
+	whole := archive([2]string{"blobs/sha256/aa", blob}, [2]string{"index.json", index})
+	blobsOnly := archive([2]string{"blobs/sha256/aa", blob})
 	for name, c := range map[string]struct {
 		data string
+		refs []string
 		ok   bool
 	}{
-		"whole":                 {whole.String(), true},
-		"truncated in a header": {whole.String()[:4000], false},
-		"truncated in a body":   {whole.String()[:5000], false},
-		"empty":                 {"", false},
+		"whole":                     {whole, []string{ref}, true},
+		"truncated in a header":     {whole[:3600], []string{ref}, false},
+		"truncated in a body":       {whole[:2000], []string{ref}, false},
+		"cut short between entries": {blobsOnly[:len(blobsOnly)-1024], nil, false},
+		"index without the ref":     {whole, []string{ref, "docker.io/ambit/other:test"}, false},
+		"empty":                     {"", nil, false},
 	} {
 		path := filepath.Join(dir, name+".tar")
 		if err := os.WriteFile(path, []byte(c.data), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if err := readArchive(path); (err == nil) != c.ok {
+		if err := readArchive(path, c.refs...); (err == nil) != c.ok {
 			t.Errorf("%s: readArchive = %v, want ok %v", name, err, c.ok)
 		}
 	}
