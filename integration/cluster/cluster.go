@@ -763,6 +763,24 @@ func (c *Cluster) importLocked(ctx context.Context, files ...string) error {
 	return nil
 }
 
+// indexAnnotations decodes an OCI archive's index.json and returns the
+// annotations of each of its manifests, in order.
+func indexAnnotations(r io.Reader) ([]map[string]string, error) {
+	var idx struct {
+		Manifests []struct {
+			Annotations map[string]string `json:"annotations"`
+		} `json:"manifests"`
+	}
+	if err := json.NewDecoder(r).Decode(&idx); err != nil {
+		return nil, fmt.Errorf("index.json: %w", err)
+	}
+	out := make([]map[string]string, len(idx.Manifests))
+	for i, m := range idx.Manifests {
+		out[i] = m.Annotations
+	}
+	return out, nil
+}
+
 // ArchiveImageName returns the image name an OCI archive carries in its
 // index (the io.containerd.image.name annotation, as `ctr images import`
 // names it), or the first RepoTags entry of a docker-save archive.
@@ -791,19 +809,15 @@ func ArchiveImageName(path string) (string, error) {
 		}
 		switch strings.TrimPrefix(h.Name, "./") {
 		case "index.json":
-			var idx struct {
-				Manifests []struct {
-					Annotations map[string]string `json:"annotations"`
-				} `json:"manifests"`
+			manifests, err := indexAnnotations(tr)
+			if err != nil {
+				return "", fmt.Errorf("%s: %w", path, err)
 			}
-			if err := json.NewDecoder(tr).Decode(&idx); err != nil {
-				return "", fmt.Errorf("%s: index.json: %w", path, err)
+			for _, a := range manifests {
+				seen = append(seen, fmt.Sprintf("index.json manifest annotations %v", a))
 			}
-			for _, m := range idx.Manifests {
-				seen = append(seen, fmt.Sprintf("index.json manifest annotations %v", m.Annotations))
-			}
-			for _, m := range idx.Manifests {
-				if n := m.Annotations[images.AnnotationContainerdName]; n != "" {
+			for _, a := range manifests {
+				if n := a[images.AnnotationContainerdName]; n != "" {
 					return n, nil
 				}
 			}

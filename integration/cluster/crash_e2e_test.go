@@ -5,7 +5,6 @@ package cluster
 import (
 	"archive/tar"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -601,17 +600,13 @@ func readArchive(path string, refs ...string) error {
 		if strings.TrimPrefix(h.Name, "./") != "index.json" {
 			continue
 		}
-		var idx struct {
-			Manifests []struct {
-				Annotations map[string]string `json:"annotations"`
-			} `json:"manifests"`
-		}
-		if err := json.NewDecoder(tr).Decode(&idx); err != nil {
-			return fmt.Errorf("index.json: %w", err)
+		manifests, err := indexAnnotations(tr)
+		if err != nil {
+			return err
 		}
 		named = map[string]bool{}
-		for _, m := range idx.Manifests {
-			named[m.Annotations[images.AnnotationContainerdName]] = true
+		for _, a := range manifests {
+			named[a[images.AnnotationContainerdName]] = true
 		}
 	}
 	if entries == 0 {
