@@ -9,6 +9,7 @@ import (
 
 	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
 	securityv1alpha1 "github.com/ambit-mesh/ambit/apis/security/v1alpha1"
+	"github.com/ambit-mesh/ambit/pkg/authzmatch"
 )
 
 // emit turns the IR into protobufs. Elements failing Validate (translation
@@ -95,12 +96,27 @@ func emitAuthorization(a *Authorization) *configv1alpha1.Authorization {
 	return out
 }
 
+// ipBlocks returns the blocks in canonical CIDR form ("10.1.2.3" ->
+// "10.1.2.3/32", "10.1.2.3/24" -> "10.1.2.0/24"), the form the data planes
+// are sent. Entries that do not parse are dropped: Authorization.Validate
+// has refused them already (the policy is emitted fail-closed instead).
+func ipBlocks(in []securityv1alpha1.IPBlock) []string {
+	var out []string
+	for _, b := range in {
+		if p, err := authzmatch.ParseIPBlock(string(b)); err == nil {
+			out = append(out, p.String())
+		}
+	}
+	return out
+}
+
 func emitAuthzRule(r securityv1alpha1.Rule) *configv1alpha1.AuthorizationRule {
 	out := &configv1alpha1.AuthorizationRule{}
 	for _, f := range r.From {
 		out.From = append(out.From, &configv1alpha1.AuthorizationRule_Source{
 			Principals: slices.Clone(f.Principals), NotPrincipals: slices.Clone(f.NotPrincipals),
-			Namespaces: slices.Clone(f.Namespaces), NotNamespaces: slices.Clone(f.NotNamespaces)})
+			Namespaces: slices.Clone(f.Namespaces), NotNamespaces: slices.Clone(f.NotNamespaces),
+			IpBlocks: ipBlocks(f.IPBlocks), NotIpBlocks: ipBlocks(f.NotIPBlocks)})
 	}
 	for _, t := range r.To {
 		op := &configv1alpha1.AuthorizationRule_Operation{Ports: ports(t.Ports), NotPorts: ports(t.NotPorts),

@@ -10,6 +10,7 @@ import (
 
 	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
 	securityv1alpha1 "github.com/ambit-mesh/ambit/apis/security/v1alpha1"
+	"github.com/ambit-mesh/ambit/pkg/authzmatch"
 )
 
 // The intermediate representation (IR) sits between Kubernetes objects and
@@ -344,6 +345,13 @@ func (a *Authorization) Validate() error {
 			for _, p := range append(append([]int32(nil), op.Ports...), op.NotPorts...) {
 				if p < 1 || p > 65535 {
 					return fmt.Errorf("%w: port %d out of range", ErrInvalidPolicy, p)
+				}
+			}
+		}
+		for _, f := range r.From {
+			for _, b := range append(append([]securityv1alpha1.IPBlock(nil), f.IPBlocks...), f.NotIPBlocks...) {
+				if _, err := authzmatch.ParseIPBlock(string(b)); err != nil {
+					return fmt.Errorf("%w: %v", ErrInvalidPolicy, err)
 				}
 			}
 		}

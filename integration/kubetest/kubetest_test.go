@@ -183,6 +183,27 @@ func TestEnvtest(t *testing.T) {
 			}
 		}
 
+		blocks := good.DeepCopy()
+		blocks.ObjectMeta = metav1.ObjectMeta{Name: "ip-blocks", Namespace: ns}
+		blocks.Spec.Rules = []securityv1alpha1.Rule{{From: []securityv1alpha1.Source{{
+			IPBlocks: []securityv1alpha1.IPBlock{"10.0.0.0/8", "192.0.2.1", "2001:db8::/32"}, NotIPBlocks: []securityv1alpha1.IPBlock{"10.1.2.3"},
+		}}}}
+		if err := env.Client.Create(ctx, blocks); err != nil {
+			t.Errorf("policy with ipBlocks and notIpBlocks: %v", err)
+		}
+		for field, src := range map[string]securityv1alpha1.Source{
+			"ipBlocks":    {IPBlocks: []securityv1alpha1.IPBlock{"10.0.0.0/8", "ten/8"}},
+			"notIpBlocks": {NotIPBlocks: []securityv1alpha1.IPBlock{"10.0.0.0/33"}},
+		} {
+			bad := good.DeepCopy()
+			bad.ObjectMeta = metav1.ObjectMeta{Name: "bad-" + strings.ToLower(field), Namespace: ns}
+			bad.Spec.Rules = []securityv1alpha1.Rule{{From: []securityv1alpha1.Source{src}}}
+			err := env.Client.Create(ctx, bad)
+			if !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), field) || !strings.Contains(err.Error(), "must be an IP address or a CIDR block") {
+				t.Errorf("policy with a bad %s entry: err = %v, want Invalid naming the field", field, err)
+			}
+		}
+
 		badMode := &securityv1alpha1.PeerAuthentication{
 			ObjectMeta: metav1.ObjectMeta{Name: "bad-mode", Namespace: ns},
 			Spec:       securityv1alpha1.PeerAuthenticationSpec{MTLS: &securityv1alpha1.MutualTLS{Mode: "SOMETIMES"}},

@@ -1,11 +1,13 @@
 // Package authzmatch holds the matching that ztunnel's L4 policy
 // (ztunnel/policy) and the waypoint's L7 policy (waypoint/authz) share for
 // AuthorizationPolicy rules: value patterns, the rule's sources (principals
-// and namespaces of the verified peer) and its ports. The L7 parts
+// and namespaces of the verified peer, the client's address) and its ports. The L7 parts
 // (methods, paths, headers) stay in the waypoint.
 package authzmatch
 
 import (
+	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -38,11 +40,13 @@ func AnyMatch(patterns []string, v string) bool {
 	return false
 }
 
-// SourceMatches reports whether the peer (the zero ID: not authenticated)
-// is one of the rule source f: its principals and namespaces must match
-// when listed (an unauthenticated peer matches none), and its
-// notPrincipals and notNamespaces must not.
-func SourceMatches(f *configv1alpha1.AuthorizationRule_Source, peer identity.SPIFFEID) bool {
+// SourceMatches reports whether the client (peer: its verified identity,
+// the zero ID when not authenticated; addr: its address, invalid when
+// unknown) is one of the rule source f: its principals, namespaces and IP
+// blocks must match when listed (an unauthenticated peer matches no
+// principals or namespaces, an unknown address no blocks), and its
+// notPrincipals, notNamespaces and notIpBlocks must not.
+func SourceMatches(f *configv1alpha1.AuthorizationRule_Source, peer identity.SPIFFEID, addr netip.Addr) bool {
 	authenticated := peer != identity.SPIFFEID{}
 	principal, namespace := "", ""
 	if authenticated {
@@ -60,7 +64,60 @@ func SourceMatches(f *configv1alpha1.AuthorizationRule_Source, peer identity.SPI
 	if authenticated && AnyMatch(f.GetNotNamespaces(), namespace) {
 		return false
 	}
-	return true
+	if len(f.GetIpBlocks()) > 0 && !InIPBlocks(f.GetIpBlocks(), addr) {
+		return false
+	}
+	return !InIPBlocks(f.GetNotIpBlocks(), addr)
+}
+
+// ParseIPBlock parses an ipBlocks or notIpBlocks entry: a CIDR block
+// ("10.1.2.0/24", "2001:db8::/32") or a single address ("10.1.2.3",
+// "2001:db8::7"), which is a /32 or /128 block. It returns the block in
+// canonical form: host bits cleared, an IPv4-mapped IPv6 block as IPv4.
+// Zones ("fe80::1%eth0") are refused.
+func ParseIPBlock(s string) (netip.Prefix, error) {
+	var p netip.Prefix
+	if strings.Contains(s, "/") {
+		q, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("IP block %q is not an IP address or CIDR block", s)
+		}
+		p = q
+		if a := p.Addr(); a.Is4In6() {
+			if p.Bits() < 96 {
+				return netip.Prefix{}, fmt.Errorf("IP block %q: an IPv4-mapped block shorter than /96", s)
+			}
+			p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+		}
+	} else {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("IP block %q is not an IP address or CIDR block", s)
+		}
+		if a.Zone() != "" {
+			return netip.Prefix{}, fmt.Errorf("IP block %q: an address with a zone", s)
+		}
+		a = a.Unmap()
+		p = netip.PrefixFrom(a, a.BitLen())
+	}
+	return p.Masked(), nil
+}
+
+// InIPBlocks reports whether addr is in one of blocks (ParseIPBlock's
+// forms; an entry that does not parse contains nothing). An IPv4-mapped
+// IPv6 address counts as its IPv4 address; an invalid addr (unknown) is in
+// no block.
+func InIPBlocks(blocks []string, addr netip.Addr) bool {
+	if !addr.IsValid() || len(blocks) == 0 {
+		return false
+	}
+	addr = addr.Unmap().WithZone("")
+	for _, b := range blocks {
+		if p, err := ParseIPBlock(b); err == nil && p.Contains(addr) {
+			return true
+		}
+	}
+	return false
 }
 
 // PortMatches reports whether port is among the operation's ports (when

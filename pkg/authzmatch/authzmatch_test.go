@@ -1,6 +1,7 @@
 package authzmatch
 
 import (
+	"net/netip"
 	"testing"
 
 	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
@@ -44,8 +45,77 @@ func TestSourceMatches(t *testing.T) {
 		"notNamespace":                  {&configv1alpha1.AuthorizationRule_Source{NotNamespaces: []string{"shop"}}, peer, false},
 		"principal and other namespace": {&configv1alpha1.AuthorizationRule_Source{Principals: []string{web}, Namespaces: []string{"bank"}}, peer, false},
 	} {
-		if got := SourceMatches(c.src, c.peer); got != c.want {
+		if got := SourceMatches(c.src, c.peer, netip.MustParseAddr("10.1.2.3")); got != c.want {
 			t.Errorf("%s: SourceMatches = %v, want %v", name, got, c.want)
+		}
+	}
+}
+
+func TestSourceMatchesIPBlocks(t *testing.T) {
+	peer := identity.SPIFFEID{TrustDomain: "cluster.local", Namespace: "shop", ServiceAccount: "web"}
+	src := func(blocks, not []string) *configv1alpha1.AuthorizationRule_Source {
+		return &configv1alpha1.AuthorizationRule_Source{IpBlocks: blocks, NotIpBlocks: not}
+	}
+	v4, v6 := netip.MustParseAddr("10.1.2.3"), netip.MustParseAddr("fd00::12")
+	for name, c := range map[string]struct {
+		src  *configv1alpha1.AuthorizationRule_Source
+		addr netip.Addr
+		want bool
+	}{
+		"in block":                      {src([]string{"10.1.2.0/24"}, nil), v4, true},
+		"exact address":                 {src([]string{"10.1.2.3/32"}, nil), v4, true},
+		"outside block":                 {src([]string{"10.1.3.0/24"}, nil), v4, false},
+		"second block":                  {src([]string{"192.0.2.0/24", "10.0.0.0/8"}, nil), v4, true},
+		"IPv6 in block":                 {src([]string{"fd00::/64"}, nil), v6, true},
+		"IPv6 against IPv4 block":       {src([]string{"10.0.0.0/8"}, nil), v6, false},
+		"IPv4-mapped address":           {src([]string{"10.1.2.0/24"}, nil), netip.MustParseAddr("::ffff:10.1.2.3"), true},
+		"unknown address":               {src([]string{"0.0.0.0/0"}, nil), netip.Addr{}, false},
+		"notIpBlocks":                   {src(nil, []string{"10.1.0.0/16"}), v4, false},
+		"notIpBlocks other":             {src(nil, []string{"10.2.0.0/16"}), v4, true},
+		"notIpBlocks, unknown address":  {src(nil, []string{"0.0.0.0/0"}), netip.Addr{}, true},
+		"block and exception":           {src([]string{"10.0.0.0/8"}, []string{"10.1.2.3/32"}), v4, false},
+		"unparsable entry matches none": {src([]string{"10.1.2.0/33"}, nil), v4, false},
+	} {
+		if got := SourceMatches(c.src, peer, c.addr); got != c.want {
+			t.Errorf("%s: SourceMatches = %v, want %v", name, got, c.want)
+		}
+	}
+	both := &configv1alpha1.AuthorizationRule_Source{Principals: []string{"spiffe://cluster.local/ns/shop/sa/web"}, IpBlocks: []string{"10.1.2.0/24"}}
+	if SourceMatches(both, identity.SPIFFEID{}, v4) {
+		t.Error("principal and block: an unauthenticated client in the block matched")
+	}
+	if !SourceMatches(both, peer, v4) || SourceMatches(both, peer, netip.MustParseAddr("10.9.9.9")) {
+		t.Error("principal and block: want a match only with both")
+	}
+}
+
+func TestParseIPBlock(t *testing.T) {
+	for in, want := range map[string]string{
+		"10.1.2.3":            "10.1.2.3/32",
+		"10.1.2.0/24":         "10.1.2.0/24",
+		"10.1.2.3/24":         "10.1.2.0/24",
+		"2001:db8::7":         "2001:db8::7/128",
+		"2001:db8::1/32":      "2001:db8::/32",
+		"::ffff:10.1.2.3":     "10.1.2.3/32",
+		"::ffff:10.1.2.0/120": "10.1.2.0/24",
+		"0.0.0.0/0":           "0.0.0.0/0",
+		"10.1.2.3/33":         "",
+		"10.1.2":              "",
+		"fe80::1%eth0":        "",
+		"fe80::/10%eth0":      "",
+		"::ffff:10.0.0.0/80":  "",
+		"":                    "",
+		"example.com":         "",
+		" 10.1.2.3":           "",
+	} {
+		p, err := ParseIPBlock(in)
+		switch {
+		case want == "" && err == nil:
+			t.Errorf("ParseIPBlock(%q) = %v, want an error", in, p)
+		case want != "" && err != nil:
+			t.Errorf("ParseIPBlock(%q): %v", in, err)
+		case want != "" && p.String() != want:
+			t.Errorf("ParseIPBlock(%q) = %v, want %s", in, p, want)
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -17,6 +18,10 @@ type Request struct {
 	// Peer is the verified SPIFFE ID of the client (the HBONE tunnel's
 	// peer); the zero value is an unauthenticated client.
 	Peer identity.SPIFFEID
+	// Addr is the client's address (proxy.Source.Address: the one the
+	// sending ztunnel names, else the tunnel's source), which ipBlocks
+	// match; invalid when unknown (in no block).
+	Addr netip.Addr
 	// Service ("<namespace>/<name>") and Port the request was sent to.
 	Service string
 	Port    uint32
@@ -57,9 +62,10 @@ var ErrInvalid = errors.New("invalid authorization")
 // Compile validates the resources (by xDS resource name) and returns them
 // as Policies. Policies of scopes a waypoint does not enforce (workload
 // selector, namespace, mesh-wide: ztunnel's) are ignored. It rejects an
-// unknown action, a WAYPOINT or SERVICE policy without targets, an empty
-// header name and a header match without values, so that the xDS client
-// NACKs the update and the last good set stays in force.
+// unknown action, a WAYPOINT or SERVICE policy without targets, an IP block
+// that does not parse, an empty header name and a header match without
+// values, so that the xDS client NACKs the update and the last good set
+// stays in force.
 func Compile(rs map[string]*configv1alpha1.Authorization) (*Policies, error) {
 	p := &Policies{}
 	for key, a := range rs {
@@ -81,6 +87,13 @@ func Compile(rs map[string]*configv1alpha1.Authorization) (*Policies, error) {
 			return nil, fmt.Errorf("%w %s: scope %s without targets", ErrInvalid, name, a.GetScope())
 		}
 		for i, r := range a.GetRules() {
+			for j, f := range r.GetFrom() {
+				for _, b := range append(append([]string(nil), f.GetIpBlocks()...), f.GetNotIpBlocks()...) {
+					if _, err := authzmatch.ParseIPBlock(b); err != nil {
+						return nil, fmt.Errorf("%w %s: rule %d, from %d: %v", ErrInvalid, name, i, j, err)
+					}
+				}
+			}
 			for j, op := range r.GetTo() {
 				for _, h := range op.GetHeaders() {
 					if h.GetName() == "" {
@@ -203,7 +216,7 @@ func matches(a *configv1alpha1.Authorization, r Request) bool {
 func ruleMatches(rule *configv1alpha1.AuthorizationRule, r Request, deny bool) bool {
 	fromOK := len(rule.GetFrom()) == 0
 	for _, f := range rule.GetFrom() {
-		if authzmatch.SourceMatches(f, r.Peer) {
+		if authzmatch.SourceMatches(f, r.Peer, r.Addr) {
 			fromOK = true
 			break
 		}

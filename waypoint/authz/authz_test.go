@@ -3,6 +3,7 @@ package authz
 import (
 	"errors"
 	"net/http"
+	"net/netip"
 	"testing"
 
 	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
@@ -174,6 +175,36 @@ func TestL4Connections(t *testing.T) {
 	}
 }
 
+func TestIPBlocks(t *testing.T) {
+	client := peer("demo", "client")
+	fromOffice := policy("demo/office", allow, svcS, []string{"demo/metrics"}, &rule{From: []*src{{IpBlocks: []string{"10.250.1.0/24", "fd00:1::/64"}}}})
+	notScanner := policy("demo/scanner", deny, wpS, []string{gw}, &rule{From: []*src{{IpBlocks: []string{"10.250.0.0/16"}, NotIpBlocks: []string{"10.250.1.0/24"}}}})
+	p := compile(t, fromOffice, notScanner)
+	for _, c := range []struct {
+		addr   string
+		allow  bool
+		policy string
+	}{
+		{"10.250.1.2", true, "demo/office"},
+		{"fd00:1::9", true, "demo/office"},
+		{"10.250.2.2", false, "demo/scanner"}, // in the DENY's block, not in its exception
+		{"192.0.2.1", false, "demo/office"},   // no ALLOW matches
+		{"", false, "demo/office"},            // unknown address: in no block
+	} {
+		r := req(client, "GET", "/")
+		if c.addr != "" {
+			r.Addr = netip.MustParseAddr(c.addr)
+		}
+		if d := p.Evaluate(gw, r); d.Allow != c.allow || d.Policy != c.policy {
+			t.Errorf("client %q: allow=%v policy=%q, want %v %q", c.addr, d.Allow, d.Policy, c.allow, c.policy)
+		}
+		r.L4, r.Method, r.Path = true, "", ""
+		if d := p.Evaluate(gw, r); d.Allow != c.allow {
+			t.Errorf("TCP client %q: allow=%v, want %v", c.addr, d.Allow, c.allow)
+		}
+	}
+}
+
 func TestNilPoliciesAllow(t *testing.T) {
 	var p *Policies
 	if d := p.Evaluate(gw, req(peer("a", "b"), "GET", "/")); !d.Allow || p.Len() != 0 {
@@ -187,6 +218,7 @@ func TestCompileRejects(t *testing.T) {
 		"no targets":      policy("demo/x", allow, svcS, nil),
 		"header no name":  policy("demo/x", allow, wpS, []string{gw}, &rule{To: []*op{{Headers: []*hdr{{Values: []string{"a"}}}}}}),
 		"header no value": policy("demo/x", allow, wpS, []string{gw}, &rule{To: []*op{{Headers: []*hdr{{Name: "a"}}}}}),
+		"bad IP block":    policy("demo/x", allow, wpS, []string{gw}, &rule{From: []*src{{IpBlocks: []string{"10.0.0.0/8"}}, {NotIpBlocks: []string{"ten/8"}}}}),
 	} {
 		if _, err := Compile(map[string]*configv1alpha1.Authorization{"demo/x": a}); !errors.Is(err, ErrInvalid) {
 			t.Errorf("%s: err %v, want ErrInvalid", name, err)

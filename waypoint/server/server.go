@@ -298,8 +298,9 @@ func (s *Server) authorize(r *http.Request, service string, port uint32) proxy.A
 		s.log.DebugContext(r.Context(), "request denied: authorization policies not received yet", "service", service, "port", port)
 		return proxy.AuthzDecision{}
 	}
+	src := proxy.SourceFromContext(r.Context())
 	d := policies.Evaluate(s.cfg.Gateway, authz.Request{
-		Peer: proxy.SourceFromContext(r.Context()).Identity, Service: service, Port: port,
+		Peer: src.Identity, Addr: src.Address, Service: service, Port: port,
 		Method: r.Method, Path: r.URL.Path, Header: r.Header,
 	})
 	if !d.Allow {

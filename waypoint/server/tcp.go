@@ -45,7 +45,7 @@ func (s *Server) serveTCP(st *hbone.Stream, d destination, pre []byte, accepted 
 	z := authz.Decision{Reason: "authorization policies not received yet"}
 	if policies := s.cfg.Store.policiesFor(svc, port); policies != nil {
 		z = policies.Evaluate(s.cfg.Gateway, authz.Request{
-			Peer: res.Source.Identity, Service: svc, Port: port, L4: true,
+			Peer: res.Source.Identity, Addr: res.Source.Address, Service: svc, Port: port, L4: true,
 		})
 	}
 	res.Authz = proxy.AuthzDecision{Evaluated: true, Allow: z.Allow, Policy: z.Policy}

@@ -115,6 +115,9 @@ func TestMalformedIsRejected(t *testing.T) {
 		{"authorization port out of range", configv1alpha1.TypeAuthorization, &configv1alpha1.Authorization{Name: "shop/p",
 			Scope: configv1alpha1.Authorization_SCOPE_NAMESPACE, Action: configv1alpha1.Authorization_ACTION_DENY,
 			Rules: []*configv1alpha1.AuthorizationRule{{To: []*configv1alpha1.AuthorizationRule_Operation{{Ports: []uint32{70000}}}}}}, "port"},
+		{"authorization bad IP block", configv1alpha1.TypeAuthorization, &configv1alpha1.Authorization{Name: "shop/p",
+			Scope: configv1alpha1.Authorization_SCOPE_NAMESPACE, Action: configv1alpha1.Authorization_ACTION_DENY,
+			Rules: []*configv1alpha1.AuthorizationRule{{From: []*configv1alpha1.AuthorizationRule_Source{{NotIpBlocks: []string{"10.0.0.0/8", "10.0.0.0/40"}}}}}}, "IP block"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
+	"github.com/ambit-mesh/ambit/pkg/authzmatch"
 	"github.com/ambit-mesh/ambit/pkg/identity"
 )
 
@@ -265,6 +266,22 @@ func validateAuthorization(name string, a *configv1alpha1.Authorization) error {
 				if p == 0 || p > 65535 {
 					return fmt.Errorf("authorization %q: rule %d: port %d out of range", name, i, p)
 				}
+			}
+		}
+		if err := validateIPBlocks(r); err != nil {
+			return fmt.Errorf("authorization %q: rule %d: %w", name, i, err)
+		}
+	}
+	return nil
+}
+
+// validateIPBlocks checks that every ipBlocks and notIpBlocks entry of r's
+// sources is a block ztunnel can match (authzmatch.ParseIPBlock).
+func validateIPBlocks(r *configv1alpha1.AuthorizationRule) error {
+	for _, f := range r.GetFrom() {
+		for _, b := range append(append([]string(nil), f.GetIpBlocks()...), f.GetNotIpBlocks()...) {
+			if _, err := authzmatch.ParseIPBlock(b); err != nil {
+				return err
 			}
 		}
 	}

@@ -16,7 +16,11 @@
 // (an empty list matches anything). Within a `from` entry every set field
 // must match: principals are whole SPIFFE URIs, "*" matches any authenticated
 // peer, and a leading or trailing "*" matches a suffix or prefix; namespaces
-// are those of the peer's identity, with the same wildcards. A plaintext
-// connection has no principal and no namespace: it matches no principals or
-// namespaces list and every not_principals or not_namespaces list.
+// are those of the peer's identity, with the same wildcards; ip_blocks and
+// not_ip_blocks are CIDR blocks holding the client's address as the
+// destination application sees it (the tunnel's source, the client a
+// waypoint serving the workload names, or the plaintext connection's
+// source). A plaintext connection has no principal and no namespace: it
+// matches no principals or namespaces list and every not_principals or
+// not_namespaces list.
 package policy

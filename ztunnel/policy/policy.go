@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -18,6 +19,9 @@ type Conn struct {
 	Peer identity.SPIFFEID
 	// DstPort is the destination port the source asked for.
 	DstPort uint16
+	// Src is the client's address as the destination application sees it
+	// (ipBlocks match it); invalid when unknown.
+	Src netip.Addr
 }
 
 // Decision is the outcome of Evaluate.
@@ -100,7 +104,7 @@ func matches(a *configv1alpha1.Authorization, c Conn) bool {
 func ruleMatches(r *configv1alpha1.AuthorizationRule, c Conn) bool {
 	fromOK := len(r.GetFrom()) == 0
 	for _, f := range r.GetFrom() {
-		if authzmatch.SourceMatches(f, c.Peer) {
+		if authzmatch.SourceMatches(f, c.Peer, c.Src) {
 			fromOK = true
 			break
 		}

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -32,6 +33,7 @@ func from(s *src) *rule { return &rule{From: []*src{s}} }
 func TestEvaluate(t *testing.T) {
 	web, db, other := id("shop", "web"), id("shop", "db"), id("other", "x")
 	plain := identity.SPIFFEID{}
+	near, far := netip.MustParseAddr("10.250.1.2"), netip.MustParseAddr("192.0.2.7")
 	tests := []struct {
 		name     string
 		policies []*configv1alpha1.Authorization
@@ -93,6 +95,22 @@ func TestEvaluate(t *testing.T) {
 		{"any of several from entries", []*configv1alpha1.Authorization{pol("a", allow, &rule{From: []*src{
 			{Principals: []string{db.String()}}, {Namespaces: []string{"shop"}}}})},
 			Conn{Peer: web, DstPort: 81}, true, "shop/a"},
+		{"ip_blocks admit the block", []*configv1alpha1.Authorization{pol("a", allow, from(&src{IpBlocks: []string{"10.250.0.0/16"}}))},
+			Conn{Peer: web, DstPort: 80, Src: near}, true, "shop/a"},
+		{"ip_blocks refuse outside", []*configv1alpha1.Authorization{pol("a", allow, from(&src{IpBlocks: []string{"10.250.0.0/16"}}))},
+			Conn{Peer: web, DstPort: 80, Src: far}, false, ""},
+		{"ip_blocks admit plaintext by address", []*configv1alpha1.Authorization{pol("a", allow, from(&src{IpBlocks: []string{"10.250.1.2/32"}}))},
+			Conn{Peer: plain, DstPort: 80, Src: near}, true, "shop/a"},
+		{"ip_blocks with an unknown address", []*configv1alpha1.Authorization{pol("a", allow, from(&src{IpBlocks: []string{"0.0.0.0/0"}}))},
+			Conn{Peer: web, DstPort: 80}, false, ""},
+		{"deny by ip_blocks", []*configv1alpha1.Authorization{pol("a", allow, &rule{}), pol("d", deny, from(&src{IpBlocks: []string{"192.0.2.0/24"}}))},
+			Conn{Peer: web, DstPort: 80, Src: far}, false, "shop/d"},
+		{"deny all but not_ip_blocks", []*configv1alpha1.Authorization{pol("d", deny, from(&src{NotIpBlocks: []string{"10.250.0.0/16"}}))},
+			Conn{Peer: web, DstPort: 80, Src: near}, true, ""},
+		{"deny all but not_ip_blocks, outside", []*configv1alpha1.Authorization{pol("d", deny, from(&src{NotIpBlocks: []string{"10.250.0.0/16"}}))},
+			Conn{Peer: web, DstPort: 80, Src: far}, false, "shop/d"},
+		{"principal and ip_blocks both needed", []*configv1alpha1.Authorization{pol("a", allow, from(&src{Principals: []string{web.String()}, IpBlocks: []string{"10.250.0.0/16"}}))},
+			Conn{Peer: web, DstPort: 80, Src: far}, false, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

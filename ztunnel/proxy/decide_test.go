@@ -218,7 +218,7 @@ func TestInboundCheck(t *testing.T) {
 		{"unknown workload", nil, web, 0, ""},
 		{"unknown workload, plaintext", nil, identity.SPIFFEID{}, 403, DenyStrict},
 	} {
-		code, reason, _ := InboundCheck(snap, tc.w, tc.peer, 80, "ambit-system")
+		code, reason, _ := InboundCheck(snap, tc.w, tc.peer, netip.MustParseAddr("10.0.0.9"), 80, "ambit-system")
 		if code != tc.code || reason != tc.reason {
 			t.Errorf("%s: InboundCheck = %d %q, want %d %q", tc.name, code, reason, tc.code, tc.reason)
 		}

@@ -25,10 +25,11 @@ const (
 
 // InboundCheck is the authorization of an inbound connection to workload
 // dst (nil when the configuration does not know it) from peer (zero for
-// plaintext) on port: it returns the HTTP status to answer (0 to allow),
+// plaintext), whose address as the application sees it is src, on port: it
+// returns the HTTP status to answer (0 to allow),
 // the reason label, and a short text. Plaintext to an unknown workload is
 // refused (its mTLS mode is unknown); a tunnel to one is allowed.
-func InboundCheck(snap *config.Snapshot, dst *config.Workload, peer identity.SPIFFEID, port uint16, systemNamespace string) (code int, reason, text string) {
+func InboundCheck(snap *config.Snapshot, dst *config.Workload, peer identity.SPIFFEID, src netip.Addr, port uint16, systemNamespace string) (code int, reason, text string) {
 	plaintext := peer == identity.SPIFFEID{}
 	if dst == nil {
 		// The configuration no longer knows the pod (it is going away):
@@ -44,7 +45,7 @@ func InboundCheck(snap *config.Snapshot, dst *config.Workload, peer identity.SPI
 	if dst.Waypoint != nil && peer != dst.Waypoint.Identity {
 		return 403, DenyWaypoint, fmt.Sprintf("only the waypoint %s (%s) may reach this workload", dst.Waypoint.Gateway, dst.Waypoint.Identity)
 	}
-	d := policy.Evaluate(policy.Applicable(snap, dst, systemNamespace), policy.Conn{Peer: peer, DstPort: port})
+	d := policy.Evaluate(policy.Applicable(snap, dst, systemNamespace), policy.Conn{Peer: peer, DstPort: port, Src: src})
 	if !d.Allow {
 		return 403, DenyPolicy, d.Reason
 	}
@@ -78,15 +79,17 @@ func (p *Pod) serveHBONE(st *hbone.Stream) {
 		_ = st.Reject(400, "authority is not an address of this pod")
 		return
 	}
-	if code, reason, text := InboundCheck(snap, dst, peer, auth.Port(), p.systemNamespace()); code != 0 {
+	// The application sees the tunnel's source (the client's pod), or the
+	// client a waypoint serving this pod names, with a port of its own;
+	// ipBlocks match that address.
+	client := appSource(snap, dst, peer, auth, st.Header(), remote)
+	if code, reason, text := InboundCheck(snap, dst, peer, client, auth.Port(), p.systemNamespace()); code != 0 {
 		p.deny(labels, reason)
 		log().Info("hbone tunnel refused", "reason", reason, "detail", text)
 		_ = st.Reject(code, text)
 		return
 	}
-	// The application sees the tunnel's source (the client's pod), or the
-	// client a waypoint serving this pod names, with a port of its own.
-	from := netip.AddrPortFrom(appSource(snap, dst, peer, auth, st.Header(), remote), 0)
+	from := netip.AddrPortFrom(client, 0)
 	app, err := p.dialApp(st.Context(), from, auth)
 	if err != nil {
 		labels.ResponseFlags = metrics.FlagUpstreamFailure
@@ -127,7 +130,7 @@ func (p *Pod) servePlaintext(c *net.TCPConn) {
 	}
 	// A plaintext source has no verified identity, whatever its address says.
 	labels.Source.Principal = metrics.Unknown
-	if code, reason, text := InboundCheck(snap, w, identity.SPIFFEID{}, dst.Port(), p.systemNamespace()); code != 0 {
+	if code, reason, text := InboundCheck(snap, w, identity.SPIFFEID{}, srcIP, dst.Port(), p.systemNamespace()); code != 0 {
 		p.deny(labels, reason)
 		p.log.Info("plaintext connection refused", "src", srcIP, "dst", dst, "reason", reason, "detail", text)
 		reset(c)

@@ -2411,6 +2411,12 @@ type AuthorizationRule_Source struct {
 	NotPrincipals []string               `protobuf:"bytes,2,rep,name=not_principals,json=notPrincipals,proto3" json:"not_principals,omitempty"`
 	Namespaces    []string               `protobuf:"bytes,3,rep,name=namespaces,proto3" json:"namespaces,omitempty"`
 	NotNamespaces []string               `protobuf:"bytes,4,rep,name=not_namespaces,json=notNamespaces,proto3" json:"not_namespaces,omitempty"`
+	// ip_blocks and not_ip_blocks are CIDR blocks in canonical form
+	// ("10.1.2.0/24", "10.1.2.3/32", "2001:db8::/32"), matched against the
+	// client's address (ztunnel: the address the destination application
+	// sees; the waypoint: its client's). An unknown address is in no block.
+	IpBlocks      []string `protobuf:"bytes,5,rep,name=ip_blocks,json=ipBlocks,proto3" json:"ip_blocks,omitempty"`
+	NotIpBlocks   []string `protobuf:"bytes,6,rep,name=not_ip_blocks,json=notIpBlocks,proto3" json:"not_ip_blocks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2469,6 +2475,20 @@ func (x *AuthorizationRule_Source) GetNamespaces() []string {
 func (x *AuthorizationRule_Source) GetNotNamespaces() []string {
 	if x != nil {
 		return x.NotNamespaces
+	}
+	return nil
+}
+
+func (x *AuthorizationRule_Source) GetIpBlocks() []string {
+	if x != nil {
+		return x.IpBlocks
+	}
+	return nil
+}
+
+func (x *AuthorizationRule_Source) GetNotIpBlocks() []string {
+	if x != nil {
+		return x.NotIpBlocks
 	}
 	return nil
 }
@@ -2686,10 +2706,10 @@ const file_config_v1alpha1_config_proto_rawDesc = "" +
 	"\x06Action\x12\x16\n" +
 	"\x12ACTION_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fACTION_ALLOW\x10\x01\x12\x0f\n" +
-	"\vACTION_DENY\x10\x02\"\xce\x04\n" +
+	"\vACTION_DENY\x10\x02\"\x8f\x05\n" +
 	"\x11AuthorizationRule\x12C\n" +
 	"\x04from\x18\x01 \x03(\v2/.ambit.config.v1alpha1.AuthorizationRule.SourceR\x04from\x12B\n" +
-	"\x02to\x18\x02 \x03(\v22.ambit.config.v1alpha1.AuthorizationRule.OperationR\x02to\x1a\x96\x01\n" +
+	"\x02to\x18\x02 \x03(\v22.ambit.config.v1alpha1.AuthorizationRule.OperationR\x02to\x1a\xd7\x01\n" +
 	"\x06Source\x12\x1e\n" +
 	"\n" +
 	"principals\x18\x01 \x03(\tR\n" +
@@ -2698,7 +2718,9 @@ const file_config_v1alpha1_config_proto_rawDesc = "" +
 	"\n" +
 	"namespaces\x18\x03 \x03(\tR\n" +
 	"namespaces\x12%\n" +
-	"\x0enot_namespaces\x18\x04 \x03(\tR\rnotNamespaces\x1a\xdb\x01\n" +
+	"\x0enot_namespaces\x18\x04 \x03(\tR\rnotNamespaces\x12\x1b\n" +
+	"\tip_blocks\x18\x05 \x03(\tR\bipBlocks\x12\"\n" +
+	"\rnot_ip_blocks\x18\x06 \x03(\tR\vnotIpBlocks\x1a\xdb\x01\n" +
 	"\tOperation\x12\x14\n" +
 	"\x05ports\x18\x01 \x03(\rR\x05ports\x12\x1b\n" +
 	"\tnot_ports\x18\x02 \x03(\rR\bnotPorts\x12\x18\n" +

@@ -54,7 +54,28 @@ type Source struct {
 	// +optional
 	// +kubebuilder:validation:MaxItems=64
 	NotNamespaces []string `json:"notNamespaces,omitempty"`
+	// IPBlocks are the client's addresses: single IPs ("203.0.113.4",
+	// "2001:db8::7") or CIDR blocks ("203.0.113.0/24"). The client's address
+	// is the one the destination application sees: the client pod's for a
+	// tunnel from its ztunnel or for plaintext, the original client's for a
+	// tunnel from the destination's waypoint (which names it). At a waypoint
+	// it is the address of the client the waypoint serves.
+	// +optional
+	// +kubebuilder:validation:MaxItems=16
+	IPBlocks []IPBlock `json:"ipBlocks,omitempty"`
+	// NotIPBlocks excludes clients whose address is in one of these (IPs or
+	// CIDR blocks, as ipBlocks).
+	// +optional
+	// +kubebuilder:validation:MaxItems=16
+	NotIPBlocks []IPBlock `json:"notIpBlocks,omitempty"`
 }
+
+// IPBlock is an IP address ("203.0.113.4", "2001:db8::7") or a CIDR block
+// ("203.0.113.0/24", "2001:db8::/32").
+// +kubebuilder:validation:MinLength=1
+// +kubebuilder:validation:MaxLength=64
+// +kubebuilder:validation:XValidation:rule="isIP(self) || isCIDR(self)",message="must be an IP address or a CIDR block"
+type IPBlock string
 
 // HeaderMatch matches one request header at a waypoint.
 type HeaderMatch struct {
@@ -96,6 +117,7 @@ type Operation struct {
 // entries match. An empty list matches anything.
 type Rule struct {
 	// +optional
+	// +kubebuilder:validation:MaxItems=16
 	From []Source `json:"from,omitempty"`
 	// +optional
 	To []Operation `json:"to,omitempty"`
