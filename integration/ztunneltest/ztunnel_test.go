@@ -223,6 +223,41 @@ func TestZtunnelEndToEnd(t *testing.T) {
 		if err := c.Echo(bAddr, c.Hello(1000)); err != nil {
 			t.Errorf("c was refused by an ALLOW for c: %v", err)
 		}
+
+		// IP blocks match the client pod's own address, for tunnels (the
+		// client's ztunnel dials from inside the pod) as for plaintext.
+		m.authz = []*configv1alpha1.Authorization{{
+			Name: ns + "/deny-a-by-address", Namespace: ns, Scope: configv1alpha1.Authorization_SCOPE_NAMESPACE,
+			Action: configv1alpha1.Authorization_ACTION_DENY,
+			Rules:  []*configv1alpha1.AuthorizationRule{{From: []*configv1alpha1.AuthorizationRule_Source{{IpBlocks: []string{netip.PrefixFrom(a.IP, 32).String()}}}}},
+		}}
+		m.publish()
+		eventually(t, "ipBlocks DENY applied", func() bool { return a.Echo(bAddr, a.Hello(1000)) != nil })
+		if err := c.Echo(bAddr, c.Hello(1000)); err != nil {
+			t.Errorf("c was refused by a DENY of a's address: %v", err)
+		}
+		if err := u.Echo(bAddr, u.Hello(1000)); err != nil {
+			t.Errorf("plaintext u was refused by a DENY of a's address: %v", err)
+		}
+		// An ALLOW of the lab's pod network except a: c and plaintext u in,
+		// a out, though it has a valid identity.
+		m.authz = []*configv1alpha1.Authorization{{
+			Name: ns + "/allow-lab-but-a", Namespace: ns, Scope: configv1alpha1.Authorization_SCOPE_NAMESPACE,
+			Action: configv1alpha1.Authorization_ACTION_ALLOW,
+			Rules: []*configv1alpha1.AuthorizationRule{{From: []*configv1alpha1.AuthorizationRule_Source{{
+				IpBlocks: []string{"10.250.0.0/16"}, NotIpBlocks: []string{netip.PrefixFrom(a.IP, 32).String()},
+			}}}},
+		}}
+		m.publish()
+		eventually(t, "ipBlocks ALLOW applied", func() bool {
+			return a.Echo(bAddr, a.Hello(1000)) != nil && c.Echo(bAddr, c.Hello(1000)) == nil
+		})
+		if err := u.Echo(bAddr, u.Hello(1000)); err != nil {
+			t.Errorf("plaintext u in the allowed block was refused: %v", err)
+		}
+		if err := a.Echo(vipAddr, a.Hello(1000)); err == nil {
+			t.Error("a reached b through the service despite being outside the ALLOW's blocks")
+		}
 		m.authz = nil
 		m.publish()
 		eventually(t, "policy removed", func() bool { return a.Echo(bAddr, a.Hello(1000)) == nil })

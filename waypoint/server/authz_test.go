@@ -152,6 +152,56 @@ func TestAuthorizationOverHBONE(t *testing.T) {
 	}
 }
 
+// ipBlocks match the client's address: the one the sending ztunnel names
+// in the tunnel's Forwarded header, else the tunnel's source.
+func TestAuthorizationByAddress(t *testing.T) {
+	e := setup(t, func(c *Config) { c.Gateway = "default/waypoint" })
+	fromOffice := &configv1alpha1.Authorization{
+		Name: "default/from-office", Namespace: "default",
+		Scope: configv1alpha1.Authorization_SCOPE_SERVICE, Action: configv1alpha1.Authorization_ACTION_ALLOW,
+		Targets: []string{"default/echo"},
+		Rules: []*configv1alpha1.AuthorizationRule{{
+			From: []*configv1alpha1.AuthorizationRule_Source{{IpBlocks: []string{"10.1.2.0/24"}, NotIpBlocks: []string{"10.1.2.66/32"}}},
+		}},
+	}
+	if err := e.store.HandleAuthorizations(resources(t, map[string]proto.Message{"default/from-office": fromOffice})); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		hdr  http.Header
+		code int
+	}{
+		{"named client in the block", http.Header{"Forwarded": {"for=10.1.2.3"}}, 200},
+		{"named client excepted", http.Header{"Forwarded": {"for=10.1.2.66"}}, 403},
+		{"named client outside", http.Header{"Forwarded": {"for=10.9.9.9"}}, 403},
+		{"tunnel's source outside", nil, 403}, // 127.0.0.1
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cl := e.clientAs(t, sa("client"), "10.96.0.10:80", c.hdr)
+			defer cl.CloseIdleConnections()
+			resp, body := do(t, cl, "GET", "/", nil)
+			if resp.StatusCode != c.code {
+				t.Fatalf("status %d (%q), want %d", resp.StatusCode, body, c.code)
+			}
+			if c.code == 403 && body != "RBAC: access denied by default/from-office\n" {
+				t.Fatalf("body %q", body)
+			}
+		})
+	}
+	// A block that does not parse is refused, and the set in force stays.
+	bad := proto.Clone(fromOffice).(*configv1alpha1.Authorization)
+	bad.Rules[0].From[0].IpBlocks = []string{"10.1.2.0/99"}
+	if err := e.store.HandleAuthorizations(resources(t, map[string]proto.Message{"default/from-office": bad})); err == nil {
+		t.Fatal("an unparsable IP block was accepted")
+	}
+	cl := e.clientAs(t, sa("client"), "10.96.0.10:80", http.Header{"Forwarded": {"for=10.1.2.3"}})
+	defer cl.CloseIdleConnections()
+	if resp, _ := do(t, cl, "GET", "/", nil); resp.StatusCode != 200 {
+		t.Fatalf("after a rejected update: status %d", resp.StatusCode)
+	}
+}
+
 func TestStoreDump(t *testing.T) {
 	e := setup(t)
 	if err := e.store.HandleAuthorizations(resources(t, map[string]proto.Message{"default/metrics-get-only": metricsGetOnly()})); err != nil {
