@@ -1,6 +1,7 @@
 package translate
 
 import (
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -57,7 +58,7 @@ func emitWorkload(w *Workload) *configv1alpha1.Workload {
 	return &configv1alpha1.Workload{
 		Name: w.Key.String(), Uid: w.UID, Namespace: w.Key.Namespace, ServiceAccount: w.ServiceAccount,
 		Identity: w.Identity, Node: w.Node, Addresses: slices.Clone(w.Addresses), Enrolled: w.Enrolled, Ready: w.Ready,
-		Waypoint: emitWaypointRef(w.Waypoint), MtlsMode: w.MTLS, CanonicalName: w.CanonicalName,
+		Waypoint: emitWaypointRef(w.Waypoint), MtlsMode: w.MTLS, PortMtlsModes: maps.Clone(w.PortMTLS), CanonicalName: w.CanonicalName,
 		CanonicalRevision: w.CanonicalRevision, WorkloadName: w.WorkloadName,
 		AuthorizationPolicies: slices.Clone(w.Authorizations), TrustDomain: w.TrustDomain,
 		Dns: &configv1alpha1.DNSConfig{Policy: w.DNS.Policy, Nameservers: slices.Clone(w.DNS.Nameservers),

@@ -30,16 +30,19 @@ type Mesh struct {
 
 // Workload is a Pod as the data planes see it.
 type Workload struct {
-	Key               types.NamespacedName
-	UID               string
-	ServiceAccount    string
-	Identity          string
-	TrustDomain       string
-	Node              string
-	Addresses         []string
-	Enrolled, Ready   bool
-	Waypoint          *WaypointRef
-	MTLS              configv1alpha1.MTLSMode
+	Key             types.NamespacedName
+	UID             string
+	ServiceAccount  string
+	Identity        string
+	TrustDomain     string
+	Node            string
+	Addresses       []string
+	Enrolled, Ready bool
+	Waypoint        *WaypointRef
+	MTLS            configv1alpha1.MTLSMode
+	// PortMTLS overrides MTLS on some of the pod's ports (PERMISSIVE or
+	// STRICT), from the selecting PeerAuthentication's portLevelMtls.
+	PortMTLS          map[uint32]configv1alpha1.MTLSMode
 	CanonicalName     string
 	CanonicalRevision string
 	WorkloadName      string
@@ -283,6 +286,11 @@ func (w *Workload) Validate() error {
 		return invalid("workload %s has no mTLS mode", w.Key)
 	case w.DNS.Policy == configv1alpha1.DNSConfig_POLICY_UNSPECIFIED:
 		return invalid("workload %s has no DNS policy", w.Key)
+	}
+	for port, m := range w.PortMTLS {
+		if port < 1 || port > 65535 || m == configv1alpha1.MTLSMode_MTLS_MODE_UNSPECIFIED {
+			return invalid("workload %s: port %d mTLS mode %s", w.Key, port, m)
+		}
 	}
 	return w.Waypoint.Validate()
 }

@@ -3,6 +3,7 @@ package translate
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -23,6 +24,8 @@ type peerAuthPolicy struct {
 	// mesh-wide) policy.
 	selector labels.Selector
 	mode     securityv1alpha1.MTLSMode
+	// ports are the portLevelMtls modes other than UNSET, by port.
+	ports map[uint32]securityv1alpha1.MTLSMode
 }
 
 // peerAuthentications validates PeerAuthentications; the accepted ones are
@@ -39,6 +42,9 @@ func (b *builder) peerAuthentications() {
 		default:
 			err = fmt.Errorf("%w: mtls.mode %q is not STRICT, PERMISSIVE or UNSET", ErrInvalidPolicy, p.mode)
 		}
+		if err == nil {
+			p.ports, err = portLevelMTLS(pa)
+		}
 		if err == nil && !emptySelector(pa.Spec.Selector) {
 			p.selector, err = metav1.LabelSelectorAsSelector(pa.Spec.Selector)
 			if err != nil {
@@ -53,8 +59,58 @@ func (b *builder) peerAuthentications() {
 	slices.SortStableFunc(b.peerAuth, func(x, y *peerAuthPolicy) int { return olderFirst(x.obj, y.obj) })
 }
 
+// portLevelMTLS validates a PeerAuthentication's portLevelMtls and returns
+// its modes other than UNSET by port. Port-level modes need a selector:
+// they are about the ports of particular workloads.
+func portLevelMTLS(pa *securityv1alpha1.PeerAuthentication) (map[uint32]securityv1alpha1.MTLSMode, error) {
+	if len(pa.Spec.PortLevelMTLS) == 0 {
+		return nil, nil
+	}
+	if emptySelector(pa.Spec.Selector) {
+		return nil, fmt.Errorf("%w: portLevelMtls needs a selector that picks workloads", ErrInvalidPolicy)
+	}
+	out := map[uint32]securityv1alpha1.MTLSMode{}
+	for _, k := range slices.Sorted(maps.Keys(pa.Spec.PortLevelMTLS)) {
+		port, err := strconv.ParseUint(k, 10, 16)
+		if err != nil || port == 0 || strconv.FormatUint(port, 10) != k {
+			return nil, fmt.Errorf("%w: portLevelMtls key %q is not a port number from 1 to 65535", ErrInvalidPolicy, k)
+		}
+		switch m := cmp.Or(pa.Spec.PortLevelMTLS[k].Mode, securityv1alpha1.MTLSUnset); m {
+		case securityv1alpha1.MTLSStrict, securityv1alpha1.MTLSPermissive:
+			out[uint32(port)] = m
+		case securityv1alpha1.MTLSUnset:
+		default:
+			return nil, fmt.Errorf("%w: portLevelMtls[%s].mode %q is not STRICT, PERMISSIVE or UNSET", ErrInvalidPolicy, k, m)
+		}
+	}
+	return out, nil
+}
+
 func emptySelector(s *metav1.LabelSelector) bool {
 	return s == nil || (len(s.MatchLabels) == 0 && len(s.MatchExpressions) == 0)
+}
+
+// portMTLSModes returns the port-level modes of the oldest workload policy
+// selecting the pod (the policy that also decides its mode), or nil.
+func (b *builder) portMTLSModes(pod *corev1.Pod) map[uint32]configv1alpha1.MTLSMode {
+	podLabels := labels.Set(pod.Labels)
+	for _, p := range b.peerAuth {
+		if p.obj.Namespace != pod.Namespace || p.selector == nil || !p.selector.Matches(podLabels) {
+			continue
+		}
+		if len(p.ports) == 0 {
+			return nil
+		}
+		out := make(map[uint32]configv1alpha1.MTLSMode, len(p.ports))
+		for port, m := range p.ports {
+			out[port] = configv1alpha1.MTLSMode_MTLS_MODE_PERMISSIVE
+			if m == securityv1alpha1.MTLSStrict {
+				out[port] = configv1alpha1.MTLSMode_MTLS_MODE_STRICT
+			}
+		}
+		return out
+	}
+	return nil
 }
 
 // mtlsMode resolves a pod's mode: the oldest workload policy selecting it,
@@ -123,6 +179,7 @@ func (b *builder) workloadsIR() {
 			Enrolled: b.ix.nsLabel(pod.Namespace, LabelDataplaneMode) == DataplaneModeAmbient &&
 				pod.Labels[LabelDataplaneMode] != DataplaneModeNone && !pod.Spec.HostNetwork,
 			MTLS:         b.mtlsMode(pod),
+			PortMTLS:     b.portMTLSModes(pod),
 			WorkloadName: workloadName(pod),
 			DNS:          dnsConfig(pod, b.searchesFor(pod.Namespace)),
 		}

@@ -211,6 +211,35 @@ func TestEnvtest(t *testing.T) {
 		if err := env.Client.Create(ctx, badMode); !apierrors.IsInvalid(err) {
 			t.Errorf("PeerAuthentication mode SOMETIMES: err = %v, want Invalid", err)
 		}
+		metricsPort := &securityv1alpha1.PeerAuthentication{
+			ObjectMeta: metav1.ObjectMeta{Name: "metrics-port", Namespace: ns},
+			Spec: securityv1alpha1.PeerAuthenticationSpec{
+				Selector:      &metav1.LabelSelector{MatchLabels: map[string]string{"app": "reviews"}},
+				MTLS:          &securityv1alpha1.MutualTLS{Mode: securityv1alpha1.MTLSStrict},
+				PortLevelMTLS: map[string]securityv1alpha1.MutualTLS{"9090": {Mode: securityv1alpha1.MTLSPermissive}},
+			},
+		}
+		if err := env.Client.Create(ctx, metricsPort); err != nil {
+			t.Errorf("PeerAuthentication with portLevelMtls: %v", err)
+		}
+		for name, c := range map[string]struct {
+			spec securityv1alpha1.PeerAuthenticationSpec
+			msg  string
+		}{
+			"ports-no-selector": {securityv1alpha1.PeerAuthenticationSpec{
+				PortLevelMTLS: map[string]securityv1alpha1.MutualTLS{"9090": {Mode: securityv1alpha1.MTLSPermissive}}}, "portLevelMtls needs a selector"},
+			"ports-empty-selector": {securityv1alpha1.PeerAuthenticationSpec{Selector: &metav1.LabelSelector{},
+				PortLevelMTLS: map[string]securityv1alpha1.MutualTLS{"9090": {Mode: securityv1alpha1.MTLSPermissive}}}, "portLevelMtls needs a selector"},
+			"named-port": {securityv1alpha1.PeerAuthenticationSpec{Selector: metricsPort.Spec.Selector,
+				PortLevelMTLS: map[string]securityv1alpha1.MutualTLS{"metrics": {Mode: securityv1alpha1.MTLSPermissive}}}, "keys must be port numbers"},
+			"port-70000": {securityv1alpha1.PeerAuthenticationSpec{Selector: metricsPort.Spec.Selector,
+				PortLevelMTLS: map[string]securityv1alpha1.MutualTLS{"70000": {Mode: securityv1alpha1.MTLSPermissive}}}, "keys must be port numbers"},
+		} {
+			bad := &securityv1alpha1.PeerAuthentication{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: c.spec}
+			if err := env.Client.Create(ctx, bad); !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), c.msg) {
+				t.Errorf("PeerAuthentication %s: err = %v, want Invalid saying %q", name, err, c.msg)
+			}
+		}
 	})
 
 	t.Run("TrafficCRDValidation", func(t *testing.T) {

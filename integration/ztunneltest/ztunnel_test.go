@@ -273,7 +273,29 @@ func TestZtunnelEndToEnd(t *testing.T) {
 		if v := metricValue(t, z1, "ztunnel_connections_denied_total", map[string]string{"reason": "strict"}); v < 1 {
 			t.Errorf("strict refusals counted: %v", v)
 		}
+		// A port-level PERMISSIVE (PeerAuthentication portLevelMtls): plaintext
+		// reaches that port of the STRICT pod, and no other.
+		const metricsPort = 9090
+		b.ServeEcho(t, metricsPort)
+		m.workloads["b"].PortMtlsModes = map[uint32]configv1alpha1.MTLSMode{metricsPort: configv1alpha1.MTLSMode_MTLS_MODE_PERMISSIVE}
+		m.publish()
+		eventually(t, "port-level PERMISSIVE applied", func() bool {
+			return u.Echo(netip.AddrPortFrom(b.IP, metricsPort), u.Hello(1000)) == nil
+		})
+		if err := u.Echo(bAddr, u.Hello(1000)); err == nil {
+			t.Error("plaintext reached a STRICT port of b")
+		}
+		// And the reverse: a STRICT port on a PERMISSIVE pod.
 		m.workloads["b"].MtlsMode = configv1alpha1.MTLSMode_MTLS_MODE_PERMISSIVE
+		m.workloads["b"].PortMtlsModes = map[uint32]configv1alpha1.MTLSMode{metricsPort: configv1alpha1.MTLSMode_MTLS_MODE_STRICT}
+		m.publish()
+		eventually(t, "port-level STRICT applied", func() bool {
+			return u.Echo(netip.AddrPortFrom(b.IP, metricsPort), u.Hello(1000)) != nil && u.Echo(bAddr, u.Hello(1000)) == nil
+		})
+		if err := a.Echo(netip.AddrPortFrom(b.IP, metricsPort), a.Hello(1000)); err != nil {
+			t.Errorf("HBONE refused on a STRICT port: %v", err)
+		}
+		m.workloads["b"].PortMtlsModes = nil
 		m.publish()
 		eventually(t, "PERMISSIVE applied", func() bool { return u.Echo(bAddr, u.Hello(1000)) == nil })
 	})

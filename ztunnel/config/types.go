@@ -33,9 +33,19 @@ func (w *Workload) Enrolled() bool { return w.Proto.GetEnrolled() }
 // HasIdentity reports whether the workload has a SPIFFE ID.
 func (w *Workload) HasIdentity() bool { return w.Identity != identity.SPIFFEID{} }
 
-// Strict reports whether the workload refuses plaintext inbound.
+// Strict reports whether the workload refuses plaintext inbound on the
+// ports that have no mode of their own (StrictOn).
 func (w *Workload) Strict() bool {
 	return w.Proto.GetMtlsMode() == configv1alpha1.MTLSMode_MTLS_MODE_STRICT
+}
+
+// StrictOn reports whether the workload refuses plaintext sent to its port:
+// the port's own mode (port_mtls_modes) when it has one, else Strict.
+func (w *Workload) StrictOn(port uint16) bool {
+	if m, ok := w.Proto.GetPortMtlsModes()[uint32(port)]; ok {
+		return m == configv1alpha1.MTLSMode_MTLS_MODE_STRICT
+	}
+	return w.Strict()
 }
 
 // HasAddress reports whether a is one of the workload's addresses.
@@ -133,6 +143,14 @@ func parseWorkload(name string, w *configv1alpha1.Workload) (*Workload, error) {
 	}
 	if w.GetMtlsMode() < configv1alpha1.MTLSMode_MTLS_MODE_UNSPECIFIED || w.GetMtlsMode() > configv1alpha1.MTLSMode_MTLS_MODE_STRICT {
 		return nil, fmt.Errorf("workload %q: unknown mtls_mode %d", name, w.GetMtlsMode())
+	}
+	for port, m := range w.GetPortMtlsModes() {
+		if port == 0 || port > 65535 {
+			return nil, fmt.Errorf("workload %q: port_mtls_modes: port %d out of range", name, port)
+		}
+		if m != configv1alpha1.MTLSMode_MTLS_MODE_PERMISSIVE && m != configv1alpha1.MTLSMode_MTLS_MODE_STRICT {
+			return nil, fmt.Errorf("workload %q: port_mtls_modes: port %d: mode %v is neither PERMISSIVE nor STRICT", name, port, m)
+		}
 	}
 	wp, err := parseWaypoint(w.GetWaypoint())
 	if err != nil {

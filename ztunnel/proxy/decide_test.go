@@ -200,25 +200,35 @@ func TestInboundCheck(t *testing.T) {
 	plainOK := mustWorkload(t, &configv1alpha1.Workload{Name: "shop/a", Identity: sid("a"), Enrolled: true})
 	strict := mustWorkload(t, &configv1alpha1.Workload{Name: "shop/s", Identity: sid("s"), Enrolled: true, MtlsMode: configv1alpha1.MTLSMode_MTLS_MODE_STRICT})
 	behind := mustWorkload(t, &configv1alpha1.Workload{Name: "shop/b", Identity: sid("b"), Enrolled: true, Waypoint: wp})
+	strictBut9090 := mustWorkload(t, &configv1alpha1.Workload{Name: "shop/m", Identity: sid("m"), Enrolled: true,
+		MtlsMode: configv1alpha1.MTLSMode_MTLS_MODE_STRICT, PortMtlsModes: map[uint32]configv1alpha1.MTLSMode{9090: configv1alpha1.MTLSMode_MTLS_MODE_PERMISSIVE}})
+	permissiveBut5432 := mustWorkload(t, &configv1alpha1.Workload{Name: "shop/p", Identity: sid("p"), Enrolled: true,
+		MtlsMode: configv1alpha1.MTLSMode_MTLS_MODE_PERMISSIVE, PortMtlsModes: map[uint32]configv1alpha1.MTLSMode{5432: configv1alpha1.MTLSMode_MTLS_MODE_STRICT}})
 	web, _ := identity.ParseSPIFFEID(sid("web"))
 	wpID, _ := identity.ParseSPIFFEID(sid("wp"))
-	snap := config.Build([]*config.Workload{plainOK, strict, behind}, nil, nil)
+	snap := config.Build([]*config.Workload{plainOK, strict, behind, strictBut9090, permissiveBut5432}, nil, nil)
 	for _, tc := range []struct {
 		name   string
 		w      *config.Workload
 		peer   identity.SPIFFEID
+		port   uint16
 		code   int
 		reason string
 	}{
-		{"permissive plaintext", plainOK, identity.SPIFFEID{}, 0, ""},
-		{"strict plaintext", strict, identity.SPIFFEID{}, 403, DenyStrict},
-		{"strict mTLS", strict, web, 0, ""},
-		{"behind waypoint, direct", behind, web, 403, DenyWaypoint},
-		{"behind waypoint, from it", behind, wpID, 0, ""},
-		{"unknown workload", nil, web, 0, ""},
-		{"unknown workload, plaintext", nil, identity.SPIFFEID{}, 403, DenyStrict},
+		{"permissive plaintext", plainOK, identity.SPIFFEID{}, 80, 0, ""},
+		{"strict plaintext", strict, identity.SPIFFEID{}, 80, 403, DenyStrict},
+		{"strict mTLS", strict, web, 80, 0, ""},
+		{"strict, plaintext to a PERMISSIVE port", strictBut9090, identity.SPIFFEID{}, 9090, 0, ""},
+		{"strict, plaintext to another port", strictBut9090, identity.SPIFFEID{}, 80, 403, DenyStrict},
+		{"permissive, plaintext to a STRICT port", permissiveBut5432, identity.SPIFFEID{}, 5432, 403, DenyStrict},
+		{"permissive, mTLS to a STRICT port", permissiveBut5432, web, 5432, 0, ""},
+		{"permissive, plaintext to another port", permissiveBut5432, identity.SPIFFEID{}, 80, 0, ""},
+		{"behind waypoint, direct", behind, web, 80, 403, DenyWaypoint},
+		{"behind waypoint, from it", behind, wpID, 80, 0, ""},
+		{"unknown workload", nil, web, 80, 0, ""},
+		{"unknown workload, plaintext", nil, identity.SPIFFEID{}, 80, 403, DenyStrict},
 	} {
-		code, reason, _ := InboundCheck(snap, tc.w, tc.peer, netip.MustParseAddr("10.0.0.9"), 80, "ambit-system")
+		code, reason, _ := InboundCheck(snap, tc.w, tc.peer, netip.MustParseAddr("10.0.0.9"), tc.port, "ambit-system")
 		if code != tc.code || reason != tc.reason {
 			t.Errorf("%s: InboundCheck = %d %q, want %d %q", tc.name, code, reason, tc.code, tc.reason)
 		}

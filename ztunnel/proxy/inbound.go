@@ -39,7 +39,10 @@ func InboundCheck(snap *config.Snapshot, dst *config.Workload, peer identity.SPI
 		}
 		return 0, "", "unknown workload: no policy"
 	}
-	if plaintext && dst.Strict() {
+	if plaintext && dst.StrictOn(port) {
+		if _, own := dst.Proto.GetPortMtlsModes()[uint32(port)]; own {
+			return 403, DenyStrict, fmt.Sprintf("plaintext refused: mTLS mode of port %d is STRICT", port)
+		}
 		return 403, DenyStrict, "plaintext refused: mTLS mode is STRICT"
 	}
 	if dst.Waypoint != nil && peer != dst.Waypoint.Identity {

@@ -408,7 +408,12 @@ type Workload struct {
 	// dns is the pod's resolver configuration, as the kubelet writes it into
 	// the pod's resolv.conf (from dnsPolicy and dnsConfig); ztunnel's SOCKS5
 	// listener resolves names outside the mesh with it.
-	Dns           *DNSConfig `protobuf:"bytes,17,opt,name=dns,proto3" json:"dns,omitempty"`
+	Dns *DNSConfig `protobuf:"bytes,17,opt,name=dns,proto3" json:"dns,omitempty"`
+	// port_mtls_modes overrides mtls_mode on some of the pod's own ports
+	// (the port a connection was sent to in the pod), from the portLevelMtls
+	// of the PeerAuthentication that selects the workload; a port not listed
+	// takes mtls_mode. Values are PERMISSIVE or STRICT.
+	PortMtlsModes map[uint32]MTLSMode `protobuf:"bytes,18,rep,name=port_mtls_modes,json=portMtlsModes,proto3" json:"port_mtls_modes,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"varint,2,opt,name=value,enum=ambit.config.v1alpha1.MTLSMode"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -558,6 +563,13 @@ func (x *Workload) GetTrustDomain() string {
 func (x *Workload) GetDns() *DNSConfig {
 	if x != nil {
 		return x.Dns
+	}
+	return nil
+}
+
+func (x *Workload) GetPortMtlsModes() map[uint32]MTLSMode {
+	if x != nil {
+		return x.PortMtlsModes
 	}
 	return nil
 }
@@ -2423,7 +2435,7 @@ type AuthorizationRule_Source struct {
 
 func (x *AuthorizationRule_Source) Reset() {
 	*x = AuthorizationRule_Source{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[27]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2435,7 +2447,7 @@ func (x *AuthorizationRule_Source) String() string {
 func (*AuthorizationRule_Source) ProtoMessage() {}
 
 func (x *AuthorizationRule_Source) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[27]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2507,7 +2519,7 @@ type AuthorizationRule_Operation struct {
 
 func (x *AuthorizationRule_Operation) Reset() {
 	*x = AuthorizationRule_Operation{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[28]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2519,7 +2531,7 @@ func (x *AuthorizationRule_Operation) String() string {
 func (*AuthorizationRule_Operation) ProtoMessage() {}
 
 func (x *AuthorizationRule_Operation) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[28]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2587,7 +2599,7 @@ type AuthorizationRule_HeaderMatch struct {
 
 func (x *AuthorizationRule_HeaderMatch) Reset() {
 	*x = AuthorizationRule_HeaderMatch{}
-	mi := &file_config_v1alpha1_config_proto_msgTypes[29]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2599,7 +2611,7 @@ func (x *AuthorizationRule_HeaderMatch) String() string {
 func (*AuthorizationRule_HeaderMatch) ProtoMessage() {}
 
 func (x *AuthorizationRule_HeaderMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_config_v1alpha1_config_proto_msgTypes[29]
+	mi := &file_config_v1alpha1_config_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2633,7 +2645,7 @@ var File_config_v1alpha1_config_proto protoreflect.FileDescriptor
 
 const file_config_v1alpha1_config_proto_rawDesc = "" +
 	"\n" +
-	"\x1cconfig/v1alpha1/config.proto\x12\x15ambit.config.v1alpha1\x1a\x1egoogle/protobuf/duration.proto\"\xfe\x04\n" +
+	"\x1cconfig/v1alpha1/config.proto\x12\x15ambit.config.v1alpha1\x1a\x1egoogle/protobuf/duration.proto\"\xbd\x06\n" +
 	"\bWorkload\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
 	"\x03uid\x18\x02 \x01(\tR\x03uid\x12\x1c\n" +
@@ -2652,7 +2664,11 @@ const file_config_v1alpha1_config_proto_rawDesc = "" +
 	"\rworkload_name\x18\x0e \x01(\tR\fworkloadName\x125\n" +
 	"\x16authorization_policies\x18\x0f \x03(\tR\x15authorizationPolicies\x12!\n" +
 	"\ftrust_domain\x18\x10 \x01(\tR\vtrustDomain\x122\n" +
-	"\x03dns\x18\x11 \x01(\v2 .ambit.config.v1alpha1.DNSConfigR\x03dns\"\x81\x02\n" +
+	"\x03dns\x18\x11 \x01(\v2 .ambit.config.v1alpha1.DNSConfigR\x03dns\x12Z\n" +
+	"\x0fport_mtls_modes\x18\x12 \x03(\v22.ambit.config.v1alpha1.Workload.PortMtlsModesEntryR\rportMtlsModes\x1aa\n" +
+	"\x12PortMtlsModesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\rR\x03key\x125\n" +
+	"\x05value\x18\x02 \x01(\x0e2\x1f.ambit.config.v1alpha1.MTLSModeR\x05value:\x028\x01\"\x81\x02\n" +
 	"\tDNSConfig\x12?\n" +
 	"\x06policy\x18\x01 \x01(\x0e2'.ambit.config.v1alpha1.DNSConfig.PolicyR\x06policy\x12 \n" +
 	"\vnameservers\x18\x02 \x03(\tR\vnameservers\x12\x1a\n" +
@@ -2857,7 +2873,7 @@ func file_config_v1alpha1_config_proto_rawDescGZIP() []byte {
 }
 
 var file_config_v1alpha1_config_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_config_v1alpha1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_config_v1alpha1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_config_v1alpha1_config_proto_goTypes = []any{
 	(MTLSMode)(0),                         // 0: ambit.config.v1alpha1.MTLSMode
 	(DNSConfig_Policy)(0),                 // 1: ambit.config.v1alpha1.DNSConfig.Policy
@@ -2891,68 +2907,71 @@ var file_config_v1alpha1_config_proto_goTypes = []any{
 	(*Retry)(nil),                         // 29: ambit.config.v1alpha1.Retry
 	(*OutlierDetection)(nil),              // 30: ambit.config.v1alpha1.OutlierDetection
 	(*Limits)(nil),                        // 31: ambit.config.v1alpha1.Limits
-	nil,                                   // 32: ambit.config.v1alpha1.Endpoint.TargetPortsEntry
-	(*AuthorizationRule_Source)(nil),      // 33: ambit.config.v1alpha1.AuthorizationRule.Source
-	(*AuthorizationRule_Operation)(nil),   // 34: ambit.config.v1alpha1.AuthorizationRule.Operation
-	(*AuthorizationRule_HeaderMatch)(nil), // 35: ambit.config.v1alpha1.AuthorizationRule.HeaderMatch
-	nil,                                   // 36: ambit.config.v1alpha1.HeaderModifier.SetEntry
-	nil,                                   // 37: ambit.config.v1alpha1.HeaderModifier.AddEntry
-	(*durationpb.Duration)(nil),           // 38: google.protobuf.Duration
+	nil,                                   // 32: ambit.config.v1alpha1.Workload.PortMtlsModesEntry
+	nil,                                   // 33: ambit.config.v1alpha1.Endpoint.TargetPortsEntry
+	(*AuthorizationRule_Source)(nil),      // 34: ambit.config.v1alpha1.AuthorizationRule.Source
+	(*AuthorizationRule_Operation)(nil),   // 35: ambit.config.v1alpha1.AuthorizationRule.Operation
+	(*AuthorizationRule_HeaderMatch)(nil), // 36: ambit.config.v1alpha1.AuthorizationRule.HeaderMatch
+	nil,                                   // 37: ambit.config.v1alpha1.HeaderModifier.SetEntry
+	nil,                                   // 38: ambit.config.v1alpha1.HeaderModifier.AddEntry
+	(*durationpb.Duration)(nil),           // 39: google.protobuf.Duration
 }
 var file_config_v1alpha1_config_proto_depIdxs = []int32{
 	8,  // 0: ambit.config.v1alpha1.Workload.waypoint:type_name -> ambit.config.v1alpha1.WaypointRef
 	0,  // 1: ambit.config.v1alpha1.Workload.mtls_mode:type_name -> ambit.config.v1alpha1.MTLSMode
 	7,  // 2: ambit.config.v1alpha1.Workload.dns:type_name -> ambit.config.v1alpha1.DNSConfig
-	1,  // 3: ambit.config.v1alpha1.DNSConfig.policy:type_name -> ambit.config.v1alpha1.DNSConfig.Policy
-	10, // 4: ambit.config.v1alpha1.Service.ports:type_name -> ambit.config.v1alpha1.ServicePort
-	11, // 5: ambit.config.v1alpha1.Service.endpoints:type_name -> ambit.config.v1alpha1.Endpoint
-	8,  // 6: ambit.config.v1alpha1.Service.waypoint:type_name -> ambit.config.v1alpha1.WaypointRef
-	32, // 7: ambit.config.v1alpha1.Endpoint.target_ports:type_name -> ambit.config.v1alpha1.Endpoint.TargetPortsEntry
-	2,  // 8: ambit.config.v1alpha1.Authorization.scope:type_name -> ambit.config.v1alpha1.Authorization.Scope
-	3,  // 9: ambit.config.v1alpha1.Authorization.action:type_name -> ambit.config.v1alpha1.Authorization.Action
-	13, // 10: ambit.config.v1alpha1.Authorization.rules:type_name -> ambit.config.v1alpha1.AuthorizationRule
-	33, // 11: ambit.config.v1alpha1.AuthorizationRule.from:type_name -> ambit.config.v1alpha1.AuthorizationRule.Source
-	34, // 12: ambit.config.v1alpha1.AuthorizationRule.to:type_name -> ambit.config.v1alpha1.AuthorizationRule.Operation
-	15, // 13: ambit.config.v1alpha1.WaypointConfig.services:type_name -> ambit.config.v1alpha1.ServiceRoutes
-	4,  // 14: ambit.config.v1alpha1.ServiceRoutes.protocol:type_name -> ambit.config.v1alpha1.ServiceRoutes.Protocol
-	17, // 15: ambit.config.v1alpha1.ServiceRoutes.rules:type_name -> ambit.config.v1alpha1.RouteRule
-	16, // 16: ambit.config.v1alpha1.ServiceRoutes.consumers:type_name -> ambit.config.v1alpha1.ConsumerRoutes
-	17, // 17: ambit.config.v1alpha1.ConsumerRoutes.rules:type_name -> ambit.config.v1alpha1.RouteRule
-	18, // 18: ambit.config.v1alpha1.RouteRule.match:type_name -> ambit.config.v1alpha1.RouteMatch
-	21, // 19: ambit.config.v1alpha1.RouteRule.filters:type_name -> ambit.config.v1alpha1.Filter
-	28, // 20: ambit.config.v1alpha1.RouteRule.backends:type_name -> ambit.config.v1alpha1.WeightedBackend
-	38, // 21: ambit.config.v1alpha1.RouteRule.request_timeout:type_name -> google.protobuf.Duration
-	38, // 22: ambit.config.v1alpha1.RouteRule.backend_request_timeout:type_name -> google.protobuf.Duration
-	29, // 23: ambit.config.v1alpha1.RouteRule.retry:type_name -> ambit.config.v1alpha1.Retry
-	19, // 24: ambit.config.v1alpha1.RouteMatch.path:type_name -> ambit.config.v1alpha1.StringMatch
-	20, // 25: ambit.config.v1alpha1.RouteMatch.headers:type_name -> ambit.config.v1alpha1.HeaderMatch
-	20, // 26: ambit.config.v1alpha1.RouteMatch.query_params:type_name -> ambit.config.v1alpha1.HeaderMatch
-	5,  // 27: ambit.config.v1alpha1.StringMatch.type:type_name -> ambit.config.v1alpha1.StringMatch.Type
-	19, // 28: ambit.config.v1alpha1.HeaderMatch.value:type_name -> ambit.config.v1alpha1.StringMatch
-	22, // 29: ambit.config.v1alpha1.Filter.request_header_modifier:type_name -> ambit.config.v1alpha1.HeaderModifier
-	22, // 30: ambit.config.v1alpha1.Filter.response_header_modifier:type_name -> ambit.config.v1alpha1.HeaderModifier
-	23, // 31: ambit.config.v1alpha1.Filter.request_redirect:type_name -> ambit.config.v1alpha1.Redirect
-	24, // 32: ambit.config.v1alpha1.Filter.url_rewrite:type_name -> ambit.config.v1alpha1.Rewrite
-	26, // 33: ambit.config.v1alpha1.Filter.request_mirror:type_name -> ambit.config.v1alpha1.Mirror
-	27, // 34: ambit.config.v1alpha1.Filter.fault:type_name -> ambit.config.v1alpha1.Fault
-	36, // 35: ambit.config.v1alpha1.HeaderModifier.set:type_name -> ambit.config.v1alpha1.HeaderModifier.SetEntry
-	37, // 36: ambit.config.v1alpha1.HeaderModifier.add:type_name -> ambit.config.v1alpha1.HeaderModifier.AddEntry
-	25, // 37: ambit.config.v1alpha1.Redirect.path:type_name -> ambit.config.v1alpha1.PathModifier
-	25, // 38: ambit.config.v1alpha1.Rewrite.path:type_name -> ambit.config.v1alpha1.PathModifier
-	28, // 39: ambit.config.v1alpha1.Mirror.backend:type_name -> ambit.config.v1alpha1.WeightedBackend
-	38, // 40: ambit.config.v1alpha1.Fault.delay:type_name -> google.protobuf.Duration
-	21, // 41: ambit.config.v1alpha1.WeightedBackend.filters:type_name -> ambit.config.v1alpha1.Filter
-	30, // 42: ambit.config.v1alpha1.WeightedBackend.outlier_detection:type_name -> ambit.config.v1alpha1.OutlierDetection
-	31, // 43: ambit.config.v1alpha1.WeightedBackend.limits:type_name -> ambit.config.v1alpha1.Limits
-	38, // 44: ambit.config.v1alpha1.Retry.backoff:type_name -> google.protobuf.Duration
-	38, // 45: ambit.config.v1alpha1.OutlierDetection.interval:type_name -> google.protobuf.Duration
-	38, // 46: ambit.config.v1alpha1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	35, // 47: ambit.config.v1alpha1.AuthorizationRule.Operation.headers:type_name -> ambit.config.v1alpha1.AuthorizationRule.HeaderMatch
-	48, // [48:48] is the sub-list for method output_type
-	48, // [48:48] is the sub-list for method input_type
-	48, // [48:48] is the sub-list for extension type_name
-	48, // [48:48] is the sub-list for extension extendee
-	0,  // [0:48] is the sub-list for field type_name
+	32, // 3: ambit.config.v1alpha1.Workload.port_mtls_modes:type_name -> ambit.config.v1alpha1.Workload.PortMtlsModesEntry
+	1,  // 4: ambit.config.v1alpha1.DNSConfig.policy:type_name -> ambit.config.v1alpha1.DNSConfig.Policy
+	10, // 5: ambit.config.v1alpha1.Service.ports:type_name -> ambit.config.v1alpha1.ServicePort
+	11, // 6: ambit.config.v1alpha1.Service.endpoints:type_name -> ambit.config.v1alpha1.Endpoint
+	8,  // 7: ambit.config.v1alpha1.Service.waypoint:type_name -> ambit.config.v1alpha1.WaypointRef
+	33, // 8: ambit.config.v1alpha1.Endpoint.target_ports:type_name -> ambit.config.v1alpha1.Endpoint.TargetPortsEntry
+	2,  // 9: ambit.config.v1alpha1.Authorization.scope:type_name -> ambit.config.v1alpha1.Authorization.Scope
+	3,  // 10: ambit.config.v1alpha1.Authorization.action:type_name -> ambit.config.v1alpha1.Authorization.Action
+	13, // 11: ambit.config.v1alpha1.Authorization.rules:type_name -> ambit.config.v1alpha1.AuthorizationRule
+	34, // 12: ambit.config.v1alpha1.AuthorizationRule.from:type_name -> ambit.config.v1alpha1.AuthorizationRule.Source
+	35, // 13: ambit.config.v1alpha1.AuthorizationRule.to:type_name -> ambit.config.v1alpha1.AuthorizationRule.Operation
+	15, // 14: ambit.config.v1alpha1.WaypointConfig.services:type_name -> ambit.config.v1alpha1.ServiceRoutes
+	4,  // 15: ambit.config.v1alpha1.ServiceRoutes.protocol:type_name -> ambit.config.v1alpha1.ServiceRoutes.Protocol
+	17, // 16: ambit.config.v1alpha1.ServiceRoutes.rules:type_name -> ambit.config.v1alpha1.RouteRule
+	16, // 17: ambit.config.v1alpha1.ServiceRoutes.consumers:type_name -> ambit.config.v1alpha1.ConsumerRoutes
+	17, // 18: ambit.config.v1alpha1.ConsumerRoutes.rules:type_name -> ambit.config.v1alpha1.RouteRule
+	18, // 19: ambit.config.v1alpha1.RouteRule.match:type_name -> ambit.config.v1alpha1.RouteMatch
+	21, // 20: ambit.config.v1alpha1.RouteRule.filters:type_name -> ambit.config.v1alpha1.Filter
+	28, // 21: ambit.config.v1alpha1.RouteRule.backends:type_name -> ambit.config.v1alpha1.WeightedBackend
+	39, // 22: ambit.config.v1alpha1.RouteRule.request_timeout:type_name -> google.protobuf.Duration
+	39, // 23: ambit.config.v1alpha1.RouteRule.backend_request_timeout:type_name -> google.protobuf.Duration
+	29, // 24: ambit.config.v1alpha1.RouteRule.retry:type_name -> ambit.config.v1alpha1.Retry
+	19, // 25: ambit.config.v1alpha1.RouteMatch.path:type_name -> ambit.config.v1alpha1.StringMatch
+	20, // 26: ambit.config.v1alpha1.RouteMatch.headers:type_name -> ambit.config.v1alpha1.HeaderMatch
+	20, // 27: ambit.config.v1alpha1.RouteMatch.query_params:type_name -> ambit.config.v1alpha1.HeaderMatch
+	5,  // 28: ambit.config.v1alpha1.StringMatch.type:type_name -> ambit.config.v1alpha1.StringMatch.Type
+	19, // 29: ambit.config.v1alpha1.HeaderMatch.value:type_name -> ambit.config.v1alpha1.StringMatch
+	22, // 30: ambit.config.v1alpha1.Filter.request_header_modifier:type_name -> ambit.config.v1alpha1.HeaderModifier
+	22, // 31: ambit.config.v1alpha1.Filter.response_header_modifier:type_name -> ambit.config.v1alpha1.HeaderModifier
+	23, // 32: ambit.config.v1alpha1.Filter.request_redirect:type_name -> ambit.config.v1alpha1.Redirect
+	24, // 33: ambit.config.v1alpha1.Filter.url_rewrite:type_name -> ambit.config.v1alpha1.Rewrite
+	26, // 34: ambit.config.v1alpha1.Filter.request_mirror:type_name -> ambit.config.v1alpha1.Mirror
+	27, // 35: ambit.config.v1alpha1.Filter.fault:type_name -> ambit.config.v1alpha1.Fault
+	37, // 36: ambit.config.v1alpha1.HeaderModifier.set:type_name -> ambit.config.v1alpha1.HeaderModifier.SetEntry
+	38, // 37: ambit.config.v1alpha1.HeaderModifier.add:type_name -> ambit.config.v1alpha1.HeaderModifier.AddEntry
+	25, // 38: ambit.config.v1alpha1.Redirect.path:type_name -> ambit.config.v1alpha1.PathModifier
+	25, // 39: ambit.config.v1alpha1.Rewrite.path:type_name -> ambit.config.v1alpha1.PathModifier
+	28, // 40: ambit.config.v1alpha1.Mirror.backend:type_name -> ambit.config.v1alpha1.WeightedBackend
+	39, // 41: ambit.config.v1alpha1.Fault.delay:type_name -> google.protobuf.Duration
+	21, // 42: ambit.config.v1alpha1.WeightedBackend.filters:type_name -> ambit.config.v1alpha1.Filter
+	30, // 43: ambit.config.v1alpha1.WeightedBackend.outlier_detection:type_name -> ambit.config.v1alpha1.OutlierDetection
+	31, // 44: ambit.config.v1alpha1.WeightedBackend.limits:type_name -> ambit.config.v1alpha1.Limits
+	39, // 45: ambit.config.v1alpha1.Retry.backoff:type_name -> google.protobuf.Duration
+	39, // 46: ambit.config.v1alpha1.OutlierDetection.interval:type_name -> google.protobuf.Duration
+	39, // 47: ambit.config.v1alpha1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	0,  // 48: ambit.config.v1alpha1.Workload.PortMtlsModesEntry.value:type_name -> ambit.config.v1alpha1.MTLSMode
+	36, // 49: ambit.config.v1alpha1.AuthorizationRule.Operation.headers:type_name -> ambit.config.v1alpha1.AuthorizationRule.HeaderMatch
+	50, // [50:50] is the sub-list for method output_type
+	50, // [50:50] is the sub-list for method input_type
+	50, // [50:50] is the sub-list for extension type_name
+	50, // [50:50] is the sub-list for extension extendee
+	0,  // [0:50] is the sub-list for field type_name
 }
 
 func init() { file_config_v1alpha1_config_proto_init() }
@@ -2978,7 +2997,7 @@ func file_config_v1alpha1_config_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_config_v1alpha1_config_proto_rawDesc), len(file_config_v1alpha1_config_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   32,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

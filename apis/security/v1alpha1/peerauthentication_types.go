@@ -26,6 +26,7 @@ type MutualTLS struct {
 }
 
 // PeerAuthenticationSpec is the desired behaviour of a PeerAuthentication.
+// +kubebuilder:validation:XValidation:rule="!has(self.portLevelMtls) || size(self.portLevelMtls) == 0 || (has(self.selector) && ((has(self.selector.matchLabels) && size(self.selector.matchLabels) > 0) || (has(self.selector.matchExpressions) && size(self.selector.matchExpressions) > 0)))",message="portLevelMtls needs a selector that picks workloads"
 type PeerAuthenticationSpec struct {
 	// Selector picks workloads in the policy's namespace; empty selects all of
 	// them (and in ambit-system, the whole mesh). The most specific policy wins:
@@ -35,6 +36,15 @@ type PeerAuthenticationSpec struct {
 	// MTLS settings.
 	// +optional
 	MTLS *MutualTLS `json:"mtls,omitempty"`
+	// PortLevelMTLS overrides the mode on some ports of the selected
+	// workloads, keyed by the port the pod listens on (a decimal string):
+	// "9090": {mode: PERMISSIVE} lets a scraper outside the mesh reach the
+	// metrics port of a STRICT workload. It needs a selector. A port's UNSET,
+	// like a port not listed, takes the workload's mode.
+	// +optional
+	// +kubebuilder:validation:MaxProperties=64
+	// +kubebuilder:validation:XValidation:rule="self.all(k, k.matches('^[1-9][0-9]{0,4}$') && int(k) <= 65535)",message="portLevelMtls keys must be port numbers from 1 to 65535"
+	PortLevelMTLS map[string]MutualTLS `json:"portLevelMtls,omitempty"`
 }
 
 // PeerAuthentication sets whether enrolled workloads accept plaintext.
