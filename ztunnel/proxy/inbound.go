@@ -26,9 +26,9 @@ const (
 // InboundCheck is the authorization of an inbound connection to workload
 // dst (nil when the configuration does not know it) from peer (zero for
 // plaintext), whose address as the application sees it is src, on port: it
-// returns the HTTP status to answer (0 to allow),
-// the reason label, and a short text. Plaintext to an unknown workload is
-// refused (its mTLS mode is unknown); a tunnel to one is allowed.
+// returns the HTTP status to answer (0 to allow), the reason label, and a
+// short text. Plaintext to an unknown workload is refused (its mTLS mode is
+// unknown); a tunnel to one is allowed.
 func InboundCheck(snap *config.Snapshot, dst *config.Workload, peer identity.SPIFFEID, src netip.Addr, port uint16, systemNamespace string) (code int, reason, text string) {
 	plaintext := peer == identity.SPIFFEID{}
 	if dst == nil {
