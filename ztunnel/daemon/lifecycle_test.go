@@ -161,11 +161,18 @@ func TestShutdownUninstallOrRestart(t *testing.T) {
 			waitFor(t, "ready listener", func() bool { return e.d.HTTPAddr("ready") != nil })
 			readyURL := "http://" + e.d.HTTPAddr("ready").String() + "/healthz/ready"
 
-			// No CNI configuration on the node yet: not ready, and why.
-			code, body := get(t, readyURL)
-			if code != http.StatusServiceUnavailable || !strings.Contains(body, "CNI plugin not chained") || !strings.Contains(body, "no CNI configuration") {
-				t.Fatalf("ready without CNI config: %d %q", code, body)
-			}
+			// No CNI configuration on the node yet: not ready, and why (once
+			// the installer has made its first attempt; before it, readiness
+			// says the plugin is not installed yet).
+			var code int
+			var body string
+			waitFor(t, "readiness naming the missing CNI configuration", func() bool {
+				code, body = get(t, readyURL)
+				if code != http.StatusServiceUnavailable || !strings.Contains(body, "CNI plugin not chained") {
+					t.Fatalf("ready without CNI config: %d %q", code, body)
+				}
+				return strings.Contains(body, "no CNI configuration")
+			})
 			list := filepath.Join(e.confDir, "10-k8s.conflist")
 			if err := os.WriteFile(list, []byte(testConflist), 0o644); err != nil {
 				t.Fatal(err)
