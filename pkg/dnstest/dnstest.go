@@ -1,7 +1,7 @@
 // Package dnstest is a DNS server for tests: DNS over TCP (RFC 7766
-// framing) on a listener the caller opens, answering from a fixed table,
-// as net/http/httptest does for HTTP. It records the questions it is
-// asked.
+// framing) on a listener the caller opens (Serve), or over UDP on a packet
+// socket (ServePacket), answering from a fixed table, as net/http/httptest
+// does for HTTP. It records the questions it is asked.
 package dnstest
 
 import (
@@ -23,6 +23,7 @@ type Server struct {
 	Addr netip.AddrPort
 
 	ln    net.Listener
+	pc    net.PacketConn
 	table map[string]netip.Addr
 	mu    sync.Mutex
 	asked []string
@@ -62,6 +63,30 @@ func Serve(ln net.Listener, table map[string]netip.Addr) *Server {
 	return s
 }
 
+// ServePacket answers the queries arriving on pc (UDP) until Close, as
+// Serve does.
+func ServePacket(pc net.PacketConn, table map[string]netip.Addr) *Server {
+	s := &Server{pc: pc, table: table, conns: map[net.Conn]bool{}}
+	if a, ok := pc.LocalAddr().(*net.UDPAddr); ok {
+		s.Addr = a.AddrPort()
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		buf := make([]byte, 65535)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if out, err := s.answer(buf[:n]); err == nil {
+				_, _ = pc.WriteTo(out, from)
+			}
+		}
+	}()
+	return s
+}
+
 // Asked returns the questions asked so far, in order, each as
 // "<name> <type>" ("host.example. TypeA").
 func (s *Server) Asked() []string {
@@ -72,7 +97,12 @@ func (s *Server) Asked() []string {
 
 // Close stops the server and waits for its connections to end.
 func (s *Server) Close() error {
-	err := s.ln.Close()
+	var err error
+	if s.ln != nil {
+		err = s.ln.Close()
+	} else {
+		err = s.pc.Close()
+	}
 	s.mu.Lock()
 	for c := range s.conns {
 		_ = c.Close()

@@ -38,3 +38,23 @@ func TestServe(t *testing.T) {
 		t.Errorf("asked %v", s.Asked())
 	}
 }
+
+// TestServePacket resolves through the server with Go's resolver over UDP.
+func TestServePacket(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := ServePacket(pc, map[string]netip.Addr{"four.example.": netip.MustParseAddr("192.0.2.7")})
+	defer s.Close()
+	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "udp", s.Addr.String())
+	}}
+	got, err := r.LookupNetIP(t.Context(), "ip4", "four.example.")
+	if err != nil || !slices.Equal(got, []netip.Addr{netip.MustParseAddr("192.0.2.7")}) {
+		t.Errorf("four.example.: %v, %v", got, err)
+	}
+	if !slices.Contains(s.Asked(), "four.example. TypeA") {
+		t.Errorf("asked %v", s.Asked())
+	}
+}

@@ -92,6 +92,11 @@ type Config struct {
 	// DisablePodSOCKS5 turns off the SOCKS5 listener ztunnel otherwise opens
 	// on PodSOCKS5Addr inside every captured pod.
 	DisablePodSOCKS5 bool
+	// DNSCapture redirects every captured pod's DNS queries over UDP to
+	// ztunnel (PodDNSAddr in the pod), which answers the hostnames of the
+	// mesh's services itself and forwards the rest to the pod's nameservers
+	// (SOCKS5Nameservers, then the pod's own); see proxy.DNSServer.
+	DNSCapture bool
 	// NoOriginalSource makes ztunnel connect to a pod's application from the
 	// pod's own address. By default it connects from the client's (the
 	// tunnel's source, or the plaintext connection's), as the application

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"net/netip"
 	"slices"
 	"sync"
@@ -31,6 +32,9 @@ type podState struct {
 	id    identity.SPIFFEID
 	// socks is the pod's SOCKS5 listener, nil when there is none.
 	socks *podSOCKS
+	// dns answers the pod's captured DNS queries (Config.DNSCapture), nil
+	// when they are not captured.
+	dns *proxy.DNSServer
 	// released is true once the rules were removed because the
 	// configuration says the pod is not enrolled.
 	released bool
@@ -298,8 +302,16 @@ func (d *Daemon) capture(ctx context.Context, ps *podState, w *config.Workload) 
 	if err != nil {
 		return fmt.Errorf("listeners: %w", err)
 	}
+	var dnsConns []net.PacketConn
+	if d.cfg.DNSCapture {
+		dnsConns = d.openPodDNS(ctx, ns, w)
+		rcfg.DNSCapture = len(dnsConns) > 0
+	}
 	if rcfg, err = redirect.Install(ctx, ns, rcfg); err != nil {
 		_ = ls.Close()
+		for _, pc := range dnsConns {
+			_ = pc.Close()
+		}
 		return fmt.Errorf("capture rules: %w", err)
 	}
 	ips := slices.Clone(pod.PodIPs)
@@ -314,6 +326,14 @@ func (d *Daemon) capture(ctx context.Context, ps *podState, w *config.Workload) 
 		OriginalSource: rcfg.OriginalSource})
 	if !d.cfg.DisablePodSOCKS5 {
 		ps.socks = d.startPodSOCKS(ctx, ns, w, ips)
+	}
+	if len(dnsConns) > 0 {
+		env := *d.env
+		env.Logger = d.env.Logger.With("pod", w.Name)
+		ps.dns = proxy.NewPodDNS(&env, w.Name, ns.DialUDP)
+		for _, pc := range dnsConns {
+			ps.dns.Serve(pc)
+		}
 	}
 	d.log.Info("pod captured", "pod", pod.Key(), "identity", w.Identity.String(), "ips", fmtAddrs(ips))
 	return nil
@@ -380,6 +400,9 @@ func (d *Daemon) release(ctx context.Context, ps *podState, removeRules, drain b
 		} else if rerr := d.closePod(ctx, ps.pod, p, ns, twoStep); rerr != nil {
 			err = fmt.Errorf("remove capture rules: %w", rerr)
 		}
+		if ps.dns != nil {
+			_ = ps.dns.Close()
+		}
 		if sk := ps.socks; sk != nil {
 			if drain {
 				done := sk.drain(d.cfg.DrainTimeout)
@@ -399,7 +422,7 @@ func (d *Daemon) release(ctx context.Context, ps *podState, removeRules, drain b
 		d.unref(ps.id)
 		d.log.Info("pod released", "pod", ps.pod.Key(), "rulesRemoved", removeRules, "drain", drain)
 	}
-	ps.proxy, ps.ns, ps.id, ps.socks = nil, nil, identity.SPIFFEID{}, nil
+	ps.proxy, ps.ns, ps.id, ps.socks, ps.dns = nil, nil, identity.SPIFFEID{}, nil, nil
 	return err
 }
 
@@ -511,6 +534,10 @@ func (d *Daemon) stopAll() {
 				_ = ns.Close()
 			}()
 			ps.proxy, ps.ns = nil, nil
+		}
+		if ps.dns != nil {
+			_ = ps.dns.Close()
+			ps.dns = nil
 		}
 		if ps.socks != nil {
 			done := ps.socks.drain(d.cfg.ShutdownDrain)

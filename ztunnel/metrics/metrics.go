@@ -142,6 +142,11 @@ type Metrics struct {
 	// PodsUnknownAtAdd counts pods whose enrolment (CNI ADD) ended before
 	// the configuration knew them: they started without capture.
 	PodsUnknownAtAdd prometheus.Counter
+	// DNSRequests counts the DNS queries of captured pods (-dns-capture),
+	// by how they were answered: "local" (a service of the mesh, from the
+	// configuration), "forwarded" (the pod's nameservers answered),
+	// "failed" (none did: SERVFAIL), "malformed" (dropped).
+	DNSRequests *prometheus.CounterVec
 }
 
 // New creates the metrics in a new registry.
@@ -174,10 +179,12 @@ func New() *Metrics {
 			Help: "Outbound connections that could not be forwarded, by reason."}, []string{"reason"}),
 		PodsUnknownAtAdd: prometheus.NewCounter(prometheus.CounterOpts{Name: "ztunnel_pods_unknown_at_add_total",
 			Help: "Pods whose enrolment (CNI ADD) ended, after -pod-config-wait, before the configuration knew them: they started without capture, until their Workload arrived."}),
+		DNSRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ztunnel_dns_requests_total",
+			Help: "DNS queries of captured pods (-dns-capture), by how they were answered: local, forwarded, failed or malformed."}, []string{"result"}),
 	}
 	m.Registry.MustRegister(m.opened, m.closed, m.sent, m.received,
 		m.XDSConnected, m.ConfigFromDisk, m.EnrolledPods, m.ReportedPods, m.DrainingPods, m.Certificates,
-		m.PolicyDenials, m.OutboundErrors, m.PodsUnknownAtAdd,
+		m.PolicyDenials, m.OutboundErrors, m.PodsUnknownAtAdd, m.DNSRequests,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

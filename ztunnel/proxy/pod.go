@@ -41,8 +41,9 @@ type Env struct {
 	// Nameservers (the cluster's DNS) resolve the SOCKS5 destination
 	// names that are not services of the mesh, before the source pod's own
 	// nameservers, unless its dnsPolicy is None (DNS over TCP, through the
-	// SOCKS5 server's dial: from inside the pod, as the pod). Empty: only
-	// pods' own nameservers are asked.
+	// SOCKS5 server's dial: from inside the pod, as the pod); a captured
+	// pod's DNS queries (DNSServer) are forwarded to them in the same order.
+	// Empty: only pods' own nameservers are asked.
 	Nameservers []netip.AddrPort
 }
 

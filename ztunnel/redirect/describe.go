@@ -52,6 +52,7 @@ func describe(es []expr.Any) string {
 	var load string // what register 1 holds: "meta mark", "ip daddr", ...
 	var mask []byte
 	var imm []byte
+	udp := false // the rule matched meta l4proto udp: a port is udp's
 	for _, e := range es {
 		switch e := e.(type) {
 		case *expr.Meta:
@@ -70,9 +71,15 @@ func describe(es []expr.Any) string {
 			parts = append(parts, "notrack")
 		case *expr.Payload:
 			load, mask = payloadName(e), nil
+			if load == "tcp dport" && udp {
+				load = "udp dport"
+			}
 		case *expr.Bitwise:
 			mask = e.Mask
 		case *expr.Cmp:
+			if load == "meta l4proto" && len(e.Data) == 1 && e.Data[0] == unix.IPPROTO_UDP && e.Op == expr.CmpOpEq {
+				udp = true
+			}
 			parts = append(parts, describeCmp(load, mask, e))
 		case *expr.Counter:
 			parts = append(parts, fmt.Sprintf("counter packets %d bytes %d", e.Packets, e.Bytes))
@@ -156,6 +163,9 @@ func describeCmp(load string, mask []byte, c *expr.Cmp) string {
 		if len(d) == 1 && d[0] == unix.IPPROTO_TCP {
 			return "meta l4proto " + op + " tcp"
 		}
+		if len(d) == 1 && d[0] == unix.IPPROTO_UDP {
+			return "meta l4proto " + op + " udp"
+		}
 	case "meta nfproto":
 		if len(d) == 1 {
 			switch d[0] {
@@ -178,9 +188,9 @@ func describeCmp(load string, mask []byte, c *expr.Cmp) string {
 			}
 			return fmt.Sprintf("%s %s %s", load, op, netip.PrefixFrom(a, bits))
 		}
-	case "tcp dport":
+	case "tcp dport", "udp dport":
 		if len(d) == 2 {
-			return fmt.Sprintf("tcp dport %s %d", op, binary.BigEndian.Uint16(d))
+			return fmt.Sprintf("%s %s %d", load, op, binary.BigEndian.Uint16(d))
 		}
 	}
 	return fmt.Sprintf("%s %s 0x%x", load, op, d)

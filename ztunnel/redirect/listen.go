@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"syscall"
@@ -23,7 +24,45 @@ const (
 	// HBONEPort receives HBONE tunnels from other meshed workloads; it is not
 	// redirected.
 	HBONEPort uint16 = 15008
+	// DNSPort receives the pod's DNS queries over UDP (port 53, any
+	// address) when the rules capture DNS (Config.DNSCapture), on the
+	// loopback addresses, where REDIRECT sends locally generated packets.
+	DNSPort uint16 = 15053
 )
+
+// ListenPacket opens a UDP socket inside the namespace on address (an IP
+// literal and port, "127.0.0.1:15053"; network "udp4" or "udp6"). It
+// carries no mark: the replies it sends to redirected queries must stay
+// tracked so that the pod sees them come from the address it asked.
+func (n *Netns) ListenPacket(ctx context.Context, network, address string) (net.PacketConn, error) {
+	var pc net.PacketConn
+	err := n.Do(ctx, func() error {
+		var lc net.ListenConfig
+		var err error
+		pc, err = lc.ListenPacket(ctx, network, address)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("redirect: listen on %s/%s in %s: %w", network, address, n, err)
+	}
+	return pc, nil
+}
+
+// DialUDP opens a UDP socket inside the namespace with ztunnel's mark
+// (never redirected) and connects it to dst.
+func (n *Netns) DialUDP(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
+	var c net.Conn
+	err := n.Do(ctx, func() error {
+		d := net.Dialer{Control: markControl(Mark)}
+		var err error
+		c, err = d.DialContext(ctx, "udp", dst.String())
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("redirect: dial udp %s in %s: %w", dst, n, err)
+	}
+	return c, nil
+}
 
 // Listen opens a TCP listener on port inside the namespace, bound to the
 // wildcard address: dual-stack [::] where the namespace has IPv6, else

@@ -87,6 +87,11 @@ type Config struct {
 	// the application sees every connection ztunnel delivers come from the
 	// pod's own address.
 	OriginalSource bool
+	// DNSCapture redirects the pod's DNS queries over UDP (destination port
+	// 53, any address but loopback) to DNSPort, where ztunnel answers the
+	// names of the mesh's services and forwards the others. DNS over TCP
+	// is captured like any TCP.
+	DNSCapture bool
 }
 
 func (c Config) mark() (mark, mask uint32) {
@@ -161,6 +166,10 @@ func buildRules(cfg Config) ([]ruleSpec, error) {
 			concat(matchAddr(false, netip.MustParsePrefix("::1/128")), accept())},
 		{OutboundChain, fmt.Sprintf("outbound TCP to ztunnel :%d", OutboundPort),
 			concat(matchTCP(), redirectTo(OutboundPort))},
+	}
+	if cfg.DNSCapture {
+		out = append(out, ruleSpec{OutboundChain, fmt.Sprintf("DNS over UDP (udp dport 53) to ztunnel :%d", DNSPort),
+			concat(matchUDP(), matchDport(53), redirectTo(DNSPort))})
 	}
 	in := []ruleSpec{
 		{InboundChain, "arrived over loopback",
@@ -294,6 +303,13 @@ func matchTCP() []expr.Any {
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+	}
+}
+
+func matchUDP() []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_UDP}},
 	}
 }
 

@@ -69,6 +69,30 @@ func TestBuildRulesDefault(t *testing.T) {
 	}
 }
 
+// TestBuildRulesDNSCapture: DNS capture adds one rule, last in the outbound
+// chain (after the loopback exemptions; TCP to 53 is taken by the rule
+// before it), and changes nothing else.
+func TestBuildRulesDNSCapture(t *testing.T) {
+	without, err := buildRules(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	with, err := buildRules(Config{DNSCapture: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := describeAll(without), describeAll(with)
+	want := append(slices.Clone(a[OutboundChain]), "meta l4proto == udp udp dport == 53 counter packets 0 bytes 0 redirect to :15053")
+	if strings.Join(b[OutboundChain], "\n") != strings.Join(want, "\n") {
+		t.Errorf("outbound chain with DNS capture:\n%s\nwant:\n%s", strings.Join(b[OutboundChain], "\n"), strings.Join(want, "\n"))
+	}
+	for _, c := range []string{BypassOutChain, BypassInChain, InboundChain} {
+		if strings.Join(a[c], "\n") != strings.Join(b[c], "\n") {
+			t.Errorf("chain %s changed with DNS capture", c)
+		}
+	}
+}
+
 // TestBuildRulesNoConntrackBypass: the option leaves only the nat chains.
 func TestBuildRulesNoConntrackBypass(t *testing.T) {
 	with, err := buildRules(Config{})

@@ -52,6 +52,7 @@ func run(args []string) error {
 	socksWorkload := fs.String("socks5-workload", "", "workload (<namespace>/<pod>) whose identity SOCKS5 clients use; empty disables SOCKS5")
 	socksNS := fs.String("socks5-nameservers", "auto", "the cluster's DNS servers (comma-separated IP or IP:port; DNS over TCP) that resolve SOCKS5 destination names which are not services of the mesh, asked from inside the pod with the pod's search list, before the pod's own dnsConfig nameservers, unless its dnsPolicy is None; auto: the nameservers of "+daemon.DefaultResolvConf+" (in the DaemonSet the cluster DNS); none: only pods' own nameservers are asked")
 	socksPerPod := fs.Bool("socks5-per-pod", true, "open a SOCKS5 listener on "+daemon.PodSOCKS5Addr+" (and "+daemon.PodSOCKS5Addr6+") inside every captured pod")
+	dnsCapture := fs.Bool("dns-capture", false, "capture every captured pod's DNS queries over UDP into ztunnel ("+daemon.PodDNSAddr+" in the pod), which answers the hostnames of the mesh's services from its configuration and forwards other queries to the pod's nameservers (-socks5-nameservers, then the pod's dnsConfig ones)")
 	validity := fs.Duration("cert-validity", identity.DefaultCertLifetime, "workload certificate lifetime asked of the CA")
 	originalSource := fs.Bool("original-source", true, "connect to a pod's application from the client's address (the tunnel's source, or the plaintext connection's), as it would see it without the mesh; false: from the pod's own address")
 	podDrain := fs.Duration("pod-drain", daemon.DefaultDrainTimeout, "how long the connections ztunnel proxies for a running pod may finish once the pod leaves the mesh (new connections bypass ztunnel at once) or changes identity; negative closes them at once")
@@ -211,6 +212,7 @@ func run(args []string) error {
 		Shutdown:        shutdown,
 
 		DisablePodSOCKS5:  !*socksPerPod,
+		DNSCapture:        *dnsCapture,
 		SOCKS5Nameservers: nameservers,
 		NoOriginalSource:  !*originalSource,
 
