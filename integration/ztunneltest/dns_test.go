@@ -129,4 +129,16 @@ func TestDNSCapture(t *testing.T) {
 	if !errors.As(err, &de) || !de.IsNotFound {
 		t.Errorf("echo from released pod a: %v, want the nameserver's no such name", err)
 	}
+
+	// Captured again with dnsPolicy Default: its DNS (the node's resolver,
+	// which ztunnel does not know) is left alone, its TCP is captured.
+	def := workload(a, "node0", true)
+	def.Dns = &configv1alpha1.DNSConfig{Policy: configv1alpha1.DNSConfig_POLICY_DEFAULT, Ndots: 1}
+	workloads["a"] = def
+	publish()
+	eventually(t, "pod a captured again", func() bool { return z0.captured("a") })
+	_, err = lookup("echo.shop.svc.cluster.local.")
+	if !errors.As(err, &de) || !de.IsNotFound {
+		t.Errorf("echo from pod a with dnsPolicy Default: %v, want the nameserver's no such name", err)
+	}
 }

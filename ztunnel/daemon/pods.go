@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
 	"github.com/ambit-mesh/ambit/pkg/identity"
 	"github.com/ambit-mesh/ambit/ztunnel/config"
 	"github.com/ambit-mesh/ambit/ztunnel/enroll"
@@ -303,7 +304,10 @@ func (d *Daemon) capture(ctx context.Context, ps *podState, w *config.Workload) 
 		return fmt.Errorf("listeners: %w", err)
 	}
 	var dnsConns []net.PacketConn
-	if d.cfg.DNSCapture {
+	// A pod with dnsPolicy Default asks the node's resolver, which ztunnel
+	// does not know (it would forward to the cluster's DNS): its DNS is
+	// left alone.
+	if d.cfg.DNSCapture && w.Proto.GetDns().GetPolicy() != configv1alpha1.DNSConfig_POLICY_DEFAULT {
 		dnsConns = d.openPodDNS(ctx, ns, w)
 		rcfg.DNSCapture = len(dnsConns) > 0
 	}

@@ -145,7 +145,8 @@ type Metrics struct {
 	// DNSRequests counts the DNS queries of captured pods (-dns-capture),
 	// by how they were answered: "local" (a service of the mesh, from the
 	// configuration), "forwarded" (the pod's nameservers answered),
-	// "failed" (none did: SERVFAIL), "malformed" (dropped).
+	// "failed" (none did: SERVFAIL), "malformed" (no answer), "dropped"
+	// (too many of one pod at once).
 	DNSRequests *prometheus.CounterVec
 }
 
