@@ -12,11 +12,9 @@ import (
 	"time"
 
 	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
-	"github.com/ambit-mesh/ambit/controller/translate"
 	"github.com/ambit-mesh/ambit/integration/internal/tier"
 	"github.com/ambit-mesh/ambit/integration/netlab"
 	"github.com/ambit-mesh/ambit/pkg/dnstest"
-	"github.com/ambit-mesh/ambit/pkg/identity"
 	"github.com/ambit-mesh/ambit/ztunnel/daemon"
 )
 
@@ -43,32 +41,9 @@ func podResolver(p *netlab.Pod, ns netip.AddrPort) *net.Resolver {
 // that). Released, the pod asks the nameserver itself again.
 func TestDNSCapture(t *testing.T) {
 	tier.RequireRoot(t)
-	pods := twoNodeLab(t, []string{"a", "u"}, []string{"b"})
-	a, u, b := pods["a"], pods["u"], pods["b"]
-	ca, err := identity.NewRootAuthority(trustDomain, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	svcVIP := netip.MustParseAddr("10.250.255.20")
-	x := startXDS(t)
-	workloads := map[string]*configv1alpha1.Workload{
-		"a": workload(a, "node0", true),
-		"u": workload(u, "node0", false),
-		"b": workload(b, "node1", true),
-	}
-	publish := func() {
-		out := &translate.Output{Services: []*configv1alpha1.Service{{
-			Name: ns + "/echo", Namespace: ns, Hostname: "echo.shop.svc.cluster.local", Vips: []string{svcVIP.String()},
-			Ports:     []*configv1alpha1.ServicePort{{Name: "tcp", Port: 80, TargetPort: echoPort}},
-			Endpoints: []*configv1alpha1.Endpoint{{Workload: ns + "/b", Address: b.IP.String(), TargetPorts: map[uint32]uint32{80: echoPort}, Ready: true}},
-		}}}
-		for _, n := range []string{"a", "u", "b"} {
-			out.Workloads = append(out.Workloads, workloads[n])
-		}
-		out.Authorizations = noopAuthorization()
-		x.srv.Publish(out)
-	}
-	publish()
+	l := newEchoServiceLab(t)
+	a, u, b := l.a, l.u, l.b
+	ca, svcVIP, x, workloads, publish := l.ca, echoServiceVIP, l.x, l.workloads, l.publish
 	// The cluster's nameserver, in pod u on port 53 (UDP).
 	var pc net.PacketConn
 	if err := u.Do(func() (err error) {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
+	"github.com/ambit-mesh/ambit/controller/translate"
 	"github.com/ambit-mesh/ambit/controller/xdsserver"
 	"github.com/ambit-mesh/ambit/integration/netlab"
 	"github.com/ambit-mesh/ambit/pkg/identity"
@@ -258,4 +260,50 @@ func contains(s string, subs ...string) bool {
 		}
 	}
 	return true
+}
+
+// echoServiceVIP is the VIP of the Service shop/echo of echoServiceLab.
+var echoServiceVIP = netip.MustParseAddr("10.250.255.20")
+
+// echoServiceLab is two nodes: pods a (in the mesh) and u (not) on node0,
+// b (in the mesh) on node1, and the Service shop/echo
+// (echo.shop.svc.cluster.local, echoServiceVIP:80) sending to b's
+// echoPort, published on an xDS server with the authorizations in authz.
+// Tests change workloads or authz and publish again.
+type echoServiceLab struct {
+	a, u, b   *netlab.Pod
+	ca        *identity.Authority
+	x         *xdsControl
+	workloads map[string]*configv1alpha1.Workload
+	authz     []*configv1alpha1.Authorization
+}
+
+func newEchoServiceLab(t *testing.T) *echoServiceLab {
+	t.Helper()
+	pods := twoNodeLab(t, []string{"a", "u"}, []string{"b"})
+	ca, err := identity.NewRootAuthority(trustDomain, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &echoServiceLab{a: pods["a"], u: pods["u"], b: pods["b"], ca: ca, x: startXDS(t)}
+	l.workloads = map[string]*configv1alpha1.Workload{
+		"a": workload(l.a, "node0", true),
+		"u": workload(l.u, "node0", false),
+		"b": workload(l.b, "node1", true),
+	}
+	l.publish()
+	return l
+}
+
+func (l *echoServiceLab) publish() {
+	out := &translate.Output{Services: []*configv1alpha1.Service{{
+		Name: ns + "/echo", Namespace: ns, Hostname: "echo.shop.svc.cluster.local", Vips: []string{echoServiceVIP.String()},
+		Ports:     []*configv1alpha1.ServicePort{{Name: "tcp", Port: 80, TargetPort: echoPort}},
+		Endpoints: []*configv1alpha1.Endpoint{{Workload: ns + "/b", Address: l.b.IP.String(), TargetPorts: map[uint32]uint32{80: echoPort}, Ready: true}},
+	}}}
+	for _, n := range []string{"a", "u", "b"} {
+		out.Workloads = append(out.Workloads, l.workloads[n])
+	}
+	out.Authorizations = append(noopAuthorization(), l.authz...)
+	l.x.srv.Publish(out)
 }

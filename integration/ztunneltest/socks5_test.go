@@ -130,34 +130,10 @@ func serveDNSIn(t *testing.T, p *netlab.Pod, port uint16, table map[string]netip
 // pod is released and comes back when it is captured again.
 func TestPodSOCKS5(t *testing.T) {
 	tier.RequireRoot(t)
-	pods := twoNodeLab(t, []string{"a", "u"}, []string{"b"})
-	a, u, b := pods["a"], pods["u"], pods["b"]
+	l := newEchoServiceLab(t)
+	a, u, b := l.a, l.u, l.b
 	b.ServeEcho(t, echoPort)
-	ca, err := identity.NewRootAuthority(trustDomain, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	svcVIP := netip.MustParseAddr("10.250.255.20")
-	x := startXDS(t)
-	workloads := map[string]*configv1alpha1.Workload{
-		"a": workload(a, "node0", true),
-		"u": workload(u, "node0", false),
-		"b": workload(b, "node1", true),
-	}
-	var authz []*configv1alpha1.Authorization
-	publish := func() {
-		out := &translate.Output{Services: []*configv1alpha1.Service{{
-			Name: ns + "/echo", Namespace: ns, Hostname: "echo.shop.svc.cluster.local", Vips: []string{svcVIP.String()},
-			Ports:     []*configv1alpha1.ServicePort{{Name: "tcp", Port: 80, TargetPort: echoPort}},
-			Endpoints: []*configv1alpha1.Endpoint{{Workload: ns + "/b", Address: b.IP.String(), TargetPorts: map[uint32]uint32{80: echoPort}, Ready: true}},
-		}}}
-		for _, n := range []string{"a", "u", "b"} {
-			out.Workloads = append(out.Workloads, workloads[n])
-		}
-		out.Authorizations = append(noopAuthorization(), authz...)
-		x.srv.Publish(out)
-	}
-	publish()
+	ca, svcVIP, x, workloads, publish := l.ca, echoServiceVIP, l.x, l.workloads, l.publish
 	// A nameserver in pod u for names outside the mesh: outside.example
 	// is pod b's address.
 	dns := serveDNSIn(t, u, 5353, map[string]netip.Addr{"outside.example.": b.IP})
@@ -310,7 +286,7 @@ func TestPodSOCKS5(t *testing.T) {
 	})
 
 	t.Run("denied by the destination's policy", func(t *testing.T) {
-		authz = []*configv1alpha1.Authorization{{
+		l.authz = []*configv1alpha1.Authorization{{
 			Name: ns + "/deny-a", Namespace: ns, Scope: configv1alpha1.Authorization_SCOPE_WORKLOAD_SELECTOR,
 			Action: configv1alpha1.Authorization_ACTION_DENY,
 			Rules:  []*configv1alpha1.AuthorizationRule{{From: []*configv1alpha1.AuthorizationRule_Source{{Principals: []string{aID}}}}},
@@ -333,7 +309,7 @@ func TestPodSOCKS5(t *testing.T) {
 		}); v < 1 {
 			t.Errorf("source ztunnel counted %v denied connections of a (last code %d)", v, code)
 		}
-		authz = nil
+		l.authz = nil
 		workloads["b"] = workload(b, "node1", true)
 		publish()
 		eventually(t, "policy removed", func() bool {
