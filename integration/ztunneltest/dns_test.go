@@ -8,13 +8,16 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	configv1alpha1 "github.com/ambit-mesh/ambit/apis/config/v1alpha1"
+	"github.com/ambit-mesh/ambit/controller/translate"
 	"github.com/ambit-mesh/ambit/integration/internal/tier"
 	"github.com/ambit-mesh/ambit/integration/netlab"
 	"github.com/ambit-mesh/ambit/pkg/dnstest"
+	"github.com/ambit-mesh/ambit/pkg/identity"
 	"github.com/ambit-mesh/ambit/ztunnel/daemon"
 )
 
@@ -115,5 +118,63 @@ func TestDNSCapture(t *testing.T) {
 	_, err = lookup("echo.shop.svc.cluster.local.")
 	if !errors.As(err, &de) || !de.IsNotFound {
 		t.Errorf("echo from pod a with dnsPolicy Default: %v, want the nameserver's no such name", err)
+	}
+}
+
+// TestDNSCaptureIPv6: in a dual-stack lab, a query to an IPv6 nameserver
+// is captured too (redirected to [::1]:15053): the service's IPv6 and IPv4
+// VIPs come from ztunnel, another name from the nameserver, forwarded over
+// IPv6 from inside the pod.
+func TestDNSCaptureIPv6(t *testing.T) {
+	tier.RequireRoot(t)
+	pods := twoNodeLab(t, []string{"a", "u"}, []string{"b"}, netlab.DualStack())
+	a, u, b := pods["a"], pods["u"], pods["b"]
+	ca, err := identity.NewRootAuthority(trustDomain, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := startXDS(t)
+	x.srv.Publish(&translate.Output{
+		Workloads: []*configv1alpha1.Workload{workload(a, "node0", true), workload(u, "node0", false), workload(b, "node1", true)},
+		Services: []*configv1alpha1.Service{{
+			Name: ns + "/echo", Namespace: ns, Hostname: "echo.shop.svc.cluster.local", Vips: []string{vip.String(), vip6.String()},
+			Ports: []*configv1alpha1.ServicePort{{Name: "tcp", Port: 80, TargetPort: echoPort}},
+		}},
+		Authorizations: noopAuthorization(),
+	})
+	var pc net.PacketConn
+	if err := u.Do(func() (err error) {
+		pc, err = net.ListenPacket("udp6", netip.AddrPortFrom(u.IP6, 53).String())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	upstream := dnstest.ServePacket(pc, map[string]netip.Addr{"outside.example.": b.IP6})
+	t.Cleanup(func() { _ = upstream.Close() })
+	z0 := startZtunnel(t, "node0", x.addr, ztunnelFiles{dir: t.TempDir()}, ca, func(c *daemon.Config) {
+		c.DNSCapture = true
+		c.SOCKS5Nameservers = []netip.AddrPort{upstream.Addr}
+	})
+	z0.enrol(t, a)
+	eventually(t, "pod a captured", func() bool { return z0.captured("a") })
+
+	r := podResolver(a, upstream.Addr)
+	for _, c := range []struct {
+		network, name string
+		want          netip.Addr
+	}{
+		{"ip6", "echo.shop.svc.cluster.local.", vip6},
+		{"ip4", "echo.shop.svc.cluster.local.", vip},
+		{"ip6", "outside.example.", b.IP6},
+	} {
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		got, err := r.LookupNetIP(ctx, c.network, c.name)
+		cancel()
+		if err != nil || !slices.Equal(got, []netip.Addr{c.want}) {
+			t.Errorf("%s %s from pod a over IPv6: %v, %v; want %v (the nameserver was asked %v)", c.network, c.name, got, err, c.want, upstream.Asked())
+		}
+	}
+	if slices.ContainsFunc(upstream.Asked(), func(q string) bool { return strings.HasPrefix(q, "echo.") }) {
+		t.Errorf("the nameserver was asked for a service of the mesh: %v", upstream.Asked())
 	}
 }
