@@ -79,11 +79,14 @@ func (s *DNSServer) Serve(pc net.PacketConn) {
 		buf := make([]byte, dnsMaxMessage)
 		for {
 			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				if !errors.Is(err, net.ErrClosed) {
-					s.log.Warn("dns: read failed; the pod's DNS server stops", "pod", s.source, "err", err)
-				}
+			if errors.Is(err, net.ErrClosed) {
 				return
+			}
+			if err != nil {
+				// Not the end of the pod's DNS: log and go on reading.
+				s.log.Warn("dns: read failed", "pod", s.source, "err", err)
+				time.Sleep(10 * time.Millisecond)
+				continue
 			}
 			select {
 			case s.inFlight <- struct{}{}:
