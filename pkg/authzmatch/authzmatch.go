@@ -103,6 +103,20 @@ func ParseIPBlock(s string) (netip.Prefix, error) {
 	return p.Masked(), nil
 }
 
+// CheckIPBlocks returns the error of the first ipBlocks or notIpBlocks
+// entry of source f that ParseIPBlock refuses, or nil: what a data plane
+// checks before it accepts an Authorization.
+func CheckIPBlocks(f *configv1alpha1.AuthorizationRule_Source) error {
+	for _, blocks := range [][]string{f.GetIpBlocks(), f.GetNotIpBlocks()} {
+		for _, b := range blocks {
+			if _, err := ParseIPBlock(b); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // InIPBlocks reports whether addr is in one of blocks (ParseIPBlock's
 // forms; an entry that does not parse contains nothing). An IPv4-mapped
 // IPv6 address counts as its IPv4 address; an invalid addr (unknown) is in

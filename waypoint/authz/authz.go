@@ -88,10 +88,8 @@ func Compile(rs map[string]*configv1alpha1.Authorization) (*Policies, error) {
 		}
 		for i, r := range a.GetRules() {
 			for j, f := range r.GetFrom() {
-				for _, b := range append(append([]string(nil), f.GetIpBlocks()...), f.GetNotIpBlocks()...) {
-					if _, err := authzmatch.ParseIPBlock(b); err != nil {
-						return nil, fmt.Errorf("%w %s: rule %d, from %d: %v", ErrInvalid, name, i, j, err)
-					}
+				if err := authzmatch.CheckIPBlocks(f); err != nil {
+					return nil, fmt.Errorf("%w %s: rule %d, from %d: %v", ErrInvalid, name, i, j, err)
 				}
 			}
 			for j, op := range r.GetTo() {

@@ -286,20 +286,9 @@ func validateAuthorization(name string, a *configv1alpha1.Authorization) error {
 				}
 			}
 		}
-		if err := validateIPBlocks(r); err != nil {
-			return fmt.Errorf("authorization %q: rule %d: %w", name, i, err)
-		}
-	}
-	return nil
-}
-
-// validateIPBlocks checks that every ipBlocks and notIpBlocks entry of r's
-// sources is a block ztunnel can match (authzmatch.ParseIPBlock).
-func validateIPBlocks(r *configv1alpha1.AuthorizationRule) error {
-	for _, f := range r.GetFrom() {
-		for _, b := range append(append([]string(nil), f.GetIpBlocks()...), f.GetNotIpBlocks()...) {
-			if _, err := authzmatch.ParseIPBlock(b); err != nil {
-				return err
+		for _, f := range r.GetFrom() {
+			if err := authzmatch.CheckIPBlocks(f); err != nil {
+				return fmt.Errorf("authorization %q: rule %d: %w", name, i, err)
 			}
 		}
 	}
