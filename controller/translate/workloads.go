@@ -24,8 +24,9 @@ type peerAuthPolicy struct {
 	// mesh-wide) policy.
 	selector labels.Selector
 	mode     securityv1alpha1.MTLSMode
-	// ports are the portLevelMtls modes other than UNSET, by port.
-	ports map[uint32]securityv1alpha1.MTLSMode
+	// ports are the portLevelMtls modes other than UNSET, by port, as
+	// the Workload's port_mtls_modes says them.
+	ports map[uint32]configv1alpha1.MTLSMode
 }
 
 // peerAuthentications validates PeerAuthentications; the accepted ones are
@@ -62,22 +63,24 @@ func (b *builder) peerAuthentications() {
 // portLevelMTLS validates a PeerAuthentication's portLevelMtls and returns
 // its modes other than UNSET by port. Port-level modes need a selector:
 // they are about the ports of particular workloads.
-func portLevelMTLS(pa *securityv1alpha1.PeerAuthentication) (map[uint32]securityv1alpha1.MTLSMode, error) {
+func portLevelMTLS(pa *securityv1alpha1.PeerAuthentication) (map[uint32]configv1alpha1.MTLSMode, error) {
 	if len(pa.Spec.PortLevelMTLS) == 0 {
 		return nil, nil
 	}
 	if emptySelector(pa.Spec.Selector) {
 		return nil, fmt.Errorf("%w: portLevelMtls needs a selector that picks workloads", ErrInvalidPolicy)
 	}
-	out := map[uint32]securityv1alpha1.MTLSMode{}
+	out := map[uint32]configv1alpha1.MTLSMode{}
 	for _, k := range slices.Sorted(maps.Keys(pa.Spec.PortLevelMTLS)) {
 		port, err := strconv.ParseUint(k, 10, 16)
 		if err != nil || port == 0 || strconv.FormatUint(port, 10) != k {
 			return nil, fmt.Errorf("%w: portLevelMtls key %q is not a port number from 1 to 65535", ErrInvalidPolicy, k)
 		}
 		switch m := cmp.Or(pa.Spec.PortLevelMTLS[k].Mode, securityv1alpha1.MTLSUnset); m {
-		case securityv1alpha1.MTLSStrict, securityv1alpha1.MTLSPermissive:
-			out[uint32(port)] = m
+		case securityv1alpha1.MTLSStrict:
+			out[uint32(port)] = configv1alpha1.MTLSMode_MTLS_MODE_STRICT
+		case securityv1alpha1.MTLSPermissive:
+			out[uint32(port)] = configv1alpha1.MTLSMode_MTLS_MODE_PERMISSIVE
 		case securityv1alpha1.MTLSUnset:
 		default:
 			return nil, fmt.Errorf("%w: portLevelMtls[%s].mode %q is not STRICT, PERMISSIVE or UNSET", ErrInvalidPolicy, k, m)
@@ -90,58 +93,41 @@ func emptySelector(s *metav1.LabelSelector) bool {
 	return s == nil || (len(s.MatchLabels) == 0 && len(s.MatchExpressions) == 0)
 }
 
-// portMTLSModes returns the port-level modes of the oldest workload policy
-// selecting the pod (the policy that also decides its mode), or nil.
-func (b *builder) portMTLSModes(pod *corev1.Pod) map[uint32]configv1alpha1.MTLSMode {
-	podLabels := labels.Set(pod.Labels)
-	for _, p := range b.peerAuth {
-		if p.obj.Namespace != pod.Namespace || p.selector == nil || !p.selector.Matches(podLabels) {
-			continue
-		}
-		if len(p.ports) == 0 {
-			return nil
-		}
-		out := make(map[uint32]configv1alpha1.MTLSMode, len(p.ports))
-		for port, m := range p.ports {
-			out[port] = configv1alpha1.MTLSMode_MTLS_MODE_PERMISSIVE
-			if m == securityv1alpha1.MTLSStrict {
-				out[port] = configv1alpha1.MTLSMode_MTLS_MODE_STRICT
-			}
-		}
-		return out
-	}
-	return nil
-}
-
-// mtlsMode resolves a pod's mode: the oldest workload policy selecting it,
+// mtlsModes resolves a pod's mode: the oldest workload policy selecting it,
 // then the oldest namespace-wide policy, then the oldest mesh-wide one; a
-// policy whose mode is UNSET defers to the next level; PERMISSIVE by default.
-func (b *builder) mtlsMode(pod *corev1.Pod) configv1alpha1.MTLSMode {
-	level := func(match func(p *peerAuthPolicy) bool) securityv1alpha1.MTLSMode {
+// policy whose mode is UNSET defers to the next level; PERMISSIVE by
+// default. ports are the port-level modes of that workload policy (nil
+// when none selects the pod).
+func (b *builder) mtlsModes(pod *corev1.Pod) (mode configv1alpha1.MTLSMode, ports map[uint32]configv1alpha1.MTLSMode) {
+	first := func(match func(p *peerAuthPolicy) bool) *peerAuthPolicy {
 		for _, p := range b.peerAuth {
 			if match(p) {
-				return p.mode
+				return p
 			}
 		}
-		return securityv1alpha1.MTLSUnset
+		return nil
 	}
 	podLabels := labels.Set(pod.Labels)
-	modes := []securityv1alpha1.MTLSMode{
-		level(func(p *peerAuthPolicy) bool {
-			return p.obj.Namespace == pod.Namespace && p.selector != nil && p.selector.Matches(podLabels)
-		}),
-		level(func(p *peerAuthPolicy) bool { return p.obj.Namespace == pod.Namespace && p.selector == nil }),
-		level(func(p *peerAuthPolicy) bool { return p.obj.Namespace == b.opts.SystemNamespace && p.selector == nil }),
+	workload := first(func(p *peerAuthPolicy) bool {
+		return p.obj.Namespace == pod.Namespace && p.selector != nil && p.selector.Matches(podLabels)
+	})
+	if workload != nil && len(workload.ports) > 0 {
+		ports = maps.Clone(workload.ports)
 	}
-	for _, m := range modes {
-		switch m {
-		case securityv1alpha1.MTLSStrict:
-			return configv1alpha1.MTLSMode_MTLS_MODE_STRICT
-		case securityv1alpha1.MTLSPermissive:
-			return configv1alpha1.MTLSMode_MTLS_MODE_PERMISSIVE
+	for _, p := range []*peerAuthPolicy{
+		workload,
+		first(func(p *peerAuthPolicy) bool { return p.obj.Namespace == pod.Namespace && p.selector == nil }),
+		first(func(p *peerAuthPolicy) bool { return p.obj.Namespace == b.opts.SystemNamespace && p.selector == nil }),
+	} {
+		switch {
+		case p == nil:
+		case p.mode == securityv1alpha1.MTLSStrict:
+			return configv1alpha1.MTLSMode_MTLS_MODE_STRICT, ports
+		case p.mode == securityv1alpha1.MTLSPermissive:
+			return configv1alpha1.MTLSMode_MTLS_MODE_PERMISSIVE, ports
 		}
 	}
-	return configv1alpha1.MTLSMode_MTLS_MODE_PERMISSIVE
+	return configv1alpha1.MTLSMode_MTLS_MODE_PERMISSIVE, ports
 }
 
 // workloadsIR builds a Workload per Pod that is scheduled or has an IP and
@@ -168,6 +154,7 @@ func (b *builder) workloadsIR() {
 			continue
 		}
 		sa := cmp.Or(pod.Spec.ServiceAccountName, "default")
+		mode, portModes := b.mtlsModes(pod)
 		w := &Workload{
 			Key:            keyOf(pod),
 			UID:            string(pod.UID),
@@ -178,8 +165,8 @@ func (b *builder) workloadsIR() {
 			Addresses:      addrs,
 			Enrolled: b.ix.nsLabel(pod.Namespace, LabelDataplaneMode) == DataplaneModeAmbient &&
 				pod.Labels[LabelDataplaneMode] != DataplaneModeNone && !pod.Spec.HostNetwork,
-			MTLS:         b.mtlsMode(pod),
-			PortMTLS:     b.portMTLSModes(pod),
+			MTLS:         mode,
+			PortMTLS:     portModes,
 			WorkloadName: workloadName(pod),
 			DNS:          dnsConfig(pod, b.searchesFor(pod.Namespace)),
 		}
